@@ -1,0 +1,43 @@
+import * as path from 'path'
+import type { Binding } from '../binding'
+import { VffnError } from './errors'
+
+function load(): Binding {
+  // VFFN_ADDON_PATH points at an addon built elsewhere (a second build folder while developing)
+  const explicit = process.env.VFFN_ADDON_PATH
+  if (explicit) return require(path.resolve(explicit)) as Binding
+  // eslint-disable-next-line @typescript-eslint/no-var-requires
+  const gypBuild = require('node-gyp-build') as (dir: string) => Binding
+  return gypBuild(path.join(__dirname, '..'))
+}
+
+/** The raw native module. Every native error becomes a VffnError with the same code. */
+export const native: Binding = (() => {
+  const b = load()
+  const wrapped: Record<string, unknown> = {}
+  for (const [k, v] of Object.entries(b)) {
+    if (typeof v !== 'function' || k === 'Storage') {
+      wrapped[k] = v
+      continue
+    }
+    const fn = v as (...a: unknown[]) => unknown
+    wrapped[k] = (...args: unknown[]) => {
+      try {
+        const r = fn(...args)
+        if (r instanceof Promise) return r.catch((e: unknown) => Promise.reject(rewrap(e)))
+        return r
+      } catch (e) {
+        throw rewrap(e)
+      }
+    }
+  }
+  return wrapped as unknown as Binding
+})()
+
+function rewrap(e: unknown): unknown {
+  if (e instanceof Error && typeof (e as { code?: unknown }).code === 'string' && !(e instanceof VffnError)) {
+    const w = new VffnError((e as unknown as { code: string }).code as VffnError["code"], e.message)
+    return w
+  }
+  return e
+}

@@ -1,0 +1,83 @@
+import { native } from './binding'
+import { fail, show } from './errors'
+
+export type DeviceLike = Device | string
+
+/** A compute device: 'cpu' or 'cuda:N'. Each owns an ordered stream of work. */
+export class Device {
+  private constructor(
+    readonly type: 'cpu' | 'cuda',
+    readonly index: number,
+  ) {}
+
+  /** @internal native type code */
+  get code(): number {
+    return this.type === 'cpu' ? 0 : 1
+  }
+
+  toString(): string {
+    return this.type === 'cpu' ? 'cpu' : `cuda:${this.index}`
+  }
+
+  /** Resolves when every op queued on this device so far has run; rejects with the first error one raised. */
+  sync(): Promise<void> {
+    return native.sync(this.code, this.index)
+  }
+
+  /** Bytes of device memory held by live tensors (`live`) and kept by the allocator for reuse (`cached`). */
+  memory(): { live: number; cached: number } {
+    return native.memory(this.code, this.index)
+  }
+
+  private static cache = new Map<string, Device>()
+
+  /** Parses 'cpu', 'cuda' (= 'cuda:0') or 'cuda:N'. Throws ERR_CUDA_UNAVAILABLE when CUDA cannot be used. */
+  static get(d: DeviceLike | undefined, name = 'device'): Device {
+    if (d === undefined) return Device.get('cpu')
+    if (d instanceof Device) return d
+    if (typeof d !== 'string') fail('ERR_DEVICE', `${name}: expected 'cpu' or 'cuda:N', got ${show(d)}`)
+    const known = Device.cache.get(d)
+    if (known) return known
+    let dev: Device
+    if (d === 'cpu') dev = new Device('cpu', 0)
+    else {
+      const m = /^cuda(?::(\d+))?$/.exec(d)
+      if (!m) fail('ERR_DEVICE', `${name}: expected 'cpu' or 'cuda:N', got ${show(d)}`)
+      const index = m[1] === undefined ? 0 : Number(m[1])
+      const info = native.cudaInfo()
+      if (!info.available) fail('ERR_CUDA_UNAVAILABLE', `${name}: CUDA is not available: ${info.reason}`)
+      if (index >= info.count) fail('ERR_DEVICE', `${name}: expected cuda:0..cuda:${info.count - 1}, got ${show(d)}`)
+      dev = new Device('cuda', index)
+    }
+    Device.cache.set(d, dev)
+    return dev
+  }
+}
+
+export function device(d: DeviceLike = 'cpu'): Device {
+  return Device.get(d)
+}
+
+/** CUDA availability. On a machine without a driver or GPU `available()` is false and `reason()` says why. */
+export const cuda = {
+  available(): boolean {
+    return native.cudaInfo().available
+  },
+  reason(): string {
+    return native.cudaInfo().reason
+  },
+  deviceCount(): number {
+    return native.cudaInfo().count
+  },
+}
+
+/** Threads used inside each CPU op (default: every core). Takes effect from the next op. */
+export function setNumThreads(n: number): void {
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < 0 || n > 256)
+    fail('ERR_ARGUMENT', `threads: expected an integer in [0, 256] (0 = every core), got ${show(n)}`)
+  native.threads(n)
+}
+
+export function getNumThreads(): number {
+  return native.threads()
+}

@@ -1,0 +1,76 @@
+import { native } from './binding'
+import { fail, show } from './errors'
+import { Tensor, empty } from './tensor'
+
+/** @internal checks a tensor argument: alive, a Tensor, optionally of given dtypes and ndim */
+export function checkTensor(name: string, t: unknown, opts: { ndim?: number; dtypes?: readonly string[] } = {}): Tensor {
+  if (!(t instanceof Tensor)) fail('ERR_ARGUMENT', `${name}: expected a Tensor, got ${show(t)}`)
+  t._check(name)
+  if (opts.ndim !== undefined && t.ndim !== opts.ndim)
+    fail('ERR_SHAPE', `${name}: expected ${opts.ndim} dimensions, got shape ${show(t.shape)}`)
+  if (opts.dtypes && !opts.dtypes.includes(t.dtype))
+    fail('ERR_DTYPE', `${name}: expected ${opts.dtypes.join(' or ')}, got ${t.dtype}`)
+  return t
+}
+
+export function checkSameDevice(ref: Tensor, others: Record<string, Tensor | undefined>): void {
+  for (const [name, t] of Object.entries(others))
+    if (t && t.device !== ref.device) fail('ERR_DEVICE', `${name}: expected a tensor on ${ref.device}, got one on ${t.device}`)
+}
+
+export interface MatmulOptions {
+  transposeA?: boolean
+  transposeB?: boolean
+  /** Scales the product. Default 1. */
+  alpha?: number
+  /** Scales what `out` held before (needs `out`). Default 0. */
+  beta?: number
+  /** Write into this [M, N] tensor (float32 or bfloat16) instead of a new one. */
+  out?: Tensor
+}
+
+// a 2-D operand whose columns are contiguous (a transposed view) is read as its transpose
+function operand(t: Tensor, trans: boolean): [Tensor, boolean, boolean] {
+  if (t.shape[1] > 1 && t.strides[1] !== 1 && t.strides[0] === 1) return [t.T, !trans, true]
+  return [t, trans, false]
+}
+
+/**
+ * `alpha * op(a) @ op(b) + beta * out`, float32 accumulation. a, b: 2-D float32 or bfloat16
+ * tensors (row or column slices are free views). Returns `out` or a new float32 tensor.
+ */
+export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
+  checkTensor('a', a, { ndim: 2, dtypes: ['float32', 'bfloat16'] })
+  checkTensor('b', b, { ndim: 2, dtypes: ['float32', 'bfloat16'] })
+  checkSameDevice(a, { b, out: opts.out })
+  const ta = opts.transposeA ?? false
+  const tb = opts.transposeB ?? false
+  if (typeof ta !== 'boolean') fail('ERR_ARGUMENT', `transposeA: expected a boolean, got ${show(ta)}`)
+  if (typeof tb !== 'boolean') fail('ERR_ARGUMENT', `transposeB: expected a boolean, got ${show(tb)}`)
+  const alpha = opts.alpha ?? 1
+  const beta = opts.beta ?? 0
+  if (typeof alpha !== 'number' || !Number.isFinite(alpha)) fail('ERR_ARGUMENT', `alpha: expected a finite number, got ${show(alpha)}`)
+  if (typeof beta !== 'number' || !Number.isFinite(beta)) fail('ERR_ARGUMENT', `beta: expected a finite number, got ${show(beta)}`)
+  const [M, K] = ta ? [a.shape[1], a.shape[0]] : [a.shape[0], a.shape[1]]
+  const [Kb, N] = tb ? [b.shape[1], b.shape[0]] : [b.shape[0], b.shape[1]]
+  if (K !== Kb)
+    fail('ERR_SHAPE', `b: inner dimensions differ: op(a) is [${M}, ${K}] but op(b) is [${Kb}, ${N}]`)
+  let out = opts.out
+  if (out !== undefined) {
+    checkTensor('out', out, { ndim: 2, dtypes: ['float32', 'bfloat16'] })
+    if (out.shape[0] !== M || out.shape[1] !== N) fail('ERR_SHAPE', `out: expected shape [${M}, ${N}], got ${show(out.shape)}`)
+    if (out.shape[1] > 1 && out.strides[1] !== 1) fail('ERR_ARGUMENT', 'out: rows must be contiguous (last stride 1)')
+  } else if (beta !== 0) fail('ERR_ARGUMENT', 'beta: a non-zero beta needs an `out` tensor to scale')
+  const [A, tA, ownA] = operand(a, ta)
+  const [B, tB, ownB] = operand(b, tb)
+  for (const [name, t] of [['a', A], ['b', B]] as const)
+    if (t.shape[1] > 1 && t.strides[1] !== 1) fail('ERR_ARGUMENT', `${name}: neither rows nor columns are contiguous; call contiguous() first`)
+  const c = out ?? empty([M, N], { device: a.device })
+  try {
+    native.gemm(c, A, B, tA, tB, alpha, beta)
+  } finally {
+    if (ownA) A.dispose()
+    if (ownB) B.dispose()
+  }
+  return c
+}

@@ -1,0 +1,335 @@
+import type { Storage } from '../binding'
+import { native } from './binding'
+import { Device, DeviceLike } from './device'
+import { fail, show } from './errors'
+
+export type DType = 'float32' | 'bfloat16' | 'int32'
+const DTYPES: Record<DType, { code: number; size: number }> = {
+  float32: { code: 0, size: 4 },
+  bfloat16: { code: 1, size: 2 },
+  int32: { code: 2, size: 4 },
+}
+const MAX_DIMS = 6
+
+export interface TensorOptions {
+  dtype?: DType
+  device?: DeviceLike
+}
+
+export function checkDType(name: string, d: unknown, allowed: readonly DType[] = ['float32', 'bfloat16', 'int32']): DType {
+  if (typeof d !== 'string' || !(allowed as readonly string[]).includes(d))
+    fail('ERR_DTYPE', `${name}: expected ${allowed.map((a) => `'${a}'`).join(' or ')}, got ${show(d)}`)
+  return d as DType
+}
+
+export function checkShape(name: string, shape: unknown): number[] {
+  if (!Array.isArray(shape) || shape.length > MAX_DIMS)
+    fail('ERR_SHAPE', `${name}: expected an array of at most ${MAX_DIMS} sizes, got ${show(shape)}`)
+  for (const s of shape)
+    if (typeof s !== 'number' || !Number.isInteger(s) || s < 0)
+      fail('ERR_SHAPE', `${name}: sizes must be non-negative integers, got ${show(shape)}`)
+  return [...(shape as number[])]
+}
+
+function contiguousStrides(shape: readonly number[]): number[] {
+  const st = new Array<number>(shape.length)
+  let s = 1
+  for (let i = shape.length - 1; i >= 0; i--) {
+    st[i] = s
+    s *= shape[i]
+  }
+  return st
+}
+
+const numelOf = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1)
+
+/**
+ * An n-dimensional array on a device. Ops on tensors are queued on the device's stream and
+ * return at once; `await t.data()` waits for the values. Views (rows, cols, slice, reshape, T)
+ * share memory with their source; each tensor holds its own reference, so disposing one never
+ * invalidates another, and memory is freed once nothing (no tensor, no queued op) holds it.
+ */
+export class Tensor {
+  /** @internal native storage handle */
+  _h: Storage
+  /** @internal native dtype code */
+  readonly _dt: number
+  readonly shape: readonly number[]
+  readonly strides: readonly number[]
+  /** Offset of element [0, ..., 0] in its storage, in elements. */
+  readonly offset: number
+  readonly dtype: DType
+  readonly device: Device
+
+  /** @internal use tensor(), zeros(), randn() or empty() */
+  constructor(h: Storage, dtype: DType, device: Device, shape: readonly number[], strides: readonly number[], offset: number) {
+    this._h = h
+    this.dtype = dtype
+    this._dt = DTYPES[dtype].code
+    this.device = device
+    this.shape = Object.freeze([...shape])
+    this.strides = Object.freeze([...strides])
+    this.offset = offset
+  }
+
+  /** @internal allocates an uninitialised contiguous tensor */
+  static _alloc(shape: readonly number[], dtype: DType, device: Device): Tensor {
+    const bytes = numelOf(shape) * DTYPES[dtype].size
+    const h = native.alloc(device.code, device.index, bytes)
+    return new Tensor(h, dtype, device, shape, contiguousStrides(shape), 0)
+  }
+
+  get ndim(): number {
+    return this.shape.length
+  }
+  /** Number of elements. */
+  get size(): number {
+    return numelOf(this.shape)
+  }
+  get disposed(): boolean {
+    return !this._h.alive
+  }
+  get isContiguous(): boolean {
+    let s = 1
+    for (let i = this.shape.length - 1; i >= 0; i--) {
+      if (this.shape[i] !== 1 && this.strides[i] !== s) return false
+      s *= this.shape[i]
+    }
+    return true
+  }
+
+  /** @internal throws ERR_DISPOSED naming the argument */
+  _check(name = 'tensor'): this {
+    if (!this._h.alive) fail('ERR_DISPOSED', `${name}: tensor has been disposed`)
+    return this
+  }
+
+  /** Resolves with the values in row-major order (Int32Array for int32, else Float32Array). */
+  data(): Promise<Float32Array> {
+    this._check()
+    return native.read(this) as Promise<Float32Array>
+  }
+  /** Resolves with int32 values; only for int32 tensors. */
+  async intData(): Promise<Int32Array> {
+    this._check()
+    if (this.dtype !== 'int32') fail('ERR_DTYPE', `tensor: intData() needs an int32 tensor, got ${this.dtype}`)
+    return native.read(this) as Promise<Int32Array>
+  }
+  /** Resolves with the raw bfloat16 bits (for checkpoints); only for bfloat16 tensors. */
+  async rawData(): Promise<Uint16Array> {
+    this._check()
+    if (this.dtype !== 'bfloat16') fail('ERR_DTYPE', `tensor: rawData() needs a bfloat16 tensor, got ${this.dtype}`)
+    return native.read(this, true) as Promise<Uint16Array>
+  }
+
+  /** A new contiguous tensor with this one's values on `device`, converted to `dtype` if given. */
+  to(device: DeviceLike, dtype: DType = this.dtype): Tensor {
+    this._check()
+    const dev = Device.get(device)
+    checkDType('dtype', dtype)
+    if ((dtype === 'int32') !== (this.dtype === 'int32'))
+      fail('ERR_DTYPE', `dtype: int32 converts only to int32, got ${this.dtype} -> ${dtype}`)
+    const out = Tensor._alloc(this.shape, dtype, dev)
+    native.copy(out, this)
+    return out
+  }
+  /** A new tensor converted to `dtype` on the same device (bfloat16 rounds to nearest even). */
+  astype(dtype: DType): Tensor {
+    return this.to(this.device, dtype)
+  }
+  /** A copy with its own memory. */
+  clone(): Tensor {
+    return this.to(this.device)
+  }
+  /** This tensor if contiguous (as a new handle on the same memory), else a contiguous copy. */
+  contiguous(): Tensor {
+    this._check()
+    if (!this.isContiguous) return this.clone()
+    return new Tensor(this._h.share(), this.dtype, this.device, this.shape, this.strides, this.offset)
+  }
+
+  /** A view of indices [start, end) along `dim`; no copy. */
+  slice(dim: number, start: number, end: number = this.shape[dim]): Tensor {
+    this._check()
+    if (!Number.isInteger(dim) || dim < 0 || dim >= this.ndim)
+      fail('ERR_ARGUMENT', `dim: expected 0..${this.ndim - 1}, got ${show(dim)}`)
+    const n = this.shape[dim]
+    if (!Number.isInteger(start) || !Number.isInteger(end) || start < 0 || end > n || start > end)
+      fail('ERR_ARGUMENT', `slice: expected 0 <= start <= end <= ${n} along dim ${dim}, got [${show(start)}, ${show(end)})`)
+    const shape = [...this.shape]
+    shape[dim] = end - start
+    return new Tensor(this._h.share(), this.dtype, this.device, shape, this.strides, this.offset + start * this.strides[dim])
+  }
+  /** Rows [start, end) of the first dimension; no copy. */
+  rows(start: number, end?: number): Tensor {
+    return this.slice(0, start, end)
+  }
+  /** Columns [start, end) of the last dimension; no copy. */
+  cols(start: number, end?: number): Tensor {
+    return this.slice(this.ndim - 1, start, end)
+  }
+  /** The same elements in another shape (one size may be -1); a view when contiguous, else a copy. */
+  reshape(shape: readonly number[]): Tensor {
+    this._check()
+    const s = [...shape]
+    const free = s.indexOf(-1)
+    if (free >= 0) {
+      const rest = numelOf(s.filter((_, i) => i !== free))
+      if (rest === 0 || this.size % rest !== 0) fail('ERR_SHAPE', `shape: cannot reshape ${show(this.shape)} into ${show(shape)}`)
+      s[free] = this.size / rest
+    }
+    checkShape('shape', s)
+    if (numelOf(s) !== this.size) fail('ERR_SHAPE', `shape: cannot reshape ${show(this.shape)} (${this.size} elements) into ${show(shape)}`)
+    const src = this.isContiguous ? this : this.clone()
+    const h = src === this ? this._h.share() : src._h
+    return new Tensor(h, this.dtype, this.device, s, contiguousStrides(s), src.offset)
+  }
+  /** The transpose of a 2-D tensor as a view (matmul reads it without copying). */
+  get T(): Tensor {
+    this._check()
+    if (this.ndim !== 2) fail('ERR_SHAPE', `tensor: T needs a 2-D tensor, got ${this.ndim} dimensions`)
+    return new Tensor(this._h.share(), this.dtype, this.device, [this.shape[1], this.shape[0]], [this.strides[1], this.strides[0]], this.offset)
+  }
+
+  /** Fills in place with a value (queued). Returns this. */
+  fill_(value: number): this {
+    this._check()
+    if (typeof value !== 'number' || Number.isNaN(value) && this.dtype === 'int32')
+      fail('ERR_ARGUMENT', `value: expected a number, got ${show(value)}`)
+    native.fill(this, value)
+    return this
+  }
+  /** Copies `src` (same number of elements, any device or float dtype) into this tensor, in place. */
+  copy_(src: Tensor): this {
+    this._check('dst')
+    src._check('src')
+    if (src.size !== this.size) fail('ERR_SHAPE', `src: expected ${this.size} elements ${show(this.shape)}, got ${src.size} ${show(src.shape)}`)
+    if ((src.dtype === 'int32') !== (this.dtype === 'int32')) fail('ERR_DTYPE', `src: cannot copy ${src.dtype} into ${this.dtype}`)
+    native.copy(this, src)
+    return this
+  }
+
+  /** Drops this tensor's reference to its memory. Using it afterwards throws ERR_DISPOSED. */
+  dispose(): void {
+    this._h.release()
+  }
+
+  toString(): string {
+    return `Tensor(${show(this.shape)}, ${this.dtype}, ${this.device})`
+  }
+}
+
+type Nested = number | Nested[]
+
+function flatten(data: Nested[], shape: number[], depth = 0, out: number[] = []): number[] {
+  if (depth === 0) {
+    let d: Nested = data
+    while (Array.isArray(d)) {
+      shape.push(d.length)
+      d = d[0]
+    }
+  }
+  if (!Array.isArray(data) || data.length !== shape[depth])
+    fail('ERR_SHAPE', `data: ragged nested array (expected ${shape[depth]} entries at depth ${depth})`)
+  for (const v of data) {
+    if (depth + 1 < shape.length) flatten(v as Nested[], shape, depth + 1, out)
+    else {
+      if (typeof v !== 'number') fail('ERR_ARGUMENT', `data: expected numbers, got ${show(v)} at depth ${depth}`)
+      out.push(v)
+    }
+  }
+  return out
+}
+
+/**
+ * A tensor from values: a typed array (with `shape`, default 1-D), or a (nested) number array
+ * (shape inferred). Float32Array/number data becomes float32 unless `dtype` says otherwise;
+ * Int32Array becomes int32.
+ */
+export function tensor(data: Float32Array | Int32Array | Nested[], shape?: readonly number[], opts: TensorOptions = {}): Tensor {
+  const dev = Device.get(opts.device)
+  let flat: Float32Array | Int32Array
+  let inferred: number[]
+  if (data instanceof Float32Array || data instanceof Int32Array) {
+    flat = data
+    inferred = [data.length]
+  } else if (Array.isArray(data)) {
+    inferred = []
+    const values = flatten(data, inferred)
+    flat = opts.dtype === 'int32' ? Int32Array.from(values) : Float32Array.from(values)
+    if (opts.dtype === 'int32' && values.some((v) => !Number.isInteger(v)))
+      fail('ERR_ARGUMENT', 'data: int32 tensors need integer values')
+  } else fail('ERR_ARGUMENT', `data: expected a Float32Array, Int32Array or number array, got ${show(data)}`)
+  const s = shape === undefined ? inferred : checkShape('shape', shape)
+  if (numelOf(s) !== flat.length) fail('ERR_SHAPE', `shape: ${show(s)} holds ${numelOf(s)} elements, data has ${flat.length}`)
+  const dtype = checkDType('dtype', opts.dtype ?? (flat instanceof Int32Array ? 'int32' : 'float32'))
+  if (dtype === 'int32' && flat instanceof Float32Array) {
+    if (!flat.every((v) => Number.isInteger(v))) fail('ERR_ARGUMENT', 'data: int32 tensors need integer values')
+    flat = Int32Array.from(flat)
+  }
+  if (dtype !== 'int32' && flat instanceof Int32Array) flat = Float32Array.from(flat)
+  const hostDtype: DType = flat instanceof Int32Array ? 'int32' : 'float32'
+  if (hostDtype === dtype && dev.type === 'cpu') {
+    const t = Tensor._alloc(s, dtype, dev)
+    native.write(t, flat)
+    return t
+  }
+  const staged = Tensor._alloc(s, hostDtype, Device.get('cpu'))
+  native.write(staged, flat)
+  const t = staged.to(dev, dtype)
+  staged.dispose()
+  return t
+}
+
+/** An uninitialised tensor (its values are whatever the memory held). */
+export function empty(shape: readonly number[], opts: TensorOptions = {}): Tensor {
+  const s = checkShape('shape', shape)
+  return Tensor._alloc(s, checkDType('dtype', opts.dtype ?? 'float32'), Device.get(opts.device))
+}
+
+export function full(shape: readonly number[], value: number, opts: TensorOptions = {}): Tensor {
+  return empty(shape, opts).fill_(value)
+}
+
+export function zeros(shape: readonly number[], opts: TensorOptions = {}): Tensor {
+  return full(shape, 0, opts)
+}
+
+export interface RandnOptions extends TensorOptions {
+  /** 64-bit seed (number up to 2^53, or bigint). Default 0. */
+  seed?: number | bigint
+  mean?: number
+  std?: number
+  /** Redraw values beyond `truncate` standard deviations (0 = no truncation). */
+  truncate?: number
+}
+
+export function seedWords(seed: number | bigint, name = 'seed'): [number, number] {
+  let s: bigint
+  if (typeof seed === 'bigint') s = seed
+  else if (typeof seed === 'number' && Number.isSafeInteger(seed) && seed >= 0) s = BigInt(seed)
+  else fail('ERR_ARGUMENT', `${name}: expected a non-negative safe integer or bigint, got ${show(seed)}`)
+  if (s < 0n || s >= 1n << 64n) fail('ERR_ARGUMENT', `${name}: expected a 64-bit unsigned value, got ${s}`)
+  return [Number(s & 0xffffffffn), Number(s >> 32n)]
+}
+
+/** Normal random values from Philox (identical for the same seed on every device and thread count). */
+export function randn(shape: readonly number[], opts: RandnOptions = {}): Tensor {
+  const s = checkShape('shape', shape)
+  const dtype = checkDType('dtype', opts.dtype ?? 'float32', ['float32', 'bfloat16'])
+  const [lo, hi] = seedWords(opts.seed ?? 0)
+  const mean = opts.mean ?? 0
+  const std = opts.std ?? 1
+  const truncate = opts.truncate ?? 0
+  for (const [k, v] of [['mean', mean], ['std', std], ['truncate', truncate]] as const)
+    if (typeof v !== 'number' || !Number.isFinite(v)) fail('ERR_ARGUMENT', `${k}: expected a finite number, got ${show(v)}`)
+  if (std < 0) fail('ERR_ARGUMENT', `std: expected >= 0, got ${std}`)
+  if (truncate < 0) fail('ERR_ARGUMENT', `truncate: expected >= 0, got ${truncate}`)
+  const dev = Device.get(opts.device)
+  const t = Tensor._alloc(s, 'float32', Device.get('cpu'))
+  native.randn(t, lo, hi, mean, std, truncate)
+  if (dtype === 'float32' && dev.type === 'cpu') return t
+  const out = t.to(dev, dtype)
+  t.dispose()
+  return out
+}

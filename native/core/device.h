@@ -1,0 +1,60 @@
+// devices and reference-counted storage. a queued op holds a StoragePtr to everything it
+// touches, so disposing a tensor in JS never frees memory that queued work still reads.
+#pragma once
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "cuda_api.h"
+#include "stream.h"
+
+namespace vffn {
+
+enum DeviceType : int32_t { kCPU = 0, kCUDA = 1 };
+
+class Device {
+ public:
+  Device(DeviceType type, int index);
+  DeviceType type;
+  int index;
+  Stream stream;
+  std::atomic<int64_t> live_bytes{0};  // CPU: bytes held by storages; CUDA: mirrors the allocator
+  std::string name() const;
+};
+
+struct Storage {
+  Storage(Device* dev, size_t bytes);
+  ~Storage();
+  Storage(const Storage&) = delete;
+  Storage& operator=(const Storage&) = delete;
+  // CPU memory exists from creation; CUDA memory is taken from the caching allocator the first
+  // time the device's worker touches it (stream order makes that safe without locks).
+  void* data();
+  Device* device;
+  size_t bytes;
+
+ private:
+  void* ptr_ = nullptr;
+};
+using StoragePtr = std::shared_ptr<Storage>;
+
+// the process-wide devices; cuda(index) throws ERR_CUDA_UNAVAILABLE / ERR_DEVICE when it can't.
+Device* cpu_device();
+Device* cuda_device(int index);
+
+// the CUDA backend, loaded on first use. null when unavailable; reason says why.
+const vffn_cuda_api* cuda_api(std::string* reason = nullptr);
+int cuda_device_count();
+// looks up `vffn_cuda_<op>` in the loaded library; throws ERR_UNSUPPORTED when absent.
+void* cuda_symbol(const char* op);
+// turns a VFFN_* status into a thrown Error naming `what`.
+void cuda_check(int status, const char* what);
+
+// CPU threads used inside each op (a pool per process).
+int cpu_threads();
+void set_cpu_threads(int n);
+
+}  // namespace vffn

@@ -1,0 +1,28 @@
+// CPU GEMM, the workhorse of every layer: C = alpha * op(A) * op(B) + beta * C, float32
+// accumulation, float32 or bfloat16 operands. M, N, K are the sizes of op(A) [M,K], op(B) [K,N].
+#pragma once
+#include <cstdint>
+
+namespace vffn::cpu {
+
+// one operand. element (r, c) of the stored matrix is at data[r * ld + c]; `trans` says the
+// stored matrix is the transpose of the operand. `rows` (optional, only when !trans) gathers:
+// logical row i of the operand is stored row rows[i], so a GEMM can read scattered tokens.
+struct Mat {
+  const void* data = nullptr;
+  int32_t dtype = 0;  // vffn::F32 or vffn::BF16
+  int64_t ld = 0;
+  bool trans = false;
+  const int32_t* rows = nullptr;
+};
+
+// C is float32 with leading dimension ldc. beta == 0 overwrites C without reading it (NaN-safe).
+// parallel=false runs on the calling thread only (for use inside a parallel_for body).
+// the summation order of each C element does not depend on the thread count.
+void gemm(int64_t M, int64_t N, int64_t K, float alpha, const Mat& A, const Mat& B, float beta, float* C,
+          int64_t ldc, bool parallel = true);
+
+// which micro-kernel gemm uses on this machine ("avx2-fma" or "portable").
+const char* gemm_kernel_name();
+
+}  // namespace vffn::cpu

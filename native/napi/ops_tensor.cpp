@@ -1,0 +1,289 @@
+// tensor lifecycle and data movement: alloc, write, read, sync, copy between devices, fill,
+// randn; device facts: memory, CUDA availability, CPU threads.
+#include <cstring>
+#include <thread>
+#include <memory>
+#include <vector>
+
+#include "../core/dtype.h"
+#include "../core/ops.h"
+#include "../core/philox.h"
+#include "../cpu/gemm.h"
+#include "../cpu/pool.h"
+#include "../cpu/tensor_ops.h"
+#include "common.h"
+#include "storage.h"
+
+namespace vffn::napi {
+
+namespace {
+
+Napi::Value Alloc(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    Device* dev = device_arg(info[0], info[1]);
+    double bytes = num_arg(info[2], "bytes");
+    if (bytes < 0 || bytes > 9.0e15) fail("ERR_ARGUMENT", "bytes: out of range");
+    StoragePtr s;
+    try {
+      s = std::make_shared<Storage>(dev, size_t(bytes));
+    } catch (const std::bad_alloc&) {
+      fail("ERR_OOM", "out of memory: could not allocate " + std::to_string(size_t(bytes)) + " bytes on " + dev->name());
+    }
+    return StorageWrap::New(info.Env(), std::move(s));
+  });
+}
+
+// write(tensor, typedArray): host data into a contiguous tensor, in stream order. the source is
+// copied at once, so the caller may reuse its array as soon as this returns.
+Napi::Value Write(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    TensorArg t = tensor_arg(info[0], "tensor");
+    if (!info[1].IsTypedArray()) fail("ERR_ARGUMENT", "data: expected a typed array");
+    Napi::TypedArray ta = info[1].As<Napi::TypedArray>();
+    if (!t.meta.contiguous()) fail("ERR_ARGUMENT", "tensor: write needs a contiguous tensor");
+    size_t bytes = size_t(t.numel() * dtype_size(t.meta.dtype));
+    if (ta.ByteLength() != bytes)
+      fail("ERR_SHAPE", "data: expected " + std::to_string(bytes) + " bytes, got " + std::to_string(ta.ByteLength()));
+    auto host = std::make_shared<std::vector<uint8_t>>(bytes);
+    std::memcpy(host->data(), static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset(), bytes);
+    Device* dev = t.device;
+    enqueue(dev, "write", [t, host, dev, bytes] {
+      void* dst = t.view().data;
+      if (dev->type == kCPU)
+        std::memcpy(dst, host->data(), bytes);
+      else
+        cuda_check(cuda_api()->memcpy_h2d(dev->index, dst, host->data(), bytes), "write");
+    });
+    return info.Env().Undefined();
+  });
+}
+
+// read(tensor) -> Promise<Float32Array | Int32Array | Uint16Array(raw=true, bf16)>
+Napi::Value Read(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    Napi::Env env = info.Env();
+    TensorArg t = tensor_arg(info[0], "tensor");
+    bool raw = info.Length() > 1 && info[1].IsBoolean() && info[1].As<Napi::Boolean>().Value();
+    int32_t out_dt = t.meta.dtype == I32 ? I32 : (raw ? t.meta.dtype : F32);
+    size_t n = size_t(t.numel());
+    size_t bytes = n * size_t(dtype_size(out_dt));
+    Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, bytes ? bytes : 1);
+    auto keep = std::make_shared<Napi::Reference<Napi::ArrayBuffer>>(Napi::Persistent(ab));
+    void* out = ab.Data();
+    Device* dev = t.device;
+    auto work = [t, out, out_dt, n, dev] {
+      View dst;
+      dst.data = out;
+      dst.dtype = out_dt;
+      dst.ndim = t.meta.ndim;
+      int64_t s = 1;
+      for (int i = t.meta.ndim - 1; i >= 0; i--) {
+        dst.shape[i] = t.meta.shape[i];
+        dst.stride[i] = s;
+        s *= t.meta.shape[i];
+      }
+      if (n == 0) return;
+      if (dev->type == kCPU) return cpu::copy(dst, t.view());
+      // CUDA: gather the view into a contiguous device buffer of the output dtype, then download
+      View src = t.view();
+      if (src.contiguous() && src.dtype == out_dt) {
+        cuda_check(cuda_api()->memcpy_d2h(dev->index, out, src.data, n * size_t(dtype_size(out_dt))), "read");
+        return;
+      }
+      Storage tmp(dev, n * size_t(dtype_size(out_dt)));
+      View dev_dst = dst;
+      dev_dst.data = tmp.data();
+      CopyArgs a{dev_dst, src};
+      cuda_call(dev, "copy", &a);
+      cuda_check(cuda_api()->memcpy_d2h(dev->index, out, dev_dst.data, n * size_t(dtype_size(out_dt))), "read");
+    };
+    return wait_promise(env, dev, work, [keep, out_dt, n](Napi::Env env) -> Napi::Value {
+      Napi::ArrayBuffer ab = keep->Value();
+      if (out_dt == I32) return Napi::Int32Array::New(env, n, ab, 0);
+      if (out_dt == BF16) return Napi::Uint16Array::New(env, n, ab, 0);
+      return Napi::Float32Array::New(env, n, ab, 0);
+    });
+  });
+}
+
+Napi::Value Sync(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    Device* dev = device_arg(info[0], info[1]);
+    std::function<void()> work;
+    if (dev->type == kCUDA) work = [dev] { cuda_check(cuda_api()->synchronize(dev->index), "sync"); };
+    return wait_promise(info.Env(), dev, work, nullptr);
+  });
+}
+
+// copy(dst, src): same shape, any strides and dtypes. across devices the source's stream is
+// drained into a host staging buffer first; the destination's worker waits for it.
+Napi::Value Copy(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    TensorArg dst = tensor_arg(info[0], "dst"), src = tensor_arg(info[1], "src");
+    if (dst.numel() != src.numel()) fail("ERR_SHAPE", "src: size differs from dst");
+    if ((dst.meta.dtype == I32) != (src.meta.dtype == I32)) fail("ERR_DTYPE", "src: int32 converts only to int32");
+    if (dst.device == src.device) {
+      Device* dev = dst.device;
+      enqueue(dev, "copy", [dst, src, dev] {
+        if (dev->type == kCPU) return cpu::copy(dst.view(), src.view());
+        CopyArgs a{dst.view(), src.view()};
+        cuda_call(dev, "copy", &a);
+      });
+      return info.Env().Undefined();
+    }
+    // stage 1 on the source stream: a contiguous host copy in the source dtype
+    size_t n = size_t(src.numel());
+    int32_t sdt = src.meta.dtype;
+    auto host = std::make_shared<std::vector<uint8_t>>(n * size_t(dtype_size(sdt)) + 1);
+    View hv;
+    hv.data = host->data();
+    hv.dtype = sdt;
+    hv.ndim = dst.meta.ndim;
+    int64_t s = 1;
+    for (int i = hv.ndim - 1; i >= 0; i--) {
+      hv.shape[i] = dst.meta.shape[i];
+      hv.stride[i] = s;
+      s *= dst.meta.shape[i];
+    }
+    Device* sd = src.device;
+    Device* dd = dst.device;
+    enqueue(sd, "copy", [src, host, hv, sd, n] {
+      View sv = src.view();
+      if (sd->type == kCPU) {
+        View flat_dst = hv, flat_src = sv;
+        if (sv.contiguous()) {
+          std::memcpy(hv.data, sv.data, n * size_t(dtype_size(sv.dtype)));
+          return;
+        }
+        // same element order: copy through the source's own shape
+        flat_dst.ndim = sv.ndim;
+        int64_t st = 1;
+        for (int i = sv.ndim - 1; i >= 0; i--) {
+          flat_dst.shape[i] = sv.shape[i];
+          flat_dst.stride[i] = st;
+          st *= sv.shape[i];
+        }
+        return cpu::copy(flat_dst, flat_src);
+      }
+      if (!sv.contiguous()) fail("ERR_ARGUMENT", "src: copy of a strided CUDA view to another device: call contiguous() first");
+      cuda_check(cuda_api()->memcpy_d2h(sd->index, hv.data, sv.data, n * size_t(dtype_size(sv.dtype))), "copy");
+    });
+    uint64_t ready = sd->stream.submitted();
+    enqueue(dd, "copy", [dst, host, hv, sd, dd, ready, n] {
+      sd->stream.wait(ready);
+      View dv = dst.view();
+      if (dd->type == kCPU) return cpu::copy(dv, hv);
+      if (dv.contiguous() && dv.dtype == hv.dtype) {
+        cuda_check(cuda_api()->memcpy_h2d(dd->index, dv.data, hv.data, n * size_t(dtype_size(hv.dtype))), "copy");
+        return;
+      }
+      Storage tmp(dd, n * size_t(dtype_size(hv.dtype)));
+      View staged = hv;
+      staged.data = tmp.data();
+      cuda_check(cuda_api()->memcpy_h2d(dd->index, staged.data, hv.data, n * size_t(dtype_size(hv.dtype))), "copy");
+      CopyArgs a{dv, staged};
+      cuda_call(dd, "copy", &a);
+    });
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value Fill(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    TensorArg t = tensor_arg(info[0], "tensor");
+    double v = num_arg(info[1], "value");
+    Device* dev = t.device;
+    enqueue(dev, "fill", [t, v, dev] {
+      if (dev->type == kCPU) return cpu::fill(t.view(), v);
+      FillArgs a{t.view(), v};
+      cuda_call(dev, "fill", &a);
+    });
+    return info.Env().Undefined();
+  });
+}
+
+// randn(tensor, seedLo, seedHi, mean, std, truncate): drawn on CPU so every device gets the
+// same numbers for the same seed, then copied where the tensor lives.
+Napi::Value Randn(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    TensorArg t = tensor_arg(info[0], "tensor");
+    uint64_t seed = uint64_t(uint32_t(int_arg(info[1], "seed"))) | (uint64_t(uint32_t(int_arg(info[2], "seed"))) << 32);
+    double mean = num_arg(info[3], "mean"), sd = num_arg(info[4], "std"), trunc = num_arg(info[5], "truncate");
+    if (t.device->type != kCPU) fail("ERR_DEVICE", "tensor: randn draws on cpu; create there and move with to()");
+    enqueue(t.device, "randn", [t, seed, mean, sd, trunc] { cpu::randn(t.view(), seed, mean, sd, trunc); });
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value Memory(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    Device* dev = device_arg(info[0], info[1]);
+    Napi::Object o = Napi::Object::New(info.Env());
+    size_t live = size_t(dev->live_bytes.load()), cached = 0;
+    if (dev->type == kCUDA) cuda_check(cuda_api()->memory(dev->index, &live, &cached), "memory");
+    o.Set("live", double(live));
+    o.Set("cached", double(cached));
+    return o;
+  });
+}
+
+Napi::Value CudaInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string reason;
+  const vffn_cuda_api* api = cuda_api(&reason);
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("available", api != nullptr);
+  o.Set("reason", api ? std::string() : reason);
+  o.Set("count", cuda_device_count());
+  return o;
+}
+
+Napi::Value Threads(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    if (info.Length() > 0 && !info[0].IsUndefined()) {
+      int64_t n = int_arg(info[0], "threads");
+      if (n < 0 || n > 256) fail("ERR_ARGUMENT", "threads: expected 0..256 (0 = all cores), got " + std::to_string(n));
+      // resized between ops, never under one; takes effect from the next op on
+      cpu_device()->stream.enqueue("threads", [n] { cpu::set_threads(int(n)); });
+      return Napi::Number::New(info.Env(), double(n ? n : int64_t(std::thread::hardware_concurrency())));
+    }
+    return Napi::Number::New(info.Env(), cpu::threads());
+  });
+}
+
+Napi::Value Philox(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    uint32_t c[4];
+    for (int i = 0; i < 4; i++) c[i] = uint32_t(int_arg(info[i], "counter"));
+    uint64_t seed = uint64_t(uint32_t(int_arg(info[4], "seed"))) | (uint64_t(uint32_t(int_arg(info[5], "seed"))) << 32);
+    U32x4 r = philox4x32_10(c[0], c[1], c[2], c[3], seed);
+    Napi::Array a = Napi::Array::New(info.Env(), 4);
+    for (uint32_t i = 0; i < 4; i++) a.Set(i, double(r.v[i]));
+    return a;
+  });
+}
+
+Napi::Value KernelInfo(const Napi::CallbackInfo& info) {
+  Napi::Object o = Napi::Object::New(info.Env());
+  o.Set("gemm", cpu::gemm_kernel_name());
+  return o;
+}
+
+void Register(Napi::Env env, Napi::Object exports) {
+  exports.Set("alloc", Napi::Function::New(env, Alloc));
+  exports.Set("write", Napi::Function::New(env, Write));
+  exports.Set("read", Napi::Function::New(env, Read));
+  exports.Set("sync", Napi::Function::New(env, Sync));
+  exports.Set("copy", Napi::Function::New(env, Copy));
+  exports.Set("fill", Napi::Function::New(env, Fill));
+  exports.Set("randn", Napi::Function::New(env, Randn));
+  exports.Set("memory", Napi::Function::New(env, Memory));
+  exports.Set("cudaInfo", Napi::Function::New(env, CudaInfo));
+  exports.Set("threads", Napi::Function::New(env, Threads));
+  exports.Set("philox", Napi::Function::New(env, Philox));
+  exports.Set("kernelInfo", Napi::Function::New(env, KernelInfo));
+}
+VFFN_REGISTER(Register);
+
+}  // namespace
+}  // namespace vffn::napi
