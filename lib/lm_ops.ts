@@ -1,0 +1,188 @@
+// Validated wrappers of the language-model ops (embedding, rotary, attention, cross-entropy,
+// gradient norm, AdamW). Each checks shapes, dtypes and devices with precise messages, allocates
+// what it returns and queues the native op. Modules in nn/ and optim/ compose these.
+import { native } from './binding'
+import { checkInt, checkNumber, fail, show } from './errors'
+import { checkSameDevice, checkTensor } from './ops'
+import { Tensor, empty } from './tensor'
+
+type Fn = (...a: unknown[]) => void
+const op = (name: string): Fn => (native as unknown as Record<string, Fn>)[name]
+
+const F32 = ['float32'] as const
+
+/** out[t] = weight[tokens[t]]: tokens int32 [T], weight [V, D] -> [T, D]. Ids outside [0, V) reject the next wait. */
+export function embedding(weight: Tensor, tokens: Tensor, out?: Tensor): Tensor {
+  checkTensor('weight', weight, { ndim: 2, dtypes: F32 })
+  checkTensor('tokens', tokens, { ndim: 1, dtypes: ['int32'] })
+  checkSameDevice(weight, { tokens, out })
+  const o = out ?? empty([tokens.shape[0], weight.shape[1]], { device: weight.device })
+  const t = tokens.contiguous()
+  try {
+    op('embeddingForward')(o, weight, t)
+  } finally {
+    t.dispose()
+  }
+  return o
+}
+
+/** dweight[tokens[t]] += dout[t], in token order (deterministic). */
+export function embeddingBackward(dweight: Tensor, dout: Tensor, tokens: Tensor): void {
+  checkTensor('dweight', dweight, { ndim: 2, dtypes: F32 })
+  checkTensor('dout', dout, { ndim: 2, dtypes: F32 })
+  checkTensor('tokens', tokens, { ndim: 1, dtypes: ['int32'] })
+  checkSameDevice(dweight, { dout, tokens })
+  const t = tokens.contiguous()
+  try {
+    op('embeddingBackward')(dweight, dout, t)
+  } finally {
+    t.dispose()
+  }
+}
+
+/** Rotary embedding in place on x [B, S, H*hd] (non-interleaved, positions posOffset + s); inverse = backward. */
+export function rope(x: Tensor, heads: number, posOffset = 0, opts: { theta?: number; inverse?: boolean } = {}): void {
+  checkTensor('x', x, { ndim: 3, dtypes: F32 })
+  checkInt('heads', heads, 1)
+  checkInt('posOffset', posOffset, 0)
+  const theta = checkNumber('theta', opts.theta ?? 10000)
+  if (x.shape[2] % (2 * heads) !== 0)
+    fail('ERR_SHAPE', `x: the last dimension ${x.shape[2]} must split into ${heads} heads of even size`)
+  op(opts.inverse ? 'ropeBackward' : 'ropeForward')(x, heads, posOffset, theta)
+}
+
+export interface AttentionResult {
+  out: Tensor
+  /** [B, H, Sq] log-sum-exp of each query's scores (saved for backward) */
+  lse: Tensor
+}
+
+function checkQKV(q: Tensor, k: Tensor, v: Tensor, heads: number, qOffset: number): void {
+  checkTensor('q', q, { ndim: 3, dtypes: F32 })
+  checkTensor('k', k, { ndim: 3, dtypes: F32 })
+  checkTensor('v', v, { ndim: 3, dtypes: F32 })
+  checkSameDevice(q, { k, v })
+  checkInt('heads', heads, 1)
+  checkInt('qOffset', qOffset, 0)
+  const [B, Sq, C] = q.shape
+  if (k.shape[0] !== B || k.shape[2] !== C) fail('ERR_SHAPE', `k: expected [${B}, Sk, ${C}], got ${show(k.shape)}`)
+  if (v.shape.join() !== k.shape.join()) fail('ERR_SHAPE', `v: expected the shape of k ${show(k.shape)}, got ${show(v.shape)}`)
+  if (C % heads !== 0) fail('ERR_SHAPE', `q: ${C} columns do not split into ${heads} heads`)
+  if (qOffset + Sq > k.shape[1]) fail('ERR_SHAPE', `k: ${k.shape[1]} keys cannot serve queries at positions ${qOffset}..${qOffset + Sq - 1}`)
+}
+
+/**
+ * Causal multi-head attention: q [B, Sq, H*hd], k, v [B, Sk, H*hd] (views with strided rows are
+ * fine); query s sits at position qOffset + s. Scale 1/sqrt(hd) unless given.
+ */
+export function attention(q: Tensor, k: Tensor, v: Tensor, heads: number, opts: { qOffset?: number; scale?: number; out?: Tensor } = {}): AttentionResult {
+  const qOffset = opts.qOffset ?? 0
+  checkQKV(q, k, v, heads, qOffset)
+  const [B, Sq, C] = q.shape
+  const scale = checkNumber('scale', opts.scale ?? 1 / Math.sqrt(C / heads))
+  const out = opts.out ?? empty([B, Sq, C], { device: q.device })
+  checkTensor('out', out, { ndim: 3, dtypes: F32 })
+  const lse = empty([B, heads, Sq], { device: q.device })
+  op('attentionForward')(out, lse, q, k, v, heads, qOffset, scale)
+  return { out, lse }
+}
+
+/** Gradients of attention; dq, dk, dv (shaped like q, k, v; views allowed) are overwritten. */
+export function attentionBackward(
+  grads: { dq: Tensor; dk: Tensor; dv: Tensor },
+  dout: Tensor,
+  saved: { q: Tensor; k: Tensor; v: Tensor; out: Tensor; lse: Tensor },
+  heads: number,
+  opts: { qOffset?: number; scale?: number } = {},
+): void {
+  const { q, k, v, out, lse } = saved
+  const qOffset = opts.qOffset ?? 0
+  checkQKV(q, k, v, heads, qOffset)
+  const scale = checkNumber('scale', opts.scale ?? 1 / Math.sqrt(q.shape[2] / heads))
+  for (const [n, t, ref] of [['dq', grads.dq, q], ['dk', grads.dk, k], ['dv', grads.dv, v], ['dout', dout, q], ['out', out, q]] as const) {
+    checkTensor(n, t, { ndim: 3, dtypes: F32 })
+    if (t.shape.join() !== ref.shape.join()) fail('ERR_SHAPE', `${n}: expected ${show(ref.shape)}, got ${show(t.shape)}`)
+  }
+  checkTensor('lse', lse, { ndim: 3, dtypes: F32 })
+  op('attentionBackward')(grads.dq, grads.dk, grads.dv, dout, q, k, v, out, lse, heads, qOffset, scale)
+}
+
+export interface CrossEntropyResult {
+  /** [1] mean loss over counted tokens */
+  loss: Tensor
+  /** [T] per-row log-sum-exp (saved for backward) */
+  lse: Tensor
+}
+
+function checkCE(logits: Tensor, targets: Tensor, ignoreIndex: number): void {
+  checkTensor('logits', logits, { ndim: 2, dtypes: F32 })
+  checkTensor('targets', targets, { ndim: 1, dtypes: ['int32'] })
+  checkSameDevice(logits, { targets })
+  checkInt('ignoreIndex', ignoreIndex, -(2 ** 31), 2 ** 31 - 1)
+  if (targets.shape[0] !== logits.shape[0])
+    fail('ERR_SHAPE', `targets: expected ${logits.shape[0]} targets (one per logits row), got ${targets.shape[0]}`)
+}
+
+/** Mean softmax cross-entropy of logits [T, V] against targets int32 [T]; targets equal to ignoreIndex (default -100) are skipped. */
+export function crossEntropy(logits: Tensor, targets: Tensor, ignoreIndex = -100): CrossEntropyResult {
+  checkCE(logits, targets, ignoreIndex)
+  const loss = empty([1], { device: logits.device })
+  const lse = empty([logits.shape[0]], { device: logits.device })
+  const t = targets.contiguous()
+  try {
+    op('crossEntropyForward')(loss, lse, logits, t, ignoreIndex)
+  } finally {
+    t.dispose()
+  }
+  return { loss, lse }
+}
+
+/** dlogits = dloss/count (softmax - onehot); `out` may be the logits tensor itself (in place). */
+export function crossEntropyBackward(logits: Tensor, targets: Tensor, lse: Tensor, dloss = 1, ignoreIndex = -100, out?: Tensor): Tensor {
+  checkCE(logits, targets, ignoreIndex)
+  checkTensor('lse', lse, { ndim: 1, dtypes: F32 })
+  checkNumber('dloss', dloss)
+  const d = out ?? empty(logits.shape, { device: logits.device })
+  const t = targets.contiguous()
+  try {
+    op('crossEntropyBackward')(d, logits, lse, t, dloss, ignoreIndex)
+  } finally {
+    t.dispose()
+  }
+  return d
+}
+
+/** [2] = (global L2 norm of grads, clip coefficient min(1, maxNorm/(norm + 1e-6))); maxNorm <= 0: no clipping. */
+export function gradNorm(grads: readonly Tensor[], maxNorm = 0): Tensor {
+  if (!Array.isArray(grads) || grads.length === 0) fail('ERR_ARGUMENT', `grads: expected a non-empty array of tensors, got ${show(grads)}`)
+  grads.forEach((g, i) => checkTensor(`grads[${i}]`, g, { dtypes: F32 }))
+  checkSameDevice(grads[0], Object.fromEntries(grads.map((g, i) => [`grads[${i}]`, g])))
+  checkNumber('maxNorm', maxNorm)
+  for (const [i, g] of grads.entries()) if (!g.isContiguous) fail('ERR_ARGUMENT', `grads[${i}]: expected a contiguous tensor`)
+  const out = empty([2], { device: grads[0].device })
+  op('gradNorm')(out, grads, maxNorm)
+  return out
+}
+
+export interface AdamWHyper {
+  lr: number
+  beta1: number
+  beta2: number
+  eps: number
+  weightDecay: number
+  /** 1-based step for bias correction */
+  step: number
+}
+
+/** One AdamW update in place (param, m, v float32, contiguous); grad scaled by clip[1] when clip is given. */
+export function adamwStep(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, h: AdamWHyper, clip?: Tensor): void {
+  for (const [n, t] of [['param', param], ['grad', grad], ['m', m], ['v', v]] as const) {
+    checkTensor(n, t, { dtypes: F32 })
+    if (!t.isContiguous) fail('ERR_ARGUMENT', `${n}: expected a contiguous tensor`)
+    if (t.size !== param.size) fail('ERR_SHAPE', `${n}: expected ${param.size} elements, got ${t.size}`)
+  }
+  checkSameDevice(param, { grad, m, v, clip })
+  for (const k of ['lr', 'beta1', 'beta2', 'eps', 'weightDecay'] as const) checkNumber(k, h[k])
+  checkInt('step', h.step, 1)
+  op('adamwStep')(param, m, v, grad, clip ?? null, h.lr, h.beta1, h.beta2, h.eps, h.weightDecay, h.step)
+}
