@@ -1,43 +1,239 @@
-// straightforward blocked GEMM; the packed micro-kernel replaces its inner loops.
+// packed GEMM in the GotoBLAS/BLIS style: op(B) is packed in KC x NC panels, op(A) in MC x KC
+// blocks (bf16 widened, row gather and transposes applied while packing), and a register-blocked
+// micro-kernel runs over the packed buffers. threads split M and N only, never K, so each C
+// element is summed in the same order (KC blocks, each k-ordered) at every thread count.
 #include "gemm.h"
 
 #include <algorithm>
-#include <vector>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <string>
 
 #include "../core/dtype.h"
+#include "../core/error.h"
+#include "gemm_kernels.h"
 #include "pool.h"
 
 namespace vffn::cpu {
 
-static inline float load(const Mat& m, int64_t r, int64_t c) {
-  // r, c index the operand op(M)
-  int64_t sr = m.trans ? c : (m.rows ? m.rows[r] : r);
-  int64_t sc = m.trans ? r : c;
-  if (m.dtype == BF16) return bf16_to_f32(static_cast<const uint16_t*>(m.data)[sr * m.ld + sc]);
-  return static_cast<const float*>(m.data)[sr * m.ld + sc];
+// ---- generic packing (any dtype, transpose, gather; used by the portable kernel and edges) ----
+
+template <typename T>
+static inline float elem(const T* p, int64_t i) {
+  if constexpr (sizeof(T) == 2)
+    return bf16_to_f32(p[i]);
+  else
+    return p[i];
 }
 
-static void gemm_rows(int64_t i0, int64_t i1, int64_t N, int64_t K, float alpha, const Mat& A, const Mat& B,
-                      float beta, float* C, int64_t ldc) {
-  std::vector<float> acc(static_cast<size_t>(N));
-  for (int64_t i = i0; i < i1; i++) {
-    std::fill(acc.begin(), acc.end(), 0.f);
-    for (int64_t k = 0; k < K; k++) {
-      float a = load(A, i, k);
-      for (int64_t j = 0; j < N; j++) acc[size_t(j)] += a * load(B, k, j);
+template <typename T>
+static void pack_a_t(const Mat& A, int64_t i0, int64_t m, int64_t p0, int64_t k, int mr, float* dst) {
+  const T* d = static_cast<const T*>(A.data);
+  for (int64_t ir = 0; ir < m; ir += mr, dst += k * mr) {
+    int64_t rows = std::min<int64_t>(mr, m - ir);
+    for (int64_t i = 0; i < mr; i++) {
+      float* o = dst + i;
+      if (i >= rows) {
+        for (int64_t p = 0; p < k; p++) o[p * mr] = 0.f;
+      } else if (A.trans) {  // element (i, p) is stored at [p, i]
+        const T* s = d + p0 * A.ld + (i0 + ir + i);
+        for (int64_t p = 0; p < k; p++) o[p * mr] = elem(s, p * A.ld);
+      } else {
+        int64_t r = i0 + ir + i;
+        const T* s = d + (A.rows ? int64_t(A.rows[r]) : r) * A.ld + p0;
+        for (int64_t p = 0; p < k; p++) o[p * mr] = elem(s, p);
+      }
     }
-    float* c = C + i * ldc;
-    for (int64_t j = 0; j < N; j++) c[j] = alpha * acc[size_t(j)] + (beta == 0.f ? 0.f : beta * c[j]);
   }
 }
+
+template <typename T>
+static void pack_b_t(const Mat& B, int64_t p0, int64_t k, int64_t j0, int64_t n, int nr, float* dst) {
+  const T* d = static_cast<const T*>(B.data);
+  for (int64_t jr = 0; jr < n; jr += nr, dst += k * nr) {
+    int64_t cols = std::min<int64_t>(nr, n - jr);
+    for (int64_t p = 0; p < k; p++) {
+      float* o = dst + p * nr;
+      if (B.trans) {  // element (p, j) is stored at [j, p]
+        const T* s = d + (j0 + jr) * B.ld + p0 + p;
+        for (int64_t j = 0; j < cols; j++) o[j] = elem(s, j * B.ld);
+      } else {
+        int64_t r = p0 + p;
+        const T* s = d + (B.rows ? int64_t(B.rows[r]) : r) * B.ld + j0 + jr;
+        for (int64_t j = 0; j < cols; j++) o[j] = elem(s, j);
+      }
+      for (int64_t j = cols; j < nr; j++) o[j] = 0.f;
+    }
+  }
+}
+
+void gemm_pack_a_generic(const Mat& A, int64_t i0, int64_t m, int64_t p0, int64_t k, int mr, float* dst) {
+  if (A.dtype == BF16) return pack_a_t<uint16_t>(A, i0, m, p0, k, mr, dst);
+  pack_a_t<float>(A, i0, m, p0, k, mr, dst);
+}
+
+void gemm_pack_b_generic(const Mat& B, int64_t p0, int64_t k, int64_t j0, int64_t n, int nr, float* dst) {
+  if (B.dtype == BF16) return pack_b_t<uint16_t>(B, p0, k, j0, n, nr, dst);
+  pack_b_t<float>(B, p0, k, j0, n, nr, dst);
+}
+
+// ---- the portable kernel: plain C++ the compiler vectorises for the baseline instruction set ----
+
+namespace {
+
+constexpr int kPMR = 4, kPNR = 16;
+
+void portable_micro(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, float alpha, float beta) {
+  float acc[kPMR][kPNR] = {};
+  for (int64_t p = 0; p < kc; p++, a += kPMR, b += kPNR)
+    for (int i = 0; i < kPMR; i++)
+      for (int j = 0; j < kPNR; j++) acc[i][j] += a[i] * b[j];
+  for (int i = 0; i < kPMR; i++)
+    for (int j = 0; j < kPNR; j++) {
+      float r = alpha * acc[i][j];
+      c[i * ldc + j] = beta == 0.f ? r : beta * c[i * ldc + j] + r;
+    }
+}
+
+void portable_pack_a(const Mat& A, int64_t i0, int64_t m, int64_t p0, int64_t k, float* dst) {
+  gemm_pack_a_generic(A, i0, m, p0, k, kPMR, dst);
+}
+void portable_pack_b(const Mat& B, int64_t p0, int64_t k, int64_t j0, int64_t n, float* dst) {
+  gemm_pack_b_generic(B, p0, k, j0, n, kPNR, dst);
+}
+
+const GemmKernel kPortable{"portable", kPMR, kPNR, 128, 256, 4096, portable_micro, portable_pack_a, portable_pack_b};
+
+const GemmKernel& select_kernel() {
+  const char* env = std::getenv("VFFN_GEMM_KERNEL");
+  std::string want = env ? env : "";
+  if (want == "portable") return kPortable;
+  const GemmKernel* k512 = gemm_kernel_avx512();
+  const GemmKernel* k256 = gemm_kernel_avx2();
+  if (want == "avx2" && k256) return *k256;
+  if (k512) return *k512;
+  if (k256) return *k256;
+  return kPortable;
+}
+
+const GemmKernel& kernel() {
+  static const GemmKernel& k = select_kernel();
+  return k;
+}
+
+// per-thread packing buffers, 64-byte aligned, grown on demand and kept for the thread's life
+float* scratch(int which, int64_t floats) {
+  struct Buf {
+    float* p = nullptr;
+    int64_t n = 0;
+    ~Buf() { std::free(p); }
+  };
+  thread_local Buf bufs[2];
+  Buf& b = bufs[which];
+  if (b.n < floats) {
+    std::free(b.p);
+    b.p = nullptr;
+    b.n = 0;
+    size_t bytes = (size_t(floats) * sizeof(float) + 63) / 64 * 64;
+    b.p = static_cast<float*>(std::aligned_alloc(64, bytes));
+    if (!b.p) fail("ERR_OOM", "gemm: cannot allocate " + std::to_string(bytes) + " bytes of packing buffer");
+    b.n = floats;
+  }
+  return b.p;
+}
+
+// C[m0:m1, n0:n1] on the calling thread. m0 and n0 are multiples of mr and nr (or the matrix
+// start), so every C element falls in the same micro-tile whatever the split.
+void gemm_block(const GemmKernel& kr, int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t K, float alpha,
+                const Mat& A, const Mat& B, float beta, float* C, int64_t ldc) {
+  const int mr = kr.mr, nr = kr.nr;
+  const int64_t mc = std::min<int64_t>(kr.mc, (m1 - m0 + mr - 1) / mr * mr);
+  const int64_t nc = std::min<int64_t>(kr.nc, (n1 - n0 + nr - 1) / nr * nr);
+  const int64_t kc = std::min<int64_t>(kr.kc, K);
+  float* pa = scratch(0, mc * kc);
+  float* pb = scratch(1, kc * nc);
+  alignas(64) float tile[32 * 32];
+  for (int64_t jc = n0; jc < n1; jc += nc) {
+    const int64_t nb = std::min(nc, n1 - jc);
+    for (int64_t pc = 0; pc < K; pc += kc) {
+      const int64_t kb = std::min(kc, K - pc);
+      const float bb = pc == 0 ? beta : 1.f;  // later K blocks accumulate onto the first
+      kr.pack_b(B, pc, kb, jc, nb, pb);
+      for (int64_t ic = m0; ic < m1; ic += mc) {
+        const int64_t mb = std::min(mc, m1 - ic);
+        kr.pack_a(A, ic, mb, pc, kb, pa);
+        for (int64_t jr = 0; jr < nb; jr += nr) {
+          const float* bp = pb + jr * kb;
+          const int64_t nv = std::min<int64_t>(nr, nb - jr);
+          for (int64_t ir = 0; ir < mb; ir += mr) {
+            const float* ap = pa + ir * kb;
+            const int64_t mv = std::min<int64_t>(mr, mb - ir);
+            float* c = C + (ic + ir) * ldc + jc + jr;
+            if (mv == mr && nv == nr) {
+              kr.micro(kb, ap, bp, c, ldc, alpha, bb);
+              continue;
+            }
+            // edge tile: the same kernel (same arithmetic) on a full tile in scratch
+            if (bb != 0.f)
+              for (int64_t i = 0; i < mv; i++) std::memcpy(tile + i * nr, c + i * ldc, size_t(nv) * sizeof(float));
+            kr.micro(kb, ap, bp, tile, nr, alpha, bb);
+            for (int64_t i = 0; i < mv; i++) std::memcpy(c + i * ldc, tile + i * nr, size_t(nv) * sizeof(float));
+          }
+        }
+      }
+    }
+  }
+}
+
+// C = beta * C without a product (K == 0 or alpha == 0), as BLAS does
+void scale_c(int64_t M, int64_t N, float beta, float* C, int64_t ldc) {
+  for (int64_t i = 0; i < M; i++) {
+    float* c = C + i * ldc;
+    if (beta == 0.f)
+      std::fill(c, c + N, 0.f);
+    else
+      for (int64_t j = 0; j < N; j++) c[j] *= beta;
+  }
+}
+
+}  // namespace
 
 void gemm(int64_t M, int64_t N, int64_t K, float alpha, const Mat& A, const Mat& B, float beta, float* C,
           int64_t ldc, bool parallel) {
   if (M <= 0 || N <= 0) return;
-  if (!parallel) return gemm_rows(0, M, N, K, alpha, A, B, beta, C, ldc);
-  parallel_for(M, 8, [&](int64_t b, int64_t e, int) { gemm_rows(b, e, N, K, alpha, A, B, beta, C, ldc); });
+  if (K <= 0 || alpha == 0.f) return scale_c(M, N, beta, C, ldc);
+  const GemmKernel& kr = kernel();
+  const int P = parallel ? threads() : 1;
+  // below ~1 MFLOP waking the pool costs more than it saves
+  if (P <= 1 || double(M) * double(N) * double(K) < 5e5) return gemm_block(kr, 0, M, 0, N, K, alpha, A, B, beta, C, ldc);
+  // split C into a grid pm x pn (pm * pn == P) of tile-aligned blocks, one per thread, choosing the
+  // grid with the least work on the busiest thread: its multiply-adds plus its packing (a packed
+  // element costs about as much as `kPack` multiply-adds)
+  constexpr double kPack = 16;
+  const int64_t tm = (M + kr.mr - 1) / kr.mr, tn = (N + kr.nr - 1) / kr.nr;  // tiles
+  int best_pm = 1;
+  double best = 0;
+  for (int pm = 1; pm <= P; pm++) {
+    if (P % pm) continue;
+    const int pn = P / pm;
+    if (pm > tm || pn > tn) continue;
+    const double m = double((tm + pm - 1) / pm * kr.mr), n = double((tn + pn - 1) / pn * kr.nr);
+    const double cost = m * n * double(K) + kPack * double(K) * (n + m * std::ceil(n / double(kr.nc)));
+    if (best == 0 || cost < best) best = cost, best_pm = pm;
+  }
+  int pm = best_pm, pn = P / pm;
+  if (pm > tm || pn > tn) pm = std::min<int64_t>(P, tm), pn = 1;  // too few tiles for any exact grid
+  parallel_for(int64_t(pm) * pn, 1, [&](int64_t b, int64_t e, int) {
+    for (int64_t t = b; t < e; t++) {
+      const int64_t bi = t / pn, bj = t % pn;
+      const int64_t m0 = std::min(M, tm * bi / pm * kr.mr), m1 = std::min(M, tm * (bi + 1) / pm * kr.mr);
+      const int64_t n0 = std::min(N, tn * bj / pn * kr.nr), n1 = std::min(N, tn * (bj + 1) / pn * kr.nr);
+      if (m0 < m1 && n0 < n1) gemm_block(kr, m0, m1, n0, n1, K, alpha, A, B, beta, C, ldc);
+    }
+  });
 }
 
-const char* gemm_kernel_name() { return "portable"; }
+const char* gemm_kernel_name() { return kernel().name; }
 
 }  // namespace vffn::cpu

@@ -1,0 +1,34 @@
+// the pieces of the packed GEMM that differ per instruction set: the register-blocked
+// micro-kernel and the packing routines. gemm.cpp drives them (blocking, edges, threads).
+#pragma once
+#include <cstdint>
+
+#include "gemm.h"
+
+namespace vffn::cpu {
+
+// packed layouts. A block: micro-panels of MR rows, each stored k-major (a[k * MR + i]).
+// B panel: micro-panels of NR columns, each stored k-major (b[k * NR + j]). rows/columns past
+// the matrix edge are packed as zeros so the micro-kernel always computes a full tile.
+struct GemmKernel {
+  const char* name;
+  int mr, nr;          // micro-tile
+  int64_t mc, kc, nc;  // cache blocking (multiples of mr / nr); kc fixes the summation order
+  // C[0:mr, 0:nr] = alpha * sum_k a[k] b[k] + beta * C (beta == 0: C is not read). the epilogue
+  // is r = alpha * acc, then r = fma(beta, c, r) when beta != 0, in every kernel's own lanes.
+  void (*micro)(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, float alpha, float beta);
+  // pack op(A)[i0 : i0 + m, p0 : p0 + k] into micro-panels of mr rows (m padded up to mr)
+  void (*pack_a)(const Mat& A, int64_t i0, int64_t m, int64_t p0, int64_t k, float* dst);
+  // pack op(B)[p0 : p0 + k, j0 : j0 + n] into micro-panels of nr columns (n padded up to nr)
+  void (*pack_b)(const Mat& B, int64_t p0, int64_t k, int64_t j0, int64_t n, float* dst);
+};
+
+// scalar packing for any dtype / transpose / gather into panels of mr rows or nr columns
+void gemm_pack_a_generic(const Mat& A, int64_t i0, int64_t m, int64_t p0, int64_t k, int mr, float* dst);
+void gemm_pack_b_generic(const Mat& B, int64_t p0, int64_t k, int64_t j0, int64_t n, int nr, float* dst);
+
+// nullptr when the build or the machine lacks the instruction set
+const GemmKernel* gemm_kernel_avx2();
+const GemmKernel* gemm_kernel_avx512();
+
+}  // namespace vffn::cpu
