@@ -1,0 +1,58 @@
+import { BenchReport, shapeLine } from './report'
+
+// A horizontal bar chart of median time per case with min-max whiskers, as plain SVG (no dependencies).
+
+const COLORS: Record<string, string> = { dense: '#7f8c8d', versatile: '#2471a3', loops: '#d68910', authors: '#c0392b' }
+
+function esc(s: string): string {
+  return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;')
+}
+
+/** Round axis step: 1, 2 or 5 times a power of ten, giving about five ticks up to `max`. */
+function tickStep(max: number): number {
+  const raw = max / 5
+  const p = 10 ** Math.floor(Math.log10(raw))
+  for (const m of [1, 2, 5, 10]) if (m * p >= raw) return m * p
+  return 10 * p
+}
+
+export function renderChart(r: BenchReport): string {
+  const W = 860
+  const left = 150
+  const right = 190
+  const top = 62
+  const row = 34
+  const bar = 20
+  const n = r.cases.length
+  const H = top + n * row + 46
+  const plotW = W - left - right
+  const maxMs = Math.max(...r.cases.map((c) => c.maxMs), 1e-9)
+  const step = tickStep(maxMs)
+  const axisMax = Math.ceil(maxMs / step) * step
+  const x = (ms: number) => left + (ms / axisMax) * plotW
+  const out: string[] = []
+  out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="Helvetica, Arial, sans-serif">`)
+  out.push(`<rect width="${W}" height="${H}" fill="#ffffff"/>`)
+  out.push(`<text x="${left}" y="22" font-size="15" font-weight="bold">versatile-ffn bench: median time per run (min-max whiskers)</text>`)
+  out.push(`<text x="${left}" y="42" font-size="11" fill="#444">${esc(`${r.deviceInfo}; ${shapeLine(r)}`)}</text>`)
+  for (let t = 0; t <= axisMax + step / 2; t += step) {
+    const xx = x(t).toFixed(1)
+    out.push(`<line x1="${xx}" y1="${top - 6}" x2="${xx}" y2="${top + n * row}" stroke="#e5e5e5"/>`)
+    out.push(`<text x="${xx}" y="${top + n * row + 16}" font-size="11" text-anchor="middle" fill="#444">${+t.toPrecision(6)}</text>`)
+  }
+  out.push(`<text x="${left + plotW / 2}" y="${top + n * row + 36}" font-size="12" text-anchor="middle">milliseconds</text>`)
+  r.cases.forEach((c, i) => {
+    const y = top + i * row + (row - bar) / 2
+    const color = COLORS[c.name.split('.')[0]] ?? '#555'
+    const cy = (y + bar / 2).toFixed(1)
+    out.push(`<text x="${left - 8}" y="${(y + bar / 2 + 4).toFixed(1)}" font-size="12" text-anchor="end">${esc(c.name)}</text>`)
+    out.push(`<rect x="${left}" y="${y.toFixed(1)}" width="${Math.max(x(c.medianMs) - left, 1).toFixed(1)}" height="${bar}" fill="${color}"/>`)
+    out.push(`<line x1="${x(c.minMs).toFixed(1)}" y1="${cy}" x2="${x(c.maxMs).toFixed(1)}" y2="${cy}" stroke="#111" stroke-width="1.5"/>`)
+    for (const v of [c.minMs, c.maxMs])
+      out.push(`<line x1="${x(v).toFixed(1)}" y1="${(y + 5).toFixed(1)}" x2="${x(v).toFixed(1)}" y2="${(y + bar - 5).toFixed(1)}" stroke="#111" stroke-width="1.5"/>`)
+    const ratio = c.ratioToDense === null ? '' : `, ${c.ratioToDense.toFixed(2)}x dense`
+    out.push(`<text x="${(x(axisMax) + 8).toFixed(1)}" y="${(y + bar / 2 + 4).toFixed(1)}" font-size="11" fill="#222">${esc(`${c.medianMs.toPrecision(3)} ms${ratio}`)}</text>`)
+  })
+  out.push('</svg>')
+  return out.join('\n') + '\n'
+}

@@ -1,0 +1,136 @@
+import * as fs from 'fs'
+import * as os from 'os'
+import { Device, cuda, getNumThreads, setNumThreads } from '../device'
+import type { BenchOptions } from './args'
+import { BenchCase, CaseContext, makeCase } from './cases'
+import { renderChart } from './chart'
+import { Progress, ProgressSink } from './progress'
+import { BenchReport, CaseResult, addRatios, configOf, median, renderJson, renderTable } from './report'
+
+export interface RunIO {
+  stdout: { write(s: string): void }
+  stderr: ProgressSink
+}
+
+/** Resolves --device: CUDA when available and not told otherwise. Throws a clear error when CUDA is asked for but absent. */
+export function resolveDevice(asked: string | undefined): Device {
+  if (asked === undefined) return Device.get(cuda.available() ? 'cuda' : 'cpu')
+  if (asked.startsWith('cuda') && !cuda.available()) {
+    const e = new Error(`--device ${asked}: CUDA is not available on this machine (${cuda.reason()}); use --device cpu`)
+    ;(e as Error & { code: string }).code = 'ERR_CUDA_UNAVAILABLE'
+    throw e
+  }
+  return Device.get(asked)
+}
+
+/** Samples device.memory().live while work runs (the CPU worker and CUDA stream run beside the event loop). */
+class MemorySampler {
+  private peak = 0
+  private timer: NodeJS.Timeout | undefined
+  constructor(private readonly dev: Device) {}
+  sample(): number {
+    const live = this.dev.memory().live
+    if (live > this.peak) this.peak = live
+    return live
+  }
+  start(): number {
+    this.peak = 0
+    const base = this.sample()
+    this.timer = setInterval(() => this.sample(), 1)
+    return base
+  }
+  stop(): number {
+    this.sample()
+    clearInterval(this.timer)
+    return this.peak
+  }
+}
+
+async function measureCase(c: BenchCase, opts: BenchOptions, dev: Device, index: number, progress: Progress): Promise<CaseResult> {
+  for (let i = 0; i < opts.warmup; i++) {
+    progress.update(index, c.name, 'warm-up', i + 1, opts.warmup)
+    await c.run()
+  }
+  // one untimed run samples memory and keeps the stats the FLOP count is read from
+  progress.update(index, c.name, 'memory run', 1, 1)
+  const sampler = new MemorySampler(dev)
+  const before = sampler.start()
+  await c.run(true)
+  const peak = sampler.stop()
+  const m = await c.measure()
+  const samples: number[] = []
+  for (let i = 0; i < opts.repeat; i++) {
+    progress.update(index, c.name, 'timed', i + 1, opts.repeat)
+    const t0 = performance.now()
+    await c.run()
+    samples.push(performance.now() - t0)
+  }
+  const medianMs = median(samples)
+  progress.caseDone(index, c.name, medianMs)
+  return {
+    name: c.name,
+    kind: c.kind,
+    description: c.description,
+    runs: samples.length,
+    medianMs,
+    minMs: Math.min(...samples),
+    maxMs: Math.max(...samples),
+    samplesMs: samples,
+    flops: m.flops,
+    usefulFlops: m.usefulFlops,
+    tflops: m.flops / (medianMs * 1e-3) / 1e12,
+    baseline: c.kind === 'forward' ? 'dense.forward' : 'dense.train',
+    ratioToDense: null,
+    ratioToIdeal: null,
+    paramBytes: c.paramBytes,
+    peakActivationBytes: Math.max(0, peak - before),
+    ...(m.loopsHistogram ? { loopsHistogram: m.loopsHistogram } : {}),
+    ...(m.widthTokens !== undefined ? { widthTokens: m.widthTokens } : {}),
+    ...(m.maxAbsDiffToVersatile !== undefined ? { maxAbsDiffToVersatile: m.maxAbsDiffToVersatile } : {}),
+  }
+}
+
+/** Runs every asked case and returns the report (printing is left to runBench). */
+export async function collect(opts: BenchOptions, progressSink: ProgressSink): Promise<BenchReport> {
+  const dev = resolveDevice(opts.device)
+  if (opts.threads !== undefined) setNumThreads(opts.threads)
+  const threads = dev.type === 'cpu' ? getNumThreads() : null
+  const cpu = os.cpus()[0]?.model.trim() ?? 'unknown CPU'
+  const deviceInfo = dev.type === 'cpu' ? `cpu (${cpu}, ${threads} threads)` : `${dev} (${cuda.deviceCount()} CUDA device(s) visible)`
+  const ctx: CaseContext = { device: dev, dtype: opts.dtype, shape: opts.shape, tokens: opts.tokens, depth: opts.depth, seed: opts.seed }
+  const progress = new Progress(progressSink, opts.cases.length)
+  const t0 = performance.now()
+  const cases: CaseResult[] = []
+  try {
+    for (const [i, name] of opts.cases.entries()) {
+      const c = await makeCase(name, ctx)
+      try {
+        cases.push(await measureCase(c, opts, dev, i, progress))
+      } finally {
+        c.dispose()
+      }
+      await dev.sync()
+    }
+  } finally {
+    progress.finish()
+  }
+  addRatios(cases)
+  return {
+    device: dev.toString(),
+    deviceInfo,
+    threads,
+    config: configOf(opts.config, opts.shape, opts.tokens, opts.dtype, opts.depth, opts.warmup, opts.repeat, opts.seed),
+    cases,
+    totalSeconds: (performance.now() - t0) / 1000,
+  }
+}
+
+export async function runBench(opts: BenchOptions, io: RunIO): Promise<BenchReport> {
+  const report = await collect(opts, io.stderr)
+  io.stdout.write(opts.json ? renderJson(report) : renderTable(report))
+  if (opts.chart !== undefined) {
+    fs.writeFileSync(opts.chart, renderChart(report))
+    if (!opts.json) io.stdout.write(`chart written to ${opts.chart}\n`)
+  }
+  return report
+}
