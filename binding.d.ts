@@ -36,6 +36,8 @@ export interface Binding {
   philox(c0: number, c1: number, c2: number, c3: number, seedLo: number, seedHi: number): number[]
   kernelInfo(): { gemm: string }
   gemm(c: NativeTensor, a: NativeTensor, b: NativeTensor, transA: boolean, transB: boolean, alpha: number, beta: number): void
+  /** Test hook: queues work on the device that fails with `message`. */
+  _debugFail(deviceType: number, deviceIndex: number, message: string): void
   [op: string]: unknown
 }
 

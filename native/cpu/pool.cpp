@@ -22,7 +22,13 @@ class Pool {
   void resize(int n) {
     stop_all();
     stop_ = false;
-    for (int i = 1; i < n; i++) workers_.emplace_back([this, i] { loop(i); });
+    // new workers must not mistake an earlier generation for work
+    uint64_t gen;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      gen = gen_;
+    }
+    for (int i = 1; i < n; i++) workers_.emplace_back([this, i, gen] { loop(i, gen); });
   }
 
   // run body(worker) on every worker and the caller; returns when all are done.
@@ -53,8 +59,7 @@ class Pool {
   }
 
  private:
-  void loop(int id) {
-    uint64_t seen = 0;
+  void loop(int id, uint64_t seen) {
     for (;;) {
       const std::function<void(int)>* body;
       {
@@ -112,7 +117,7 @@ Pool& pool() {
 
 int threads() { return pool().size(); }
 
-// resizing is queued on the CPU stream so it never races an op that is using the pool
+// callers queue resizing on the CPU stream so it never races an op that is using the pool
 void set_threads(int n) {
   if (n <= 0) n = default_threads();
   pool().resize(std::min(n, 256));

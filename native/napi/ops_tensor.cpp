@@ -269,7 +269,18 @@ Napi::Value KernelInfo(const Napi::CallbackInfo& info) {
   return o;
 }
 
+// _debugFail(deviceType, index, message): queues work that fails, to test error propagation
+Napi::Value DebugFail(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    Device* dev = device_arg(info[0], info[1]);
+    std::string msg = info[2].IsString() ? info[2].As<Napi::String>().Utf8Value() : "forced failure";
+    enqueue(dev, "debug_fail", [msg] { fail("ERR_INTERNAL", msg); });
+    return info.Env().Undefined();
+  });
+}
+
 void Register(Napi::Env env, Napi::Object exports) {
+  exports.Set("_debugFail", Napi::Function::New(env, DebugFail));
   exports.Set("alloc", Napi::Function::New(env, Alloc));
   exports.Set("write", Napi::Function::New(env, Write));
   exports.Set("read", Napi::Function::New(env, Read));
