@@ -1,0 +1,126 @@
+// The dense SwiGLU FFN of SPEC.md with its residual, the baseline VersatileFFN is measured against:
+// F(x) = x + W_out · (silu(W_gate · n(x)) ⊙ (W_up · n(x))).
+import { native } from '../binding'
+import { checkInt, fail, show } from '../errors'
+import { Tensor, TensorOptions, empty, full } from '../tensor'
+import { Module, ModuleOptions } from './module'
+
+export const NORM_EPS = 1e-6
+
+/** @internal test hook: when set, outputs and saved values start as NaN (so unwritten memory shows) */
+export const _ffnTestHooks = { poison: false }
+/** @internal allocates an output of an FFN op */
+export const alloc = (shape: number[], opts: TensorOptions): Tensor =>
+  _ffnTestHooks.poison ? full(shape, opts.dtype === 'int32' ? -7 : NaN, opts) : empty(shape, opts)
+type Fn = (...a: unknown[]) => void
+/** @internal a native op by name */
+export const op = (name: string): Fn => (native as unknown as Record<string, Fn>)[name]
+
+export interface DenseFFNOptions extends ModuleOptions {
+  dModel: number
+  /** SwiGLU intermediate size I */
+  hidden: number
+}
+
+export interface FFNForwardOptions {
+  train?: boolean
+  /** accepted for API symmetry with VersatileFFN; the dense FFN has no noise or schedule */
+  step?: number
+  noise?: 'gumbel' | 'none'
+  seed?: number | bigint
+}
+
+/** What a training forward keeps for backward; dispose() frees it (backward does unless retain). */
+export interface DenseFFNRecord {
+  y: Tensor
+  stats: Record<string, never>
+  auxLoss?: undefined
+  /** @internal */ _saved?: { owner: DenseFFN; x: Tensor; rstd: Tensor; h: Tensor }
+  dispose(): void
+}
+
+export interface BackwardOptions {
+  /** keep the record's saved tensors after backward (to call backward again). Default false. */
+  retain?: boolean
+}
+
+/** @internal checks a training record for backward */
+export function checkRecord<S extends { owner: unknown }>(tr: unknown, owner: unknown): S {
+  if (typeof tr !== 'object' || tr === null || !('_saved' in tr))
+    fail('ERR_ARGUMENT', `tr: expected the record of forward(x, { train: true }), got ${show(tr)}`)
+  const s = (tr as { _saved?: S })._saved
+  if (!s) fail('ERR_ARGUMENT', 'tr: this training record has been disposed or used by backward already')
+  if (s.owner !== owner) fail('ERR_ARGUMENT', 'tr: this training record belongs to another module')
+  return s
+}
+
+export class DenseFFN extends Module {
+  readonly dModel: number
+  readonly hidden: number
+
+  constructor(opts: DenseFFNOptions) {
+    if (typeof opts !== 'object' || opts === null) fail('ERR_ARGUMENT', `opts: expected an options object, got ${show(opts)}`)
+    const D = checkInt('dModel', opts.dModel, 1)
+    const I = checkInt('hidden', opts.hidden, 1)
+    super(
+      [
+        { name: 'ff_norm.weight', shape: [D], init: 'ones' },
+        { name: 'ff_proj.weight', shape: [2 * I, D], init: 'normal' },
+        { name: 'ff_out.weight', shape: [D, I], init: 'normal' },
+      ],
+      opts,
+    )
+    this.dModel = D
+    this.hidden = I
+  }
+
+  /** x [T, dModel] float32 -> y [T, dModel]; in training also what backward needs. */
+  forward(x: Tensor, opts?: { train?: false }): { y: Tensor; stats: Record<string, never> }
+  forward(x: Tensor, opts: FFNForwardOptions & { train: true }): DenseFFNRecord
+  forward(x: Tensor, opts: FFNForwardOptions = {}): DenseFFNRecord | { y: Tensor; stats: Record<string, never> } {
+    if (typeof opts !== 'object' || opts === null) fail('ERR_ARGUMENT', `opts: expected an options object, got ${show(opts)}`)
+    const train = opts.train ?? false
+    if (typeof train !== 'boolean') fail('ERR_ARGUMENT', `train: expected a boolean, got ${show(train)}`)
+    const xc = this.input('x', x, this.dModel)
+    const T = xc.shape[0]
+    const p = this.params
+    const y = alloc([T, this.dModel], { device: this.device })
+    if (!train) {
+      op('ffnForward')(y, xc, p['ff_norm.weight'], p['ff_proj.weight'], p['ff_out.weight'], null, null, NORM_EPS)
+      xc.dispose()
+      return { y, stats: {} }
+    }
+    const rstd = alloc([T], { device: this.device })
+    const h = alloc([T, 2 * this.hidden], { device: this.device })
+    op('ffnForward')(y, xc, p['ff_norm.weight'], p['ff_proj.weight'], p['ff_out.weight'], rstd, h, NORM_EPS)
+    const rec: DenseFFNRecord = {
+      y,
+      stats: {},
+      _saved: { owner: this, x: xc, rstd, h },
+      dispose() {
+        const s = rec._saved
+        rec._saved = undefined
+        if (s) for (const t of [s.x, s.rstd, s.h]) t.dispose()
+      },
+    }
+    return rec
+  }
+
+  /** dy [T, dModel] -> dx; accumulates into grads. Frees the record's saved values unless retain. */
+  backward(tr: DenseFFNRecord, dy: Tensor, opts: BackwardOptions = {}): Tensor {
+    const s = checkRecord<NonNullable<DenseFFNRecord['_saved']>>(tr, this)
+    const dyc = this.input('dy', dy, this.dModel)
+    if (dyc.shape[0] !== s.x.shape[0]) {
+      dyc.dispose()
+      fail('ERR_SHAPE', `dy: expected shape ${show(s.x.shape)}, got ${show(dy.shape)}`)
+    }
+    const p = this.params
+    const g = this.grads
+    const dx = alloc([...s.x.shape], { device: this.device })
+    op('ffnBackward')(dx, g['ff_norm.weight'], g['ff_proj.weight'], g['ff_out.weight'], dyc, s.x,
+      p['ff_norm.weight'], p['ff_proj.weight'], p['ff_out.weight'], s.rstd, s.h, NORM_EPS)
+    dyc.dispose()
+    if (!opts.retain) tr.dispose()
+    return dx
+  }
+}

@@ -1,0 +1,123 @@
+// Parameter and gradient handling shared by the FFN modules: named parameters in SPEC.md's names,
+// float32 gradients accumulated by backward, state dicts that validate fully before changing anything.
+import { Device, DeviceLike } from '../device'
+import { checkInt, fail, show } from '../errors'
+import { DType, Tensor, checkDType, randn, tensor, zeros } from '../tensor'
+
+export interface ModuleOptions {
+  device?: DeviceLike
+  /** Weight dtype: 'float32' (default) or 'bfloat16'. Activations and gradients are float32. */
+  dtype?: DType
+  /** Seed of the initial weights (and the default Gumbel noise seed). Default 0. */
+  seed?: number
+}
+
+/** A parameter: its shape, and `normal` (std 0.02 truncated at 3σ) or `ones` (norm gains). */
+export interface ParamSpec {
+  name: string
+  shape: number[]
+  init: 'normal' | 'ones'
+}
+
+export const INIT_STD = 0.02
+
+/** 'cuda' and 'cuda:0' are one device */
+export const sameDevice = (a: Device, b: Device): boolean => a.type === b.type && a.index === b.index
+const MASK64 = (1n << 64n) - 1n
+
+/** Base of DenseFFN and VersatileFFN: parameters, gradients, state dicts. */
+export class Module {
+  readonly device: Device
+  readonly dtype: DType
+  readonly seed: number
+  /** Parameters by SPEC.md name. */
+  readonly params: Record<string, Tensor> = {}
+  /** float32 gradients by parameter name; backward accumulates into them, zeroGrad() clears. */
+  readonly grads: Record<string, Tensor> = {}
+  private readonly specs: ParamSpec[]
+
+  protected constructor(specs: ParamSpec[], opts: ModuleOptions) {
+    this.device = Device.get(opts.device)
+    this.dtype = checkDType('dtype', opts.dtype ?? 'float32', ['float32', 'bfloat16'])
+    this.seed = checkInt('seed', opts.seed ?? 0)
+    this.specs = specs
+    specs.forEach((s, i) => {
+      // each parameter draws from its own Philox stream: (seed << 8 | index)
+      const seed = ((BigInt(this.seed) << 8n) | BigInt(i)) & MASK64
+      this.params[s.name] =
+        s.init === 'ones'
+          ? zeros(s.shape, { device: this.device, dtype: this.dtype }).fill_(1)
+          : randn(s.shape, { seed, std: INIT_STD, truncate: 3, device: this.device, dtype: this.dtype })
+      this.grads[s.name] = zeros(s.shape, { device: this.device })
+    })
+  }
+
+  /** The parameter tensors, in SPEC.md's order. */
+  parameters(): Tensor[] {
+    return this.specs.map((s) => this.params[s.name])
+  }
+
+  /** [name, parameter] pairs, in SPEC.md's order. */
+  namedParameters(): [string, Tensor][] {
+    return this.specs.map((s) => [s.name, this.params[s.name]])
+  }
+
+  /** Sets every gradient to zero. */
+  zeroGrad(): void {
+    for (const g of Object.values(this.grads)) g.fill_(0)
+  }
+
+  /** The parameters by name (the live tensors, not copies). */
+  stateDict(): Record<string, Tensor> {
+    return Object.fromEntries(this.namedParameters())
+  }
+
+  /**
+   * Copies values into the parameters. Every name must be present with its exact shape, as a
+   * float32/bfloat16 Tensor on this module's device or a Float32Array; nothing changes on error.
+   */
+  loadStateDict(sd: Record<string, Tensor | Float32Array>): void {
+    if (typeof sd !== 'object' || sd === null) fail('ERR_ARGUMENT', `stateDict: expected an object, got ${show(sd)}`)
+    const known = new Set(this.specs.map((s) => s.name))
+    for (const k of Object.keys(sd))
+      if (!known.has(k)) fail('ERR_ARGUMENT', `stateDict: unexpected name ${show(k)} (expected ${[...known].join(', ')})`)
+    for (const s of this.specs) {
+      const v = sd[s.name] as unknown
+      const size = s.shape.reduce((a, b) => a * b, 1)
+      if (v === undefined) fail('ERR_ARGUMENT', `stateDict: missing ${show(s.name)} (shape ${show(s.shape)})`)
+      if (v instanceof Float32Array) {
+        if (v.length !== size) fail('ERR_SHAPE', `${s.name}: expected ${size} values (shape ${show(s.shape)}), got ${v.length}`)
+      } else if (v instanceof Tensor) {
+        v._check(s.name)
+        if (v.shape.length !== s.shape.length || v.shape.some((d, i) => d !== s.shape[i]))
+          fail('ERR_SHAPE', `${s.name}: expected shape ${show(s.shape)}, got ${show(v.shape)}`)
+        if (v.dtype === 'int32') fail('ERR_DTYPE', `${s.name}: expected float32 or bfloat16, got int32`)
+        if (!sameDevice(v.device, this.device)) fail('ERR_DEVICE', `${s.name}: expected a tensor on ${this.device}, got one on ${v.device}`)
+      } else fail('ERR_ARGUMENT', `${s.name}: expected a Tensor or Float32Array, got ${show(v)}`)
+    }
+    for (const s of this.specs) {
+      const v = sd[s.name]
+      if (v instanceof Float32Array) {
+        const t = tensor(v, s.shape, { device: this.device })
+        this.params[s.name].copy_(t)
+        t.dispose()
+      } else if (v !== this.params[s.name]) this.params[s.name].copy_(v)
+    }
+  }
+
+  /** Frees parameters and gradients. */
+  dispose(): void {
+    for (const t of [...Object.values(this.params), ...Object.values(this.grads)]) t.dispose()
+  }
+
+  /** @internal checks an activation [T, width]: float32 on this device; returns a contiguous handle */
+  protected input(name: string, x: unknown, width: number): Tensor {
+    if (!(x instanceof Tensor)) fail('ERR_ARGUMENT', `${name}: expected a Tensor, got ${show(x)}`)
+    x._check(name)
+    if (x.ndim !== 2 || x.shape[1] !== width || x.shape[0] < 1)
+      fail('ERR_SHAPE', `${name}: expected shape [T >= 1, ${width}], got ${show(x.shape)}`)
+    if (x.dtype !== 'float32') fail('ERR_DTYPE', `${name}: expected float32, got ${x.dtype}`)
+    if (!sameDevice(x.device, this.device)) fail('ERR_DEVICE', `${name}: expected a tensor on ${this.device}, got one on ${x.device}`)
+    return x.contiguous()
+  }
+}

@@ -1,0 +1,153 @@
+// entry points of VersatileFFN: checks, then the op on the tensors' device. arguments come as one
+// object of named tensors and sizes (see lib/nn/versatile.ts), saved values as a nested object.
+#include "../core/ffn_args.h"
+#include "../cpu/ffn.h"
+#include "ffn_common.h"
+
+namespace vffn::napi {
+
+namespace {
+
+struct Dims {
+  int64_t T, D, I, N, K, L, E;
+};
+
+struct Saved {
+  TensorArg order, depth_p, xs, rstd, h, assign, expert_start, width_h, width_o, x_width, router_p;
+  VersatileSaved view() const {
+    return {order.view(),  depth_p.view(),      xs.view(),      rstd.view(),    h.view(),       assign.view(),
+            expert_start.view(), width_h.view(), width_o.view(), x_width.view(), router_p.view()};
+  }
+};
+
+Saved read_saved(const Napi::Object& s, const Dims& d, Device* dev) {
+  Saved v{field(s, "order"),  field(s, "depthP"), field(s, "xs"),     field(s, "rstd"),   field(s, "h"),      field(s, "assign"),
+          field(s, "expertStart"), field(s, "widthH"), field(s, "widthO"), field(s, "xWidth"), field(s, "routerP")};
+  check_arg(v.order, "order", {d.T}, kI32, dev);
+  check_arg(v.depth_p, "depthP", {d.T, d.L}, kF32, dev);
+  check_arg(v.xs, "xs", {d.L + 1, d.T, d.D}, kF32, dev);
+  check_arg(v.rstd, "rstd", {d.L, d.T}, kF32, dev);
+  check_arg(v.h, "h", {d.L, d.T, 2 * d.I}, kF32, dev);
+  check_arg(v.assign, "assign", {d.T * d.K}, kI32, dev);
+  check_arg(v.expert_start, "expertStart", {d.N + 1}, kI32, dev);
+  check_arg(v.width_h, "widthH", {d.T * d.K, 2 * d.E}, kF32, dev);
+  check_arg(v.width_o, "widthO", {d.T * d.K, d.D}, kF32, dev);
+  check_arg(v.x_width, "xWidth", {d.T, d.D}, kF32, dev);
+  check_arg(v.router_p, "routerP", {d.T, d.N}, kF32, dev);
+  return v;
+}
+
+struct Weights {
+  TensorArg x, norm_w, proj_w, out_w, router_w, depth_w;
+};
+
+Weights read_weights(const Napi::Object& o, Dims& d) {
+  Weights w{field(o, "x"), field(o, "normW"), field(o, "projW"), field(o, "outW"), field(o, "routerW"), field(o, "depthW")};
+  d.N = int_arg(o.Get("experts"), "experts");
+  d.K = int_arg(o.Get("topK"), "topK");
+  d.L = int_arg(o.Get("maxDepth"), "maxDepth");
+  d.E = int_arg(o.Get("expertHidden"), "expertHidden");
+  d.T = w.x.meta.shape[0];
+  d.D = w.x.meta.ndim == 2 ? w.x.meta.shape[1] : -1;
+  d.I = w.out_w.meta.ndim == 2 ? w.out_w.meta.shape[1] : -1;
+  if (d.T < 1 || d.N < 1 || d.K < 1 || d.K > d.N || d.L < 1 || d.E < 1 || d.E * d.N > d.I)
+    fail("ERR_ARGUMENT", "versatile: sizes out of range");
+  Device* dev = w.x.device;
+  check_arg(w.x, "x", {d.T, d.D}, kF32, dev);
+  check_arg(w.norm_w, "ff_norm.weight", {d.D}, kFloat, dev);
+  check_arg(w.proj_w, "ff_proj.weight", {2 * d.I, d.D}, kFloat, dev);
+  check_arg(w.out_w, "ff_out.weight", {d.D, d.I}, kFloat, dev);
+  check_arg(w.router_w, "expert_gate.weight", {d.N, d.D}, kFloat, dev);
+  check_arg(w.depth_w, "depth_predictor.weight", {d.L, d.D}, kFloat, dev);
+  return w;
+}
+
+Napi::Value VersatileForward(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    if (!info[0].IsObject()) fail("ERR_ARGUMENT", "versatileForward: expected an argument object");
+    Napi::Object o = info[0].As<Napi::Object>();
+    Dims d{};
+    Weights w = read_weights(o, d);
+    Device* dev = w.x.device;
+    TensorArg y = field(o, "y"), loops = field(o, "loops"), lambda = field(o, "lambda"), experts = field(o, "expertsOut"),
+              weights = field(o, "weights"), counts = field(o, "expertCounts"), aux = field(o, "aux");
+    check_arg(y, "y", {d.T, d.D}, kF32, dev);
+    check_arg(loops, "loops", {d.T}, kI32, dev);
+    check_arg(lambda, "lambda", {d.T}, kF32, dev);
+    check_arg(experts, "expertsOut", {d.T, d.K}, kI32, dev);
+    check_arg(weights, "weights", {d.T, d.K}, kF32, dev);
+    check_arg(counts, "expertCounts", {d.N}, kI32, dev);
+    check_arg(aux, "aux", {1}, kF32, dev);
+    bool train = bool_arg(o.Get("train"), "train");
+    Saved sv{};
+    if (train) {
+      if (!has(o, "saved")) fail("ERR_ARGUMENT", "saved: training needs the saved tensors");
+      sv = read_saved(o.Get("saved").As<Napi::Object>(), d, dev);
+    }
+    bool noise = bool_arg(o.Get("noise"), "noise");
+    uint64_t seed = uint64_t(uint32_t(int_arg(o.Get("seedLo"), "seedLo"))) |
+                    (uint64_t(uint32_t(int_arg(o.Get("seedHi"), "seedHi"))) << 32);
+    float eps = float(num_arg(o.Get("eps"), "eps")), tau = float(num_arg(o.Get("tau"), "tau")),
+          alpha = float(num_arg(o.Get("balanceWeight"), "balanceWeight"));
+    enqueue(dev, "versatile_forward", [=] {
+      VersatileForwardArgs a{y.view(),        loops.view(),    lambda.view(),   experts.view(),   weights.view(),
+                             counts.view(),   aux.view(),      w.x.view(),      w.norm_w.view(),  w.proj_w.view(),
+                             w.out_w.view(),  w.router_w.view(), w.depth_w.view(), train ? sv.view() : VersatileSaved{},
+                             d.N, d.K, d.L, d.E, eps, tau, alpha, train ? 1 : 0, noise ? 1 : 0, seed};
+      if (dev->type == kCPU) return cpu::versatile_forward(a);
+      cuda_call(dev, "versatile_forward", &a);
+    });
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value VersatileBackward(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    if (!info[0].IsObject()) fail("ERR_ARGUMENT", "versatileBackward: expected an argument object");
+    Napi::Object o = info[0].As<Napi::Object>();
+    Dims d{};
+    Weights w = read_weights(o, d);
+    Device* dev = w.x.device;
+    TensorArg dx = field(o, "dx"), dnw = field(o, "dNormW"), dpw = field(o, "dProjW"), dow = field(o, "dOutW"),
+              drw = field(o, "dRouterW"), ddw = field(o, "dDepthW"), dy = field(o, "dy");
+    check_arg(dx, "dx", {d.T, d.D}, kF32, dev);
+    check_arg(dy, "dy", {d.T, d.D}, kF32, dev);
+    check_arg(dnw, "d ff_norm.weight", {d.D}, kF32, dev);
+    check_arg(dpw, "d ff_proj.weight", {2 * d.I, d.D}, kF32, dev);
+    check_arg(dow, "d ff_out.weight", {d.D, d.I}, kF32, dev);
+    check_arg(drw, "d expert_gate.weight", {d.N, d.D}, kF32, dev);
+    check_arg(ddw, "d depth_predictor.weight", {d.L, d.D}, kF32, dev);
+    TensorArg loops = field(o, "loops"), lambda = field(o, "lambda"), experts = field(o, "expertsOut"),
+              weights = field(o, "weights"), counts = field(o, "expertCounts");
+    check_arg(loops, "loops", {d.T}, kI32, dev);
+    check_arg(lambda, "lambda", {d.T}, kF32, dev);
+    check_arg(experts, "expertsOut", {d.T, d.K}, kI32, dev);
+    check_arg(weights, "weights", {d.T, d.K}, kF32, dev);
+    check_arg(counts, "expertCounts", {d.N}, kI32, dev);
+    if (!has(o, "saved")) fail("ERR_ARGUMENT", "saved: backward needs the saved tensors");
+    Saved sv = read_saved(o.Get("saved").As<Napi::Object>(), d, dev);
+    float eps = float(num_arg(o.Get("eps"), "eps")), tau = float(num_arg(o.Get("tau"), "tau")),
+          alpha = float(num_arg(o.Get("balanceWeight"), "balanceWeight")),
+          aux_grad = float(num_arg(o.Get("auxGrad"), "auxGrad"));
+    enqueue(dev, "versatile_backward", [=] {
+      VersatileBackwardArgs a{dx.view(),       dnw.view(),      dpw.view(),        dow.view(),       drw.view(),
+                              ddw.view(),      dy.view(),       w.x.view(),        w.norm_w.view(),  w.proj_w.view(),
+                              w.out_w.view(),  w.router_w.view(), w.depth_w.view(), loops.view(),     lambda.view(),
+                              experts.view(),  weights.view(),  counts.view(),     sv.view(),        d.N,
+                              d.K,             d.L,             d.E,               eps,              tau,
+                              alpha,           aux_grad};
+      if (dev->type == kCPU) return cpu::versatile_backward(a);
+      cuda_call(dev, "versatile_backward", &a);
+    });
+    return info.Env().Undefined();
+  });
+}
+
+void Register(Napi::Env env, Napi::Object exports) {
+  exports.Set("versatileForward", Napi::Function::New(env, VersatileForward));
+  exports.Set("versatileBackward", Napi::Function::New(env, VersatileBackward));
+}
+VFFN_REGISTER(Register);
+
+}  // namespace
+}  // namespace vffn::napi
