@@ -186,3 +186,14 @@ export function adamwStep(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, h: 
   checkInt('step', h.step, 1)
   op('adamwStep')(param, m, v, grad, clip ?? null, h.lr, h.beta1, h.beta2, h.eps, h.weightDecay, h.step)
 }
+
+/** y += alpha * x in place (both float32, contiguous, same element count). */
+export function axpy(y: Tensor, x: Tensor, alpha = 1): void {
+  checkTensor('y', y, { dtypes: F32 })
+  checkTensor('x', x, { dtypes: F32 })
+  checkSameDevice(y, { x })
+  checkNumber('alpha', alpha)
+  if (!y.isContiguous || !x.isContiguous) fail('ERR_ARGUMENT', 'axpy: y and x must be contiguous')
+  if (y.size !== x.size) fail('ERR_SHAPE', `x: expected ${y.size} elements, got ${x.size}`)
+  op('axpy')(y, x, alpha)
+}

@@ -95,4 +95,11 @@ struct AdamWArgs {
   int64_t step;
 };
 
+// axpy: y += alpha * x, same element count, both contiguous (residual gradients, accumulation)
+struct AxpyArgs {
+  View y;
+  View x;
+  float alpha;
+};
+
 }  // namespace vffn

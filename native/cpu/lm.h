@@ -20,4 +20,6 @@ void cross_entropy_backward(const CrossEntropyBackwardArgs& a);
 void grad_norm(const GradNormArgs& a);
 void adamw_step(const AdamWArgs& a);
 
+void axpy(const AxpyArgs& a);
+
 }  // namespace vffn::cpu

@@ -1,5 +1,5 @@
 // AdamW with decoupled weight decay and the global gradient-norm clip it reads, in place on
-// float32 parameters and moments.
+// float32 parameters and moments; axpy for gradient accumulation.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -58,6 +58,15 @@ void adamw_step(const AdamWArgs& a) {
       float vi = v[i] = b2 * v[i] + (1.f - b2) * gi * gi;
       p[i] -= lr * (wd * p[i] + (mi / bc1) / (std::sqrt(vi / bc2) + eps));
     }
+  });
+}
+
+void axpy(const AxpyArgs& a) {
+  float* y = a.y.ptr<float>();
+  const float* x = a.x.ptr<float>();
+  float al = a.alpha;
+  parallel_for(a.y.numel(), 8192, [&](int64_t b, int64_t e, int) {
+    for (int64_t i = b; i < e; i++) y[i] += al * x[i];
   });
 }
 

@@ -268,6 +268,23 @@ Napi::Value AdamWStep(const Napi::CallbackInfo& info) {
   });
 }
 
+// axpy(y, x, alpha): y += alpha * x
+Napi::Value Axpy(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    TensorArg y = tensor_arg(info[0], "y"), x = tensor_arg(info[1], "x");
+    float alpha = float(num_arg(info[2], "alpha"));
+    if (y.meta.dtype != F32 || x.meta.dtype != F32) fail("ERR_DTYPE", "y: expected float32 tensors");
+    need_contiguous(y, "y"), need_contiguous(x, "x"), same_device(y, {&x});
+    if (y.numel() != x.numel()) fail("ERR_SHAPE", "x: expected " + to_string(y.numel()) + " elements, got " + to_string(x.numel()));
+    Device* dev = y.device;
+    enqueue(dev, "axpy", [=] {
+      AxpyArgs a{y.view(), x.view(), alpha};
+      dev->type == kCPU ? cpu::axpy(a) : cuda_call(dev, "axpy", &a);
+    });
+    return undef(info);
+  });
+}
+
 void Register(Napi::Env env, Napi::Object exports) {
   exports.Set("embeddingForward", Napi::Function::New(env, EmbeddingForward));
   exports.Set("embeddingBackward", Napi::Function::New(env, EmbeddingBackward));
@@ -279,6 +296,7 @@ void Register(Napi::Env env, Napi::Object exports) {
   exports.Set("crossEntropyBackward", Napi::Function::New(env, CrossEntropyBackward));
   exports.Set("gradNorm", Napi::Function::New(env, GradNorm));
   exports.Set("adamwStep", Napi::Function::New(env, AdamWStep));
+  exports.Set("axpy", Napi::Function::New(env, Axpy));
 }
 VFFN_REGISTER(Register);
 

@@ -1,0 +1,111 @@
+// Causal multi-head self-attention as SPEC.md fixes it: fused att_proj [3D, D] -> q | k | v,
+// rotary on q and k (non-interleaved, theta 10000, position = index in the sequence), causal
+// softmax(q k^T / sqrt(D/H)) v, then attn_out [D, D]. No biases. Optional KV cache for decoding.
+import { checkInt, fail, show } from '../errors'
+import { attention, attentionBackward, rope } from '../lm_ops'
+import { matmul } from '../ops'
+import { Tensor, empty } from '../tensor'
+
+export interface KVCache {
+  /** [B, maxLen, D] roped keys; positions [0, length) are filled */
+  k: Tensor
+  v: Tensor
+  length: number
+}
+
+export interface AttentionSaved {
+  B: number
+  S: number
+  /** normalized input [T, D] */
+  xn: Tensor
+  /** [B, S, 3D] with rotary applied to q and k */
+  qkv: Tensor
+  /** [B, S, D] attention output before attn_out */
+  att: Tensor
+  lse: Tensor
+}
+
+export const ROPE_THETA = 10000
+
+export class CausalSelfAttention {
+  readonly dModel: number
+  readonly nHeads: number
+  readonly params: Record<'att_proj.weight' | 'attn_out.weight', Tensor>
+  readonly grads: Record<'att_proj.weight' | 'attn_out.weight', Tensor>
+
+  constructor(dModel: number, nHeads: number, params: Record<'att_proj.weight' | 'attn_out.weight', Tensor>, grads: Record<'att_proj.weight' | 'attn_out.weight', Tensor>) {
+    checkInt('dModel', dModel, 1)
+    checkInt('nHeads', nHeads, 1)
+    if (dModel % nHeads !== 0 || (dModel / nHeads) % 2 !== 0)
+      fail('ERR_ARGUMENT', `nHeads: dModel ${dModel} must split into ${nHeads} heads of even size, got head size ${dModel / nHeads}`)
+    this.dModel = dModel
+    this.nHeads = nHeads
+    this.params = params
+    this.grads = grads
+  }
+
+  /** q|k|v of the normalized rows xn [B*S, D] with rotary applied at positions posOffset.. */
+  private project(xn: Tensor, B: number, S: number, posOffset: number): Tensor {
+    const D = this.dModel
+    const qkv = matmul(xn, this.params['att_proj.weight'], { transposeB: true }).reshape([B, S, 3 * D])
+    rope(qkv.slice(2, 0, 2 * D), 2 * this.nHeads, posOffset, { theta: ROPE_THETA })
+    return qkv
+  }
+
+  /**
+   * xn: normalized input [B*S, D]. Adds attn_out(attention) into `residual` [B*S, D] in place
+   * (residual += ...). With a cache, the S new tokens sit at positions cache.length.. and their
+   * keys and values are appended. Returns what backward needs (no cache in training).
+   */
+  forward(xn: Tensor, B: number, S: number, residual: Tensor, cache?: KVCache): AttentionSaved {
+    const D = this.dModel
+    const off = cache ? cache.length : 0
+    if (cache && off + S > cache.k.shape[1])
+      fail('ERR_SHAPE', `tokens: the cache holds ${cache.k.shape[1]} positions, ${off} used, ${S} more asked`)
+    const qkv = this.project(xn, B, S, off)
+    const q = qkv.slice(2, 0, D)
+    let k = qkv.slice(2, D, 2 * D), v = qkv.slice(2, 2 * D, 3 * D)
+    if (cache) {
+      cache.k.slice(1, off, off + S).copy_(k)
+      cache.v.slice(1, off, off + S).copy_(v)
+      k.dispose()
+      v.dispose()
+      k = cache.k.slice(1, 0, off + S)
+      v = cache.v.slice(1, 0, off + S)
+    }
+    const { out: att, lse } = attention(q, k, v, this.nHeads, { qOffset: off })
+    matmul(att.reshape([B * S, D]), this.params['attn_out.weight'], { transposeB: true, out: residual, alpha: 1, beta: 1 })
+    q.dispose()
+    k.dispose()
+    v.dispose()
+    if (cache) cache.length = off + S
+    return { B, S, xn, qkv, att, lse }
+  }
+
+  /** dres: gradient at the residual sum [B*S, D]. Accumulates weight gradients; returns d(xn) [B*S, D]. */
+  backward(saved: AttentionSaved, dres: Tensor): Tensor {
+    const { B, S, xn, qkv, att, lse } = saved
+    const D = this.dModel
+    const att2 = att.reshape([B * S, D])
+    matmul(dres, att2, { transposeA: true, out: this.grads['attn_out.weight'], beta: 1 })
+    const datt = matmul(dres, this.params['attn_out.weight']).reshape([B, S, D])
+    const dqkv = empty([B, S, 3 * D], { device: dres.device })
+    const v3 = (t: Tensor, i: number) => t.slice(2, i * D, (i + 1) * D)
+    const [q, k, v, dq, dk, dv] = [v3(qkv, 0), v3(qkv, 1), v3(qkv, 2), v3(dqkv, 0), v3(dqkv, 1), v3(dqkv, 2)]
+    attentionBackward({ dq, dk, dv }, datt, { q, k, v, out: att, lse }, this.nHeads)
+    rope(dqkv.slice(2, 0, 2 * D), 2 * this.nHeads, 0, { theta: ROPE_THETA, inverse: true })
+    const dqkv2 = dqkv.reshape([B * S, 3 * D])
+    matmul(dqkv2, xn, { transposeA: true, out: this.grads['att_proj.weight'], beta: 1 })
+    const dxn = matmul(dqkv2, this.params['att_proj.weight'])
+    for (const t of [att2, datt, dqkv, q, k, v, dq, dk, dv, dqkv2]) t.dispose()
+    return dxn
+  }
+}
+
+/** An empty KV cache for `batch` sequences of up to maxLen tokens. */
+export function kvCache(batch: number, maxLen: number, dModel: number, device: Tensor['device']): KVCache {
+  checkInt('batch', batch, 1)
+  checkInt('maxLen', maxLen, 1)
+  if (!Number.isInteger(dModel)) fail('ERR_ARGUMENT', `dModel: expected an integer, got ${show(dModel)}`)
+  return { k: empty([batch, maxLen, dModel], { device }), v: empty([batch, maxLen, dModel], { device }), length: 0 }
+}

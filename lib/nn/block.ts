@@ -1,0 +1,91 @@
+// The OLMo-style pre-norm transformer block of SPEC.md: h = x + Attn(attn_norm(x)), out = FFN(h),
+// where FFN is the dense F or VersatileFFN (both include their residual). Rows are tokens [B*S, D].
+import { native } from '../binding'
+import { fail } from '../errors'
+import { axpy } from '../lm_ops'
+import { Tensor, empty, zeros } from '../tensor'
+import { AttentionSaved, CausalSelfAttention, KVCache } from './attention'
+
+const EPS = 1e-6
+type Fn = (...a: unknown[]) => void
+const op = (name: string): Fn => (native as unknown as Record<string, Fn>)[name]
+
+/** n(x) = x / sqrt(mean(x²) + 1e-6) ⊙ w over rows of x [T, D]; rstd [T] kept when asked. */
+export function rmsnorm(x: Tensor, w: Tensor, keep: boolean): { out: Tensor; rstd?: Tensor } {
+  const out = empty(x.shape, { device: x.device })
+  const rstd = keep ? empty([x.shape[0]], { device: x.device }) : undefined
+  op('rmsnormForward')(out, rstd ?? null, x, w, EPS)
+  return { out, rstd }
+}
+
+/** dx of RMSNorm (written), dw accumulated. */
+export function rmsnormBackward(dout: Tensor, x: Tensor, w: Tensor, rstd: Tensor, dw: Tensor): Tensor {
+  const dx = empty(x.shape, { device: x.device })
+  op('rmsnormBackward')(dx, dw, dout, x, w, rstd)
+  return dx
+}
+
+/** What a block needs from its FFN: the module API of DenseFFN and VersatileFFN. */
+export interface FFNModule {
+  readonly grads: Record<string, Tensor>
+  stateDict(): Record<string, Tensor>
+  loadStateDict(sd: Record<string, Tensor | Float32Array>): void
+  forward(x: Tensor, opts: Record<string, unknown>): { y: Tensor; auxLoss?: unknown; stats?: unknown }
+  backward(saved: never, dy: Tensor): Tensor
+}
+
+export interface BlockForwardOptions {
+  train?: boolean
+  step?: number
+  noise?: 'gumbel' | 'none'
+  seed?: number | bigint
+  cache?: KVCache
+}
+
+export interface BlockSaved {
+  x: Tensor
+  rstd: Tensor
+  attn: AttentionSaved
+  ffn: unknown
+}
+
+export class TransformerBlock {
+  readonly attn: CausalSelfAttention
+  readonly ffn: FFNModule
+  readonly normWeight: Tensor
+  readonly normGrad: Tensor
+
+  constructor(attn: CausalSelfAttention, ffn: FFNModule, normWeight: Tensor) {
+    this.attn = attn
+    this.ffn = ffn
+    this.normWeight = normWeight
+    this.normGrad = zeros(normWeight.shape, { device: normWeight.device })
+  }
+
+  /** x [B*S, D] -> out [B*S, D]; in training also what backward needs. */
+  forward(x: Tensor, B: number, S: number, opts: BlockForwardOptions = {}): { y: Tensor; saved?: BlockSaved; auxLoss?: unknown; stats?: unknown } {
+    const train = opts.train ?? false
+    if (train && opts.cache) fail('ERR_ARGUMENT', 'cache: a KV cache is for inference only (train: false)')
+    const { out: xn, rstd } = rmsnorm(x, this.normWeight, train)
+    const h = x.clone()
+    const a = this.attn.forward(xn, B, S, h, opts.cache)
+    const f = train
+      ? this.ffn.forward(h, { train: true, step: opts.step ?? 0, noise: opts.noise ?? 'gumbel', seed: opts.seed ?? 0 })
+      : this.ffn.forward(h, { train: false })
+    if (!train) {
+      for (const t of [xn, h, a.qkv, a.att, a.lse]) t.dispose()
+      return { y: f.y, stats: f.stats }
+    }
+    return { y: f.y, auxLoss: f.auxLoss, stats: f.stats, saved: { x, rstd: rstd!, attn: a, ffn: f } }
+  }
+
+  /** dy [B*S, D] -> dx; accumulates every weight gradient of the block. */
+  backward(saved: BlockSaved, dy: Tensor): Tensor {
+    const dh = this.ffn.backward(saved.ffn as never, dy)
+    const dxn = this.attn.backward(saved.attn, dh)
+    const dx = rmsnormBackward(dxn, saved.x, this.normWeight, saved.rstd, this.normGrad)
+    axpy(dx, dh)
+    for (const t of [dh, dxn, saved.rstd, saved.attn.xn, saved.attn.qkv, saved.attn.att, saved.attn.lse]) t.dispose()
+    return dx
+  }
+}

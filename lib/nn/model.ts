@@ -1,0 +1,338 @@
+// TransformerLM: token embedding, blocks of attention + DenseFFN or VersatileFFN, final RMSNorm
+// and an untied output head, with SPEC.md's parameter names (OLMo's), so checkpoints interoperate.
+import { Device, DeviceLike } from '../device'
+import { checkInt, fail, show } from '../errors'
+import { loadSafetensors, saveSafetensors } from '../io/safetensors'
+import { crossEntropy, crossEntropyBackward, embedding, embeddingBackward } from '../lm_ops'
+import { checkTensor, matmul } from '../ops'
+import { Tensor, full, randn, tensor, zeros } from '../tensor'
+import { CausalSelfAttention, KVCache, kvCache } from './attention'
+import { BlockSaved, FFNModule, TransformerBlock, rmsnorm, rmsnormBackward } from './block'
+import { createFFN } from './model_ffn'
+import { generate, GenerateOptions } from './generate'
+
+export interface TransformerLMOptions {
+  vocabSize: number
+  dModel: number
+  nLayers: number
+  nHeads: number
+  /** SwiGLU intermediate size I */
+  hidden: number
+  maxSeqLen?: number
+  ffn?: 'versatile' | 'dense'
+  experts?: number
+  topK?: number
+  maxDepth?: number
+  expertHidden?: number
+  balanceLossWeight?: number
+  device?: DeviceLike
+  /** parameter dtype; float32 only for now */
+  dtype?: 'float32'
+  seed?: number
+}
+
+/** The paper's three sizes (15 layers, 16 heads, N=8, K=2, L=4, 50304 embedding rows) and small ones. */
+export const CONFIGS = {
+  '354M': { vocabSize: 50304, dModel: 1024, hidden: 4096, nLayers: 15, nHeads: 16, maxSeqLen: 2048 },
+  '720M': { vocabSize: 50304, dModel: 1536, hidden: 6144, nLayers: 15, nHeads: 16, maxSeqLen: 2048 },
+  '1.21B': { vocabSize: 50304, dModel: 2048, hidden: 8192, nLayers: 15, nHeads: 16, maxSeqLen: 2048 },
+  small: { vocabSize: 4096, dModel: 256, hidden: 1024, nLayers: 4, nHeads: 8, maxSeqLen: 512 },
+  tiny: { vocabSize: 256, dModel: 64, hidden: 256, nLayers: 2, nHeads: 4, maxSeqLen: 128 },
+} as const
+
+export interface ForwardOptions {
+  train?: boolean
+  /** training step (drives the Gumbel temperature schedule) */
+  step?: number
+  noise?: 'gumbel' | 'none'
+  /** @internal per-layer caches for incremental decoding */
+  caches?: KVCache[]
+}
+
+export interface LMOutput {
+  /** [B, S, vocabSize] */
+  logits: Tensor
+  /** per-layer FFN statistics (routing, loop counts) */
+  stats: unknown[]
+  /** per-layer balance losses (training) */
+  auxLoss: unknown[]
+  /** @internal what backward needs */
+  _saved?: { B: number; S: number; tokens: Tensor; blocks: BlockSaved[]; xf: Tensor; xfn: Tensor; rstd: Tensor; lse?: Tensor; targets?: Tensor; ignoreIndex?: number }
+}
+
+const NORM_NAMES = /(^|\.)(attn_norm|ff_norm|ln_f)\.weight$/
+
+// splitmix64 over (seed, a, b): distinct 53-bit seeds for each layer and step
+export function deriveSeed(seed: number | bigint, a: number, b = 0): bigint {
+  let z = (BigInt(seed) * 0x9e3779b97f4a7c15n + BigInt(a) * 0xbf58476d1ce4e5b9n + BigInt(b) * 0x94d049bb133111ebn) & ((1n << 64n) - 1n)
+  z = ((z ^ (z >> 30n)) * 0xbf58476d1ce4e5b9n) & ((1n << 64n) - 1n)
+  z = ((z ^ (z >> 27n)) * 0x94d049bb133111ebn) & ((1n << 64n) - 1n)
+  return (z ^ (z >> 31n)) & ((1n << 53n) - 1n)
+}
+
+export class TransformerLM {
+  readonly config: Required<Omit<TransformerLMOptions, 'device' | 'expertHidden' | 'balanceLossWeight'>> & { expertHidden?: number; balanceLossWeight?: number }
+  readonly device: Device
+  readonly blocks: TransformerBlock[]
+  private readonly own = new Map<string, { param: Tensor; grad: Tensor }>()
+
+  constructor(opts: TransformerLMOptions) {
+    if (typeof opts !== 'object' || opts === null) fail('ERR_ARGUMENT', `options: expected an object, got ${show(opts)}`)
+    const vocabSize = checkInt('vocabSize', opts.vocabSize, 1)
+    const dModel = checkInt('dModel', opts.dModel, 2)
+    const nLayers = checkInt('nLayers', opts.nLayers, 1)
+    const nHeads = checkInt('nHeads', opts.nHeads, 1)
+    const hidden = checkInt('hidden', opts.hidden, 1)
+    const maxSeqLen = checkInt('maxSeqLen', opts.maxSeqLen ?? 2048, 1)
+    const ffn = opts.ffn ?? 'versatile'
+    if (ffn !== 'versatile' && ffn !== 'dense') fail('ERR_ARGUMENT', `ffn: expected 'versatile' or 'dense', got ${show(ffn)}`)
+    if ((opts.dtype ?? 'float32') !== 'float32') fail('ERR_DTYPE', `dtype: TransformerLM trains in float32 (bfloat16 checkpoints load into it), got ${show(opts.dtype)}`)
+    const seed = checkInt('seed', opts.seed ?? 0, 0)
+    this.config = {
+      vocabSize, dModel, nLayers, nHeads, hidden, maxSeqLen, ffn, seed, dtype: 'float32',
+      experts: checkInt('experts', opts.experts ?? 8, 1), topK: checkInt('topK', opts.topK ?? 2, 1), maxDepth: checkInt('maxDepth', opts.maxDepth ?? 4, 1),
+      expertHidden: opts.expertHidden, balanceLossWeight: opts.balanceLossWeight,
+    }
+    this.device = Device.get(opts.device)
+    const dev = this.device
+    let k = 0
+    // SPEC.md init: normal(0, 0.02) truncated at 3 sigma for matrices, norm gains at 1
+    const mat = (name: string, shape: number[]) => this.addOwn(name, randn(shape, { std: 0.02, truncate: 3, seed: deriveSeed(seed, 1, k++), device: dev }))
+    const gain = (name: string) => this.addOwn(name, full([dModel], 1, { device: dev }))
+    mat('transformer.wte.weight', [vocabSize, dModel])
+    this.blocks = []
+    for (let i = 0; i < nLayers; i++) {
+      const p = `transformer.blocks.${i}.`
+      const attnParams = { 'att_proj.weight': mat(p + 'att_proj.weight', [3 * dModel, dModel]), 'attn_out.weight': mat(p + 'attn_out.weight', [dModel, dModel]) }
+      const attnGrads = { 'att_proj.weight': this.own.get(p + 'att_proj.weight')!.grad, 'attn_out.weight': this.own.get(p + 'attn_out.weight')!.grad }
+      const attn = new CausalSelfAttention(dModel, nHeads, attnParams, attnGrads)
+      const norm = gain(p + 'attn_norm.weight')
+      const f: FFNModule = createFFN(ffn, {
+        dModel, hidden, experts: this.config.experts, topK: this.config.topK, maxDepth: this.config.maxDepth,
+        expertHidden: opts.expertHidden, balanceLossWeight: opts.balanceLossWeight, device: dev, seed: Number(deriveSeed(seed, 2, i)),
+      })
+      const block = new TransformerBlock(attn, f, norm)
+      this.own.get(p + 'attn_norm.weight')!.grad.dispose()
+      this.own.set(p + 'attn_norm.weight', { param: norm, grad: block.normGrad })
+      this.blocks.push(block)
+    }
+    gain('transformer.ln_f.weight')
+    mat('transformer.ff_out.weight', [vocabSize, dModel])
+  }
+
+  private addOwn(name: string, t: Tensor): Tensor {
+    this.own.set(name, { param: t, grad: zeros(t.shape, { device: t.device }) })
+    return t
+  }
+
+  /** A config by name ('354M', '720M', '1.21B', 'small', 'tiny') merged with overrides. */
+  static config(name: keyof typeof CONFIGS, overrides: Partial<TransformerLMOptions> = {}): TransformerLMOptions {
+    const c = CONFIGS[name]
+    if (!c) fail('ERR_ARGUMENT', `name: expected one of ${Object.keys(CONFIGS).join(', ')}, got ${show(name)}`)
+    return { ...c, ...overrides }
+  }
+
+  /** Every parameter by its SPEC.md name (live tensors: optimizers update them in place). */
+  parameters(): Map<string, Tensor> {
+    const out = new Map<string, Tensor>()
+    out.set('transformer.wte.weight', this.own.get('transformer.wte.weight')!.param)
+    this.blocks.forEach((b, i) => {
+      const p = `transformer.blocks.${i}.`
+      out.set(p + 'attn_norm.weight', b.normWeight)
+      out.set(p + 'att_proj.weight', b.attn.params['att_proj.weight'])
+      out.set(p + 'attn_out.weight', b.attn.params['attn_out.weight'])
+      for (const [n, t] of Object.entries(b.ffn.stateDict())) out.set(p + n, t)
+    })
+    out.set('transformer.ln_f.weight', this.own.get('transformer.ln_f.weight')!.param)
+    out.set('transformer.ff_out.weight', this.own.get('transformer.ff_out.weight')!.param)
+    return out
+  }
+
+  /** Gradients by the same names (accumulated by backward; zeroGrad clears them). */
+  gradients(): Map<string, Tensor> {
+    const out = new Map<string, Tensor>()
+    for (const [name, p] of this.parameters()) {
+      const own = this.own.get(name)
+      if (own) {
+        out.set(name, own.grad)
+        continue
+      }
+      const i = Number(name.split('.')[2])
+      const local = name.split('.').slice(3).join('.')
+      const g = this.blocks[i].ffn.grads[local]
+      if (!g) fail('ERR_INTERNAL', `gradients: the FFN of block ${i} has no gradient for ${local}`)
+      if (g.shape.join() !== p.shape.join()) fail('ERR_INTERNAL', `gradients: ${name} has shape ${show(g.shape)}, its parameter ${show(p.shape)}`)
+      out.set(name, g)
+    }
+    return out
+  }
+
+  /** Whether weight decay applies (matrices and embeddings, not norm gains). */
+  static decays(name: string): boolean {
+    return !NORM_NAMES.test(name)
+  }
+
+  numParameters(): number {
+    let n = 0
+    for (const t of this.parameters().values()) n += t.size
+    return n
+  }
+
+  zeroGrad(): void {
+    for (const g of this.gradients().values()) g.fill_(0)
+  }
+
+  private checkTokens(tokens: Tensor): [number, number] {
+    checkTensor('tokens', tokens, { ndim: 2, dtypes: ['int32'] })
+    if (tokens.device !== this.device) fail('ERR_DEVICE', `tokens: expected a tensor on ${this.device}, got one on ${tokens.device}`)
+    const [B, S] = tokens.shape
+    if (B < 1) fail('ERR_SHAPE', `tokens: the batch is empty (shape ${show(tokens.shape)})`)
+    if (S < 1) fail('ERR_SHAPE', `tokens: the sequences are empty (shape ${show(tokens.shape)})`)
+    if (S > this.config.maxSeqLen) fail('ERR_SHAPE', `tokens: sequence length ${S} exceeds maxSeqLen ${this.config.maxSeqLen}`)
+    return [B, S]
+  }
+
+  /**
+   * tokens int32 [B, S] -> logits [B, S, vocabSize]. Ids outside [0, vocabSize) reject the next
+   * wait with ERR_ARGUMENT. In training (train: true) the output also carries what backward needs.
+   */
+  forward(tokens: Tensor, opts: ForwardOptions = {}): LMOutput {
+    const [B, S] = this.checkTokens(tokens)
+    const train = opts.train ?? false
+    const step = checkInt('step', opts.step ?? 0, 0)
+    const caches = opts.caches
+    const off = caches ? caches[0].length : 0
+    if (off + S > this.config.maxSeqLen) fail('ERR_SHAPE', `tokens: position ${off + S - 1} exceeds maxSeqLen ${this.config.maxSeqLen}`)
+    const D = this.config.dModel
+    const flat = tokens.contiguous().reshape([B * S])
+    let x = embedding(this.own.get('transformer.wte.weight')!.param, flat)
+    const saved: BlockSaved[] = []
+    const stats: unknown[] = []
+    const aux: unknown[] = []
+    this.blocks.forEach((blk, i) => {
+      const r = blk.forward(x, B, S, { train, step, noise: opts.noise ?? 'gumbel', seed: deriveSeed(this.config.seed, 3 + i, step), cache: caches?.[i] })
+      stats.push(r.stats)
+      aux.push(r.auxLoss)
+      if (r.saved) saved.push(r.saved)
+      else x.dispose()
+      x = r.y
+    })
+    const lnf = this.own.get('transformer.ln_f.weight')!.param
+    const { out: xfn, rstd } = rmsnorm(x, lnf, train)
+    const logits = matmul(xfn, this.own.get('transformer.ff_out.weight')!.param, { transposeB: true }).reshape([B, S, this.config.vocabSize])
+    if (!train) {
+      x.dispose()
+      xfn.dispose()
+      flat.dispose()
+      return { logits, stats, auxLoss: aux }
+    }
+    void D
+    return { logits, stats, auxLoss: aux, _saved: { B, S, tokens: flat, blocks: saved, xf: x, xfn, rstd: rstd! } }
+  }
+
+  /** Mean cross-entropy of a training output against targets int32 [B, S] (ignoreIndex skipped). Returns loss [1]. */
+  loss(out: LMOutput, targets: Tensor, ignoreIndex = -100): Tensor {
+    const s = out._saved
+    if (!s) fail('ERR_ARGUMENT', 'out: loss needs the output of forward(tokens, { train: true })')
+    checkTensor('targets', targets, { ndim: 2, dtypes: ['int32'] })
+    if (targets.shape[0] !== s.B || targets.shape[1] !== s.S) fail('ERR_SHAPE', `targets: expected [${s.B}, ${s.S}], got ${show(targets.shape)}`)
+    const t = targets.contiguous().reshape([s.B * s.S])
+    const logits2 = out.logits.reshape([s.B * s.S, this.config.vocabSize])
+    const { loss, lse } = crossEntropy(logits2, t, ignoreIndex)
+    logits2.dispose()
+    s.lse = lse
+    s.targets = t
+    s.ignoreIndex = ignoreIndex
+    return loss
+  }
+
+  /**
+   * Backward of loss(out, targets) scaled by dloss: accumulates every gradient. Overwrites
+   * out.logits with their gradient (saves a [B*S, V] buffer) and releases the saved values.
+   */
+  backward(out: LMOutput, dloss = 1): void {
+    const s = out._saved
+    if (!s || !s.lse || !s.targets) fail('ERR_ARGUMENT', 'out: backward needs a training output whose loss was computed')
+    const V = this.config.vocabSize
+    const logits2 = out.logits.reshape([s.B * s.S, V])
+    crossEntropyBackward(logits2, s.targets, s.lse, dloss, s.ignoreIndex, logits2)
+    const head = this.own.get('transformer.ff_out.weight')!
+    matmul(logits2, s.xfn, { transposeA: true, out: head.grad, beta: 1 })
+    const dxfn = matmul(logits2, head.param)
+    const lnf = this.own.get('transformer.ln_f.weight')!
+    let dx = rmsnormBackward(dxfn, s.xf, lnf.param, s.rstd, lnf.grad)
+    for (const t of [logits2, dxfn, s.xfn, s.rstd, s.lse, s.xf]) t.dispose()
+    for (let i = this.blocks.length - 1; i >= 0; i--) {
+      const next = this.blocks[i].backward(s.blocks[i], dx)
+      dx.dispose()
+      dx = next
+    }
+    embeddingBackward(this.own.get('transformer.wte.weight')!.grad, dx, s.tokens)
+    dx.dispose()
+    for (const b of s.blocks) b.x.dispose()
+    out._saved = undefined
+  }
+
+  /** Empty per-layer KV caches for `batch` sequences of up to maxLen tokens (default maxSeqLen). */
+  newCaches(batch: number, maxLen = this.config.maxSeqLen): KVCache[] {
+    checkInt('maxLen', maxLen, 1, this.config.maxSeqLen)
+    return this.blocks.map(() => kvCache(batch, maxLen, this.config.dModel, this.device))
+  }
+
+  /** Continues each prompt (equal lengths) by up to maxNewTokens tokens; see GenerateOptions. */
+  generate(prompts: readonly (readonly number[] | Int32Array)[], opts: GenerateOptions = {}): Promise<Int32Array[]> {
+    return generate(this, prompts, opts)
+  }
+
+  /** All parameters by name (the live tensors). */
+  stateDict(): Record<string, Tensor> {
+    return Object.fromEntries(this.parameters())
+  }
+
+  /**
+   * Replaces every parameter (values copied in). Throws ERR_ARGUMENT naming a missing or unknown
+   * name and ERR_SHAPE naming a misshapen one; on error nothing changes.
+   */
+  loadStateDict(sd: Record<string, Tensor | Float32Array>, opts: { strict?: boolean } = {}): void {
+    const params = this.parameters()
+    for (const [name, p] of params) {
+      const v = sd[name]
+      if (v === undefined) fail('ERR_ARGUMENT', `state dict: missing tensor ${show(name)} (shape ${show(p.shape)})`)
+      if (v instanceof Tensor) {
+        if (v.shape.join() !== p.shape.join()) fail('ERR_SHAPE', `state dict: ${show(name)} expected shape ${show(p.shape)}, got ${show(v.shape)}`)
+        v._check(name)
+      } else if (v instanceof Float32Array) {
+        if (v.length !== p.size) fail('ERR_SHAPE', `state dict: ${show(name)} expected ${p.size} values ${show(p.shape)}, got ${v.length}`)
+      } else fail('ERR_ARGUMENT', `state dict: ${show(name)} expected a Tensor or Float32Array, got ${show(v)}`)
+    }
+    if (opts.strict ?? true)
+      for (const name of Object.keys(sd)) if (!params.has(name)) fail('ERR_ARGUMENT', `state dict: unexpected tensor ${show(name)}`)
+    for (const [name, p] of params) {
+      const v = sd[name]
+      const src = v instanceof Tensor ? v : tensor(v, p.shape, { device: this.device })
+      p.copy_(src)
+      if (src !== v) src.dispose()
+    }
+  }
+
+  /** Writes every parameter to a safetensors file (float32 default, or bfloat16). */
+  async save(path: string, opts: { dtype?: 'float32' | 'bfloat16'; metadata?: Record<string, string> } = {}): Promise<void> {
+    const c = this.config
+    const meta: Record<string, string> = { format: 'pt', 'versatile-ffn.config': JSON.stringify({ ...c }), ...(opts.metadata ?? {}) }
+    await saveSafetensors(path, this.stateDict(), { dtype: opts.dtype, metadata: meta })
+  }
+
+  /** Loads a safetensors file with SPEC.md's names (F32 or BF16); errors name the tensor, nothing changes on error. */
+  async load(path: string): Promise<void> {
+    const { tensors } = await loadSafetensors(path)
+    const params = this.parameters()
+    const sd: Record<string, Float32Array> = {}
+    for (const [name, p] of params) {
+      const st = tensors.get(name)
+      if (!st) fail('ERR_ARGUMENT', `${show(path)}: missing tensor ${show(name)} (shape ${show(p.shape)})`)
+      if (st.shape.join() !== p.shape.join()) fail('ERR_SHAPE', `${show(path)}: tensor ${show(name)} has shape ${show(st.shape)}, the model needs ${show(p.shape)}`)
+      sd[name] = st.data
+    }
+    this.loadStateDict(sd, { strict: false })
+  }
+}
