@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -118,7 +119,14 @@ const GemmKernel& select_kernel() {
 }
 
 const GemmKernel& kernel() {
-  static const GemmKernel& k = select_kernel();
+  static const GemmKernel k = [] {
+    GemmKernel g = select_kernel();
+    if (const char* b = std::getenv("VFFN_GEMM_TUNE")) {
+      long mc, kc, nc;
+      if (std::sscanf(b, "%ld,%ld,%ld", &mc, &kc, &nc) == 3) g.mc = mc, g.kc = kc, g.nc = nc;
+    }
+    return g;
+  }();
   return k;
 }
 
@@ -135,7 +143,8 @@ float* scratch(int which, int64_t floats) {
     std::free(b.p);
     b.p = nullptr;
     b.n = 0;
-    size_t bytes = (size_t(floats) * sizeof(float) + 63) / 64 * 64;
+    // 64 floats of slack: packers may store a full vector past the last packed value
+    size_t bytes = (size_t(floats + 64) * sizeof(float) + 63) / 64 * 64;
     b.p = static_cast<float*>(std::aligned_alloc(64, bytes));
     if (!b.p) fail("ERR_OOM", "gemm: cannot allocate " + std::to_string(bytes) + " bytes of packing buffer");
     b.n = floats;
@@ -159,13 +168,14 @@ void gemm_block(const GemmKernel& kr, int64_t m0, int64_t m1, int64_t n0, int64_
     for (int64_t pc = 0; pc < K; pc += kc) {
       const int64_t kb = std::min(kc, K - pc);
       const float bb = pc == 0 ? beta : 1.f;  // later K blocks accumulate onto the first
-      kr.pack_b(B, pc, kb, jc, nb, pb);
       for (int64_t ic = m0; ic < m1; ic += mc) {
         const int64_t mb = std::min(mc, m1 - ic);
         kr.pack_a(A, ic, mb, pc, kb, pa);
         for (int64_t jr = 0; jr < nb; jr += nr) {
-          const float* bp = pb + jr * kb;
+          float* bp = pb + jr * kb;
           const int64_t nv = std::min<int64_t>(nr, nb - jr);
+          // B micro-panels are packed just before their first use, while they are still in L1
+          if (ic == m0) kr.pack_b(B, pc, kb, jc + jr, nv, bp);
           for (int64_t ir = 0; ir < mb; ir += mr) {
             const float* ap = pa + ir * kb;
             const int64_t mv = std::min<int64_t>(mr, mb - ir);
@@ -207,30 +217,26 @@ void gemm(int64_t M, int64_t N, int64_t K, float alpha, const Mat& A, const Mat&
   const int P = parallel ? threads() : 1;
   // below ~1 MFLOP waking the pool costs more than it saves
   if (P <= 1 || double(M) * double(N) * double(K) < 5e5) return gemm_block(kr, 0, M, 0, N, K, alpha, A, B, beta, C, ldc);
-  // split C into a grid pm x pn (pm * pn == P) of tile-aligned blocks, one per thread, choosing the
-  // grid with the least work on the busiest thread: its multiply-adds plus its packing (a packed
-  // element costs about as much as `kPack` multiply-adds)
+  // split C into a grid of gm x gn tile-aligned tasks, taken dynamically by the threads. the
+  // estimate per grid: rounds of tasks (+ half a task for a thread that starts late or is
+  // preempted) times one task's work: its multiply-adds plus its packing (a packed element costs
+  // about `kPack` multiply-adds). more tasks balance better; each task repacks its share.
   constexpr double kPack = 16;
   const int64_t tm = (M + kr.mr - 1) / kr.mr, tn = (N + kr.nr - 1) / kr.nr;  // tiles
-  int best_pm = 1;
-  double best = 0;
-  for (int pm = 1; pm <= P; pm++) {
-    if (P % pm) continue;
-    const int pn = P / pm;
-    if (pm > tm || pn > tn) continue;
-    const double m = double((tm + pm - 1) / pm * kr.mr), n = double((tn + pn - 1) / pn * kr.nr);
-    const double cost = m * n * double(K) + kPack * double(K) * (n + m * std::ceil(n / double(kr.nc)));
-    if (best == 0 || cost < best) best = cost, best_pm = pm;
-  }
-  int pm = best_pm, pn = P / pm;
-  if (pm > tm || pn > tn) pm = std::min<int64_t>(P, tm), pn = 1;  // too few tiles for any exact grid
-  parallel_for(int64_t(pm) * pn, 1, [&](int64_t b, int64_t e, int) {
-    for (int64_t t = b; t < e; t++) {
-      const int64_t bi = t / pn, bj = t % pn;
-      const int64_t m0 = std::min(M, tm * bi / pm * kr.mr), m1 = std::min(M, tm * (bi + 1) / pm * kr.mr);
-      const int64_t n0 = std::min(N, tn * bj / pn * kr.nr), n1 = std::min(N, tn * (bj + 1) / pn * kr.nr);
-      if (m0 < m1 && n0 < n1) gemm_block(kr, m0, m1, n0, n1, K, alpha, A, B, beta, C, ldc);
+  int64_t gm = 1, gn = 1;
+  double best = -1;
+  for (int64_t m = 1; m <= std::min<int64_t>(tm, 8 * P); m++)
+    for (int64_t n = 1; n <= std::min<int64_t>(tn, 8 * P) && m * n <= 8 * P; n++) {
+      const double mt = double((tm + m - 1) / m * kr.mr), nt = double((tn + n - 1) / n * kr.nr);
+      const double work = mt * nt * double(K) + kPack * double(K) * (nt + mt * std::ceil(nt / double(kr.nc)));
+      const double est = (double((m * n + P - 1) / P) + 0.5) * work;
+      if (best < 0 || est < best) best = est, gm = m, gn = n;
     }
+  parallel_tasks(gm * gn, [&](int64_t t, int) {
+    const int64_t bi = t / gn, bj = t % gn;
+    const int64_t m0 = std::min(M, tm * bi / gm * kr.mr), m1 = std::min(M, tm * (bi + 1) / gm * kr.mr);
+    const int64_t n0 = std::min(N, tn * bj / gn * kr.nr), n1 = std::min(N, tn * (bj + 1) / gn * kr.nr);
+    if (m0 < m1 && n0 < n1) gemm_block(kr, m0, m1, n0, n1, K, alpha, A, B, beta, C, ldc);
   });
 }
 

@@ -116,8 +116,53 @@ void pack_b(const Mat& B, int64_t p0, int64_t k, int64_t j0, int64_t n, float* d
   if (done < n) gemm_pack_b_generic(B, p0, k, j0 + done, n - done, kNR, dst + done * k);
 }
 
+// full panels of MR rows; returns how many rows it packed (the rest go to the generic path)
+template <typename T>
+int64_t pack_a_full(const Mat& A, int64_t i0, int64_t m, int64_t p0, int64_t k, float* dst) {
+  const T* d = static_cast<const T*>(A.data);
+  const int64_t full = m / kMR * kMR;
+  for (int64_t ir = 0; ir < full; ir += kMR, dst += k * kMR) {
+    if (A.trans) {  // element (i, p) is stored at [p, i]: MR contiguous values per p
+      const T* s = d + p0 * A.ld + i0 + ir;
+      for (int64_t p = 0; p < k; p++)
+        for (int i = 0; i < kMR; i++) {
+          if constexpr (sizeof(T) == 2)
+            dst[p * kMR + i] = bf16_to_f32(s[p * A.ld + i]);
+          else
+            dst[p * kMR + i] = s[p * A.ld + i];
+        }
+      continue;
+    }
+    const T* row[kMR];
+    for (int i = 0; i < kMR; i++) {
+      const int64_t r = i0 + ir + i;
+      row[i] = d + (A.rows ? int64_t(A.rows[r]) : r) * A.ld + p0;
+    }
+    int64_t p = 0;
+    // 8 k at a time: transpose 6 rows (+2 zero rows) and store each column of 6 with an 8-wide
+    // store whose 2 extra lanes are overwritten by the next store (the buffer has slack at the end)
+    for (; p + 8 <= k; p += 8) {
+      __m256 r[8];
+      for (int i = 0; i < kMR; i++) r[i] = load8(row[i] + p);
+      r[6] = r[7] = _mm256_setzero_ps();
+      transpose8(r);
+      for (int q = 0; q < 8; q++) _mm256_storeu_ps(dst + (p + q) * kMR, r[q]);
+    }
+    for (; p < k; p++)
+      for (int i = 0; i < kMR; i++) {
+        if constexpr (sizeof(T) == 2)
+          dst[p * kMR + i] = bf16_to_f32(row[i][p]);
+        else
+          dst[p * kMR + i] = row[i][p];
+      }
+  }
+  return full;
+}
+
 void pack_a(const Mat& A, int64_t i0, int64_t m, int64_t p0, int64_t k, float* dst) {
-  gemm_pack_a_generic(A, i0, m, p0, k, kMR, dst);
+  const int64_t done = A.dtype == BF16 ? pack_a_full<uint16_t>(A, i0, m, p0, k, dst)
+                                       : pack_a_full<float>(A, i0, m, p0, k, dst);
+  if (done < m) gemm_pack_a_generic(A, i0 + done, m - done, p0, k, kMR, dst + done * k);
 }
 
 const GemmKernel kAvx2{"avx2-fma", kMR, kNR, 144, 256, 4096, micro_6x16, pack_a, pack_b};
