@@ -5,9 +5,7 @@ import t from 'tap'
 import { promises as fs } from 'fs'
 import * as os from 'os'
 import * as path from 'path'
-import { tensor } from '../lib/index'
-import { TransformerLM, TransformerLMOptions } from '../lib/nn/model'
-import { loadSafetensors, parseSafetensors } from '../lib/io/safetensors'
+import { tensor, TransformerLM, TransformerLMOptions, loadSafetensors, parseSafetensors } from '../lib/index'
 
 const opts: TransformerLMOptions = { vocabSize: 19, dModel: 8, nLayers: 2, nHeads: 2, hidden: 16, maxSeqLen: 8, ffn: 'versatile', experts: 4, topK: 2, maxDepth: 2 }
 const dir = t.testdir({})
