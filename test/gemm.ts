@@ -1,0 +1,214 @@
+// CPU GEMM through the public matmul: a float64 reference over many shapes, layouts and dtypes,
+// alpha/beta, NaN-poisoned outputs, bit-identical results at every thread count, the portable kernel.
+import t, { Test } from 'tap'
+import { spawnSync } from 'node:child_process'
+import { tensor, matmul, setNumThreads, getNumThreads, Tensor, _native } from '../lib/index'
+
+const PORTABLE_CHILD = process.env.VFFN_GEMM_TEST_CHILD === '1'
+
+// deterministic values in [-1, 1) (mulberry32), so a failure replays exactly
+function values(n: number, seed: number): Float32Array {
+  let s = seed >>> 0
+  const out = new Float32Array(n)
+  for (let i = 0; i < n; i++) {
+    s = (s + 0x6d2b79f5) >>> 0
+    let x = s
+    x = Math.imul(x ^ (x >>> 15), x | 1)
+    x ^= x + Math.imul(x ^ (x >>> 7), x | 61)
+    out[i] = (((x ^ (x >>> 14)) >>> 0) / 4294967296) * 2 - 1
+  }
+  return out
+}
+
+// float32 -> bfloat16 (round to nearest even) -> float32, written plainly
+function bf16Round(x: number): number {
+  const f = new Float32Array([x])
+  const u = new Uint32Array(f.buffer)
+  const lower = u[0] & 0xffff
+  let upper = u[0] >>> 16
+  if (lower > 0x8000 || (lower === 0x8000 && (upper & 1) === 1)) upper = (upper + 1) >>> 0
+  u[0] = (upper << 16) >>> 0
+  return f[0]
+}
+
+type Layout = 'plain' | 'strided' | 'T'
+type DT = 'float32' | 'bfloat16'
+
+// a logical [r, c] tensor in one of three layouts, with its stored (dtype-rounded) values
+function operand(r: number, c: number, layout: Layout, dtype: DT, seed: number): { t: Tensor; at: (i: number, j: number) => number } {
+  const round = dtype === 'bfloat16' ? bf16Round : (x: number) => x
+  if (layout === 'plain') {
+    const v = values(r * c, seed).map(round)
+    return { t: tensor(v, [r, c], { dtype }), at: (i, j) => v[i * c + j] }
+  }
+  if (layout === 'T') {  // stored [c, r]; the view's columns are contiguous
+    const v = values(r * c, seed).map(round)
+    return { t: tensor(v, [c, r], { dtype }).T, at: (i, j) => v[j * r + i] }
+  }
+  // rows 1..r+1 and columns 2..c+2 of a [r + 3, c + 5] tensor: leading dimension c + 5
+  const ld = c + 5
+  const v = values((r + 3) * ld, seed).map(round)
+  return { t: tensor(v, [r + 3, ld], { dtype }).rows(1, r + 1).cols(2, c + 2), at: (i, j) => v[(i + 1) * ld + j + 2] }
+}
+
+interface Case {
+  M: number
+  N: number
+  K: number
+  ta?: boolean
+  tb?: boolean
+  la?: Layout
+  lb?: Layout
+  da?: DT
+  db?: DT
+  alpha?: number
+  beta?: number
+  out?: 'none' | 'nan' | 'values'
+}
+
+const U = 2 ** -24  // float32 unit roundoff
+
+async function runCase(c: Case, seed: number): Promise<string | null> {
+  const { M, N, K } = c
+  const ta = c.ta ?? false, tb = c.tb ?? false
+  const A = ta ? operand(K, M, c.la ?? 'plain', c.da ?? 'float32', seed) : operand(M, K, c.la ?? 'plain', c.da ?? 'float32', seed)
+  const B = tb ? operand(N, K, c.lb ?? 'plain', c.db ?? 'float32', seed + 1) : operand(K, N, c.lb ?? 'plain', c.db ?? 'float32', seed + 1)
+  const a = (i: number, k: number) => (ta ? A.at(k, i) : A.at(i, k))
+  const b = (k: number, j: number) => (tb ? B.at(j, k) : B.at(k, j))
+  const alpha = c.alpha ?? 1, beta = c.beta ?? 0
+  const mode = c.out ?? (beta !== 0 ? 'values' : 'none')
+  const c0 = mode === 'values' ? values(M * N, seed + 2) : new Float32Array(M * N).fill(NaN)
+  const out = mode === 'none' ? undefined : tensor(c0, [M, N])
+  const got = await matmul(A.t, B.t, { transposeA: ta, transposeB: tb, alpha, beta, out }).data()
+  for (let i = 0; i < M; i++)
+    for (let j = 0; j < N; j++) {
+      let s = 0, mag = 0
+      for (let k = 0; k < K; k++) {
+        const p = a(i, k) * b(k, j)
+        s += p
+        mag += Math.abs(p)
+      }
+      const prior = beta === 0 ? 0 : beta * c0[i * N + j]
+      const want = alpha * s + prior
+      // float32 sums in k-chains of at most 512 terms, then across at most K/64 chains, then the
+      // alpha/beta epilogue: each step's rounding error is bounded by its length times U
+      const tol = (Math.min(K, 512) + Math.ceil(K / 64) + 4) * U * (Math.abs(alpha) * mag + Math.abs(prior)) + 1e-30
+      const g = got[i * N + j]
+      if (!(Math.abs(g - want) <= tol))
+        return `C[${i},${j}] = ${g}, want ${want} (tol ${tol.toExponential(2)}) in ${JSON.stringify(c)}`
+    }
+  return null
+}
+
+async function runAll(t: Test, name: string, cases: Case[]): Promise<void> {
+  const bad: string[] = []
+  let seed = 1
+  for (const c of cases) {
+    const e = await runCase(c, (seed += 7))
+    if (e) bad.push(e)
+  }
+  t.same(bad.slice(0, 5), [], `${name}: ${cases.length} cases match the float64 reference`)
+}
+
+const SIZES = [1, 2, 3, 5, 7, 13, 17, 31, 37, 61, 67, 127, 131]
+
+// every (M, N) pair of small sizes and primes, K cycling through them, all four transposes
+function shapeCases(): Case[] {
+  const cases: Case[] = []
+  let n = 0
+  for (const M of SIZES)
+    for (const N of SIZES) {
+      const K = SIZES[(n * 5) % SIZES.length]
+      cases.push({ M, N, K, ta: (n & 1) === 1, tb: (n & 2) === 2 })
+      n++
+    }
+  return cases
+}
+
+// ragged edges of the micro-tile (6x16, 4x16), the cache blocks (MC 144, KC 256) and more than one K block
+const RAGGED: Case[] = [
+  { M: 6, N: 16, K: 256 }, { M: 12, N: 32, K: 257 }, { M: 145, N: 17, K: 255 }, { M: 150, N: 33, K: 513 },
+  { M: 289, N: 47, K: 600 }, { M: 7, N: 15, K: 1 }, { M: 5, N: 4101, K: 3 }, { M: 97, N: 130, K: 1031 },
+]
+
+if (!PORTABLE_CHILD) {
+  t.test('kernel in use', async (t) => {
+    t.match(_native.kernelInfo().gemm, /^(avx512|avx2-fma|portable)$/)
+  })
+}
+
+t.test('primes, ragged tails and all four transposes', async (t) => {
+  await runAll(t, 'shapes', shapeCases())
+  await runAll(t, 'ragged', [...RAGGED, ...RAGGED.map((c) => ({ ...c, ta: true, tb: true }))])
+})
+
+t.test('strided views, .T views and bfloat16 operands', async (t) => {
+  const cases: Case[] = []
+  const layouts: Layout[] = ['plain', 'strided', 'T']
+  let n = 0
+  for (const la of layouts)
+    for (const lb of layouts)
+      for (const [da, db] of [['float32', 'float32'], ['bfloat16', 'float32'], ['float32', 'bfloat16'], ['bfloat16', 'bfloat16']] as [DT, DT][]) {
+        const s = [13, 37, 67, 131, 5, 150, 270][n % 7]
+        cases.push({ M: s, N: SIZES[(n * 3) % 13] + 16, K: SIZES[(n * 7) % 13] + 9, la, lb, da, db, ta: (n & 1) === 1, tb: (n & 2) === 2 })
+        n++
+      }
+  await runAll(t, 'layouts', cases)
+})
+
+t.test('alpha, beta and outputs poisoned with NaN', async (t) => {
+  await runAll(t, 'alpha/beta', [
+    { M: 37, N: 61, K: 67, alpha: 0.5, beta: 0, out: 'nan' },  // beta 0 must overwrite NaN
+    { M: 131, N: 17, K: 300, alpha: -1.25, beta: 0, out: 'nan', tb: true },
+    { M: 7, N: 131, K: 31, alpha: 1, beta: 1, out: 'values' },
+    { M: 61, N: 37, K: 513, alpha: 2, beta: -0.75, out: 'values', ta: true },
+    { M: 13, N: 5, K: 1, alpha: 3, beta: 0.5, out: 'values', tb: true, db: 'bfloat16' },
+    { M: 151, N: 70, K: 260, alpha: 0.25, beta: 1, out: 'values', la: 'strided', lb: 'T' },
+  ])
+  // alpha = 0 scales C by beta without a product, as BLAS does
+  const c = tensor(new Float32Array([1, 2, 3, 4]), [2, 2])
+  matmul(tensor([[1, 2], [3, 4]]), tensor([[5, 6], [7, 8]]), { alpha: 0, beta: 2, out: c })
+  t.same(Array.from(await c.data()), [2, 4, 6, 8], 'alpha 0 leaves beta * C')
+})
+
+t.test('large K', async (t) => {
+  await runAll(t, 'large K', [{ M: 7, N: 33, K: 5003 }, { M: 19, N: 40, K: 4096, tb: true, db: 'bfloat16' }])
+})
+
+if (!PORTABLE_CHILD) {
+  t.test('same bits with 1, 2 and 3 threads', async (t) => {
+    const before = getNumThreads()
+    const shapes: [number, number, number, boolean][] = [[300, 200, 700, true], [64, 1000, 300, true], [1000, 40, 260, false]]
+    try {
+      for (const [M, N, K, tb] of shapes) {
+        const a = tensor(values(M * K, M), [M, K])
+        const b = tensor(values(K * N, N), tb ? [N, K] : [K, N])
+        const bits: Uint32Array[] = []
+        for (const n of [1, 2, 3]) {
+          setNumThreads(n)
+          const c = await matmul(a, b, { transposeB: tb }).data()
+          bits.push(new Uint32Array(c.buffer.slice(0)))
+        }
+        t.same(bits[1], bits[0], `[${M}x${K}]x[${K}x${N}] 2 threads == 1 thread`)
+        t.same(bits[2], bits[0], `[${M}x${K}]x[${K}x${N}] 3 threads == 1 thread`)
+      }
+    } finally {
+      setNumThreads(before)
+    }
+  })
+
+  t.test('the portable kernel (VFFN_GEMM_KERNEL=portable) passes the same checks', async (t) => {
+    const r = spawnSync(process.execPath, [...process.execArgv, __filename], {
+      env: { ...process.env, VFFN_GEMM_KERNEL: 'portable', VFFN_GEMM_TEST_CHILD: '1' },
+      encoding: 'utf8',
+      timeout: 300000,
+    })
+    if (r.status !== 0) t.comment(`${r.stdout.slice(-3000)}\n${r.stderr.slice(-2000)}`)
+    t.equal(r.status, 0, 'child exits 0')
+    t.match(r.stdout, /ok \d+ - kernel portable/, 'the child ran the portable kernel')
+  })
+} else {
+  t.test('kernel portable', async (t) => {
+    t.equal(_native.kernelInfo().gemm, 'portable')
+  })
+}
