@@ -8,7 +8,17 @@ function load(): Binding {
   if (explicit) return require(path.resolve(explicit)) as Binding
   // eslint-disable-next-line @typescript-eslint/no-var-requires
   const gypBuild = require('node-gyp-build') as (dir: string) => Binding
-  return gypBuild(path.join(__dirname, '..'))
+  const root = path.join(__dirname, '..')
+  try {
+    return gypBuild(root)
+  } catch (e) {
+    throw new VffnError(
+      'ERR_UNSUPPORTED',
+      `versatile-ffn: no native binary for ${process.platform}-${process.arch} loads here (${(e as Error).message.split('\n')[0]}). ` +
+        'Build one from source: allow the package\'s install script (npm install-scripts approve versatile-ffn) and run ' +
+        '`npm rebuild versatile-ffn --build-from-source`; this needs CMake and a C++17 compiler.',
+    )
+  }
 }
 
 /** The raw native module. Every native error becomes a VffnError with the same code. */
