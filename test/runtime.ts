@@ -99,3 +99,31 @@ t.test('CUDA loading path on a machine without a GPU', async (t) => {
   // still alive and computing
   t.same(Array.from(await tensor([2]).data()), [2])
 })
+
+t.test('the addon works in worker threads, each with its own env', async (t) => {
+  const { Worker } = await import('worker_threads')
+  const path = await import('path')
+  const n = 5
+  const a = Array.from({ length: n * n }, (_, i) => Math.sin(i))
+  const b = Array.from({ length: n * n }, (_, i) => Math.cos(3 * i))
+  const ref: number[] = []
+  for (let i = 0; i < n; i++)
+    for (let j = 0; j < n; j++) {
+      let s = 0
+      for (let k = 0; k < n; k++) s += a[i * n + k] * b[k * n + j]
+      ref.push(s)
+    }
+  const run = () =>
+    new Promise<number[]>((resolve, reject) => {
+      const w = new Worker(path.join(__dirname, 'helpers', 'worker-matmul.ts'), { workerData: { a, b, n } })
+      w.once('message', (m: number[]) => {
+        resolve(m)
+        void w.terminate()
+      })
+      w.once('error', reject)
+    })
+  const [r1, r2] = await Promise.all([run(), run()])
+  for (const r of [r1, r2]) t.ok(r.every((v, i) => Math.abs(v - ref[i]) < 1e-5), 'worker result matches')
+  // and the main thread still works afterwards
+  t.same(Array.from(await matmul(tensor([[2]]), tensor([[3]])).data()), [6])
+})

@@ -57,7 +57,7 @@ TensorArg tensor_arg(const Napi::Value& v, const char* name) {
   if (!v.IsObject()) fail("ERR_ARGUMENT", std::string(name) + ": expected a Tensor");
   Napi::Object o = v.As<Napi::Object>();
   Napi::Value h = o.Get("_h");
-  if (!h.IsObject() || !h.As<Napi::Object>().InstanceOf(StorageWrap::constructor().Value()))
+  if (!h.IsObject() || !h.As<Napi::Object>().InstanceOf(StorageWrap::constructor(v.Env()).Value()))
     fail("ERR_ARGUMENT", std::string(name) + ": expected a Tensor");
   StorageWrap* sw = StorageWrap::Unwrap(h.As<Napi::Object>());
   if (!sw->storage) fail("ERR_DISPOSED", std::string(name) + ": tensor has been disposed");

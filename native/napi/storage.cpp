@@ -6,10 +6,29 @@
 
 namespace vffn::napi {
 
-Napi::FunctionReference& StorageWrap::constructor() {
-  static Napi::FunctionReference* c = new Napi::FunctionReference();
-  return *c;
+namespace {
+using Job = std::function<void(Napi::Env)>;
+void call_job(Napi::Env env, Napi::Function, std::nullptr_t*, Job* job);
+using Tsfn = Napi::TypedThreadSafeFunction<std::nullptr_t, Job, call_job>;
+
+// per-env state: the Storage class and the thread-safe function that settles promises
+struct EnvData {
+  Napi::FunctionReference storage_ctor;
+  Tsfn tsfn;
+  int pending = 0;  // waits in flight; touched on the JS thread only
+};
+
+EnvData* env_data(Napi::Env env) {
+  EnvData* d = env.GetInstanceData<EnvData>();
+  if (!d) {
+    d = new EnvData();
+    env.SetInstanceData<EnvData>(d);
+  }
+  return d;
 }
+}  // namespace
+
+Napi::FunctionReference& StorageWrap::constructor(Napi::Env env) { return env_data(env)->storage_ctor; }
 
 void StorageWrap::Init(Napi::Env env, Napi::Object exports) {
   Napi::Function f = DefineClass(env, "Storage",
@@ -17,12 +36,12 @@ void StorageWrap::Init(Napi::Env env, Napi::Object exports) {
                                   InstanceMethod("share", &StorageWrap::Share),
                                   InstanceAccessor("bytes", &StorageWrap::Bytes, nullptr),
                                   InstanceAccessor("alive", &StorageWrap::Alive, nullptr)});
-  constructor() = Napi::Persistent(f);
+  constructor(env) = Napi::Persistent(f);
   exports.Set("Storage", f);
 }
 
 Napi::Object StorageWrap::New(Napi::Env env, StoragePtr s) {
-  Napi::Object o = constructor().New({});
+  Napi::Object o = constructor(env).New({});
   Unwrap(o)->storage = std::move(s);
   return o;
 }
@@ -47,44 +66,32 @@ Napi::Value StorageWrap::Alive(const Napi::CallbackInfo& info) {
 }
 
 // ---- promises settled from worker threads ----
-// one thread-safe function per env; referenced only while a wait is pending, so an idle
-// addon never keeps the process alive.
 
 namespace {
-using Job = std::function<void(Napi::Env)>;
-void call_job(Napi::Env env, Napi::Function, std::nullptr_t*, Job* job);
-using Tsfn = Napi::TypedThreadSafeFunction<std::nullptr_t, Job, call_job>;
-
-struct Settler {
-  Tsfn tsfn;
-  int pending = 0;  // touched on the JS thread only
-};
-
 void call_job(Napi::Env env, Napi::Function, std::nullptr_t*, Job* job) {
   if (env != nullptr) {
-    Settler* s = env.GetInstanceData<Settler>();
-    if (s && --s->pending == 0) s->tsfn.Unref(env);
+    EnvData* d = env_data(env);
+    if (--d->pending == 0) d->tsfn.Unref(env);
     (*job)(env);
   }
   delete job;
 }
 
-Settler* settler(Napi::Env env) {
-  Settler* s = env.GetInstanceData<Settler>();
-  if (!s) {
-    s = new Settler();
-    s->tsfn = Tsfn::New(env, "vffn-settle", 0, 1);
-    s->tsfn.Unref(env);
-    env.SetInstanceData<Settler>(s);
+// referenced only while a wait is pending, so an idle addon never keeps the process alive
+EnvData* settler(Napi::Env env) {
+  EnvData* d = env_data(env);
+  if (!d->tsfn) {
+    d->tsfn = Tsfn::New(env, "vffn-settle", 0, 1);
+    d->tsfn.Unref(env);
   }
-  return s;
+  return d;
 }
 }  // namespace
 
 Napi::Promise wait_promise(Napi::Env env, Device* dev, std::function<void()> work,
                            std::function<Napi::Value(Napi::Env)> resolve) {
   auto deferred = std::make_shared<Napi::Promise::Deferred>(Napi::Promise::Deferred::New(env));
-  Settler* s = settler(env);
+  EnvData* s = settler(env);
   if (s->pending++ == 0) s->tsfn.Ref(env);
   Tsfn tsfn = s->tsfn;
   std::string why;

@@ -7,7 +7,8 @@ namespace vffn::napi {
 
 class StorageWrap : public Napi::ObjectWrap<StorageWrap> {
  public:
-  static Napi::FunctionReference& constructor();
+  // the Storage class of this env (each worker thread that loads the addon has its own)
+  static Napi::FunctionReference& constructor(Napi::Env env);
   static void Init(Napi::Env env, Napi::Object exports);
   static Napi::Object New(Napi::Env env, StoragePtr s);
   explicit StorageWrap(const Napi::CallbackInfo& info);
