@@ -1,0 +1,140 @@
+// CPU benchmark of the dense FFN and VersatileFFN at the paper's 354M shapes (D=1024, I=4096,
+// N=8, K=2, L=4): time (median), GFLOP/s on the FLOPs actually done (SPEC.md's accounting), the
+// ratio to ideal (those FLOPs at the dense FFN's GFLOP/s in the same run), peak training memory.
+//   npx ts-node --transpile-only bench/ffn.ts [--threads 2] [--tokens 256,1024] [--reps 5] [--json]
+import { execFileSync } from 'node:child_process'
+import { readFileSync } from 'node:fs'
+import { cpus } from 'node:os'
+import { DenseFFN, Tensor, VersatileFFN, device, getNumThreads, randn, setNumThreads, _native } from '../lib/index'
+
+function arg(name: string, def: string): string {
+  const i = process.argv.indexOf(`--${name}`)
+  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : def
+}
+const threads = Number(arg('threads', '2'))
+const reps = Number(arg('reps', '5'))
+const tokens = arg('tokens', '256,1024').split(',').map(Number)
+const json = process.argv.includes('--json')
+const D = 1024, I = 4096, N = 8, K = 2, L = 4, E = I / N
+const log = (s: string) => { if (!json) console.log(s) }
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
+const cpu = device('cpu')
+
+async function time(fn: () => Promise<void>): Promise<number> {
+  await fn() // warm-up: first-touch of buffers, packing
+  const ts: number[] = []
+  for (let r = 0; r < reps; r++) {
+    const t0 = process.hrtime.bigint()
+    await fn()
+    ts.push(Number(process.hrtime.bigint() - t0) / 1e6)
+  }
+  return median(ts)
+}
+
+const vmHWM = () => Number(/VmHWM:\s+(\d+)/.exec(readFileSync('/proc/self/status', 'utf8'))![1]) * 1024
+
+// loops uniform over 1..L: loop-head rows pick coordinates 0..L-1, token t gets coordinate t mod L
+function uniformDepth(ffn: VersatileFFN, x: Tensor, T: number): Promise<Tensor> {
+  const w = new Float32Array(L * D)
+  for (let j = 0; j < L; j++) w[j * D + j] = 10
+  ffn.loadStateDict({ ...ffn.stateDict(), 'depth_predictor.weight': w })
+  return x.data().then((v) => {
+    for (let t = 0; t < T; t++) for (let j = 0; j < L; j++) v[t * D + j] = j === t % L ? 3 : 0
+    const out = Tensor._alloc([T, D], 'float32', cpu)
+    _native.write(out, v)
+    return out
+  })
+}
+
+// peak memory of one training step, measured in a fresh process: peak RSS during the step minus
+// RSS before it (weights, their gradients and the input already allocated)
+async function memoryChild(T: number, uniform: boolean) {
+  setNumThreads(threads)
+  const vffn = new VersatileFFN({ dModel: D, hidden: I, experts: N, topK: K, maxDepth: L, seed: 1 })
+  let x = randn([T, D], { seed: 7 })
+  if (uniform) x = await uniformDepth(vffn, x, T)
+  const dy = randn([T, D], { seed: 8, std: 1e-3 })
+  await cpu.sync()
+  const rss0 = Number(/VmRSS:\s+(\d+)/.exec(readFileSync('/proc/self/status', 'utf8'))![1]) * 1024
+  const tr = vffn.forward(x, { train: true, step: 0, noise: 'none' })
+  await tr.y.data()
+  const live = cpu.memory().live
+  const dx = vffn.backward(tr, dy)
+  await dx.data()
+  console.log(JSON.stringify({ peak: vmHWM() - rss0, live }))
+}
+
+function measureMemory(T: number, uniform: boolean): { peak: number } {
+  const out = execFileSync(process.execPath, [...process.execArgv, process.argv[1], '--mem', String(T), uniform ? 'uniform' : 'random', '--threads', String(threads)], { env: process.env }).toString()
+  return JSON.parse(out.trim().split('\n').pop()!)
+}
+
+async function main() {
+  const mem = process.argv.indexOf('--mem')
+  if (mem >= 0) return memoryChild(Number(process.argv[mem + 1]), process.argv[mem + 2] === 'uniform')
+  setNumThreads(threads)
+  const rows: Record<string, unknown>[] = []
+  log(`# ffn bench: D=${D} I=${I} N=${N} K=${K} L=${L} E=${E}, ${getNumThreads()} threads, ${cpus()[0].model}, gemm ${_native.kernelInfo().gemm}`)
+  log('| T | case | ms (median) | GFLOP | GFLOP/s | × ideal | notes |')
+  log('|---|---|---|---|---|---|---|')
+  for (const T of tokens) {
+    const dense = new DenseFFN({ dModel: D, hidden: I, seed: 1 })
+    const vffn = new VersatileFFN({ dModel: D, hidden: I, experts: N, topK: K, maxDepth: L, seed: 1 })
+    const x = randn([T, D], { seed: 7 })
+    const dy = randn([T, D], { seed: 8, std: 1e-3 })
+    const row = (name: string, ms: number, flops: number, ref: number, notes = '') => {
+      const gf = flops / ms / 1e6
+      const ideal = ref > 0 ? flops / ref / 1e6 : ms
+      rows.push({ T, case: name, ms, gflop: flops / 1e9, gflops: gf, vsIdeal: ms / ideal, notes })
+      log(`| ${T} | ${name} | ${ms.toFixed(1)} | ${(flops / 1e9).toFixed(2)} | ${gf.toFixed(1)} | ${(ms / ideal).toFixed(3)} | ${notes} |`)
+      return gf
+    }
+
+    const denseFlops = 6 * D * I * T
+    const denseMs = await time(async () => { const o = dense.forward(x); await o.y.data(); o.y.dispose() })
+    const denseGf = row('dense FFN forward', denseMs, denseFlops, 0)
+    const denseTrainMs = await time(async () => {
+      const tr = dense.forward(x, { train: true })
+      const dx = dense.backward(tr, dy)
+      await dx.data()
+      tr.y.dispose(); dx.dispose()
+    })
+    const denseTrainGf = row('dense FFN train fwd+bwd', denseTrainMs, 3 * denseFlops, 0)
+
+    // inference: FLOPs from the loops each token ran, width path where λ > 0
+    const infer = async (xi: Tensor, label: string) => {
+      const o = vffn.forward(xi)
+      const loops = await o.stats.loops.data()
+      const hist = Array.from({ length: L }, (_, j) => loops.filter((v) => v === j + 1).length)
+      const flops = Array.from(loops).reduce((a, c) => a + 6 * D * I * c + (c < L ? 6 * D * E * K : 0), 0)
+      const ms = await time(async () => { const r = vffn.forward(xi); await r.y.data(); r.y.dispose(); r.stats.dispose() })
+      row(`versatile inference, ${label}`, ms, flops, denseGf, `loops histogram ${hist.join('/')}`)
+    }
+    await infer(x, 'random-init head')
+    const xu = await uniformDepth(vffn, x, T)
+    await infer(xu, 'loops uniform 1..4')
+
+    // training: forward runs all L loops and the width path for every token; backward stops each
+    // token at its own depth (2× the forward FLOPs of the loops it ran, and of the width path where λ > 0)
+    for (const [xi, label] of [[x, 'random-init head'], [xu, 'loops uniform 1..4']] as const) {
+      const probe = vffn.forward(xi, { train: true, step: 0, noise: 'none' })
+      const loops = await probe.stats.loops.data()
+      probe.dispose()
+      const fwd = T * (6 * D * I * L + 6 * D * E * K)
+      const bwd = Array.from(loops).reduce((a, c) => a + 12 * D * I * c + (c < L ? 12 * D * E * K : 0), 0)
+      const ms = await time(async () => {
+        const tr = vffn.forward(xi, { train: true, step: 0, noise: 'none' })
+        const dx = vffn.backward(tr, dy)
+        await dx.data()
+        dx.dispose(); tr.y.dispose(); tr.stats.dispose(); tr.auxLoss.dispose()
+      })
+      const { peak } = measureMemory(T, xi !== x)
+      row(`versatile train fwd+bwd, ${label}`, ms, fwd + bwd, denseTrainGf, `peak memory of the step ${(peak / 2 ** 20).toFixed(0)} MiB`)
+    }
+    for (const t of [x, dy, xu]) t.dispose()
+    dense.dispose(); vffn.dispose()
+  }
+  if (json) console.log(JSON.stringify({ threads, D, I, N, K, L, E, rows }, null, 1))
+}
+
+main().catch((e) => { console.error(e); process.exit(1) })
