@@ -48,7 +48,7 @@ Options:
   --d-model N --hidden N --experts N --top-k N --max-depth N --expert-hidden N
                              override the config's D, I, N, K, L, E (E defaults to floor(I/N))
   --tokens N                 tokens per batch T
-  --dtype float32|bfloat16   parameter and activation dtype (default float32)
+  --dtype float32|bfloat16   weight dtype (default float32; activations and gradients are float32)
   --depth MODE               loops per token at inference: random-init (the freshly initialised
                              loop head decides; default), uniform (equal shares of 1..L), shallow
                              (shares halve with each extra loop), deep (the mirror), fixed:N

@@ -1,6 +1,241 @@
+// The benchmark cases, built from the package's public modules and ops only.
 import type { Device } from '../device'
-import type { CaseName, DepthMode, Shape } from './config'
-export interface CaseContext { device: Device; dtype: 'float32' | 'bfloat16'; shape: Shape; tokens: number; depth: DepthMode; seed: number }
-export interface CaseMeasure { flops: number; usefulFlops: number; loopsHistogram?: number[]; widthTokens?: number; maxAbsDiffToVersatile?: number }
-export interface BenchCase { name: CaseName; kind: 'forward' | 'train'; description: string; paramBytes: number; run(keep?: boolean): Promise<void>; measure(): Promise<CaseMeasure>; dispose(): void }
-export async function makeCase(name: CaseName, ctx: CaseContext): Promise<BenchCase> { throw new Error('todo ' + name + ctx.tokens) }
+import { DenseFFN } from '../nn/ffn'
+import { VersatileFFN, VersatileStats } from '../nn/versatile'
+import { Tensor, randn, tensor } from '../tensor'
+import { AuthorsModel, authorsForward } from './authors'
+import {
+  CASE_HELP, CaseName, DepthMode, Shape, dtypeBytes, flopsAuthorsForward, flopsDenseForward, flopsDenseTrain,
+  flopsLoopsForward, flopsLoopsTrain, flopsVersatileForward, flopsVersatileTrain,
+} from './config'
+import { depthHeadWeight, encodeLoops, forcedLoops } from './depth'
+
+export interface CaseContext {
+  device: Device
+  /** weight dtype; activations and gradients are float32 */
+  dtype: 'float32' | 'bfloat16'
+  shape: Shape
+  tokens: number
+  depth: DepthMode
+  seed: number
+}
+
+export interface CaseMeasure {
+  flops: number
+  usefulFlops: number
+  loopsHistogram?: number[]
+  widthTokens?: number
+  maxAbsDiffToVersatile?: number
+}
+
+export interface BenchCase {
+  name: CaseName
+  kind: 'forward' | 'train'
+  description: string
+  paramBytes: number
+  /** Runs once and waits for the device; `keep` keeps what measure() reads. */
+  run(keep?: boolean): Promise<void>
+  /** FLOPs and stats of the last kept run. */
+  measure(): Promise<CaseMeasure>
+  dispose(): void
+}
+
+function paramBytes(m: DenseFFN | VersatileFFN, dtype: string, withGrads: boolean): number {
+  let b = 0
+  for (const [, p] of m.namedParameters()) b += p.size * (dtypeBytes(dtype) + (withGrads ? 4 : 0))
+  return b
+}
+
+/** The batch: float32 [T, D] normal values; with a forced depth mode, the loop choice encoded as depth.ts explains. */
+async function makeInput(ctx: CaseContext, salt: number): Promise<Tensor> {
+  const { tokens: T, shape: s } = ctx
+  const x = randn([T, s.dModel], { seed: ctx.seed * 1000 + salt })
+  const loops = forcedLoops(ctx.depth, T, s.maxDepth, ctx.seed)
+  if (!loops && ctx.device.type === 'cpu') return x
+  const host = await x.data()
+  x.dispose()
+  if (loops) encodeLoops(host, s.dModel, loops)
+  return tensor(host, [T, s.dModel], { device: ctx.device })
+}
+
+/** A VersatileFFN whose loop head, under a forced mode, is the crafted one of depth.ts (loaded like any checkpoint). */
+function makeVersatile(ctx: CaseContext): VersatileFFN {
+  const s = ctx.shape
+  const vf = new VersatileFFN({ ...s, device: ctx.device, dtype: ctx.dtype, seed: ctx.seed })
+  if (ctx.depth.kind !== 'random-init')
+    vf.loadStateDict({ ...vf.stateDict(), 'depth_predictor.weight': depthHeadWeight(s.maxDepth, s.dModel) })
+  return vf
+}
+
+function histogram(loops: Int32Array, L: number): number[] {
+  const h = new Array<number>(L).fill(0)
+  for (const c of loops) h[c - 1]++
+  return h
+}
+
+function disposeAll(...ts: ({ dispose(): void } | undefined)[]): void {
+  for (const t of ts) t?.dispose()
+}
+
+function denseCase(name: 'dense.forward' | 'dense.train', ctx: CaseContext, x: Tensor, dy: Tensor): BenchCase {
+  const s = ctx.shape
+  const ffn = new DenseFFN({ dModel: s.dModel, hidden: s.hidden, device: ctx.device, dtype: ctx.dtype, seed: ctx.seed })
+  const train = name === 'dense.train'
+  return {
+    name, kind: train ? 'train' : 'forward', description: CASE_HELP[name], paramBytes: paramBytes(ffn, ctx.dtype, train),
+    async run() {
+      if (!train) {
+        const { y } = ffn.forward(x)
+        await ctx.device.sync()
+        y.dispose()
+        return
+      }
+      const tr = ffn.forward(x, { train: true })
+      const dx = ffn.backward(tr, dy)
+      await ctx.device.sync()
+      disposeAll(dx, tr.y)
+    },
+    async measure() {
+      const f = train ? flopsDenseTrain(s, ctx.tokens) : flopsDenseForward(s, ctx.tokens)
+      return { flops: f, usefulFlops: f }
+    },
+    dispose: () => disposeAll(x, dy, ffn),
+  }
+}
+
+// The k-loop baseline (the paper's comparison): the dense FFN applied L times with the same weights,
+// so every token runs L loops. Chaining the dense module is exactly that model; no depth head involved.
+function loopsCase(name: 'loops.forward' | 'loops.train', ctx: CaseContext, x: Tensor, dy: Tensor): BenchCase {
+  const s = ctx.shape
+  const ffn = new DenseFFN({ dModel: s.dModel, hidden: s.hidden, device: ctx.device, dtype: ctx.dtype, seed: ctx.seed })
+  const train = name === 'loops.train'
+  return {
+    name, kind: train ? 'train' : 'forward', description: CASE_HELP[name], paramBytes: paramBytes(ffn, ctx.dtype, train),
+    async run() {
+      const made: Tensor[] = []
+      let h = x
+      if (!train) {
+        for (let i = 0; i < s.maxDepth; i++) made.push((h = ffn.forward(h).y))
+      } else {
+        const recs = []
+        for (let i = 0; i < s.maxDepth; i++) {
+          const tr = ffn.forward(h, { train: true })
+          recs.push(tr)
+          made.push((h = tr.y))
+        }
+        let d = dy
+        for (let i = s.maxDepth - 1; i >= 0; i--) made.push((d = ffn.backward(recs[i], d)))
+      }
+      await ctx.device.sync()
+      disposeAll(...made)
+    },
+    async measure() {
+      const f = train ? flopsLoopsTrain(s, ctx.tokens) : flopsLoopsForward(s, ctx.tokens)
+      return { flops: f, usefulFlops: f }
+    },
+    dispose: () => disposeAll(x, dy, ffn),
+  }
+}
+
+function versatileCase(name: 'versatile.forward' | 'versatile.train', ctx: CaseContext, x: Tensor, dy: Tensor): BenchCase {
+  const s = ctx.shape
+  const vf = makeVersatile(ctx)
+  const train = name === 'versatile.train'
+  let kept: VersatileStats | undefined
+  return {
+    name, kind: train ? 'train' : 'forward', description: CASE_HELP[name], paramBytes: paramBytes(vf, ctx.dtype, train),
+    async run(keep = false) {
+      let stats: VersatileStats
+      if (!train) {
+        const out = vf.forward(x)
+        stats = out.stats
+        await ctx.device.sync()
+        out.y.dispose()
+      } else {
+        // a fixed noise seed: every run draws the same Gumbel noise, so runs do the same work
+        const tr = vf.forward(x, { train: true, step: 0, noise: 'gumbel', seed: ctx.seed })
+        stats = tr.stats
+        const dx = vf.backward(tr, dy)
+        await ctx.device.sync()
+        disposeAll(dx, tr.y, tr.auxLoss)
+      }
+      if (keep) {
+        kept?.dispose()
+        kept = stats
+      } else stats.dispose()
+    },
+    async measure() {
+      if (!kept) throw new Error(`${name}: measure() before a kept run`)
+      const loops = await kept.loops.intData()
+      const lambda = await kept.lambda.data()
+      const f = train ? flopsVersatileTrain(s, loops) : flopsVersatileForward(s, loops, lambda)
+      return {
+        flops: f,
+        usefulFlops: f,
+        loopsHistogram: histogram(loops, s.maxDepth),
+        widthTokens: train ? loops.length : lambda.filter((l) => l > 0).length,
+      }
+    },
+    dispose: () => disposeAll(x, dy, kept, vf),
+  }
+}
+
+function authorsCase(ctx: CaseContext, x: Tensor): BenchCase {
+  const s = ctx.shape
+  const vf = makeVersatile(ctx)
+  const model = new AuthorsModel(vf)
+  let last: { y: Tensor; deepest: number } | undefined
+  return {
+    name: 'authors.forward', kind: 'forward', description: CASE_HELP['authors.forward'],
+    // the model's parameters; the rebuild's dense and per-expert copies are an artefact of composing modules
+    paramBytes: paramBytes(vf, ctx.dtype, false),
+    async run(keep = false) {
+      const r = await authorsForward(model, x)
+      if (keep) {
+        last?.y.dispose()
+        last = r
+      } else r.y.dispose()
+    },
+    async measure() {
+      if (!last) throw new Error('authors.forward: measure() before a kept run')
+      // the same weights through VersatileFFN: both must give the same y
+      const ref = vf.forward(x)
+      const [a, b, loops, lambda] = [await last.y.data(), await ref.y.data(), await ref.stats.loops.intData(), await ref.stats.lambda.data()]
+      disposeAll(ref.y, ref.stats)
+      let diff = 0
+      for (let i = 0; i < a.length; i++) diff = Math.max(diff, Math.abs(a[i] - b[i]))
+      return {
+        flops: flopsAuthorsForward(s, ctx.tokens, last.deepest),
+        usefulFlops: flopsVersatileForward(s, loops, lambda),
+        loopsHistogram: Array.from({ length: s.maxDepth }, (_, j) => (j + 1 === last!.deepest ? ctx.tokens : 0)),
+        widthTokens: ctx.tokens,
+        maxAbsDiffToVersatile: diff,
+      }
+    },
+    dispose: () => {
+      disposeAll(x, last?.y)
+      model.dispose()
+      vf.dispose()
+    },
+  }
+}
+
+/** Builds a case with its own module and inputs (made untimed). */
+export async function makeCase(name: CaseName, ctx: CaseContext): Promise<BenchCase> {
+  const x = await makeInput(ctx, 1)
+  const dy = randn([ctx.tokens, ctx.shape.dModel], { seed: ctx.seed * 1000 + 2, device: ctx.device })
+  switch (name) {
+    case 'dense.forward':
+    case 'dense.train':
+      return denseCase(name, ctx, x, dy)
+    case 'loops.forward':
+    case 'loops.train':
+      return loopsCase(name, ctx, x, dy)
+    case 'versatile.forward':
+    case 'versatile.train':
+      return versatileCase(name, ctx, x, dy)
+    case 'authors.forward':
+      dy.dispose()
+      return authorsCase(ctx, x)
+  }
+}

@@ -25,7 +25,8 @@ export class Progress {
   }
 
   caseDone(index: number, name: string, medianMs: number): void {
-    const line = `bench [${index + 1}/${this.total}] ${name}: median ${medianMs.toPrecision(3)} ms  (${this.elapsed()})`
+    const what = Number.isNaN(medianMs) ? 'failed' : `median ${medianMs.toPrecision(3)} ms`
+    const line = `bench [${index + 1}/${this.total}] ${name}: ${what}  (${this.elapsed()})`
     if (this.sink.isTTY) {
       this.sink.write(`\r\x1b[2K${line}`)
       this.live = true

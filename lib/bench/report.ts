@@ -55,6 +55,8 @@ export interface BenchReport {
     seed: number
   }
   cases: CaseResult[]
+  /** cases that threw, with the error */
+  failed: { name: string; error: string }[]
   totalSeconds: number
 }
 
@@ -133,6 +135,7 @@ export function renderTable(r: BenchReport): string {
     if (c.maxAbsDiffToVersatile !== undefined)
       lines.push(`${c.name}: same output as versatile.forward up to ${c.maxAbsDiffToVersatile.toExponential(1)} (max abs difference)`)
   }
+  for (const f of r.failed) lines.push(`${f.name}: FAILED: ${f.error}`)
   lines.push(
     `x dense: median time / the dense case of the same kind (forward: dense.forward, train: dense.train).`,
     `x ideal: median time / (FLOPs the result needs at dense's ${rate}); 1.0 = no overhead for routing or early exit.`,

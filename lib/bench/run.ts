@@ -101,15 +101,22 @@ export async function collect(opts: BenchOptions, progressSink: ProgressSink): P
   const progress = new Progress(progressSink, opts.cases.length)
   const t0 = performance.now()
   const cases: CaseResult[] = []
+  const failed: BenchReport['failed'] = []
   try {
     for (const [i, name] of opts.cases.entries()) {
-      const c = await makeCase(name, ctx)
+      // a case that fails (say an op this backend lacks) is reported, and the others still run
+      let c: BenchCase | undefined
       try {
+        c = await makeCase(name, ctx)
         cases.push(await measureCase(c, opts, dev, i, progress))
+      } catch (e) {
+        const err = e as { code?: string; message?: string }
+        failed.push({ name, error: `${err.code ? `${err.code}: ` : ''}${err.message ?? String(e)}` })
+        progress.caseDone(i, name, NaN)
       } finally {
-        c.dispose()
+        c?.dispose()
       }
-      await dev.sync()
+      await dev.sync().catch(() => undefined)
     }
   } finally {
     progress.finish()
@@ -121,10 +128,12 @@ export async function collect(opts: BenchOptions, progressSink: ProgressSink): P
     threads,
     config: configOf(opts.config, opts.shape, opts.tokens, opts.dtype, opts.depth, opts.warmup, opts.repeat, opts.seed),
     cases,
+    failed,
     totalSeconds: (performance.now() - t0) / 1000,
   }
 }
 
+/** Prints the report; throws when a case failed (after printing), so the exit code says so. */
 export async function runBench(opts: BenchOptions, io: RunIO): Promise<BenchReport> {
   const report = await collect(opts, io.stderr)
   io.stdout.write(opts.json ? renderJson(report) : renderTable(report))
@@ -132,5 +141,6 @@ export async function runBench(opts: BenchOptions, io: RunIO): Promise<BenchRepo
     fs.writeFileSync(opts.chart, renderChart(report))
     if (!opts.json) io.stdout.write(`chart written to ${opts.chart}\n`)
   }
+  if (report.failed.length > 0) throw new Error(`${report.failed.length} case(s) failed: ${report.failed.map((f) => f.name).join(', ')}`)
   return report
 }
