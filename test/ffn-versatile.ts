@@ -104,3 +104,26 @@ t.test('seeded noise changes the depth choice and is reproducible', async (t) =>
   t.notSame(a.loops, d.loops, 'noise changes loops')
   t.equal(a.aux, 0, 'α = 0: no balance loss')
 })
+
+t.test('ties: top-K and the loop head pick the lower index', async (t) => {
+  const T = 9, D = 8, I = 32, cfg = { N: 4, K: 2, L: 3, E: 8, alpha: 0 }
+  const { w, x, ffn } = makeCase(T, D, I, cfg, 77)
+  // identical rows give bit-identical logits: experts 1 and 3 tie, loop logits 0 and 2 tie
+  const v = rand(D, 78, 1)
+  const router = new Float64Array(cfg.N * D), depth = new Float64Array(cfg.L * D)
+  ;[0.5, 1, 0.2, 1].forEach((s, e) => v.forEach((a, i) => (router[e * D + i] = s * a)))
+  ;[1, 0.3, 1].forEach((s, j) => v.forEach((a, i) => (depth[j * D + i] = s * a)))
+  w.router = router
+  w.depth = depth
+  ffn.loadStateDict({ ...ffn.stateDict(), 'expert_gate.weight': f32(router), 'depth_predictor.weight': f32(depth) })
+  const ref = reference(x, w, cfg, T, false, null, 1)
+  const out = ffn.forward(tensor(f32(x), [T, D]))
+  const experts = Array.from(await out.stats.experts.data())
+  t.same(experts, ref.flatMap((r) => r.experts), 'experts as the reference')
+  t.ok(ref.some((r) => r.experts[0] === 1 && r.experts[1] === 3), 'a tie between experts 1 and 3 occurred, 1 first')
+  t.same(Array.from(await out.stats.loops.data()), ref.map((r) => r.loops), 'loops as the reference')
+  t.ok(ref.some((r) => r.loops === 1), 'a tie between loop logits 0 and 2 went to 0')
+  const tr = ffn.forward(tensor(f32(x), [T, D]), { train: true, noise: 'none' })
+  t.same(Array.from(await tr.stats.loops.data()), ref.map((r) => r.loops), 'training without noise: same tie rule')
+  tr.dispose()
+})

@@ -82,7 +82,8 @@ struct VersatileSaved {
 // every loop and the width path run for every token; all saved views are given.
 struct VersatileForwardArgs {
   View y;              // [T, D]
-  View loops;          // [T] i32 loop count per token (c+1)
+  View loops;          // [T] i32 loop count per token, c+1 with c = argmax_j (z_j + g_j) in float32, ties to
+                       // the lower j; g = 0 at inference and without noise, else −logf(−logf(u)) (SPEC.md)
   View lambda;         // [T] λ = (L − loops)/L
   View experts;        // [T, K] i32 chosen experts, by descending logit (ties: lower index first)
   View weights;        // [T, K] routing weights, softmax over the chosen K logits
