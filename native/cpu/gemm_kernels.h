@@ -29,6 +29,5 @@ void gemm_pack_b_generic(const Mat& B, int64_t p0, int64_t k, int64_t j0, int64_
 
 // nullptr when the build or the machine lacks the instruction set
 const GemmKernel* gemm_kernel_avx2();
-const GemmKernel* gemm_kernel_avx512();
 
 }  // namespace vffn::cpu
