@@ -127,5 +127,6 @@ t.test('as a child process: JSON on stdout, progress on stderr', async (t) => {
   const j = JSON.parse(r.stdout)
   t.equal(j.cases.length, 1)
   t.equal(j.cases[0].flops, T * loopF)
-  t.match(r.stderr, /bench \[1\/1\] dense\.forward: median/)
+  t.match(r.stderr, /bench \[1\/1\] dense\.forward: ready/)
+  t.match(r.stderr, /bench timed round 3\/3 done/)
 })

@@ -1,5 +1,5 @@
-// Progress on stderr, so stdout stays clean for the table or JSON: a live line on a terminal,
-// one line per finished case otherwise (logs of long runs then still show where time goes).
+// Progress on stderr, so stdout stays clean for the table or JSON: a live line on a terminal;
+// elsewhere (logs, CI) one line per prepared case and per timed round, so long runs show where time goes.
 
 export interface ProgressSink {
   write(s: string): void
@@ -12,25 +12,29 @@ export class Progress {
 
   constructor(private readonly sink: ProgressSink, private readonly total: number) {}
 
-  private elapsed(): string {
-    return `${((Date.now() - this.start) / 1000).toFixed(1)} s`
+  private line(text: string): string {
+    return `bench ${text}  (${((Date.now() - this.start) / 1000).toFixed(1)} s)`
   }
 
-  /** Case `index` (0-based) of `total`, run `run` of `runs` in phase `phase`. */
-  update(index: number, name: string, phase: string, run: number, runs: number): void {
-    if (!this.sink.isTTY) return
-    const line = `bench [${index + 1}/${this.total}] ${name}: ${phase} ${run}/${runs}  (${this.elapsed()})`
-    this.sink.write(`\r\x1b[2K${line}`)
-    this.live = true
-  }
-
-  caseDone(index: number, name: string, medianMs: number): void {
-    const what = Number.isNaN(medianMs) ? 'failed' : `median ${medianMs.toPrecision(3)} ms`
-    const line = `bench [${index + 1}/${this.total}] ${name}: ${what}  (${this.elapsed()})`
+  private show(text: string, keep: boolean): void {
     if (this.sink.isTTY) {
-      this.sink.write(`\r\x1b[2K${line}`)
+      this.sink.write(`\r\x1b[2K${this.line(text)}`)
       this.live = true
-    } else this.sink.write(line + '\n')
+    } else if (keep) this.sink.write(this.line(text) + '\n')
+  }
+
+  /** Transient: what case `index` (0-based) is doing now; terminals only. */
+  status(index: number, name: string, what: string): void {
+    this.show(`[${index + 1}/${this.total}] ${name}: ${what}`, false)
+  }
+
+  /** A milestone of one case (ready, failed). */
+  note(index: number, name: string, what: string): void {
+    this.show(`[${index + 1}/${this.total}] ${name}: ${what}`, true)
+  }
+
+  round(r: number, rounds: number): void {
+    this.show(`timed round ${r}/${rounds} done`, true)
   }
 
   /** Clears the live line before the report prints. */

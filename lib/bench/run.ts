@@ -2,7 +2,7 @@ import * as fs from 'fs'
 import * as os from 'os'
 import { Device, cuda, getNumThreads, setNumThreads } from '../device'
 import type { BenchOptions } from './args'
-import { BenchCase, CaseContext, makeCase } from './cases'
+import { BenchCase, CaseContext, CaseMeasure, makeCase } from './cases'
 import { renderChart } from './chart'
 import { Progress, ProgressSink } from './progress'
 import { BenchReport, CaseResult, addRatios, configOf, median, renderJson, renderTable } from './report'
@@ -46,27 +46,39 @@ class MemorySampler {
   }
 }
 
-async function measureCase(c: BenchCase, opts: BenchOptions, dev: Device, index: number, progress: Progress): Promise<CaseResult> {
+interface Prepared {
+  c: BenchCase
+  index: number
+  m: CaseMeasure
+  before: number
+  peak: number
+  samples: number[]
+}
+
+function errorText(e: unknown): string {
+  const err = e as { code?: string; message?: string }
+  return `${err.code ? `${err.code}: ` : ''}${err.message ?? String(e)}`
+}
+
+/** Builds a case, warms it up, and runs it once untimed to sample memory and keep the stats its FLOPs come from. */
+async function prepare(c: BenchCase, index: number, opts: BenchOptions, dev: Device, progress: Progress): Promise<Prepared> {
   for (let i = 0; i < opts.warmup; i++) {
-    progress.update(index, c.name, 'warm-up', i + 1, opts.warmup)
+    progress.status(index, c.name, `warm-up ${i + 1}/${opts.warmup}`)
     await c.run()
   }
-  // one untimed run samples memory and keeps the stats the FLOP count is read from
-  progress.update(index, c.name, 'memory run', 1, 1)
+  progress.status(index, c.name, 'memory run')
   const sampler = new MemorySampler(dev)
   const before = sampler.start()
   await c.run(true)
   const peak = sampler.stop()
   const m = await c.measure()
-  const samples: number[] = []
-  for (let i = 0; i < opts.repeat; i++) {
-    progress.update(index, c.name, 'timed', i + 1, opts.repeat)
-    const t0 = performance.now()
-    await c.run()
-    samples.push(performance.now() - t0)
-  }
+  progress.note(index, c.name, 'ready')
+  return { c, index, m, before, peak, samples: [] }
+}
+
+function result(p: Prepared): CaseResult {
+  const { c, m, samples } = p
   const medianMs = median(samples)
-  progress.caseDone(index, c.name, medianMs)
   return {
     name: c.name,
     kind: c.kind,
@@ -83,7 +95,7 @@ async function measureCase(c: BenchCase, opts: BenchOptions, dev: Device, index:
     ratioToDense: null,
     ratioToIdeal: null,
     paramBytes: c.paramBytes,
-    peakActivationBytes: Math.max(0, peak - before),
+    peakActivationBytes: Math.max(0, p.peak - p.before),
     ...(m.loopsHistogram ? { loopsHistogram: m.loopsHistogram } : {}),
     ...(m.widthTokens !== undefined ? { widthTokens: m.widthTokens } : {}),
     ...(m.maxAbsDiffToVersatile !== undefined ? { maxAbsDiffToVersatile: m.maxAbsDiffToVersatile } : {}),
@@ -93,34 +105,55 @@ async function measureCase(c: BenchCase, opts: BenchOptions, dev: Device, index:
 /** Runs every asked case and returns the report (printing is left to runBench). */
 export async function collect(opts: BenchOptions, progressSink: ProgressSink): Promise<BenchReport> {
   const dev = resolveDevice(opts.device)
-  if (opts.threads !== undefined) setNumThreads(opts.threads)
+  if (opts.threads !== undefined) {
+    setNumThreads(opts.threads)
+    await Device.get('cpu').sync() // the thread count changes between queued ops
+  }
   const threads = dev.type === 'cpu' ? getNumThreads() : null
   const cpu = os.cpus()[0]?.model.trim() ?? 'unknown CPU'
   const deviceInfo = dev.type === 'cpu' ? `cpu (${cpu}, ${threads} threads)` : `${dev} (${cuda.deviceCount()} CUDA device(s) visible)`
   const ctx: CaseContext = { device: dev, dtype: opts.dtype, shape: opts.shape, tokens: opts.tokens, depth: opts.depth, seed: opts.seed }
   const progress = new Progress(progressSink, opts.cases.length)
   const t0 = performance.now()
-  const cases: CaseResult[] = []
   const failed: BenchReport['failed'] = []
+  const live: Prepared[] = []
+  // a case that fails (say an op this backend lacks) is reported, and the others still run
+  const fail = async (name: string, index: number, e: unknown, c?: BenchCase) => {
+    failed.push({ name, error: errorText(e) })
+    progress.note(index, name, `FAILED: ${errorText(e)}`)
+    c?.dispose()
+    await dev.sync().catch(() => undefined)
+  }
   try {
     for (const [i, name] of opts.cases.entries()) {
-      // a case that fails (say an op this backend lacks) is reported, and the others still run
       let c: BenchCase | undefined
       try {
         c = await makeCase(name, ctx)
-        cases.push(await measureCase(c, opts, dev, i, progress))
+        live.push(await prepare(c, i, opts, dev, progress))
       } catch (e) {
-        const err = e as { code?: string; message?: string }
-        failed.push({ name, error: `${err.code ? `${err.code}: ` : ''}${err.message ?? String(e)}` })
-        progress.caseDone(i, name, NaN)
-      } finally {
-        c?.dispose()
+        await fail(name, i, e, c)
       }
-      await dev.sync().catch(() => undefined)
+    }
+    // timed runs in rounds over the cases, so a change in machine load mid-run hits every case alike
+    for (let r = 0; r < opts.repeat; r++) {
+      for (const p of [...live]) {
+        progress.status(p.index, p.c.name, `timed round ${r + 1}/${opts.repeat}`)
+        try {
+          const t = performance.now()
+          await p.c.run()
+          p.samples.push(performance.now() - t)
+        } catch (e) {
+          live.splice(live.indexOf(p), 1)
+          await fail(p.c.name, p.index, e, p.c)
+        }
+      }
+      progress.round(r + 1, opts.repeat)
     }
   } finally {
+    for (const p of live) p.c.dispose()
     progress.finish()
   }
+  const cases = live.map(result)
   addRatios(cases)
   return {
     device: dev.toString(),
