@@ -127,3 +127,29 @@ t.test('ties: top-K and the loop head pick the lower index', async (t) => {
   t.same(Array.from(await tr.stats.loops.data()), ref.map((r) => r.loops), 'training without noise: same tie rule')
   tr.dispose()
 })
+
+t.test('bfloat16 weights: the same as float32 weights holding the rounded values', async (t) => {
+  const T = 10, D = 16, I = 64, cfg = { N: 8, K: 2, L: 4, E: 8, alpha: 1e-2 }
+  const { x, ffn } = makeCase(T, D, I, cfg, 99)
+  const b16 = new VersatileFFN({ dModel: D, hidden: I, experts: 8, topK: 2, maxDepth: 4, balanceLossWeight: 1e-2, dtype: 'bfloat16' })
+  b16.loadStateDict(ffn.stateDict())
+  const rounded: Record<string, Float32Array> = {}
+  for (const [k, v] of Object.entries(b16.stateDict())) rounded[k] = await v.data()
+  ffn.loadStateDict(rounded)
+  t.equal(b16.params['ff_proj.weight'].dtype, 'bfloat16')
+  const G = f32(rand(T * D, 5))
+  const outs = []
+  for (const m of [ffn, b16]) {
+    const inf = m.forward(tensor(f32(x), [T, D]))
+    const tr = m.forward(tensor(f32(x), [T, D]), { train: true, noise: 'gumbel', seed: 3 })
+    const y = await tr.y.data()
+    const dx = await m.backward(tr, tensor(G, [T, D])).data()
+    const grads = await Promise.all(Object.values(m.grads).map((g) => g.data()))
+    outs.push({ inf: await inf.y.data(), y, dx, grads })
+  }
+  // same float32 arithmetic on the same values; only the operand load differs
+  t.ok(maxDiff(outs[1].inf, outs[0].inf) < 1e-5, 'inference y')
+  t.ok(maxDiff(outs[1].y, outs[0].y) < 1e-5, 'training y')
+  t.ok(maxDiff(outs[1].dx, outs[0].dx) < 1e-5, 'dx')
+  outs[0].grads.forEach((g, i) => t.ok(maxDiff(outs[1].grads[i], g) < 1e-5, `gradient ${Object.keys(ffn.grads)[i]} (float32 either way)`))
+})
