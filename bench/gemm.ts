@@ -1,0 +1,138 @@
+// GEMM throughput at the FFN shapes, side by side with OpenBLAS sgemm on the same machine and
+// against the measured FMA peak. OpenBLAS is only a yardstick here: the package never links it.
+//   npm run bench:gemm [-- --threads 2 --reps 7 --warmup 2 --shapes 64,512,2048 --json --no-openblas]
+// the two sides alternate run by run (ours, OpenBLAS, ours, ...) so both see the same machine
+// state; on a shared machine the medians still move with other load, the ratio much less.
+import { execFileSync, spawn } from 'node:child_process'
+import { mkdtempSync } from 'node:fs'
+import { tmpdir, cpus, loadavg } from 'node:os'
+import { join } from 'node:path'
+import { createInterface } from 'node:readline'
+import { randn, empty, matmul, setNumThreads, getNumThreads, device, _native, Tensor } from '../lib/index'
+
+function arg(name: string, def: string): string {
+  const i = process.argv.indexOf(`--${name}`)
+  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : def
+}
+const flag = (name: string) => process.argv.includes(`--${name}`)
+
+const threads = Number(arg('threads', '2'))
+const reps = Number(arg('reps', '7'))
+const warmup = Number(arg('warmup', '2'))
+const Ts = arg('shapes', '64,512,2048').split(',').map(Number)
+const json = flag('json')
+const useOpenblas = !flag('no-openblas')
+const log = (s: string) => { if (!json) console.log(s) }
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
+
+// compiles a C helper from bench/ into a temporary folder
+const work = mkdtempSync(join(tmpdir(), 'vffn-bench-'))
+function compile(src: string, out: string, flags: string[]): string | null {
+  try {
+    execFileSync('cc', ['-O2', join(__dirname, src), '-o', join(work, out), ...flags], { stdio: 'pipe' })
+    return join(work, out)
+  } catch (e) {
+    log(`(could not build ${src}: ${String((e as { stderr?: Buffer }).stderr ?? e).split('\n')[0]})`)
+    return null
+  }
+}
+
+function fmaPeak(n: number): number {
+  const exe = compile('fma_peak.c', 'fma_peak', ['-mavx2', '-mfma', '-pthread'])
+  if (!exe) return NaN
+  return Math.max(...[0, 1].map(() => Number(execFileSync(exe, [String(n)]).toString().trim())))
+}
+
+// the OpenBLAS harness as a server: one timed call per request line
+class OpenBlas {
+  core = ''
+  private waiting: ((line: string) => void)[] = []
+  private proc
+  constructor(exe: string) {
+    const env: NodeJS.ProcessEnv = { ...process.env, OPENBLAS_NUM_THREADS: String(threads) }
+    // the machine may pin a core type / L2 size for other tools; let OpenBLAS detect its own here
+    delete env.OPENBLAS_CORETYPE
+    delete env.OPENBLAS_L2_SIZE
+    this.proc = spawn(exe, [], { env, stdio: ['pipe', 'pipe', 'inherit'] })
+    createInterface({ input: this.proc.stdout }).on('line', (l) => this.waiting.shift()?.(l))
+  }
+  private next(): Promise<string> {
+    return new Promise((resolve) => this.waiting.push(resolve))
+  }
+  async start(): Promise<void> {
+    const [name, n] = (await this.next()).split(' ')
+    this.core = `${name}, ${n} threads`
+  }
+  // [wall seconds, process CPU seconds]
+  async run(M: number, N: number, K: number, tb: boolean): Promise<[number, number]> {
+    const reply = this.next()
+    this.proc.stdin.write(`${M} ${N} ${K} ${tb ? 1 : 0}\n`)
+    const [w, c] = (await reply).split(' ').map(Number)
+    return [w, c]
+  }
+  close(): void {
+    this.proc.stdin.end()
+  }
+}
+
+async function main(): Promise<void> {
+  const before = getNumThreads()
+  setNumThreads(threads)
+  const exe = useOpenblas ? compile('openblas_sgemm.c', 'openblas_sgemm', ['-lopenblas']) : null
+  const ob = exe ? new OpenBlas(exe) : null
+  if (ob) await ob.start()
+  const peak = fmaPeak(threads)
+  const kernel = _native.kernelInfo().gemm
+  log(`machine: ${cpus()[0]?.model ?? '?'} (${cpus().length} cpus), ${threads} threads, kernel ${kernel}`)
+  log(`measured FMA peak: ${peak.toFixed(1)} GFLOP/s (${threads} threads, 8-wide FMA, per-thread CPU time)`)
+  log(`median of ${reps} runs after ${warmup} warm-up runs; B stored [N, K] (weights [out, in]) or [K, N]`)
+  log(`load average at start: ${loadavg().map((x) => x.toFixed(2)).join(' ')}`)
+  const cpuCol = threads === 1  // with one thread, CPU time measures the code without the machine's other load
+  const head = 'shape                      B layout  ours GF/s  %peak  OpenBLAS GF/s  %peak  ours/OpenBLAS' +
+    (cpuCol ? '  cpu-time: ours  OpenBLAS  ratio' : '')
+  log(head)
+  log('-'.repeat(head.length))
+  const rows: Record<string, unknown>[] = []
+  const cpu = device('cpu')
+  for (const [K, N] of [[1024, 8192], [4096, 1024]])
+    for (const T of Ts)
+      for (const tb of [true, false]) {
+        const a = randn([T, K], { seed: 1 })
+        const b = randn(tb ? [N, K] : [K, N], { seed: 2 })
+        const c = empty([T, N])
+        const mine: number[] = [], mineCpu: number[] = [], theirs: number[] = [], theirsCpu: number[] = []
+        for (let r = -warmup; r < reps; r++) {
+          await cpu.sync()
+          const c0 = process.cpuUsage()
+          const t0 = process.hrtime.bigint()
+          matmul(a, b, { transposeB: tb, out: c })
+          await cpu.sync()
+          const wall = Number(process.hrtime.bigint() - t0) / 1e9
+          const used = process.cpuUsage(c0)
+          const o = ob ? await ob.run(T, N, K, tb) : [NaN, NaN]
+          if (r < 0) continue
+          mine.push(wall), mineCpu.push((used.user + used.system) / 1e6), theirs.push(o[0]), theirsCpu.push(o[1])
+        }
+        for (const x of [a, b, c] as Tensor[]) x.dispose()
+        const gf = (s: number) => (2 * T * N * K) / s / 1e9
+        const g = gf(median(mine)), o = gf(median(theirs))
+        const gc = gf(median(mineCpu)), oc = gf(median(theirsCpu))
+        const shape = `[${T}x${K}]x[${K}x${N}]`
+        rows.push({ M: T, N, K, transposeB: tb, ours: g, openblas: o, ratio: g / o, oursBest: gf(Math.min(...mine)),
+          openblasBest: gf(Math.min(...theirs)), ...(cpuCol ? { oursCpu: gc, openblasCpu: oc } : {}) })
+        log(`${shape.padEnd(26)} ${(tb ? '[N,K]' : '[K,N]').padEnd(9)} ${g.toFixed(1).padStart(9)} ${(100 * g / peak).toFixed(0).padStart(5)}%` +
+          ` ${o.toFixed(1).padStart(14)} ${(100 * o / peak).toFixed(0).padStart(5)}% ${(g / o).toFixed(2).padStart(14)}` +
+          (cpuCol ? ` ${gc.toFixed(1).padStart(15)} ${oc.toFixed(1).padStart(9)} ${(gc / oc).toFixed(2).padStart(6)}` : ''))
+      }
+  log(`load average at end: ${loadavg().map((x) => x.toFixed(2)).join(' ')}`)
+  if (ob) log(`OpenBLAS core type: ${ob.core}`)
+  else if (useOpenblas) log('OpenBLAS not measured (install libopenblas-dev to compare)')
+  if (json) console.log(JSON.stringify({ kernel, threads, reps, warmup, peak, openblasCore: ob?.core ?? null, loadavg: loadavg(), rows }, null, 1))
+  ob?.close()
+  setNumThreads(before)
+}
+
+main().catch((e) => {
+  console.error(e)
+  process.exit(1)
+})
