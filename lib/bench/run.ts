@@ -68,9 +68,12 @@ async function prepare(c: BenchCase, index: number, opts: BenchOptions, dev: Dev
   }
   progress.status(index, c.name, 'memory run')
   const sampler = new MemorySampler(dev)
-  const before = sampler.start()
+  await dev.sync()
+  const start = sampler.start()
   await c.run(true)
   const peak = sampler.stop()
+  // the steady state the run returns to; leftovers of setup freed during the run don't count against it
+  const before = Math.min(start, dev.memory().live)
   const m = await c.measure()
   progress.note(index, c.name, 'ready')
   return { c, index, m, before, peak, samples: [] }
