@@ -42,12 +42,10 @@ function neededLibraries(file: string): string[] {
   return out
 }
 
-t.test('the CUDA backend library links no CUDA shared library', async (t) => {
-  const lib = path.join(path.dirname(addonPath()), 'libvffn_cuda.so')
-  if (!fs.existsSync(lib)) {
-    t.skip(`no CUDA backend library beside the addon (${path.basename(lib)}): this build has no nvcc`)
-    return
-  }
+const lib = path.join(path.dirname(addonPath()), 'libvffn_cuda.so')
+const noLibrary = fs.existsSync(lib) ? false : 'no CUDA backend library beside the addon: this build had no nvcc'
+
+t.test('the CUDA backend library links no CUDA shared library', { skip: noLibrary }, async (t) => {
   const needed = neededLibraries(lib)
   t.ok(needed.some((n) => n.startsWith('libc.so')), `DT_NEEDED was read (${needed.join(', ')})`)
   // the static runtime loads the driver itself at run time; linking any of these would make
@@ -55,11 +53,11 @@ t.test('the CUDA backend library links no CUDA shared library', async (t) => {
   for (const n of needed) t.notMatch(n, /^lib(cudart|cublas|cublasLt|cuda|nvrtc|cudnn|nvJitLink)\b/, `depends on ${n}`)
 })
 
-t.test('without a usable GPU: unavailable, with a reason, and nothing crashes', async (t) => {
-  if (cuda.available()) {
-    t.skip(`CUDA is available here (${cuda.deviceCount()} device(s)): the unavailable path cannot be provoked`)
-    return
-  }
+const hasGpu = cuda.available()
+
+t.test('without a usable GPU: unavailable, with a reason, and nothing crashes', {
+  skip: hasGpu ? `CUDA is available here (${cuda.deviceCount()} device(s)): the unavailable path cannot be provoked` : false,
+}, async (t) => {
   const reason = cuda.reason()
   t.type(reason, 'string')
   t.ok(reason.length > 0, `reason: ${reason}`)
@@ -92,11 +90,7 @@ t.test('a fresh process asking for CUDA first thing exits normally', async (t) =
   }
 })
 
-t.test('with a GPU: a round trip through device memory', async (t) => {
-  if (!cuda.available()) {
-    t.skip(`no GPU: ${cuda.reason()}`)
-    return
-  }
+t.test('with a GPU: a round trip through device memory', { skip: hasGpu ? false : `no GPU: ${cuda.reason()}` }, async (t) => {
   const host = Float32Array.from({ length: 1000 }, (_, i) => Math.sin(i) * 100)
   const d = tensor(host, [10, 100], { device: 'cuda' })
   t.same(Array.from(await d.data()), Array.from(host))

@@ -107,4 +107,36 @@ __device__ __forceinline__ float warp_sum(float v) {
 // views as in GemmArgs (2-D, unit last stride, any leading dimension).
 void gemm(int dev, const View& c, const View& a, const View& b, bool trans_a, bool trans_b, float alpha, float beta);
 
+// the same kernel with what the FFN layers fuse into it. sizes are upper bounds when rows come
+// from device memory (m_limit, row groups); views give pointer, dtype and leading dimension.
+struct GemmSpec {
+  enum Mode { Store = 0, Glu = 1, ScatterAdd = 2 };
+  struct Operand {
+    View v;              // stored matrix: a is [M,K] or, trans, [K,M]; b is [K,N] or, trans, [N,K]
+    bool trans = false;
+    const int* gather = nullptr;  // a, not trans: logical row i of a is stored row gather[i]
+    int64_t glu_gate = 0;         // b, trans, Glu mode: pair column j reads rows j (up) and j + glu_gate (gate)
+    bool slice_rows = false;      // add the group's expert offset o_g to the row (M or N) index
+    bool slice_k = false;         // add o_g to the k index
+  };
+  int64_t M = 0, N = 0, K = 0;  // Glu: N counts pair columns
+  Operand a, b;
+  View c;  // Glu: the activation silu(gate)·up [M, N]
+  float alpha = 1.f, beta = 0.f;  // Store: beta == 0 never reads c; ScatterAdd: beta unused
+  int mode = Store;
+  const int* out_rows = nullptr;     // ScatterAdd: c row of logical row i (null: i)
+  const float* out_scale = nullptr;  // ScatterAdd: factor of logical row i (null: 1)
+  float* h = nullptr;                // Glu: pre-activations, up at [i, j], gate at [i, N + j] (null: not kept)
+  int64_t h_ld = 0;
+  bool c_slice_rows = false, c_slice_cols = false;  // add o_g to c's row / column
+  // groups (experts) from device memory: seg_start[g] .. seg_start[g+1] are g's rows (or, with
+  // seg_over_k, g's k range, one grid layer per group); o_g = g*(I-E)/(count-1)
+  const int* seg_start = nullptr;
+  int seg_count = 0;
+  bool seg_over_k = false;
+  int64_t slice_I = 0, slice_E = 0;
+  const int* m_limit = nullptr;  // device count: rows >= *m_limit are skipped
+};
+void gemm_ex(int dev, const GemmSpec& s);
+
 }  // namespace vffn::cuda

@@ -1,16 +1,19 @@
-// GEMM on tensor cores: c[M,N] = alpha * op(a)[M,K] * op(b)[K,N] + beta * c, float32 accumulate.
+// GEMM on tensor cores: c[M,N] = alpha * op(a)[M,K] * op(b)[K,N] + beta * c, float32 accumulate,
+// plus what the FFN layers fuse into it (see GemmSpec in common.cuh): a row gather on a, the
+// SwiGLU epilogue, scatter-add with a per-row scale, expert slices as offsets into shared
+// matrices, groups of rows or of K read from device memory, and a device-side row count.
 // block tile 128x128, 8 warps of 64x32, K in 64-byte slices, two shared-memory stages.
-// both operands land in shared memory K-contiguous ("[row][k]") whatever their transposes, so
-// one fragment path serves every layout:
+// both operands land in shared memory K-contiguous ("[row][k]") whatever their layout, so one
+// fragment path serves every transpose:
 //   bf16 operands    -> ldmatrix + mma.sync m16n8k16 bf16 (bf16 in, fp32 accumulate)
 //   any float32 side -> lds + mma.sync m16n8k8 tf32, bf16 operands widened exactly. tf32 rather
 //                       than rounding to bf16 on load: 10 mantissa bits instead of 7 keep float32
 //                       models close to the CPU oracle (~3e-4 relative, not ~3e-3), at half the
-//                       tensor-core rate, which float32 users already trade for precision.
-// loads: when both operands are K-contiguous, of the tile's own type and 16-byte aligned (the
-// forward x·Wᵀ of every layer), cp.async copies global -> shared directly, zero-filling ragged
-// edges; otherwise each thread stages 16-byte chunks in registers (converting, transposing)
-// while the tensor cores work on the other stage. ragged M, N, K are bounds-checked per chunk.
+//                       bf16 tensor-core rate, which float32 users already trade for precision.
+// loads: when both operands are K-contiguous, of the tile's own type and 16-byte aligned (every
+// x·Wᵀ of the forward), cp.async copies global -> shared directly, zero-filling ragged edges;
+// otherwise each thread stages 16-byte chunks in registers (converting, transposing) while the
+// tensor cores work on the other stage. ragged M, N, K are bounds-checked per chunk.
 #include <climits>
 
 #include "../core/ops.h"
@@ -24,19 +27,49 @@ constexpr int BM = 128, BN = 128, THREADS = 256;
 
 template <class S>
 struct Tile {
-  static constexpr int BK = 64 / int(sizeof(S));   // 32 bf16 or 16 float: 64 bytes of K per row
-  static constexpr int V = 16 / int(sizeof(S));    // elements per 16-byte chunk
-  static constexpr int LDS = BK + V;               // +16 bytes per row: conflict-free fragment loads
+  static constexpr int BK = 64 / int(sizeof(S));        // 32 bf16 or 16 float: 64 bytes of K per row
+  static constexpr int V = 16 / int(sizeof(S));         // elements per 16-byte chunk
+  static constexpr int LDS = BK + V;                    // +16 bytes per row: conflict-free fragment loads
   static constexpr int CHUNKS = BM * BK / V / THREADS;  // chunks per thread per operand (2)
 };
 
+// an operand as the kernel sees it. "rows" are the M (a) or N (b) index, k the inner one.
 struct Operand {
-  const void* p;
+  const char* p;
   int64_t ld;
   int dtype;
-  int kcontig;  // 1: element (row, k) at row*ld + k; 0: at k*ld + row
-  int rows;     // M for a, N for b
-  int vec_ok;   // the contiguous dimension can be read in aligned 16-byte (or 8-byte, bf16->float) vectors
+  int kcontig;      // 1: element (row, k) at row*ld + k; 0: at k*ld + row
+  int vec_ok;       // ld and base allow aligned vector reads (re-checked after per-block offsets)
+  const int* gather;  // kcontig only: logical row i is stored row gather[i]
+  int64_t glu_gate;   // b only, kcontig: > 0 selects the SwiGLU tile (gate row j = up row j + glu_gate)
+  int slice_rows, slice_k;  // add the group's expert offset o_g to the row / k index
+};
+
+struct Out {
+  char* c;
+  int64_t ldc;
+  int dtype;
+  int mode;  // GemmSpec::Store, Glu, ScatterAdd
+  float alpha, beta;
+  const int* rows;     // scatter-add: output row of logical row i (null: i)
+  const float* scale;  // scatter-add: factor of logical row i (null: 1)
+  float* h;            // glu: pre-activations [up | gate] (null: not kept)
+  int64_t ldh;
+  int slice_rows, slice_cols;
+};
+
+struct Seg {
+  const int* start;  // [count + 1] on the device; null: no groups
+  int count, over_k;
+  int64_t I, E;      // expert offsets o_g = g*(I-E)/(count-1)
+};
+
+struct Problem {
+  Operand a, b;
+  Out out;
+  Seg seg;
+  int M, N, K;         // upper bounds; N counts SwiGLU pairs in glu mode
+  const int* m_limit;  // rows >= *m_limit are skipped (null: M)
 };
 
 union Chunk16 {
@@ -48,98 +81,139 @@ union Chunk16 {
 template <class S> __device__ __forceinline__ S from_float(float v);
 template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
 template <> __device__ __forceinline__ uint16_t from_float<uint16_t>(float v) { return f32_to_bf16_bits(v); }
-
-template <class S>
-__device__ __forceinline__ void chunk_set(Chunk16& c, int i, S v);
-template <> __device__ __forceinline__ void chunk_set<float>(Chunk16& c, int i, float v) { c.f[i] = v; }
-template <> __device__ __forceinline__ void chunk_set<uint16_t>(Chunk16& c, int i, uint16_t v) { c.h[i] = v; }
-template <class S>
-__device__ __forceinline__ S chunk_get(const Chunk16& c, int i);
+__device__ __forceinline__ void chunk_set(Chunk16& c, int i, float v) { c.f[i] = v; }
+__device__ __forceinline__ void chunk_set(Chunk16& c, int i, uint16_t v) { c.h[i] = v; }
+template <class S> __device__ __forceinline__ S chunk_get(const Chunk16& c, int i);
 template <> __device__ __forceinline__ float chunk_get<float>(const Chunk16& c, int i) { return c.f[i]; }
 template <> __device__ __forceinline__ uint16_t chunk_get<uint16_t>(const Chunk16& c, int i) { return c.h[i]; }
 
-// where chunk `c` of a tile starts: tile row rr and k offset kk, and the (major, minor) position
-// of its first element in the stored matrix, the minor dimension being the contiguous one.
-template <class S>
-__device__ __forceinline__ void chunk_pos(const Operand& op, int c, int row0, int k0, int& rr, int& kk, int& major,
-                                          int& minor) {
-  constexpr int BK = Tile<S>::BK, V = Tile<S>::V;
-  if (op.kcontig) {
-    rr = c / (BK / V);
-    kk = (c % (BK / V)) * V;
-    major = row0 + rr;
-    minor = k0 + kk;
-  } else {
-    kk = c / (BM / V);
-    rr = (c % (BM / V)) * V;
-    major = k0 + kk;
-    minor = row0 + rr;
-  }
-}
+__device__ __forceinline__ int64_t dsize(int dtype) { return dtype == BF16 ? 2 : 4; }
 
-// global -> registers, converted to S, zero outside the matrix
+// per-block view of one operand: base pointer after slice/group offsets, the row extent, and
+// for K-contiguous operands the stored row of each of this thread's chunks (null: outside)
 template <class S>
-__device__ __forceinline__ void load_chunks(const Operand& op, int K, int row0, int k0, Chunk16 (&r)[Tile<S>::CHUNKS]) {
-  constexpr int V = Tile<S>::V;
-  const int major_ext = op.kcontig ? op.rows : K, minor_ext = op.kcontig ? K : op.rows;
-#pragma unroll
-  for (int i = 0; i < Tile<S>::CHUNKS; i++) {
-    int rr, kk, major, minor;
-    chunk_pos<S>(op, threadIdx.x + i * THREADS, row0, k0, rr, kk, major, minor);
-    const int64_t at = int64_t(major) * op.ld + minor;
-    const bool same = (op.dtype == BF16) == (sizeof(S) == 2);
-    const bool widen = op.dtype == BF16 && sizeof(S) == 4;
-    if (op.vec_ok && (same || widen) && major < major_ext && minor + V <= minor_ext) {
-      if (same) {
-        r[i].u = __ldg(reinterpret_cast<const uint4*>(static_cast<const char*>(op.p) + at * int64_t(sizeof(S))));
-      } else {  // bf16 operand in a float tile: 4 elements, 8 bytes, widened exactly
-        uint2 w = __ldg(reinterpret_cast<const uint2*>(static_cast<const uint16_t*>(op.p) + at));
-        uint32_t q[2] = {w.x, w.y};
-#pragma unroll
-        for (int v = 0; v < V; v++) chunk_set<S>(r[i], v, from_float<S>(bf16_bits_to_f32(uint16_t(q[v / 2] >> (16 * (v % 2))))));
-      }
+struct Loader {
+  static constexpr int BK = Tile<S>::BK, V = Tile<S>::V, LDS = Tile<S>::LDS, CHUNKS = Tile<S>::CHUNKS;
+  const char* base;
+  int64_t ld, es;
+  int dtype, kcontig, vec, row0, row_end, K;
+  const char* row_ptr[CHUNKS];
+
+  // tile coordinates of chunk i: rows rr.. and k offset kk
+  __device__ __forceinline__ void pos(int i, int& rr, int& kk) const {
+    int c = threadIdx.x + i * THREADS;
+    if (kcontig) {
+      rr = c / (BK / V);
+      kk = (c % (BK / V)) * V;
     } else {
+      kk = c / (BM / V);
+      rr = (c % (BM / V)) * V;
+    }
+  }
+
+  __device__ __forceinline__ void init(const Operand& op, int64_t row_shift, int64_t k_shift, int row0_, int row_end_,
+                                       int K_, int glu_n0) {
+    dtype = op.dtype;
+    es = dsize(dtype);
+    ld = op.ld;
+    kcontig = op.kcontig;
+    row0 = row0_;
+    row_end = row_end_;
+    K = K_;
+    base = op.p + (kcontig ? row_shift * ld + k_shift : k_shift * ld + row_shift) * es;
+    const bool same = (dtype == BF16) == (sizeof(S) == 2), widen = dtype == BF16 && sizeof(S) == 4;
+    const int64_t vb = same ? 16 : 8;
+    vec = op.vec_ok && (same || widen) && (reinterpret_cast<uintptr_t>(base) % uintptr_t(vb) == 0);
+    if (!kcontig) return;
 #pragma unroll
-      for (int v = 0; v < V; v++) {
-        float x = (major < major_ext && minor + v < minor_ext) ? load_f(op.p, op.dtype, at + v) : 0.f;
-        chunk_set<S>(r[i], v, from_float<S>(x));
+    for (int i = 0; i < CHUNKS; i++) {
+      int rr, kk;
+      pos(i, rr, kk);
+      int logical = row0 + rr;
+      int64_t stored = logical;
+      if (op.glu_gate > 0) {  // tile rows alternate 8 up rows, 8 gate rows of the same 8 columns
+        const int q = rr >> 3;
+        logical = glu_n0 + (q >> 1) * 8 + (rr & 7);
+        stored = logical + ((q & 1) ? op.glu_gate : 0);
+      } else if (op.gather && logical < row_end) {
+        stored = op.gather[logical];
+      }
+      row_ptr[i] = logical < row_end ? base + stored * ld * es : nullptr;
+    }
+  }
+
+  // global -> registers, converted to S, zero outside the matrix
+  __device__ __forceinline__ void load(int k0, Chunk16 (&r)[CHUNKS]) const {
+#pragma unroll
+    for (int i = 0; i < CHUNKS; i++) {
+      int rr, kk;
+      pos(i, rr, kk);
+      const int k = k0 + kk, row = row0 + rr;
+      const char* at;
+      int n_ok;  // elements of the chunk inside the matrix
+      int64_t step;
+      if (kcontig) {
+        at = row_ptr[i] ? row_ptr[i] + int64_t(k) * es : nullptr;
+        n_ok = at ? min(max(K - k, 0), V) : 0;
+        step = es;
+      } else {
+        at = k < K ? base + (int64_t(k) * ld + row) * es : nullptr;
+        n_ok = at ? min(max(row_end - row, 0), V) : 0;
+        step = es;
+      }
+      if (vec && n_ok == V) {
+        if ((dtype == BF16) == (sizeof(S) == 2)) {
+          r[i].u = __ldg(reinterpret_cast<const uint4*>(at));
+        } else {  // bf16 operand in a float tile: 8 bytes, widened exactly
+          uint2 w = __ldg(reinterpret_cast<const uint2*>(at));
+          r[i].f[0] = __uint_as_float(w.x << 16);
+          r[i].f[1] = __uint_as_float(w.x & 0xffff0000u);
+          r[i].f[2] = __uint_as_float(w.y << 16);
+          r[i].f[3] = __uint_as_float(w.y & 0xffff0000u);
+        }
+      } else {
+#pragma unroll
+        for (int v = 0; v < V; v++) {
+          float x = 0.f;
+          if (v < n_ok)
+            x = dtype == BF16 ? bf16_bits_to_f32(*reinterpret_cast<const uint16_t*>(at + v * step))
+                              : *reinterpret_cast<const float*>(at + v * step);
+          chunk_set(r[i], v, from_float<S>(x));
+        }
       }
     }
   }
-}
 
-// registers -> shared tile [row][k]
-template <class S>
-__device__ __forceinline__ void store_chunks(const Operand& op, S* sm, const Chunk16 (&r)[Tile<S>::CHUNKS]) {
-  constexpr int V = Tile<S>::V, LDS = Tile<S>::LDS;
+  // registers -> shared tile [row][k]
+  __device__ __forceinline__ void store(S* sm, const Chunk16 (&r)[CHUNKS]) const {
 #pragma unroll
-  for (int i = 0; i < Tile<S>::CHUNKS; i++) {
-    int rr, kk, major, minor;
-    chunk_pos<S>(op, threadIdx.x + i * THREADS, 0, 0, rr, kk, major, minor);
-    if (op.kcontig) {
-      *reinterpret_cast<uint4*>(sm + rr * LDS + kk) = r[i].u;
-    } else {
+    for (int i = 0; i < CHUNKS; i++) {
+      int rr, kk;
+      pos(i, rr, kk);
+      if (kcontig) {
+        *reinterpret_cast<uint4*>(sm + rr * LDS + kk) = r[i].u;
+      } else {
 #pragma unroll
-      for (int v = 0; v < V; v++) sm[(rr + v) * LDS + kk] = chunk_get<S>(r[i], v);
+        for (int v = 0; v < V; v++) sm[(rr + v) * LDS + kk] = chunk_get<S>(r[i], v);
+      }
     }
   }
-}
 
-// global -> shared without registers (K-contiguous operand of the tile's type, aligned).
-// a ragged edge copies only the bytes inside the matrix; cp.async zero-fills the rest.
-template <class S>
-__device__ __forceinline__ void async_chunks(const Operand& op, int K, int row0, int k0, S* sm) {
-  constexpr int V = Tile<S>::V, LDS = Tile<S>::LDS;
+  // global -> shared with cp.async (K-contiguous, of type S, aligned: the host made sure);
+  // a ragged edge copies only the bytes inside the matrix and cp.async zero-fills the rest
+  __device__ __forceinline__ void copy_async(int k0, S* sm) const {
 #pragma unroll
-  for (int i = 0; i < Tile<S>::CHUNKS; i++) {
-    int rr, kk, major, minor;
-    chunk_pos<S>(op, threadIdx.x + i * THREADS, row0, k0, rr, kk, major, minor);
-    int valid = major < op.rows ? min(max(K - minor, 0), V) : 0;
-    const char* src = static_cast<const char*>(op.p) + (valid ? (int64_t(major) * op.ld + minor) * int64_t(sizeof(S)) : 0);
-    uint32_t dst = uint32_t(__cvta_generic_to_shared(sm + rr * LDS + kk));
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid * int(sizeof(S))));
+    for (int i = 0; i < CHUNKS; i++) {
+      int rr, kk;
+      pos(i, rr, kk);
+      const int k = k0 + kk;
+      const int n_ok = row_ptr[i] ? min(max(K - k, 0), V) : 0;
+      const char* src = n_ok ? row_ptr[i] + int64_t(k) * es : base;
+      uint32_t dst = uint32_t(__cvta_generic_to_shared(sm + rr * LDS + kk));
+      asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n_ok * int(sizeof(S))));
+    }
   }
-}
+};
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
   uint32_t a = uint32_t(__cvta_generic_to_shared(p));
@@ -218,14 +292,49 @@ __device__ __forceinline__ void mma_slice(float (&acc)[4][4][4], const float* As
 }
 
 // S: the shared tile type (uint16_t = bf16 bits, or float for tf32). kAsync: both operands go
-// through cp.async (host checked: K-contiguous, of type S, aligned).
+// through cp.async (host checked: K-contiguous, of type S, aligned, no per-block misalignment).
+// two blocks per SM cap registers at 128; the float32 register-staged variant (conversions,
+// transposes) needs more and gets one block of 8 warps rather than spilling
 template <class S, bool kAsync>
-__global__ void __launch_bounds__(THREADS, 2)
-    gemm_kernel(void* c, int c_dtype, int64_t ldc, Operand a, Operand b, int M, int N, int K, float alpha, float beta) {
-  constexpr int BK = Tile<S>::BK, LDS = Tile<S>::LDS, STAGE = BM * LDS;
+__global__ void __launch_bounds__(THREADS, (sizeof(S) == 4 && !kAsync) ? 1 : 2) gemm_kernel(const Problem pr) {
+  constexpr int BK = Tile<S>::BK, STAGE = BM * Tile<S>::LDS;
   __shared__ alignas(16) S smem[2][2][STAGE];  // [stage][a|b]: 40 KB for either type
 
-  const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+  // which rows, which K range, which expert: from the device-side segmentation when given
+  int m0, row_end = pr.M, k_begin = 0, K = pr.K, g = 0;
+  if (pr.seg.start && !pr.seg.over_k) {
+    // row groups: this block is tile (blockIdx.y - tiles before it) of the first group that has it
+    int tile = blockIdx.y;
+    g = -1;
+    for (int e = 0; e < pr.seg.count; e++) {
+      const int s = pr.seg.start[e], n = pr.seg.start[e + 1] - s, tiles = (n + BM - 1) / BM;
+      if (tile < tiles) {
+        g = e;
+        m0 = s + tile * BM;
+        row_end = s + n;
+        break;
+      }
+      tile -= tiles;
+    }
+    if (g < 0) return;  // the grid is an upper bound on the tiles
+  } else {
+    m0 = blockIdx.y * BM;
+    if (pr.m_limit) row_end = min(pr.M, *pr.m_limit);
+    if (pr.seg.start) {  // K groups: one expert per grid layer
+      g = blockIdx.z;
+      k_begin = pr.seg.start[g];
+      K = pr.seg.start[g + 1] - k_begin;
+    }
+    if (m0 >= row_end) return;
+  }
+  const int64_t o = (pr.seg.start && pr.seg.count > 1) ? int64_t(g) * (pr.seg.I - pr.seg.E) / (pr.seg.count - 1) : 0;
+
+  const bool glu = pr.out.mode == GemmSpec::Glu;
+  const int n0 = blockIdx.x * (glu ? BN / 2 : BN);
+  Loader<S> la, lb;
+  la.init(pr.a, pr.a.slice_rows ? o : 0, (pr.a.slice_k ? o : 0) + k_begin, m0, row_end, K, 0);
+  lb.init(pr.b, pr.b.slice_rows ? o : 0, (pr.b.slice_k ? o : 0) + k_begin, n0, pr.N, K, n0);
+
   const int warp = threadIdx.x >> 5, wm = warp & 1, wn = warp >> 1;
   float acc[4][4][4];
 #pragma unroll
@@ -239,14 +348,14 @@ __global__ void __launch_bounds__(THREADS, 2)
   Chunk16 ra[Tile<S>::CHUNKS], rb[Tile<S>::CHUNKS];
   if (nk > 0) {
     if constexpr (kAsync) {
-      async_chunks<S>(a, K, m0, 0, smem[0][0]);
-      async_chunks<S>(b, K, n0, 0, smem[0][1]);
+      la.copy_async(0, smem[0][0]);
+      lb.copy_async(0, smem[0][1]);
       asm volatile("cp.async.wait_all;\n" ::);
     } else {
-      load_chunks<S>(a, K, m0, 0, ra);
-      load_chunks<S>(b, K, n0, 0, rb);
-      store_chunks<S>(a, smem[0][0], ra);
-      store_chunks<S>(b, smem[0][1], rb);
+      la.load(0, ra);
+      lb.load(0, rb);
+      la.store(smem[0][0], ra);
+      lb.store(smem[0][1], rb);
     }
   }
   __syncthreads();
@@ -257,11 +366,11 @@ __global__ void __launch_bounds__(THREADS, 2)
     const bool more = kt + 1 < nk;
     if (more) {
       if constexpr (kAsync) {
-        async_chunks<S>(a, K, m0, (kt + 1) * BK, smem[cur ^ 1][0]);
-        async_chunks<S>(b, K, n0, (kt + 1) * BK, smem[cur ^ 1][1]);
+        la.copy_async((kt + 1) * BK, smem[cur ^ 1][0]);
+        lb.copy_async((kt + 1) * BK, smem[cur ^ 1][1]);
       } else {
-        load_chunks<S>(a, K, m0, (kt + 1) * BK, ra);
-        load_chunks<S>(b, K, n0, (kt + 1) * BK, rb);
+        la.load((kt + 1) * BK, ra);
+        lb.load((kt + 1) * BK, rb);
       }
     }
     mma_slice(acc, smem[cur][0], smem[cur][1], wm, wn);
@@ -269,83 +378,150 @@ __global__ void __launch_bounds__(THREADS, 2)
       if constexpr (kAsync) {
         asm volatile("cp.async.wait_all;\n" ::);
       } else {
-        store_chunks<S>(a, smem[cur ^ 1][0], ra);
-        store_chunks<S>(b, smem[cur ^ 1][1], rb);
+        la.store(smem[cur ^ 1][0], ra);
+        lb.store(smem[cur ^ 1][1], rb);
       }
     }
     __syncthreads();
   }
 
-  // epilogue: accumulator (mi, ni, q) is row g (+8 for q >= 2), columns 2t, 2t+1 of its 16x8 tile
-  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  // epilogue: accumulator (mi, ni, q) is row g (+8 for q >= 2), column 2t + (q & 1) of its 16x8 tile
+  const Out& out = pr.out;
+  char* c = out.c + ((out.slice_rows ? o : 0) * out.ldc + (out.slice_cols ? o : 0)) * dsize(out.dtype);
+  const int lane = threadIdx.x & 31, lr = lane >> 2, lc = 2 * (lane & 3);
 #pragma unroll
   for (int mi = 0; mi < 4; mi++)
 #pragma unroll
-    for (int ni = 0; ni < 4; ni++)
+    for (int q = 0; q < 4; q++) {
+      const int row = m0 + wm * 64 + mi * 16 + lr + (q >> 1) * 8;
+      if (row >= row_end) continue;
+      if (glu) {
+        // n8 tiles (0,1) and (2,3) hold up and gate of the same 8 columns (see Loader::init)
 #pragma unroll
-      for (int q = 0; q < 4; q++) {
-        const int row = m0 + wm * 64 + mi * 16 + g + (q >> 1) * 8, col = n0 + wn * 32 + ni * 8 + 2 * t + (q & 1);
-        if (row < M && col < N) {
-          const int64_t at = int64_t(row) * ldc + col;
-          float v = alpha * acc[mi][ni][q];
-          if (beta != 0.f) v += beta * load_f(c, c_dtype, at);  // beta == 0 never reads c (NaN-safe)
-          store_f(c, c_dtype, at, v);
+        for (int np = 0; np < 2; np++) {
+          const int col = n0 + wn * 16 + np * 8 + lc + (q & 1);
+          if (col >= pr.N) continue;
+          const float u = acc[mi][2 * np][q], gt = acc[mi][2 * np + 1][q];
+          if (out.h) {
+            out.h[int64_t(row) * out.ldh + col] = u;
+            out.h[int64_t(row) * out.ldh + pr.N + col] = gt;
+          }
+          store_f(c, out.dtype, int64_t(row) * out.ldc + col, u * gt / (1.f + __expf(-gt)));
+        }
+        continue;
+      }
+      const int64_t orow = (out.mode == GemmSpec::ScatterAdd && out.rows) ? out.rows[row] : row;
+      const float scale = out.alpha * ((out.mode == GemmSpec::ScatterAdd && out.scale) ? out.scale[row] : 1.f);
+#pragma unroll
+      for (int ni = 0; ni < 4; ni++) {
+        const int col = n0 + wn * 32 + ni * 8 + lc + (q & 1);
+        if (col >= pr.N) continue;
+        const int64_t at = orow * out.ldc + col;
+        float v = scale * acc[mi][ni][q];
+        if (out.mode == GemmSpec::ScatterAdd) {
+          atomicAdd(reinterpret_cast<float*>(c) + at, v);
+        } else {
+          if (out.beta != 0.f) v += out.beta * load_f(c, out.dtype, at);  // beta == 0 never reads c (NaN-safe)
+          store_f(c, out.dtype, at, v);
         }
       }
+    }
 }
 
-Operand operand(const View& v, bool kcontig, int rows, int tile_elem_bytes) {
-  Operand o;
-  o.p = v.data;
-  o.ld = ld_of(v);
-  o.dtype = v.dtype;
+Operand operand(const GemmSpec::Operand& s, bool kcontig, int tile_elem_bytes) {
+  Operand o{};
+  o.p = static_cast<const char*>(s.v.data);
+  o.ld = ld_of(s.v);
+  o.dtype = s.v.dtype;
   o.kcontig = kcontig;
-  o.rows = rows;
-  // a chunk is 16 bytes of the tile; in the operand's own dtype that is 16 or 8 (bf16 -> float)
-  const int64_t vb = 16 / tile_elem_bytes * dtype_size(v.dtype);
-  o.vec_ok = (reinterpret_cast<uintptr_t>(v.data) % uintptr_t(vb) == 0) && ((o.ld * dtype_size(v.dtype)) % vb == 0);
+  o.gather = s.gather;
+  o.glu_gate = s.glu_gate;
+  o.slice_rows = s.slice_rows;
+  o.slice_k = s.slice_k;
+  // a chunk is 16 bytes of the tile; in the operand's own dtype 16 bytes, or 8 (bf16 -> float)
+  const int64_t vb = 16 / tile_elem_bytes * dtype_size(s.v.dtype);
+  o.vec_ok = (reinterpret_cast<uintptr_t>(s.v.data) % uintptr_t(vb) == 0) && ((o.ld * dtype_size(s.v.dtype)) % vb == 0);
   return o;
 }
 
-template <class S, bool kAsync>
-void launch(cudaStream_t st, const View& c, const Operand& a, const Operand& b, int M, int N, int K, float alpha,
-            float beta) {
-  dim3 grid(unsigned((N + BN - 1) / BN), unsigned((M + BM - 1) / BM));
-  gemm_kernel<S, kAsync><<<grid, THREADS, 0, st>>>(c.data, c.dtype, ld_of(c), a, b, M, N, K, alpha, beta);
-}
-
 }  // namespace
+
+void gemm_ex(int dev, const GemmSpec& s) {
+  const GemmSpec::Operand &A = s.a, &B = s.b;
+  require_matrix(A.v, "a");
+  require_matrix(B.v, "b");
+  require_matrix(s.c, "c");
+  require(s.M <= INT_MAX && s.N <= INT_MAX && s.K <= INT_MAX, "gemm: sizes beyond 2^31");
+  require(!A.gather || !A.trans, "gemm: a row gather needs a K-contiguous a");
+  require(!B.gather && !A.glu_gate, "gemm: gather on a only, SwiGLU tiles on b only");
+  require(!B.glu_gate || (B.trans && s.mode == GemmSpec::Glu), "gemm: SwiGLU tiles need a K-contiguous b");
+  require(s.mode != GemmSpec::Glu || B.glu_gate > 0, "gemm: the SwiGLU epilogue needs SwiGLU tiles");
+  require(s.mode != GemmSpec::ScatterAdd || s.c.dtype == F32, "gemm: scatter-add accumulates into float32 only");
+  require(!s.seg_start || s.seg_count >= 1, "gemm: groups need a count");
+  cudaStream_t st = stream(dev);
+  if (s.M == 0 || s.N == 0) return;
+
+  const bool bf16_tiles = A.v.dtype == BF16 && B.v.dtype == BF16;
+  const int tb = bf16_tiles ? 2 : 4;
+  Problem pr{};
+  // stored layouts: a is [M,K] (K-contiguous) or [K,M]; b is [N,K] (K-contiguous) or [K,N]
+  pr.a = operand(A, !A.trans, tb);
+  pr.b = operand(B, B.trans, tb);
+  pr.out = Out{static_cast<char*>(s.c.data), ld_of(s.c), s.c.dtype, s.mode, s.alpha, s.beta, s.out_rows,
+               s.out_scale, s.h, s.h_ld, s.c_slice_rows, s.c_slice_cols};
+  pr.seg = Seg{s.seg_start, s.seg_count, s.seg_over_k, s.slice_I, s.slice_E};
+  pr.M = int(s.M);
+  pr.N = int(s.N);
+  pr.K = int(s.K);
+  pr.m_limit = s.m_limit;
+
+  const bool row_groups = s.seg_start && !s.seg_over_k;
+  const int64_t tiles_m = (s.M + BM - 1) / BM + (row_groups ? s.seg_count : 0);
+  const int64_t n_per_block = s.mode == GemmSpec::Glu ? BN / 2 : BN;
+  require(tiles_m <= 65535 && (!s.seg_start || !s.seg_over_k || s.seg_count <= 65535), "gemm: M beyond the grid");
+  dim3 grid(unsigned((s.N + n_per_block - 1) / n_per_block), unsigned(tiles_m),
+            unsigned(s.seg_start && s.seg_over_k ? s.seg_count : 1));
+
+  // cp.async needs every row start 16-byte aligned in every block: expert offsets along k
+  // must keep that, and K groups start anywhere, so they take the staged path
+  bool async = pr.a.kcontig && pr.b.kcontig && pr.a.vec_ok && pr.b.vec_ok && A.v.dtype == B.v.dtype &&
+               !(s.seg_start && s.seg_over_k);
+  if (async && s.seg_start && (A.slice_k || B.slice_k || A.slice_rows || B.slice_rows)) {
+    const int64_t v = 16 / tb;
+    for (int e = 0; e < s.seg_count && async; e++) {
+      const int64_t o = s.seg_count > 1 ? e * (s.slice_I - s.slice_E) / (s.seg_count - 1) : 0;
+      if ((A.slice_k || B.slice_k) && o % v) async = false;
+    }
+  }
+  if (bf16_tiles) {
+    if (async) gemm_kernel<uint16_t, true><<<grid, THREADS, 0, st>>>(pr);
+    else gemm_kernel<uint16_t, false><<<grid, THREADS, 0, st>>>(pr);
+  } else {
+    if (async) gemm_kernel<float, true><<<grid, THREADS, 0, st>>>(pr);
+    else gemm_kernel<float, false><<<grid, THREADS, 0, st>>>(pr);
+  }
+  check_launch("gemm");
+}
 
 void gemm(int dev, const View& c, const View& a, const View& b, bool trans_a, bool trans_b, float alpha, float beta) {
   require_matrix(c, "c");
   require_matrix(a, "a");
   require_matrix(b, "b");
-  const int64_t M = c.shape[0], N = c.shape[1];
-  const int64_t K = trans_a ? a.shape[0] : a.shape[1];
-  require((trans_a ? a.shape[1] : a.shape[0]) == M, "gemm: a has the wrong number of rows for c");
-  require((trans_b ? b.shape[1] : b.shape[0]) == K, "gemm: inner dimensions of a and b differ");
-  require((trans_b ? b.shape[0] : b.shape[1]) == N, "gemm: b has the wrong number of columns for c");
-  require(M <= INT_MAX && N <= INT_MAX && K <= INT_MAX && (M + BM - 1) / BM <= 65535,
-          "gemm: sizes beyond this kernel's grid (M <= 8388480, N and K < 2^31)");
-  cudaStream_t st = stream(dev);
-  if (M == 0 || N == 0) return;
-  const bool bf16_tiles = a.dtype == BF16 && b.dtype == BF16;
-  const int tb = bf16_tiles ? 2 : 4;
-  // stored layouts: a is [M,K] (K-contiguous) or [K,M]; b is [N,K] (K-contiguous) or [K,N]
-  Operand oa = operand(a, !trans_a, int(M), tb), ob = operand(b, trans_b, int(N), tb);
-  const bool async = oa.kcontig && ob.kcontig && oa.vec_ok && ob.vec_ok && a.dtype == b.dtype;
-  if (bf16_tiles) {
-    if (async)
-      launch<uint16_t, true>(st, c, oa, ob, int(M), int(N), int(K), alpha, beta);
-    else
-      launch<uint16_t, false>(st, c, oa, ob, int(M), int(N), int(K), alpha, beta);
-  } else {
-    if (async)
-      launch<float, true>(st, c, oa, ob, int(M), int(N), int(K), alpha, beta);
-    else
-      launch<float, false>(st, c, oa, ob, int(M), int(N), int(K), alpha, beta);
-  }
-  check_launch("gemm");
+  GemmSpec s;
+  s.M = c.shape[0];
+  s.N = c.shape[1];
+  s.K = trans_a ? a.shape[0] : a.shape[1];
+  require((trans_a ? a.shape[1] : a.shape[0]) == s.M, "gemm: a has the wrong number of rows for c");
+  require((trans_b ? b.shape[1] : b.shape[0]) == s.K, "gemm: inner dimensions of a and b differ");
+  require((trans_b ? b.shape[0] : b.shape[1]) == s.N, "gemm: b has the wrong number of columns for c");
+  s.a.v = a;
+  s.a.trans = trans_a;
+  s.b.v = b;
+  s.b.trans = trans_b;
+  s.c = c;
+  s.alpha = alpha;
+  s.beta = beta;
+  gemm_ex(dev, s);
 }
 
 }  // namespace vffn::cuda
