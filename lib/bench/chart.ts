@@ -17,9 +17,9 @@ function tickStep(max: number): number {
 }
 
 export function renderChart(r: BenchReport): string {
-  const W = 860
+  const W = 900
   const left = 150
-  const right = 190
+  const right = 230
   const top = 62
   const row = 34
   const bar = 20
@@ -50,8 +50,9 @@ export function renderChart(r: BenchReport): string {
     out.push(`<line x1="${x(c.minMs).toFixed(1)}" y1="${cy}" x2="${x(c.maxMs).toFixed(1)}" y2="${cy}" stroke="#111" stroke-width="1.5"/>`)
     for (const v of [c.minMs, c.maxMs])
       out.push(`<line x1="${x(v).toFixed(1)}" y1="${(y + 5).toFixed(1)}" x2="${x(v).toFixed(1)}" y2="${(y + bar - 5).toFixed(1)}" stroke="#111" stroke-width="1.5"/>`)
-    const ratio = c.ratioToDense === null ? '' : `, ${c.ratioToDense.toFixed(2)}x dense`
-    out.push(`<text x="${(x(axisMax) + 8).toFixed(1)}" y="${(y + bar / 2 + 4).toFixed(1)}" font-size="11" fill="#222">${esc(`${c.medianMs.toPrecision(3)} ms${ratio}`)}</text>`)
+    const ratio = c.ratioToDense === null || c.name === c.baseline ? '' : `, ${c.ratioToDense.toFixed(2)}x ${c.baseline}`
+    const ms = c.medianMs >= 1000 ? c.medianMs.toFixed(0) : c.medianMs.toPrecision(3)
+    out.push(`<text x="${(x(axisMax) + 8).toFixed(1)}" y="${(y + bar / 2 + 4).toFixed(1)}" font-size="11" fill="#222">${esc(`${ms} ms${ratio}`)}</text>`)
   })
   out.push('</svg>')
   return out.join('\n') + '\n'
