@@ -20,17 +20,6 @@ const log = (s: string) => { if (!json) console.log(s) }
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
 const cpu = device('cpu')
 
-async function time(fn: () => Promise<void>): Promise<number> {
-  await fn() // warm-up: first-touch of buffers, packing
-  const ts: number[] = []
-  for (let r = 0; r < reps; r++) {
-    const t0 = process.hrtime.bigint()
-    await fn()
-    ts.push(Number(process.hrtime.bigint() - t0) / 1e6)
-  }
-  return median(ts)
-}
-
 const vmHWM = () => Number(/VmHWM:\s+(\d+)/.exec(readFileSync('/proc/self/status', 'utf8'))![1]) * 1024
 
 // loops uniform over 1..L: loop-head rows pick coordinates 0..L-1, token t gets coordinate t mod L
@@ -75,64 +64,75 @@ async function main() {
   setNumThreads(threads)
   const rows: Record<string, unknown>[] = []
   log(`# ffn bench: D=${D} I=${I} N=${N} K=${K} L=${L} E=${E}, ${getNumThreads()} threads, ${cpus()[0].model}, gemm ${_native.kernelInfo().gemm}`)
-  log('| T | case | ms (median) | GFLOP | GFLOP/s | × ideal | notes |')
-  log('|---|---|---|---|---|---|---|')
+  log('| T | case | ms (median) | CPU ms / thread | GFLOP | GFLOP/s | × ideal | × ideal (CPU time) | notes |')
+  log('|---|---|---|---|---|---|---|---|---|')
   for (const T of tokens) {
     const dense = new DenseFFN({ dModel: D, hidden: I, seed: 1 })
-    const vffn = new VersatileFFN({ dModel: D, hidden: I, experts: N, topK: K, maxDepth: L, seed: 1 })
+    const vRand = new VersatileFFN({ dModel: D, hidden: I, experts: N, topK: K, maxDepth: L, seed: 1 })
+    const vUni = new VersatileFFN({ dModel: D, hidden: I, experts: N, topK: K, maxDepth: L, seed: 1 })
     const x = randn([T, D], { seed: 7 })
+    const xu = await uniformDepth(vUni, x, T)
     const dy = randn([T, D], { seed: 8, std: 1e-3 })
-    const row = (name: string, ms: number, flops: number, ref: number, notes = '') => {
-      const gf = flops / ms / 1e6
-      const ideal = ref > 0 ? flops / ref / 1e6 : ms
-      rows.push({ T, case: name, ms, gflop: flops / 1e9, gflops: gf, vsIdeal: ms / ideal, notes })
-      log(`| ${T} | ${name} | ${ms.toFixed(1)} | ${(flops / 1e9).toFixed(2)} | ${gf.toFixed(1)} | ${(ms / ideal).toFixed(3)} | ${notes} |`)
-      return gf
-    }
 
-    const denseFlops = 6 * D * I * T
-    const denseMs = await time(async () => { const o = dense.forward(x); await o.y.data(); o.y.dispose() })
-    const denseGf = row('dense FFN forward', denseMs, denseFlops, 0)
-    const denseTrainMs = await time(async () => {
-      const tr = dense.forward(x, { train: true })
-      const dx = dense.backward(tr, dy)
-      await dx.data()
-      tr.y.dispose(); dx.dispose()
-    })
-    const denseTrainGf = row('dense FFN train fwd+bwd', denseTrainMs, 3 * denseFlops, 0)
-
-    // inference: FLOPs from the loops each token ran, width path where λ > 0
-    const infer = async (xi: Tensor, label: string) => {
-      const o = vffn.forward(xi)
-      const loops = await o.stats.loops.data()
-      const hist = Array.from({ length: L }, (_, j) => loops.filter((v) => v === j + 1).length)
-      const flops = Array.from(loops).reduce((a, c) => a + 6 * D * I * c + (c < L ? 6 * D * E * K : 0), 0)
-      const ms = await time(async () => { const r = vffn.forward(xi); await r.y.data(); r.y.dispose(); r.stats.dispose() })
-      row(`versatile inference, ${label}`, ms, flops, denseGf, `loops histogram ${hist.join('/')}`)
-    }
-    await infer(x, 'random-init head')
-    const xu = await uniformDepth(vffn, x, T)
-    await infer(xu, 'loops uniform 1..4')
-
-    // training: forward runs all L loops and the width path for every token; backward stops each
-    // token at its own depth (2× the forward FLOPs of the loops it ran, and of the width path where λ > 0)
-    for (const [xi, label] of [[x, 'random-init head'], [xu, 'loops uniform 1..4']] as const) {
-      const probe = vffn.forward(xi, { train: true, step: 0, noise: 'none' })
-      const loops = await probe.stats.loops.data()
-      probe.dispose()
+    interface Case { name: string; flops: number; ref?: string; notes: string; run: () => Promise<void>; ms: number[]; cpu?: number[] }
+    const cases: Case[] = [
+      { name: 'dense FFN forward', flops: 6 * D * I * T, notes: '', ms: [],
+        run: async () => { const o = dense.forward(x); await o.y.data(); o.y.dispose() } },
+      { name: 'dense FFN train fwd+bwd', flops: 18 * D * I * T, notes: '', ms: [],
+        run: async () => {
+          const tr = dense.forward(x, { train: true })
+          const dx = dense.backward(tr, dy)
+          await dx.data()
+          tr.y.dispose(); dx.dispose()
+        } },
+    ]
+    for (const [m, xi, label] of [[vRand, x, 'random-init head'], [vUni, xu, 'loops uniform 1..4']] as const) {
+      const o = m.forward(xi)
+      const loops = Array.from(await o.stats.loops.data())
+      o.y.dispose(); o.stats.dispose()
+      const hist = Array.from({ length: L }, (_, j) => loops.filter((v) => v === j + 1).length).join('/')
+      // inference: the loops each token ran, the width path where λ > 0
+      cases.push({ name: `versatile inference, ${label}`, ref: 'dense FFN forward', ms: [], notes: `loops ${hist}`,
+        flops: loops.reduce((a, c) => a + 6 * D * I * c + (c < L ? 6 * D * E * K : 0), 0),
+        run: async () => { const r = m.forward(xi); await r.y.data(); r.y.dispose(); r.stats.dispose() } })
+      // training (noise off, so the loops are the ones above): forward runs all L loops and the width
+      // path for every token; backward stops each token at its own depth (2× the forward FLOPs of the
+      // loops it ran, and of the width path where λ > 0)
       const fwd = T * (6 * D * I * L + 6 * D * E * K)
-      const bwd = Array.from(loops).reduce((a, c) => a + 12 * D * I * c + (c < L ? 12 * D * E * K : 0), 0)
-      const ms = await time(async () => {
-        const tr = vffn.forward(xi, { train: true, step: 0, noise: 'none' })
-        const dx = vffn.backward(tr, dy)
-        await dx.data()
-        dx.dispose(); tr.y.dispose(); tr.stats.dispose(); tr.auxLoss.dispose()
-      })
-      const { peak } = measureMemory(T, xi !== x)
-      row(`versatile train fwd+bwd, ${label}`, ms, fwd + bwd, denseTrainGf, `peak memory of the step ${(peak / 2 ** 20).toFixed(0)} MiB`)
+      const bwd = loops.reduce((a, c) => a + 12 * D * I * c + (c < L ? 12 * D * E * K : 0), 0)
+      const { peak } = measureMemory(T, m === vUni)
+      cases.push({ name: `versatile train fwd+bwd, ${label}`, ref: 'dense FFN train fwd+bwd', ms: [], flops: fwd + bwd,
+        notes: `loops ${hist}; peak memory of the step ${(peak / 2 ** 20).toFixed(0)} MiB`,
+        run: async () => {
+          const tr = m.forward(xi, { train: true, step: 0, noise: 'none' })
+          const dx = m.backward(tr, dy)
+          await dx.data()
+          dx.dispose(); tr.y.dispose(); tr.stats.dispose(); tr.auxLoss.dispose()
+        } })
+    }
+    // rounds over all cases, so a load change on a shared machine hits every case alike
+    for (const c of cases) await c.run()
+    for (let r = 0; r < reps; r++)
+      for (const c of cases) {
+        const t0 = process.hrtime.bigint(), c0 = process.cpuUsage()
+        await c.run()
+        c.ms.push(Number(process.hrtime.bigint() - t0) / 1e6)
+        const cu = process.cpuUsage(c0)
+        ;(c.cpu ??= []).push((cu.user + cu.system) / 1e3 / threads)
+      }
+    // × ideal: time over (FLOPs at the reference case's GFLOP/s), on wall time and on CPU time per thread
+    // (the latter is steadier when other processes share the cores)
+    const gfOf = (c: Case, key: 'ms' | 'cpu') => c.flops / median(c[key]!) / 1e6
+    for (const c of cases) {
+      const ms = median(c.ms), cpuMs = median(c.cpu!), gf = gfOf(c, 'ms')
+      const refCase = cases.find((r) => r.name === c.ref)
+      const vsIdeal = refCase ? ms / (c.flops / gfOf(refCase, 'ms') / 1e6) : 1
+      const vsIdealCpu = refCase ? cpuMs / (c.flops / gfOf(refCase, 'cpu') / 1e6) : 1
+      rows.push({ T, case: c.name, ms, cpuMs, gflop: c.flops / 1e9, gflops: gf, vsIdeal, vsIdealCpu, notes: c.notes })
+      log(`| ${T} | ${c.name} | ${ms.toFixed(1)} | ${cpuMs.toFixed(1)} | ${(c.flops / 1e9).toFixed(2)} | ${gf.toFixed(1)} | ${vsIdeal.toFixed(3)} | ${vsIdealCpu.toFixed(3)} | ${c.notes} |`)
     }
     for (const t of [x, dy, xu]) t.dispose()
-    dense.dispose(); vffn.dispose()
+    dense.dispose(); vRand.dispose(); vUni.dispose()
   }
   if (json) console.log(JSON.stringify({ threads, D, I, N, K, L, E, rows }, null, 1))
 }

@@ -97,14 +97,16 @@ def uniform_depth(model, x):
     return x
 
 
-def timed(fn, reps):
+def timed(fn, reps, threads):
+    """median wall ms and median CPU ms per thread (steadier when other processes share the cores)"""
     fn()
-    ts = []
+    ts, cs = [], []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
         ts.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(ts)
+        cs.append((time.process_time() - c0) * 1e3 / threads)
+    return statistics.median(ts), statistics.median(cs)
 
 
 def main():
@@ -115,8 +117,8 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     print(f'# torch {torch.__version__}, {torch.get_num_threads()} threads, D={D} I={I} N={N} K={K} L={L} E={E}')
-    print('| T | case | ms (median) |')
-    print('|---|---|---|')
+    print('| T | case | ms (median) | CPU ms / thread |')
+    print('|---|---|---|---|')
     rows = []
     for T in [int(t) for t in a.tokens.split(',')]:
         model = TorchVersatileFFN(1)
@@ -124,31 +126,32 @@ def main():
         x = torch.randn(T, D, generator=torch.Generator().manual_seed(7))
         dy = torch.randn(T, D, generator=torch.Generator().manual_seed(8)) * 1e-3
 
-        def row(name, ms):
-            rows.append({'T': T, 'case': name, 'ms': ms})
-            print(f'| {T} | {name} | {ms:.1f} |', flush=True)
+        def row(name, times):
+            ms, cpu = times
+            rows.append({'T': T, 'case': name, 'ms': ms, 'cpuMs': cpu})
+            print(f'| {T} | {name} | {ms:.1f} | {cpu:.1f} |', flush=True)
 
         with torch.no_grad():
-            row('dense FFN forward', timed(lambda: dense(x), a.reps))
+            row('dense FFN forward', timed(lambda: dense(x), a.reps, a.threads))
 
         def dense_train():
             model.zero_grad(set_to_none=True)
             xr = x.clone().requires_grad_(True)
             (dense(xr) * dy).sum().backward()
-        row('dense FFN train fwd+bwd', timed(dense_train, a.reps))
+        row('dense FFN train fwd+bwd', timed(dense_train, a.reps, a.threads))
 
         uniform = TorchVersatileFFN(1)
         xu = uniform_depth(uniform, x)  # the same construction as bench/ffn.ts
         for label, xi, m in [('random-init head', x, model), ('loops uniform 1..4', xu, uniform)]:
             with torch.no_grad():
-                row(f'versatile inference, {label}', timed(lambda: m(xi, False), a.reps))
+                row(f'versatile inference, {label}', timed(lambda: m(xi, False), a.reps, a.threads))
 
             def train():
                 m.zero_grad(set_to_none=True)
                 xr = xi.clone().requires_grad_(True)
                 y, _ = m(xr, True, tau=5.0)
                 (y * dy).sum().backward()
-            row(f'versatile train fwd+bwd, {label}', timed(train, a.reps))
+            row(f'versatile train fwd+bwd, {label}', timed(train, a.reps, a.threads))
     print(json.dumps({'threads': a.threads, 'rows': rows}))
 
 

@@ -1,11 +1,11 @@
 // DenseFFN and RMSNorm on CPU against the float64 references of test/helpers/ffn-ref.ts:
 // forward, every gradient by finite differences, bfloat16 weights, training records.
 import t from 'tap'
-import { DenseFFN, tensor } from '../lib/index'
+import { DenseFFN, _native, full, tensor } from '../lib/index'
 import { _ffnTestHooks } from '../lib/nn/ffn'
+import { Weights, dense, norm, rand } from './helpers/ffn-ref'
 
 _ffnTestHooks.poison = true
-import { Weights, dense, rand } from './helpers/ffn-ref'
 
 const f32 = (a: Float64Array) => Float32Array.from(a)
 
@@ -98,4 +98,34 @@ t.test('dense bfloat16 weights', async (t) => {
   t.ok(maxDiff(wr.proj, w.proj) > 0, 'weights were rounded')
   const y = await ffn.forward(tensor(f32(x), [T, D])).y.data()
   t.ok(maxDiff(y, refForward(x, wr, T)) < 2e-5, 'y with bf16 weights') // same float32 accumulation as above
+})
+
+t.test('rmsnorm op: forward and backward against float64', async (t) => {
+  const T = 5, D = 7
+  const x = rand(T * D, 21), w = rand(D, 22).map((v) => 1 + 0.5 * v), G = rand(T * D, 23)
+  const ref = (xx: Float64Array, ww: Float64Array) => {
+    const out = new Float64Array(T * D)
+    for (let i = 0; i < T; i++) out.set(norm(xx.subarray(i * D, (i + 1) * D), ww), i * D)
+    return out
+  }
+  const op = _native as unknown as Record<string, (...a: unknown[]) => void>
+  const out = full([T, D], NaN), rstd = full([T], NaN)
+  const xt = tensor(f32(x), [T, D]), wt = tensor(f32(w))
+  op.rmsnormForward(out, rstd, xt, wt, 1e-6)
+  t.ok(maxDiff(await out.data(), ref(x, w)) < 1e-6, 'forward') // one float32 rounding of O(1) values
+  const dx = full([T, D], NaN), dw = full([D], 0)
+  op.rmsnormBackward(dx, dw, tensor(f32(G), [T, D]), xt, wt, rstd)
+  const loss = () => ref(x, w).reduce((a, v, i) => a + v * G[i], 0)
+  const fd = (a: Float64Array, i: number) => {
+    const v = a[i]
+    a[i] = v + 1e-6
+    const up = loss()
+    a[i] = v - 1e-6
+    const dn = loss()
+    a[i] = v
+    return (up - dn) / 2e-6
+  }
+  // float32 kernel vs float64 central differences
+  t.ok(maxDiff(await dx.data(), Array.from(x, (_, i) => fd(x, i))) < 1e-5, 'dx')
+  t.ok(maxDiff(await dw.data(), Array.from(w, (_, i) => fd(w, i))) < 1e-5, 'dweight (accumulated onto 0)')
 })
