@@ -77,19 +77,24 @@ t.test('FLOP counts follow SPEC.md for every case, with depth fixed at 2 loops',
   t.equal(c['authors.forward'].usefulFlops, c['versatile.forward'].flops)
   // float32 sums in a different order (separate GEMMs per expert, scatter-adds): a few ulps of values near 1
   t.ok(c['authors.forward'].maxAbsDiffToVersatile! < 1e-4, `authors vs versatile: ${c['authors.forward'].maxAbsDiffToVersatile}`)
-  // training: forward runs all L loops and the width path; backward walks each token's own loops (Gumbel noise may move a few)
+  // training: forward runs all L loops and the width path; backward walks each token's own loops, and
+  // the width path of tokens with λ > 0 (not at the last loop); Gumbel noise may move a few tokens
   const h = c['versatile.train'].loopsHistogram!
   t.equal(h.reduce((a, b) => a + b, 0), T)
   const own = h.reduce((a, n, j) => a + n * (j + 1), 0)
-  t.equal(c['versatile.train'].flops, T * (L * loopF + widthF) + 2 * (own * loopF + T * widthF))
+  t.equal(c['versatile.train'].flops, T * (L * loopF + widthF) + 2 * (own * loopF + (T - h[L - 1]) * widthF))
   t.ok(h[1] >= T - 3, `the forced depth mostly survives the noise: ${h}`)
 })
 
 t.test('uniform and deep depth: FLOPs from the per-token loops and λ', async (t) => {
   // shares × 37 by largest remainder: uniform 12.33 each; deep 1/7, 2/7, 4/7 → 5.29, 10.57, 21.14
   for (const [depth, want] of [['uniform', [13, 12, 12]], ['deep', [5, 11, 21]]] as const) {
-    const r = await collect(options(['--device', 'cpu', '--depth', depth, '--cases', 'versatile.forward,authors.forward', ...SHAPE, ...FAST]), quiet)
-    const [v, a] = r.cases
+    const r = await collect(options(['--device', 'cpu', '--depth', depth, '--cases', 'versatile.forward,versatile.train,authors.forward', ...SHAPE, ...FAST]), quiet)
+    const [v, tr, a] = r.cases
+    const h = tr.loopsHistogram!
+    const own = h.reduce((s, n, j) => s + n * (j + 1), 0)
+    t.ok(h[L - 1] > 0, `${depth}: some training tokens at the last loop skip the width backward`)
+    t.equal(tr.flops, T * (L * loopF + widthF) + 2 * (own * loopF + (T - h[L - 1]) * widthF), `${depth}: training step`)
     t.same(v.loopsHistogram, want, `${depth}: tokens per loop count`)
     // tokens at the last loop have λ = 0 and skip the width path
     t.equal(v.widthTokens, T - want[L - 1])

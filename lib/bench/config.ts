@@ -79,13 +79,15 @@ export function flopsVersatileForward(s: Shape, loops: ArrayLike<number>, lambda
 
 /**
  * VersatileFFN training step: forward 6·D·I·L + 6·D·E·K per token (all loops, always the width path);
- * backward walks each token back from its own depth only (SPEC.md: loops beyond it get no gradient)
- * and through the width path: 2·(6·D·I·loops_t + 6·D·E·K).
+ * backward walks each token back from its own depth only (SPEC.md: loops beyond it get no gradient),
+ * 2·6·D·I·loops_t, and through the width path where λ_t > 0 (λ scales its gradient; a token at the
+ * last loop, λ = 0, is skipped), 2·6·D·E·K.
  */
 export function flopsVersatileTrain(s: Shape, loops: ArrayLike<number>): number {
   const fwd = loops.length * (6 * s.dModel * s.hidden * s.maxDepth + flopsWidthPerToken(s))
   let bwd = 0
-  for (let t = 0; t < loops.length; t++) bwd += 2 * (6 * s.dModel * s.hidden * loops[t] + flopsWidthPerToken(s))
+  for (let t = 0; t < loops.length; t++)
+    bwd += 2 * (6 * s.dModel * s.hidden * loops[t] + (loops[t] < s.maxDepth ? flopsWidthPerToken(s) : 0))
   return fwd + bwd
 }
 
