@@ -175,6 +175,42 @@ t.test('large K', async (t) => {
   await runAll(t, 'large K', [{ M: 7, N: 33, K: 5003 }, { M: 19, N: 40, K: 4096, tb: true, db: 'bfloat16' }])
 })
 
+// the row gather (logical row i of A is stored row rows[i]) that layers use: duplicates,
+// reversed and scattered indices, f32 and bf16 A, tails of the 6-row and 16-column tiles
+t.test('row gather on A', async (t) => {
+  const gemmRows = _native._gemmRows as (c: Tensor, a: Tensor, rows: Tensor, b: Tensor, tb: boolean, alpha: number, beta: number) => void
+  const bad: string[] = []
+  let seed = 500
+  for (const [M, R, N, K, tb, da] of [[13, 40, 33, 70, false, 'float32'], [64, 9, 17, 300, true, 'bfloat16'],
+    [7, 7, 16, 8, true, 'float32'], [150, 200, 40, 260, false, 'bfloat16']] as [number, number, number, number, boolean, DT][]) {
+    const A = operand(R, K, 'plain', da, seed++)
+    const B = tb ? operand(N, K, 'strided', 'float32', seed++) : operand(K, N, 'strided', 'float32', seed++)
+    const idx = Int32Array.from({ length: M }, (_, i) => (i * 7 + (i % 3 === 0 ? R - 1 : 0)) % R)
+    const c0 = values(M * N, seed++)
+    const c = tensor(c0, [M, N])
+    gemmRows(c, A.t, tensor(idx, [M]), B.t, tb, 1.5, 0.5)
+    const got = await c.data()
+    for (let i = 0; i < M && bad.length < 3; i++)
+      for (let j = 0; j < N; j++) {
+        let s = 0, mag = 0
+        for (let k = 0; k < K; k++) {
+          const p = A.at(idx[i], k) * (tb ? B.at(j, k) : B.at(k, j))
+          s += p
+          mag += Math.abs(p)
+        }
+        const prior = 0.5 * c0[i * N + j]
+        const want = 1.5 * s + prior
+        // as in runCase: chained float32 sums of at most 512 terms plus the epilogue
+        const tol = (Math.min(K, 512) + Math.ceil(K / 64) + 4) * U * (1.5 * mag + Math.abs(prior))
+        if (!(Math.abs(got[i * N + j] - want) <= tol)) {
+          bad.push(`M=${M} R=${R} N=${N} K=${K}: C[${i},${j}] = ${got[i * N + j]}, want ${want}`)
+          break
+        }
+      }
+  }
+  t.same(bad, [], 'gathered rows match the float64 reference')
+})
+
 if (!PORTABLE_CHILD) {
   t.test('same bits with 1, 2 and 3 threads', async (t) => {
     const before = getNumThreads()
