@@ -135,6 +135,15 @@ export function renderTable(r: BenchReport): string {
     if (c.maxAbsDiffToVersatile !== undefined)
       lines.push(`${c.name}: same output as versatile.forward up to ${c.maxAbsDiffToVersatile.toExponential(1)} (max abs difference)`)
   }
+  const by = new Map(r.cases.map((c) => [c.name as string, c]))
+  const v = by.get('versatile.forward')
+  const speedups = ['authors.forward', 'loops.forward']
+    .filter((n) => by.has(n) && v)
+    .map((n) => {
+      const q = by.get(n)!.medianMs / v!.medianMs
+      return q >= 1 ? `${q.toFixed(2)}x faster than ${n}` : `${(1 / q).toFixed(2)}x slower than ${n}`
+    })
+  if (speedups.length) lines.push(`early exit and fusion: versatile.forward is ${speedups.join(' and ')}`)
   for (const f of r.failed) lines.push(`${f.name}: FAILED: ${f.error}`)
   lines.push(
     `x dense: median time / the dense case of the same kind (forward: dense.forward, train: dense.train).`,
