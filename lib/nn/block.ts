@@ -32,6 +32,7 @@ export interface FFNModule {
   loadStateDict(sd: Record<string, Tensor | Float32Array>): void
   forward(x: Tensor, opts: Record<string, unknown>): { y: Tensor; auxLoss?: unknown; stats?: unknown }
   backward(saved: never, dy: Tensor): Tensor
+  dispose(): void
 }
 
 export interface BlockForwardOptions {

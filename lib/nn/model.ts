@@ -203,8 +203,9 @@ export class TransformerLM {
     const caches = opts.caches
     const off = caches ? caches[0].length : 0
     if (off + S > this.config.maxSeqLen) fail('ERR_SHAPE', `tokens: position ${off + S - 1} exceeds maxSeqLen ${this.config.maxSeqLen}`)
-    const D = this.config.dModel
-    const flat = tokens.contiguous().reshape([B * S])
+    const tc = tokens.contiguous()
+    const flat = tc.reshape([B * S])
+    tc.dispose()
     let x = embedding(this.own.get('transformer.wte.weight')!.param, flat)
     const saved: BlockSaved[] = []
     const stats: unknown[] = []
@@ -226,7 +227,6 @@ export class TransformerLM {
       flat.dispose()
       return { logits, stats, auxLoss: aux }
     }
-    void D
     return { logits, stats, auxLoss: aux, _saved: { B, S, tokens: flat, blocks: saved, xf: x, xfn, rstd: rstd! } }
   }
 
@@ -236,7 +236,9 @@ export class TransformerLM {
     if (!s) fail('ERR_ARGUMENT', 'out: loss needs the output of forward(tokens, { train: true })')
     checkTensor('targets', targets, { ndim: 2, dtypes: ['int32'] })
     if (targets.shape[0] !== s.B || targets.shape[1] !== s.S) fail('ERR_SHAPE', `targets: expected [${s.B}, ${s.S}], got ${show(targets.shape)}`)
-    const t = targets.contiguous().reshape([s.B * s.S])
+    const tc = targets.contiguous()
+    const t = tc.reshape([s.B * s.S])
+    tc.dispose()
     const logits2 = out.logits.reshape([s.B * s.S, this.config.vocabSize])
     const { loss, lse } = crossEntropy(logits2, t, ignoreIndex)
     logits2.dispose()
@@ -313,6 +315,15 @@ export class TransformerLM {
       p.copy_(src)
       if (src !== v) src.dispose()
     }
+  }
+
+  /** Frees every parameter and gradient (the model is unusable afterwards). */
+  dispose(): void {
+    for (const { param, grad } of this.own.values()) {
+      param.dispose()
+      grad.dispose()
+    }
+    for (const b of this.blocks) b.ffn.dispose()
   }
 
   /** Writes every parameter to a safetensors file (float32 default, or bfloat16). */
