@@ -146,3 +146,16 @@ t.test('as a child process', async (t) => {
     t.match(r.stderr, /CUDA is not available/)
   }
 })
+
+// the compiled bin entry, when the build is current (npm install and npm run build:ts produce it)
+const dist = path.join(root, 'dist/cli.js')
+const distCurrent = fs.existsSync(dist) && fs.statSync(dist).mtimeMs >= fs.statSync(path.join(root, 'lib/cli.ts')).mtimeMs
+t.test('the compiled bin dist/cli.js', { skip: distCurrent ? false : 'dist/cli.js missing or older than lib/cli.ts' }, async (t) => {
+  t.match(fs.readFileSync(dist, 'utf8'), /^#!\/usr\/bin\/env node\n/)
+  let r = spawnSync(process.execPath, [dist, 'bench', '--depth', 'fixed:x'], { encoding: 'utf8', env: process.env, timeout: 60_000 })
+  t.equal(r.status, 2)
+  t.match(r.stderr, /--depth: expected one of random-init, .*fixed:N, got "fixed:x"/)
+  r = spawnSync(process.execPath, [dist, 'bench', '--help'], { encoding: 'utf8', env: process.env, timeout: 60_000 })
+  t.equal(r.status, 0)
+  t.match(r.stdout, /--chart FILE/)
+})
