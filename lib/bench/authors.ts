@@ -87,7 +87,7 @@ function route(r: Float32Array, z: Float32Array, T: number, N: number, K: number
 }
 
 /** One inference forward; resolves once the device has finished it. y [T, D] float32. */
-export async function authorsForward(m: AuthorsModel, x: Tensor): Promise<{ y: Tensor; deepest: number }> {
+export async function authorsForward(m: AuthorsModel, x: Tensor, probe?: () => void): Promise<{ y: Tensor; deepest: number }> {
   const vf = m.vf
   const [T, D] = x.shape
   const { experts: N, topK: K, maxDepth: L, hidden: I, expertHidden: E } = vf
@@ -139,6 +139,7 @@ export async function authorsForward(m: AuthorsModel, x: Tensor): Promise<{ y: T
     }
     embeddingBackward(y, scaled, idx)
   }
+  probe?.()
   await vf.device.sync()
   for (const t of tmp) t.dispose()
   return { y, deepest: rt.deepest }

@@ -33,8 +33,11 @@ export interface BenchCase {
   kind: 'forward' | 'train'
   description: string
   paramBytes: number
-  /** Runs once and waits for the device; `keep` keeps what measure() reads. */
-  run(keep?: boolean): Promise<void>
+  /**
+   * Runs once and waits for the device; `keep` keeps what measure() reads; `probe` is called once
+   * everything is queued (all outputs and saved tensors allocated), to sample memory.
+   */
+  run(keep?: boolean, probe?: () => void): Promise<void>
   /** FLOPs and stats of the last kept run. */
   measure(): Promise<CaseMeasure>
   dispose(): void
@@ -83,15 +86,17 @@ function denseCase(name: 'dense.forward' | 'dense.train', ctx: CaseContext, x: T
   const train = name === 'dense.train'
   return {
     name, kind: train ? 'train' : 'forward', description: CASE_HELP[name], paramBytes: paramBytes(ffn, ctx.dtype, train),
-    async run() {
+    async run(_keep = false, probe?: () => void) {
       if (!train) {
         const { y } = ffn.forward(x)
-        await ctx.device.sync()
+        probe?.()
+      await ctx.device.sync()
         y.dispose()
         return
       }
       const tr = ffn.forward(x, { train: true })
       const dx = ffn.backward(tr, dy)
+      probe?.()
       await ctx.device.sync()
       disposeAll(dx, tr.y)
     },
@@ -111,11 +116,17 @@ function loopsCase(name: 'loops.forward' | 'loops.train', ctx: CaseContext, x: T
   const train = name === 'loops.train'
   return {
     name, kind: train ? 'train' : 'forward', description: CASE_HELP[name], paramBytes: paramBytes(ffn, ctx.dtype, train),
-    async run() {
+    async run(_keep = false, probe?: () => void) {
       const made: Tensor[] = []
       let h = x
       if (!train) {
-        for (let i = 0; i < s.maxDepth; i++) made.push((h = ffn.forward(h).y))
+        // each loop's input is dropped once the next is queued (the queued op keeps it until it ran)
+        for (let i = 0; i < s.maxDepth; i++) {
+          const next = ffn.forward(h).y
+          if (h !== x) h.dispose()
+          h = next
+        }
+        made.push(h)
       } else {
         const recs = []
         for (let i = 0; i < s.maxDepth; i++) {
@@ -126,6 +137,7 @@ function loopsCase(name: 'loops.forward' | 'loops.train', ctx: CaseContext, x: T
         let d = dy
         for (let i = s.maxDepth - 1; i >= 0; i--) made.push((d = ffn.backward(recs[i], d)))
       }
+      probe?.()
       await ctx.device.sync()
       disposeAll(...made)
     },
@@ -144,19 +156,21 @@ function versatileCase(name: 'versatile.forward' | 'versatile.train', ctx: CaseC
   let kept: VersatileStats | undefined
   return {
     name, kind: train ? 'train' : 'forward', description: CASE_HELP[name], paramBytes: paramBytes(vf, ctx.dtype, train),
-    async run(keep = false) {
+    async run(keep = false, probe?: () => void) {
       let stats: VersatileStats
       if (!train) {
         const out = vf.forward(x)
         stats = out.stats
-        await ctx.device.sync()
+        probe?.()
+      await ctx.device.sync()
         out.y.dispose()
       } else {
         // a fixed noise seed: every run draws the same Gumbel noise, so runs do the same work
         const tr = vf.forward(x, { train: true, step: 0, noise: 'gumbel', seed: ctx.seed })
         stats = tr.stats
         const dx = vf.backward(tr, dy)
-        await ctx.device.sync()
+        probe?.()
+      await ctx.device.sync()
         disposeAll(dx, tr.y, tr.auxLoss)
       }
       if (keep) {
@@ -189,8 +203,8 @@ function authorsCase(ctx: CaseContext, x: Tensor): BenchCase {
     name: 'authors.forward', kind: 'forward', description: CASE_HELP['authors.forward'],
     // the model's parameters; the rebuild's dense and per-expert copies are an artefact of composing modules
     paramBytes: paramBytes(vf, ctx.dtype, false),
-    async run(keep = false) {
-      const r = await authorsForward(model, x)
+    async run(keep = false, probe?: () => void) {
+      const r = await authorsForward(model, x, probe)
       if (keep) {
         last?.y.dispose()
         last = r

@@ -70,7 +70,7 @@ async function prepare(c: BenchCase, index: number, opts: BenchOptions, dev: Dev
   const sampler = new MemorySampler(dev)
   await dev.sync()
   const start = sampler.start()
-  await c.run(true)
+  await c.run(true, () => sampler.sample())
   const peak = sampler.stop()
   // the steady state the run returns to; leftovers of setup freed during the run don't count against it
   const before = Math.min(start, dev.memory().live)
