@@ -56,8 +56,8 @@ t.test('JSON schema and positive numbers', async (t) => {
   t.equal(byName['dense.train'].ratioToDense, 1)
   // lower bounds from the tensors each run must hold at once (float32): y; and y, h [T, 2I], rstd, dx
   t.ok(byName['dense.forward'].peakActivationBytes >= T * D * 4, 'dense.forward holds its output')
-  t.ok(byName['dense.train'].peakActivationBytes >= T * (2 * D + 2 * I + 1) * 4, 'dense.train holds y, h, rstd and dx')
-  t.ok(byName['versatile.train'].peakActivationBytes >= T * L * 2 * I * 4, 'versatile.train keeps every loop\'s h')
+  t.ok(byName['dense.train'].peakActivationBytes >= T * (2 * D + 2 * I + 1) * 4, `dense.train holds y, h, rstd and dx: ${byName['dense.train'].peakActivationBytes}`)
+  t.ok(byName['versatile.train'].peakActivationBytes >= T * L * 2 * I * 4, `versatile.train keeps every loop's h: ${byName['versatile.train'].peakActivationBytes}`)
   const svg = fs.readFileSync(chart, 'utf8')
   t.match(svg, /^<svg xmlns="http:\/\/www.w3.org\/2000\/svg"/)
   t.equal(svg.match(/<rect /g)?.length, 1 + 7, 'background and one bar per case')

@@ -28,6 +28,10 @@ export interface CaseMeasure {
   maxAbsDiffToVersatile?: number
 }
 
+// Memory: ops allocate their outputs when queued and free inputs when they have run, and JS queues a
+// whole step long before the device finishes it; so the memory run keeps every tensor of the step
+// (backward with retain) until the probe has sampled, which makes the measured peak independent of
+// how far the device got meanwhile.
 export interface BenchCase {
   name: CaseName
   kind: 'forward' | 'train'
@@ -86,19 +90,19 @@ function denseCase(name: 'dense.forward' | 'dense.train', ctx: CaseContext, x: T
   const train = name === 'dense.train'
   return {
     name, kind: train ? 'train' : 'forward', description: CASE_HELP[name], paramBytes: paramBytes(ffn, ctx.dtype, train),
-    async run(_keep = false, probe?: () => void) {
+    async run(keep = false, probe?: () => void) {
       if (!train) {
         const { y } = ffn.forward(x)
         probe?.()
-      await ctx.device.sync()
+        await ctx.device.sync()
         y.dispose()
         return
       }
       const tr = ffn.forward(x, { train: true })
-      const dx = ffn.backward(tr, dy)
+      const dx = ffn.backward(tr, dy, { retain: keep })
       probe?.()
       await ctx.device.sync()
-      disposeAll(dx, tr.y)
+      disposeAll(dx, tr.y, keep ? tr : undefined)
     },
     async measure() {
       const f = train ? flopsDenseTrain(s, ctx.tokens) : flopsDenseForward(s, ctx.tokens)
@@ -116,17 +120,11 @@ function loopsCase(name: 'loops.forward' | 'loops.train', ctx: CaseContext, x: T
   const train = name === 'loops.train'
   return {
     name, kind: train ? 'train' : 'forward', description: CASE_HELP[name], paramBytes: paramBytes(ffn, ctx.dtype, train),
-    async run(_keep = false, probe?: () => void) {
-      const made: Tensor[] = []
+    async run(keep = false, probe?: () => void) {
+      const made: { dispose(): void }[] = []
       let h = x
       if (!train) {
-        // each loop's input is dropped once the next is queued (the queued op keeps it until it ran)
-        for (let i = 0; i < s.maxDepth; i++) {
-          const next = ffn.forward(h).y
-          if (h !== x) h.dispose()
-          h = next
-        }
-        made.push(h)
+        for (let i = 0; i < s.maxDepth; i++) made.push((h = ffn.forward(h).y))
       } else {
         const recs = []
         for (let i = 0; i < s.maxDepth; i++) {
@@ -135,7 +133,8 @@ function loopsCase(name: 'loops.forward' | 'loops.train', ctx: CaseContext, x: T
           made.push((h = tr.y))
         }
         let d = dy
-        for (let i = s.maxDepth - 1; i >= 0; i--) made.push((d = ffn.backward(recs[i], d)))
+        for (let i = s.maxDepth - 1; i >= 0; i--) made.push((d = ffn.backward(recs[i], d, { retain: keep })))
+        if (keep) for (const r of recs) made.push(r)
       }
       probe?.()
       await ctx.device.sync()
@@ -162,16 +161,16 @@ function versatileCase(name: 'versatile.forward' | 'versatile.train', ctx: CaseC
         const out = vf.forward(x)
         stats = out.stats
         probe?.()
-      await ctx.device.sync()
+        await ctx.device.sync()
         out.y.dispose()
       } else {
         // a fixed noise seed: every run draws the same Gumbel noise, so runs do the same work
         const tr = vf.forward(x, { train: true, step: 0, noise: 'gumbel', seed: ctx.seed })
         stats = tr.stats
-        const dx = vf.backward(tr, dy)
+        const dx = vf.backward(tr, dy, { retain: keep })
         probe?.()
-      await ctx.device.sync()
-        disposeAll(dx, tr.y, tr.auxLoss)
+        await ctx.device.sync()
+        disposeAll(dx, tr.y, tr.auxLoss, keep ? tr : undefined)
       }
       if (keep) {
         kept?.dispose()
