@@ -52,8 +52,9 @@ Options:
   --depth MODE               loops per token at inference: random-init (the freshly initialised
                              loop head decides; default), uniform (equal shares of 1..L), shallow
                              (shares halve with each extra loop), deep (the mirror), fixed:N
-  --warmup N                 untimed runs per case first (default 2)
-  --repeat N                 timed runs per case (default 7)
+  --warmup N                 untimed runs per case first (default 2); one more untimed run
+                             then samples memory and the loop counts the FLOPs come from
+  --repeat N                 timed runs per case (default 7), in rounds over the cases
   --cases A,B,...            subset of: ${CASE_NAMES.join(', ')}
   --threads N                CPU threads per op (default: every core)
   --seed N                   seed of weights, inputs and Gumbel noise (default 1)
