@@ -79,6 +79,7 @@ t.test('thread count', async (t) => {
   const n = getNumThreads()
   t.ok(n >= 1)
   setNumThreads(1)
+  t.equal(getNumThreads(), 1, 'the new count reads back at once')
   const x = randn([64, 64], { seed: 4 })
   const one = await matmul(x, x).data()
   setNumThreads(0)

@@ -1,5 +1,7 @@
 // tensor lifecycle and data movement: alloc, write, read, sync, copy between devices, fill,
 // randn; device facts: memory, CUDA availability, CPU threads.
+#include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <thread>
 #include <memory>
@@ -238,16 +240,21 @@ Napi::Value CudaInfo(const Napi::CallbackInfo& info) {
   return o;
 }
 
+// the count asked for last; the pool itself is resized on the CPU stream, between ops
+std::atomic<int> requested_threads{0};
+
 Napi::Value Threads(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
     if (info.Length() > 0 && !info[0].IsUndefined()) {
       int64_t n = int_arg(info[0], "threads");
       if (n < 0 || n > 256) fail("ERR_ARGUMENT", "threads: expected 0..256 (0 = all cores), got " + std::to_string(n));
-      // resized between ops, never under one; takes effect from the next op on
-      cpu_device()->stream.enqueue("threads", [n] { cpu::set_threads(int(n)); });
-      return Napi::Number::New(info.Env(), double(n ? n : int64_t(std::thread::hardware_concurrency())));
+      int effective = n ? int(n) : std::max(1, int(std::thread::hardware_concurrency()));
+      requested_threads = effective;
+      cpu_device()->stream.enqueue("threads", [effective] { cpu::set_threads(effective); });
+      return Napi::Number::New(info.Env(), effective);
     }
-    return Napi::Number::New(info.Env(), cpu::threads());
+    int r = requested_threads.load();
+    return Napi::Number::New(info.Env(), r ? r : cpu::threads());
   });
 }
 
