@@ -58,7 +58,37 @@ function measureMemory(T: number, uniform: boolean): { peak: number } {
   return JSON.parse(out.trim().split('\n').pop()!)
 }
 
+// --dump-check FILE: a small VersatileFFN's weights, input, outputs and gradients as JSON, for
+// bench/torch_reference.py --check FILE (the yardstick must compute the same function)
+async function dumpCheck(file: string) {
+  const c = { D: 32, I: 128, N: 8, K: 2, L: 4, T: 37, step: 12000 }
+  const m = new VersatileFFN({ dModel: c.D, hidden: c.I, experts: c.N, topK: c.K, maxDepth: c.L, balanceLossWeight: 0, seed: 5 })
+  const weights: Record<string, number[]> = {}
+  for (const [name, p] of m.namedParameters()) {
+    // wider than the 0.02 init, so routing, depth and the FFN terms all matter
+    const v = await randn(p.shape, { seed: name.length + 100, std: name === 'ff_norm.weight' ? 0.3 : 0.15 }).data()
+    if (name === 'ff_norm.weight') v.forEach((a, i) => (v[i] = 1 + a))
+    weights[name] = Array.from(v)
+    m.loadStateDict({ ...m.stateDict(), [name]: v })
+  }
+  const x = randn([c.T, c.D], { seed: 1 }), dy = randn([c.T, c.D], { seed: 2 })
+  const inf = m.forward(x)
+  const tr = m.forward(x, { train: true, step: c.step, noise: 'none' })
+  const yTrain = Array.from(await tr.y.data())
+  const dx = m.backward(tr, dy)
+  const grads: Record<string, number[]> = {}
+  for (const [name, g] of Object.entries(m.grads)) grads[name] = Array.from(await g.data())
+  const out = {
+    ...c, tau: tr.tau, weights, x: Array.from(await x.data()), dy: Array.from(await dy.data()),
+    yInfer: Array.from(await inf.y.data()), loops: Array.from(await inf.stats.loops.data()), yTrain,
+    dx: Array.from(await dx.data()), grads,
+  }
+  require('node:fs').writeFileSync(file, JSON.stringify(out))
+}
+
 async function main() {
+  const dump = process.argv.indexOf('--dump-check')
+  if (dump >= 0) return dumpCheck(process.argv[dump + 1])
   const mem = process.argv.indexOf('--mem')
   if (mem >= 0) return memoryChild(Number(process.argv[mem + 1]), process.argv[mem + 2] === 'uniform')
   setNumThreads(threads)

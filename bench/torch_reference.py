@@ -109,12 +109,49 @@ def timed(fn, reps, threads):
     return statistics.median(ts), statistics.median(cs)
 
 
+def check(path):
+    """compares this rendering with the addon on the small case bench/ffn.ts --dump-check wrote"""
+    global D, I, N, K, L, E
+    c = json.load(open(path))
+    D, I, N, K, L, T = c['D'], c['I'], c['N'], c['K'], c['L'], c['T']
+    E = I // N
+    torch.set_default_dtype(torch.float64)  # float64 here, float32 there: differences are the addon's rounding
+    m = TorchVersatileFFN(0)
+    names = {'ff_norm.weight': 'ff_norm', 'ff_proj.weight': 'ff_proj', 'ff_out.weight': 'ff_out',
+             'expert_gate.weight': 'expert_gate', 'depth_predictor.weight': 'depth_predictor'}
+    with torch.no_grad():
+        for k, attr in names.items():
+            p = getattr(m, attr)
+            p.copy_(torch.tensor(c['weights'][k]).reshape(p.shape))
+    x = torch.tensor(c['x']).reshape(T, D)
+    dy = torch.tensor(c['dy']).reshape(T, D)
+    with torch.no_grad():
+        y, loops = m(x, False)
+    diffs = {'inference y': (y.flatten() - torch.tensor(c['yInfer'])).abs().max().item(),
+             'loops': (loops.flatten() - torch.tensor(c['loops'], dtype=torch.float64)).abs().max().item()}
+    xr = x.clone().requires_grad_(True)
+    y, _ = m(xr, True, tau=c['tau'])
+    (y * dy).sum().backward()
+    diffs['training y'] = (y.detach().flatten() - torch.tensor(c['yTrain'])).abs().max().item()
+    diffs['dx'] = (xr.grad.flatten() - torch.tensor(c['dx'])).abs().max().item()
+    for k, attr in names.items():
+        diffs['d ' + k] = (getattr(m, attr).grad.flatten() - torch.tensor(c['grads'][k])).abs().max().item()
+    for k, v in diffs.items():
+        print(f'{k}: max |diff| {v:.2e}')
+    ok = all(v < 1e-4 for v in diffs.values())  # float32 kernels vs float64 autograd at O(1) values
+    print('check', 'passed' if ok else 'FAILED')
+    return ok
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--threads', type=int, default=2)
     ap.add_argument('--tokens', default='256,1024')
     ap.add_argument('--reps', type=int, default=5)
+    ap.add_argument('--check', help='JSON from bench/ffn.ts --dump-check: compare, then exit')
     a = ap.parse_args()
+    if a.check:
+        raise SystemExit(0 if check(a.check) else 1)
     torch.set_num_threads(a.threads)
     print(f'# torch {torch.__version__}, {torch.get_num_threads()} threads, D={D} I={I} N={N} K={K} L={L} E={E}')
     print('| T | case | ms (median) | CPU ms / thread |')
