@@ -94,8 +94,8 @@ async function main() {
   setNumThreads(threads)
   const rows: Record<string, unknown>[] = []
   log(`# ffn bench: D=${D} I=${I} N=${N} K=${K} L=${L} E=${E}, ${getNumThreads()} threads, ${cpus()[0].model}, gemm ${_native.kernelInfo().gemm}`)
-  log('| T | case | ms (median) | CPU ms / thread | GFLOP | GFLOP/s | × ideal | × ideal (CPU time) | notes |')
-  log('|---|---|---|---|---|---|---|---|---|')
+  log('| T | case | ms (median) | CPU ms / thread | GFLOP | GFLOP/s | × dense | × ideal | × ideal (CPU time) | notes |')
+  log('|---|---|---|---|---|---|---|---|---|---|')
   for (const T of tokens) {
     const dense = new DenseFFN({ dModel: D, hidden: I, seed: 1 })
     const vRand = new VersatileFFN({ dModel: D, hidden: I, experts: N, topK: K, maxDepth: L, seed: 1 })
@@ -158,8 +158,9 @@ async function main() {
       const refCase = cases.find((r) => r.name === c.ref)
       const vsIdeal = refCase ? ms / (c.flops / gfOf(refCase, 'ms') / 1e6) : 1
       const vsIdealCpu = refCase ? cpuMs / (c.flops / gfOf(refCase, 'cpu') / 1e6) : 1
-      rows.push({ T, case: c.name, ms, cpuMs, gflop: c.flops / 1e9, gflops: gf, vsIdeal, vsIdealCpu, notes: c.notes })
-      log(`| ${T} | ${c.name} | ${ms.toFixed(1)} | ${cpuMs.toFixed(1)} | ${(c.flops / 1e9).toFixed(2)} | ${gf.toFixed(1)} | ${vsIdeal.toFixed(3)} | ${vsIdealCpu.toFixed(3)} | ${c.notes} |`)
+      const vsDense = refCase ? ms / median(refCase.ms) : 1
+      rows.push({ T, case: c.name, ms, cpuMs, gflop: c.flops / 1e9, gflops: gf, vsDense, vsIdeal, vsIdealCpu, notes: c.notes })
+      log(`| ${T} | ${c.name} | ${ms.toFixed(1)} | ${cpuMs.toFixed(1)} | ${(c.flops / 1e9).toFixed(2)} | ${gf.toFixed(1)} | ${vsDense.toFixed(2)} | ${vsIdeal.toFixed(3)} | ${vsIdealCpu.toFixed(3)} | ${c.notes} |`)
     }
     for (const t of [x, dy, xu]) t.dispose()
     dense.dispose(); vRand.dispose(); vUni.dispose()
