@@ -37,9 +37,9 @@ void swiglu_rows_backward(int64_t M, int64_t n, const float* da, int64_t ldda, c
       float* du = dh + i * lddh;
       float* dg = du + n;
       for (int64_t j = 0; j < n; j++) {
-        float s = sigmoid(g[j]), silu = g[j] * s;
-        du[j] = d[j] * silu;
-        dg[j] = d[j] * u[j] * s * (1.f + g[j] * (1.f - s));
+        float s = sigmoid(g[j]), silu = g[j] * s, dj = d[j];  // read first: a may alias da
+        du[j] = dj * silu;
+        dg[j] = dj * u[j] * s * (1.f + g[j] * (1.f - s));
         if (a) a[i * lda + j] = silu * u[j];
       }
     }
@@ -58,10 +58,12 @@ void ffn_rows_backward(int64_t M, int64_t D, int64_t I, float* dx, const float* 
                        const float* norm_w, const View& proj_w, const View& out_w, float* dnorm_w, float* dproj_w,
                        int64_t lddp, float* dout_w, int64_t lddo, const float* dn_extra) {
   if (M == 0) return;
-  std::vector<float> da(size_t(M * I)), a(size_t(M * I)), dh(size_t(M * 2 * I)), n(size_t(M * D)), dn(size_t(M * D));
+  // `a` (the activation, for the ff_out gradient) overwrites da in place once dh is out
+  std::vector<float> da(size_t(M * I)), dh(size_t(M * 2 * I)), n(size_t(M * D)), dn(size_t(M * D));
+  float* a = da.data();
   gemm(M, I, D, 1.f, f32_mat(dx, D), weight_mat(out_w, 0, false), 0.f, da.data(), I);
-  swiglu_rows_backward(M, I, da.data(), I, h, 2 * I, dh.data(), 2 * I, a.data(), I);
-  gemm(D, I, M, 1.f, f32_mat(dx, D, true), f32_mat(a.data(), I), 1.f, dout_w, lddo);
+  swiglu_rows_backward(M, I, da.data(), I, h, 2 * I, dh.data(), 2 * I, a, I);
+  gemm(D, I, M, 1.f, f32_mat(dx, D, true), f32_mat(a, I), 1.f, dout_w, lddo);
   // the normalised input again, from the saved rstd (bit-identical to the forward's)
   parallel_for(M, 16, [&](int64_t b, int64_t e, int) {
     for (int64_t i = b; i < e; i++)

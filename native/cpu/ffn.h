@@ -36,7 +36,7 @@ void rmsnorm_rows_backward(int64_t M, int64_t D, const float* dout, int64_t ldd,
 
 // a = silu(gate) ⊙ up, h rows hold [up (n) | gate (n)] with leading dimension ldh
 void swiglu_rows(int64_t M, int64_t n, const float* h, int64_t ldh, float* a, int64_t lda, bool parallel = true);
-// dh = [da ⊙ silu(g) | da ⊙ u ⊙ silu'(g)], also a (for the weight gradient) when a != null
+// dh = [da ⊙ silu(g) | da ⊙ u ⊙ silu'(g)], also a (for the weight gradient) when a != null; a may be da
 void swiglu_rows_backward(int64_t M, int64_t n, const float* da, int64_t ldda, const float* h, int64_t ldh,
                           float* dh, int64_t lddh, float* a, int64_t lda);
 

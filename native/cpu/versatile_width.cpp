@@ -70,7 +70,8 @@ void width_backward(const WidthPlan& w, const float* dy, const float* lambda, co
     int64_t M = int64_t(act.size()), off = expert_offset(e, w.N, I, E);
     if (M == 0) continue;
     std::vector<float> dO(size_t(M * D)), hs(size_t(M * 2 * E)), ne(size_t(M * D)), da(size_t(M * E)),
-        a(size_t(M * E)), dh(size_t(M * 2 * E)), dne(size_t(M * D));
+        dh(size_t(M * 2 * E)), dne(size_t(M * D));
+    float* a = da.data();  // the activation overwrites da in place
     parallel_for(M, 8, [&](int64_t b, int64_t end, int) {
       for (int64_t i = b; i < end; i++) {
         int64_t p = act[size_t(i)], asg = w.assign[size_t(p)], t = asg / K;
@@ -88,8 +89,8 @@ void width_backward(const WidthPlan& w, const float* dy, const float* lambda, co
       }
     });
     gemm(M, E, D, 1.f, f32_mat(dO.data(), D), weight_mat(out_w, off, false), 0.f, da.data(), E);
-    swiglu_rows_backward(M, E, da.data(), E, hs.data(), 2 * E, dh.data(), 2 * E, a.data(), E);
-    gemm(D, E, M, 1.f, f32_mat(dO.data(), D, true), f32_mat(a.data(), E), 1.f, dout_w + off, lddo);
+    swiglu_rows_backward(M, E, da.data(), E, hs.data(), 2 * E, dh.data(), 2 * E, a, E);
+    gemm(D, E, M, 1.f, f32_mat(dO.data(), D, true), f32_mat(a, E), 1.f, dout_w + off, lddo);
     gemm(E, D, M, 1.f, f32_mat(dh.data(), 2 * E, true), f32_mat(ne.data(), D), 1.f, dproj_w + off * lddp, lddp);
     gemm(E, D, M, 1.f, f32_mat(dh.data() + E, 2 * E, true), f32_mat(ne.data(), D), 1.f, dproj_w + (I + off) * lddp,
          lddp);
