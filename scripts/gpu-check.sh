@@ -52,7 +52,7 @@ do_run() {
   local bin
   bin=$(mktemp -d)
   xz -dc .gpu/node.xz >"$bin/node" && chmod +x "$bin/node"
-  export PATH=$bin:$PATH
+  export PATH=$bin:$PATH:/usr/local/cuda/bin
   export VFFN_ADDON_PATH=$pack/build/versatile_ffn.node
   local quick=${GPU_CHECK_QUICK:-}
   say "$(date -u +%FT%TZ) $(node --version) $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -1)"
@@ -63,6 +63,7 @@ do_run() {
   rc_load=$?
   timeout "${TESTS_S:-150}" node "$pack/test/cuda-ops.js" >"$OUT/tests.log" 2>&1
   rc_ops=$?
+  timeout "${TESTS_S:-150}" node "$pack/test/cuda-lm.js" >>"$OUT/tests.log" 2>&1 || rc_ops=$?
   cat "$OUT/tests.log" >>"$log"
   grep -E '^(not ok|# pass)' "$OUT/tests.log" | tail -20
 
@@ -70,6 +71,8 @@ do_run() {
   VFFN_TEST_FILTER='copy|matmul|rmsnorm|dense|Versatile' timeout "${MEMCHECK_S:-150}" \
     compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 node "$pack/test/cuda-ops.js" >"$OUT/memcheck.log" 2>&1
   rc_mem=$?
+  timeout "${MEMCHECK_S:-150}" compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 \
+    node "$pack/test/cuda-lm.js" >>"$OUT/memcheck.log" 2>&1 || rc_mem=$?
   tail -5 "$OUT/memcheck.log" | tee -a "$log"
 
   say "compute-sanitizer racecheck (shared memory: GEMM tiles, the ordering sorts)"
@@ -88,11 +91,11 @@ const fs = require('fs'), path = require('path')
 const [out, rcLoad, rcOps, rcMem, rcRace] = process.argv.slice(2)
 const read = (f) => { try { return fs.readFileSync(path.join(out, f), 'utf8') } catch { return '' } }
 const last = (s) => { const l = s.trim().split('\n').pop(); try { return JSON.parse(l) } catch { return null } }
-const tally = /# pass (\d+) fail (\d+) skip (\d+)/.exec(read('tests.log'))
+const tally = [...read('tests.log').matchAll(/# pass (\d+) fail (\d+) skip (\d+)/g)].reduce((a, m) => a.map((v, i) => v + +m[i + 1]), [0, 0, 0])
 const summary = {
   date: new Date().toISOString(),
-  tests: { loadingExit: +rcLoad, opsExit: +rcOps, pass: tally ? +tally[1] : null, fail: tally ? +tally[2] : null, skip: tally ? +tally[3] : null },
-  memcheck: { exit: +rcMem, summary: (/ERROR SUMMARY: .*/.exec(read('memcheck.log')) || ['none'])[0] },
+  tests: { loadingExit: +rcLoad, opsExit: +rcOps, pass: tally[0], fail: tally[1], skip: tally[2] },
+  memcheck: { exit: +rcMem, summary: (read('memcheck.log').match(/ERROR SUMMARY: .*/g) || ['none']).join('; ') },
   racecheck: { exit: +rcRace, summary: (/RACECHECK SUMMARY: .*/.exec(read('racecheck.log')) || ['none'])[0] },
   benchGemm: last(read('bench-gemm.json')),
   benchFfn: last(read('bench-ffn.json')),

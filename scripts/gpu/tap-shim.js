@@ -63,6 +63,14 @@ class Test {
     }
     return this.line(false, msg, 'did not throw')
   }
+  async rejects(promise, want, msg = 'expected to reject') {
+    try {
+      await (typeof promise === 'function' ? promise() : promise)
+    } catch (e) {
+      return this.line(matches(e, want), msg, `rejected with ${e && e.code} ${e && e.message}`)
+    }
+    return this.line(false, msg, 'did not reject')
+  }
   test(name, opts, fn) {
     if (typeof opts === 'function') [opts, fn] = [{}, opts]
     opts = opts || {}
