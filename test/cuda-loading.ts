@@ -45,6 +45,48 @@ function neededLibraries(file: string): string[] {
 const lib = path.join(path.dirname(addonPath()), 'libvffn_cuda.so')
 const noLibrary = fs.existsSync(lib) ? false : 'no CUDA backend library beside the addon: this build had no nvcc'
 
+// names of the defined dynamic symbols (.dynsym) of an ELF64 little-endian shared library
+function exportedSymbols(file: string): Set<string> {
+  const b = fs.readFileSync(file)
+  const shoff = Number(b.readBigUInt64LE(0x28)), shentsize = b.readUInt16LE(0x3a), shnum = b.readUInt16LE(0x3c)
+  const section = (i: number) => {
+    const o = shoff + i * shentsize
+    return { type: b.readUInt32LE(o + 4), offset: Number(b.readBigUInt64LE(o + 0x18)), size: Number(b.readBigUInt64LE(o + 0x20)), link: b.readUInt32LE(o + 0x28) }
+  }
+  const out = new Set<string>()
+  for (let i = 0; i < shnum; i++) {
+    const s = section(i)
+    if (s.type !== 11) continue // SHT_DYNSYM
+    const strtab = section(s.link)
+    for (let o = s.offset; o + 24 <= s.offset + s.size; o += 24) {
+      if (b.readUInt16LE(o + 6) === 0) continue // undefined (imported)
+      const start = strtab.offset + b.readUInt32LE(o)
+      out.add(b.toString('latin1', start, b.indexOf(0, start)))
+    }
+  }
+  return out
+}
+
+const napiDir = path.join(root, 'native', 'napi')
+t.test('every op the addon sends to CUDA is exported by the backend library', {
+  skip: noLibrary || (fs.existsSync(napiDir) ? false : 'no native sources beside the tests (a bundled copy)'),
+}, async (t) => {
+  // the op names come from the napi sources (cuda_call(dev, "name", ...) and `const char* op = ...`
+  // choices), so a new CPU op without a CUDA twin shows up here
+  const napi = napiDir
+  const src = fs.readdirSync(napi).filter((n) => n.endsWith('.cpp')).map((f) => fs.readFileSync(path.join(napi, f), 'utf8')).join('\n')
+  const called = new Set<string>()
+  for (const m of src.matchAll(/cuda_call\(dev, "([a-z_]+)"/g)) called.add(m[1])
+  for (const m of src.matchAll(/const char\* op = ([^;]*);/g)) for (const q of m[1].matchAll(/"([a-z_]+)"/g)) called.add(q[1])
+  t.ok(called.has('gemm') && called.has('rope_forward') && called.has('versatile_backward'), `ops found in the napi sources: ${[...called].join(', ')}`)
+  const syms = exportedSymbols(lib)
+  t.ok(syms.has('vffn_cuda_get_api'), 'vffn_cuda_get_api is exported')
+  for (const op of called) t.ok(syms.has(`vffn_cuda_${op}`), `vffn_cuda_${op} is exported`)
+  // hidden visibility: nothing else of the library leaks into the process's symbol space
+  const stray = [...syms].filter((s) => !s.startsWith('vffn_cuda_') && !s.startsWith('_') && s !== '')
+  t.same(stray, [], 'no other exported symbols')
+})
+
 t.test('the CUDA backend library links no CUDA shared library', { skip: noLibrary }, async (t) => {
   const needed = neededLibraries(lib)
   t.ok(needed.some((n) => n.startsWith('libc.so')), `DT_NEEDED was read (${needed.join(', ')})`)
