@@ -125,10 +125,12 @@ function shapeCases(): Case[] {
   return cases
 }
 
-// ragged edges of the micro-tile (6x16, 4x16), the cache blocks (MC 144, KC 256) and more than one K block
+// ragged edges of the micro-tile (6x16, 4x16), the cache blocks (MC 144, KC 256), more than one K block
 const RAGGED: Case[] = [
   { M: 6, N: 16, K: 256 }, { M: 12, N: 32, K: 257 }, { M: 145, N: 17, K: 255 }, { M: 150, N: 33, K: 513 },
   { M: 289, N: 47, K: 600 }, { M: 7, N: 15, K: 1 }, { M: 5, N: 4101, K: 3 }, { M: 97, N: 130, K: 1031 },
+  // big enough to run on the pool with A packed once and shared by the column tasks
+  { M: 301, N: 290, K: 530, da: 'bfloat16', la: 'strided' }, { M: 64, N: 700, K: 900, tb: true },
 ]
 
 if (!PORTABLE_CHILD) {

@@ -127,13 +127,13 @@ float* scratch(int which, int64_t floats) {
     int64_t n = 0;
     ~Buf() { std::free(p); }
   };
-  thread_local Buf bufs[2];
+  thread_local Buf bufs[3];  // A block, B panel, all of A (shared with the pool's threads)
   Buf& b = bufs[which];
   if (b.n < floats) {
     std::free(b.p);
     b.p = nullptr;
     b.n = 0;
-    // 64 floats of slack: packers may store a full vector past the last packed value
+    // 64 floats of slack past the end, in case a packer's vector store overshoots
     size_t bytes = (size_t(floats + 64) * sizeof(float) + 63) / 64 * 64;
     b.p = static_cast<float*>(std::aligned_alloc(64, bytes));
     if (!b.p) fail("ERR_OOM", "gemm: cannot allocate " + std::to_string(bytes) + " bytes of packing buffer");
@@ -142,15 +142,33 @@ float* scratch(int which, int64_t floats) {
   return b.p;
 }
 
+// all of op(A) packed once, shared by tasks that cover the same rows: K block pc (kc wide, kb
+// packed) of the micro-panel starting at row i (a multiple of mr) is at pc * mpad + i * kb.
+struct PackedA {
+  const float* data = nullptr;
+  int64_t mpad = 0;  // M rounded up to mr
+};
+
+void pack_a_all(const GemmKernel& kr, int64_t M, int64_t K, const Mat& A, float* dst, int64_t mpad) {
+  const int64_t kc = std::min<int64_t>(kr.kc, K), nk = (K + kc - 1) / kc, nm = (M + kr.mc - 1) / kr.mc;
+  parallel_for(nk * nm, 1, [&](int64_t b, int64_t e, int) {
+    for (int64_t t = b; t < e; t++) {
+      const int64_t pc = t / nm * kc, ic = t % nm * kr.mc;
+      const int64_t kb = std::min(kc, K - pc);
+      kr.pack_a(A, ic, std::min<int64_t>(kr.mc, M - ic), pc, kb, dst + pc * mpad + ic * kb);
+    }
+  });
+}
+
 // C[m0:m1, n0:n1] on the calling thread. m0 and n0 are multiples of mr and nr (or the matrix
 // start), so every C element falls in the same micro-tile whatever the split.
 void gemm_block(const GemmKernel& kr, int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t K, float alpha,
-                const Mat& A, const Mat& B, float beta, float* C, int64_t ldc) {
+                const Mat& A, const Mat& B, float beta, float* C, int64_t ldc, PackedA packed = {}) {
   const int mr = kr.mr, nr = kr.nr;
   const int64_t mc = std::min<int64_t>(kr.mc, (m1 - m0 + mr - 1) / mr * mr);
   const int64_t nc = std::min<int64_t>(kr.nc, (n1 - n0 + nr - 1) / nr * nr);
   const int64_t kc = std::min<int64_t>(kr.kc, K);
-  float* pa = scratch(0, mc * kc);
+  float* pa = packed.data ? nullptr : scratch(0, mc * kc);
   float* pb = scratch(1, kc * nc);
   alignas(64) float tile[32 * 32];
   for (int64_t jc = n0; jc < n1; jc += nc) {
@@ -164,13 +182,14 @@ void gemm_block(const GemmKernel& kr, int64_t m0, int64_t m1, int64_t n0, int64_
       if (!lazy) kr.pack_b(B, pc, kb, jc, nb, pb);
       for (int64_t ic = m0; ic < m1; ic += mc) {
         const int64_t mb = std::min(mc, m1 - ic);
-        kr.pack_a(A, ic, mb, pc, kb, pa);
+        const float* ap0 = packed.data ? packed.data + pc * packed.mpad + ic * kb : pa;
+        if (!packed.data) kr.pack_a(A, ic, mb, pc, kb, pa);
         for (int64_t jr = 0; jr < nb; jr += nr) {
           float* bp = pb + jr * kb;
           const int64_t nv = std::min<int64_t>(nr, nb - jr);
           if (lazy && ic == m0) kr.pack_b(B, pc, kb, jc + jr, nv, bp);
           for (int64_t ir = 0; ir < mb; ir += mr) {
-            const float* ap = pa + ir * kb;
+            const float* ap = ap0 + ir * kb;
             const int64_t mv = std::min<int64_t>(mr, mb - ir);
             float* c = C + (ic + ir) * ldc + jc + jr;
             if (mv == mr && nv == nr) {
@@ -211,25 +230,37 @@ void gemm(int64_t M, int64_t N, int64_t K, float alpha, const Mat& A, const Mat&
   // below ~1 MFLOP waking the pool costs more than it saves
   if (P <= 1 || double(M) * double(N) * double(K) < 5e5) return gemm_block(kr, 0, M, 0, N, K, alpha, A, B, beta, C, ldc);
   // split C into a grid of gm x gn tile-aligned tasks, taken dynamically by the threads. the
-  // estimate per grid: rounds of tasks (+ half a task for a thread that starts late or is
-  // preempted) times one task's work: its multiply-adds plus its packing (a packed element costs
-  // about `kPack` multiply-adds). more tasks balance better; each task repacks its share.
-  constexpr double kPack = 16;
+  // estimate per grid: rounds of tasks (+ a quarter task for a thread that starts late or is
+  // preempted) times one task's work: its multiply-adds plus its packing (a packed element of B
+  // costs about 16 multiply-adds, of A about 10, measured). A is packed once up front and shared
+  // when several column tasks would each pack it and it is not too large.
+  constexpr double kPackA = 10, kPackB = 16;
+  constexpr int64_t kSharedA = int64_t(1) << 23;  // floats (32 MiB)
   const int64_t tm = (M + kr.mr - 1) / kr.mr, tn = (N + kr.nr - 1) / kr.nr;  // tiles
+  const bool can_share = tm * kr.mr * K <= kSharedA;
   int64_t gm = 1, gn = 1;
   double best = -1;
   for (int64_t m = 1; m <= std::min<int64_t>(tm, 8 * P); m++)
     for (int64_t n = 1; n <= std::min<int64_t>(tn, 8 * P) && m * n <= 8 * P; n++) {
       const double mt = double((tm + m - 1) / m * kr.mr), nt = double((tn + n - 1) / n * kr.nr);
-      const double work = mt * nt * double(K) + kPack * double(K) * (nt + mt * std::ceil(nt / double(kr.nc)));
-      const double est = (double((m * n + P - 1) / P) + 0.5) * work;
+      const bool shared = can_share && n > 1;
+      const double pack_a = shared ? kPackA * mt / double(n) : kPackA * mt * std::ceil(nt / double(kr.nc));
+      const double work = mt * nt * double(K) + double(K) * (kPackB * nt + pack_a);
+      const double est = (double((m * n + P - 1) / P) + 0.25) * work;
       if (best < 0 || est < best) best = est, gm = m, gn = n;
     }
+  PackedA packed;
+  if (can_share && gn > 1) {
+    packed.mpad = tm * kr.mr;
+    float* buf = scratch(2, packed.mpad * K);
+    pack_a_all(kr, M, K, A, buf, packed.mpad);
+    packed.data = buf;
+  }
   parallel_tasks(gm * gn, [&](int64_t t, int) {
     const int64_t bi = t / gn, bj = t % gn;
     const int64_t m0 = std::min(M, tm * bi / gm * kr.mr), m1 = std::min(M, tm * (bi + 1) / gm * kr.mr);
     const int64_t n0 = std::min(N, tn * bj / gn * kr.nr), n1 = std::min(N, tn * (bj + 1) / gn * kr.nr);
-    if (m0 < m1 && n0 < n1) gemm_block(kr, m0, m1, n0, n1, K, alpha, A, B, beta, C, ldc);
+    if (m0 < m1 && n0 < n1) gemm_block(kr, m0, m1, n0, n1, K, alpha, A, B, beta, C, ldc, packed);
   });
 }
 

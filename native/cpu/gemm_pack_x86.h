@@ -102,13 +102,22 @@ int64_t pack_a_full(const Mat& A, int64_t i0, int64_t m, int64_t p0, int64_t k, 
     }
     int64_t p = 0;
     // 8 k at a time: transpose MR rows (+ zero rows up to 8) and store each column of MR with an
-    // 8-wide store whose extra lanes the next store overwrites (the buffer has slack at the end)
+    // 8-wide store whose extra lanes the next store overwrites; the panel's very last column is
+    // stored exactly, so panels packed by different threads never touch each other
     for (; p + 8 <= k; p += 8) {
       __m256 r[8];
       for (int i = 0; i < kMR; i++) r[i] = load8(row[i] + p);
       for (int i = kMR; i < 8; i++) r[i] = _mm256_setzero_ps();
       transpose8(r);
-      for (int q = 0; q < 8; q++) _mm256_storeu_ps(dst + (p + q) * kMR, r[q]);
+      for (int q = 0; q < 8; q++) {
+        if (kMR < 8 && p + q + 1 == k) {
+          alignas(32) float last[8];
+          _mm256_store_ps(last, r[q]);
+          std::copy(last, last + kMR, dst + (p + q) * kMR);
+        } else {
+          _mm256_storeu_ps(dst + (p + q) * kMR, r[q]);
+        }
+      }
     }
     for (; p < k; p++)
       for (int i = 0; i < kMR; i++) {
