@@ -2,6 +2,7 @@
 // GEMM. assignments are counting-sorted by expert; the GEMM gathers its rows from the shared norm
 // through Mat::rows; expert e's weights are slices of ff_proj / ff_out at expert_offset(e), never
 // copied. P positions, D width, I intermediate, E expert width.
+#include <algorithm>
 #include <cstring>
 
 #include "../core/experts.h"
@@ -38,9 +39,13 @@ void width_forward(const WidthPlan& w, const float* n, const View& proj_w, const
   int64_t D = w.D, I = w.I, E = w.E;
   struct Task { int64_t e, p0, p1; };
   std::vector<Task> tasks;
-  for (int64_t e = 0; e < w.N; e++)
-    for (int64_t p = w.start[size_t(e)]; p < w.start[size_t(e + 1)]; p += kBlock)
-      tasks.push_back({e, p, std::min<int64_t>(p + kBlock, w.start[size_t(e + 1)])});
+  for (int64_t e = 0; e < w.N; e++) {
+    // an expert's rows in near-equal blocks of at most kBlock (no small tail block)
+    int64_t p0 = w.start[size_t(e)], cnt = w.start[size_t(e + 1)] - p0, nb = (cnt + kBlock - 1) / kBlock;
+    for (int64_t b = 0; b < nb; b++) tasks.push_back({e, p0 + cnt * b / nb, p0 + cnt * (b + 1) / nb});
+  }
+  // largest first, so the dynamic schedule ends with small tasks (each task owns its rows: any order is exact)
+  std::stable_sort(tasks.begin(), tasks.end(), [](const Task& a, const Task& b) { return a.p1 - a.p0 > b.p1 - b.p0; });
   parallel_tasks(int64_t(tasks.size()), [&](int64_t ti, int) {
     const Task& tk = tasks[size_t(ti)];
     int64_t M = tk.p1 - tk.p0, off = expert_offset(tk.e, w.N, I, E);
