@@ -1,7 +1,7 @@
 // CPU benchmark of the dense FFN and VersatileFFN at the paper's 354M shapes (D=1024, I=4096,
 // N=8, K=2, L=4): time (median), GFLOP/s on the FLOPs actually done (SPEC.md's accounting), the
 // ratio to ideal (those FLOPs at the dense FFN's GFLOP/s in the same run), peak training memory.
-//   npx ts-node --transpile-only bench/ffn.ts [--threads 2] [--tokens 256,1024] [--reps 5] [--json]
+//   npx ts-node --transpile-only bench/ffn.ts [--threads 2] [--tokens 256,1024] [--reps 5] [--dtype float32|bfloat16] [--json]
 import { execFileSync } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { cpus } from 'node:os'
@@ -15,6 +15,7 @@ const threads = Number(arg('threads', '2'))
 const reps = Number(arg('reps', '5'))
 const tokens = arg('tokens', '256,1024').split(',').map(Number)
 const json = process.argv.includes('--json')
+const dtype = arg('dtype', 'float32') as 'float32' | 'bfloat16'  // weight dtype
 const D = 1024, I = 4096, N = 8, K = 2, L = 4, E = I / N
 const log = (s: string) => { if (!json) console.log(s) }
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
@@ -39,7 +40,7 @@ function uniformDepth(ffn: VersatileFFN, x: Tensor, T: number): Promise<Tensor> 
 // RSS before it (weights, their gradients and the input already allocated)
 async function memoryChild(T: number, uniform: boolean) {
   setNumThreads(threads)
-  const vffn = new VersatileFFN({ dModel: D, hidden: I, experts: N, topK: K, maxDepth: L, seed: 1 })
+  const vffn = new VersatileFFN({ dModel: D, hidden: I, experts: N, topK: K, maxDepth: L, seed: 1, dtype })
   let x = randn([T, D], { seed: 7 })
   if (uniform) x = await uniformDepth(vffn, x, T)
   const dy = randn([T, D], { seed: 8, std: 1e-3 })
@@ -54,7 +55,7 @@ async function memoryChild(T: number, uniform: boolean) {
 }
 
 function measureMemory(T: number, uniform: boolean): { peak: number } {
-  const out = execFileSync(process.execPath, [...process.execArgv, process.argv[1], '--mem', String(T), uniform ? 'uniform' : 'random', '--threads', String(threads)], { env: process.env }).toString()
+  const out = execFileSync(process.execPath, [...process.execArgv, process.argv[1], '--mem', String(T), uniform ? 'uniform' : 'random', '--threads', String(threads), '--dtype', dtype], { env: process.env }).toString()
   return JSON.parse(out.trim().split('\n').pop()!)
 }
 
@@ -93,13 +94,13 @@ async function main() {
   if (mem >= 0) return memoryChild(Number(process.argv[mem + 1]), process.argv[mem + 2] === 'uniform')
   setNumThreads(threads)
   const rows: Record<string, unknown>[] = []
-  log(`# ffn bench: D=${D} I=${I} N=${N} K=${K} L=${L} E=${E}, ${getNumThreads()} threads, ${cpus()[0].model}, gemm ${_native.kernelInfo().gemm}`)
+  log(`# ffn bench: D=${D} I=${I} N=${N} K=${K} L=${L} E=${E}, ${getNumThreads()} threads, weights ${dtype}, ${cpus()[0].model}, gemm ${_native.kernelInfo().gemm}`)
   log('| T | case | ms (median) | CPU ms / thread | GFLOP | GFLOP/s | × dense | × ideal | × ideal (CPU time) | notes |')
   log('|---|---|---|---|---|---|---|---|---|---|')
   for (const T of tokens) {
-    const dense = new DenseFFN({ dModel: D, hidden: I, seed: 1 })
-    const vRand = new VersatileFFN({ dModel: D, hidden: I, experts: N, topK: K, maxDepth: L, seed: 1 })
-    const vUni = new VersatileFFN({ dModel: D, hidden: I, experts: N, topK: K, maxDepth: L, seed: 1 })
+    const dense = new DenseFFN({ dModel: D, hidden: I, seed: 1, dtype })
+    const vRand = new VersatileFFN({ dModel: D, hidden: I, experts: N, topK: K, maxDepth: L, seed: 1, dtype })
+    const vUni = new VersatileFFN({ dModel: D, hidden: I, experts: N, topK: K, maxDepth: L, seed: 1, dtype })
     const x = randn([T, D], { seed: 7 })
     const xu = await uniformDepth(vUni, x, T)
     const dy = randn([T, D], { seed: 8, std: 1e-3 })
@@ -165,7 +166,7 @@ async function main() {
     for (const t of [x, dy, xu]) t.dispose()
     dense.dispose(); vRand.dispose(); vUni.dispose()
   }
-  if (json) console.log(JSON.stringify({ threads, D, I, N, K, L, E, rows }, null, 1))
+  if (json) console.log(JSON.stringify({ threads, dtype, D, I, N, K, L, E, rows }, null, 1))
 }
 
 main().catch((e) => { console.error(e); process.exit(1) })
