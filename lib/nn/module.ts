@@ -32,9 +32,21 @@ export class Module {
   readonly seed: number
   /** Parameters by SPEC.md name. */
   readonly params: Record<string, Tensor> = {}
-  /** float32 gradients by parameter name; backward accumulates into them, zeroGrad() clears. */
-  readonly grads: Record<string, Tensor> = {}
   private readonly specs: ParamSpec[]
+  private _grads: Record<string, Tensor> | undefined
+
+  /**
+   * float32 gradients by parameter name; backward accumulates into them, zeroGrad() clears.
+   * Allocated (as zeros) on first use, so a module used only for inference holds no gradient memory.
+   */
+  get grads(): Record<string, Tensor> {
+    if (!this._grads) {
+      const g: Record<string, Tensor> = {}
+      for (const s of this.specs) g[s.name] = zeros(s.shape, { device: this.device })
+      this._grads = g
+    }
+    return this._grads
+  }
 
   protected constructor(specs: ParamSpec[], opts: ModuleOptions) {
     this.device = Device.get(opts.device)
@@ -48,7 +60,6 @@ export class Module {
         s.init === 'ones'
           ? zeros(s.shape, { device: this.device, dtype: this.dtype }).fill_(1)
           : randn(s.shape, { seed, std: INIT_STD, truncate: 3, device: this.device, dtype: this.dtype })
-      this.grads[s.name] = zeros(s.shape, { device: this.device })
     })
   }
 
@@ -64,7 +75,7 @@ export class Module {
 
   /** Sets every gradient to zero. */
   zeroGrad(): void {
-    for (const g of Object.values(this.grads)) g.fill_(0)
+    if (this._grads) for (const g of Object.values(this._grads)) g.fill_(0)
   }
 
   /** The parameters by name (the live tensors, not copies). */
@@ -107,7 +118,7 @@ export class Module {
 
   /** Frees parameters and gradients. */
   dispose(): void {
-    for (const t of [...Object.values(this.params), ...Object.values(this.grads)]) t.dispose()
+    for (const t of [...Object.values(this.params), ...Object.values(this._grads ?? {})]) t.dispose()
   }
 
   /** @internal checks an activation [T, width]: float32 on this device; returns a contiguous handle */
