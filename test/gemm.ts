@@ -173,6 +173,40 @@ t.test('alpha, beta and outputs poisoned with NaN', async (t) => {
   t.same(Array.from(await c.data()), [2, 4, 6, 8], 'alpha 0 leaves beta * C')
 })
 
+// out as a column slice of a wider tensor (ldc > N): the columns around it must stay untouched
+t.test('strided out keeps its neighbours', async (t) => {
+  for (const [M, N, K, beta] of [[13, 17, 40, 0], [70, 33, 300, 0.5], [150, 100, 260, 0]]) {
+    const W = N + 7
+    const init = new Float32Array(M * W)
+    for (let i = 0; i < M; i++)
+      for (let j = 0; j < W; j++) init[i * W + j] = j >= 3 && j < 3 + N ? (beta === 0 ? NaN : (i + j) / 64) : 1000 + j
+    const big = tensor(init, [M, W])
+    const A = operand(M, K, 'plain', 'float32', M + N)
+    const B = operand(K, N, 'T', 'float32', M + N + 1)
+    matmul(A.t, B.t, { out: big.cols(3, 3 + N), beta })
+    const got = await big.data()
+    let bad = 0
+    for (let i = 0; i < M; i++)
+      for (let j = 0; j < W; j++) {
+        const g = got[i * W + j]
+        if (j < 3 || j >= 3 + N) {
+          if (g !== 1000 + j) bad++
+          continue
+        }
+        let s = 0, mag = 0
+        for (let k = 0; k < K; k++) {
+          s += A.at(i, k) * B.at(k, j - 3)
+          mag += Math.abs(A.at(i, k) * B.at(k, j - 3))
+        }
+        const prior = beta === 0 ? 0 : beta * init[i * W + j]
+        // as in runCase: chained float32 sums of at most 512 terms plus the epilogue
+        const tol = (Math.min(K, 512) + Math.ceil(K / 64) + 4) * U * (mag + Math.abs(prior))
+        if (!(Math.abs(g - (s + prior)) <= tol)) bad++
+      }
+    t.equal(bad, 0, `[${M}x${K}]x[${K}x${N}] into columns 3..${3 + N} of ${W}, beta ${beta}`)
+  }
+})
+
 t.test('large K', async (t) => {
   await runAll(t, 'large K', [{ M: 7, N: 33, K: 5003 }, { M: 19, N: 40, K: 4096, tb: true, db: 'bfloat16' }])
 })
