@@ -22,7 +22,8 @@ struct Mat {
 void gemm(int64_t M, int64_t N, int64_t K, float alpha, const Mat& A, const Mat& B, float beta, float* C,
           int64_t ldc, bool parallel = true);
 
-// which micro-kernel gemm uses on this machine ("avx2-fma" or "portable").
+// which micro-kernel gemm uses on this machine ("avx2-fma" or "portable"; the environment
+// variable VFFN_GEMM_KERNEL=portable, read once, forces the portable one).
 const char* gemm_kernel_name();
 
 }  // namespace vffn::cpu

@@ -15,7 +15,8 @@ struct GemmKernel {
   int mr, nr;          // micro-tile
   int64_t mc, kc, nc;  // cache blocking (multiples of mr / nr); kc fixes the summation order
   // C[0:mr, 0:nr] = alpha * sum_k a[k] b[k] + beta * C (beta == 0: C is not read). the epilogue
-  // is r = alpha * acc, then r = fma(beta, c, r) when beta != 0, in every kernel's own lanes.
+  // is r = alpha * acc, then r = beta * c + r when beta != 0 (fused in the AVX2 kernel); edge
+  // tiles run the same kernel on a scratch tile, so every element gets the same arithmetic.
   void (*micro)(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, float alpha, float beta);
   // pack op(A)[i0 : i0 + m, p0 : p0 + k] into micro-panels of mr rows (m padded up to mr)
   void (*pack_a)(const Mat& A, int64_t i0, int64_t m, int64_t p0, int64_t k, float* dst);
