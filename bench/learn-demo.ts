@@ -74,6 +74,7 @@ interface Run {
   acc: number[]
   loops: number[]
   seconds: number
+  skipped: number
 }
 
 async function train(ffn: 'dense' | 'versatile'): Promise<Run> {
@@ -86,16 +87,19 @@ async function train(ffn: 'dense' | 'versatile'): Promise<Run> {
   const schedule = { lr: 3e-3, warmupSteps: 30, totalSteps: STEPS }
   const r = rng(1)
   const losses: number[] = []
+  let skipped = 0
   const t0 = process.hrtime.bigint()
   for (let s = 0; s < STEPS; s++) {
     const { x, y } = batch(r, BATCH)
     const res = trainStep(m, opt, tensor(x, [BATCH, SEQ], { dtype: 'int32' }), tensor(y, [BATCH, SEQ], { dtype: 'int32' }), { schedule, noise: NOISE })
     losses.push((await res.loss.data())[0])
+    // a non-finite gradient norm means AdamW skipped the step
+    if (!Number.isFinite((await res.gradNorm.data())[0])) skipped++
     if (s % 50 === 0 || s === STEPS - 1) process.stdout.write(`${ffn.padEnd(9)} step ${String(s).padStart(4)}  loss ${losses[s].toFixed(4)}\n`)
   }
   const seconds = Number(process.hrtime.bigint() - t0) / 1e9
   const { acc, loops } = await evaluate(m, batch(rng(12345), 2000), 2000)
-  return { name: ffn, params: m.numParameters(), losses, acc, loops, seconds }
+  return { name: ffn, params: m.numParameters(), losses, acc, loops, seconds, skipped }
 }
 
 function smooth(a: number[], k = 10): number[] {
@@ -141,6 +145,7 @@ async function main() {
     const last = r.losses.slice(-20).reduce((a, b) => a + b, 0) / 20
     const mean = r.acc.reduce((a, b) => a + b, 0) / r.acc.length
     console.log(`${r.name.padEnd(10)} ${String(r.params).padStart(6)}   ${last.toFixed(4).padStart(8)}                      ${r.seconds.toFixed(1).padStart(6)}   ${r.acc.map((a) => a.toFixed(2)).join(' ')}   ${mean.toFixed(3)}`)
+    if (r.skipped) console.log(`${''.padEnd(10)} ${r.skipped} step(s) skipped for a non-finite gradient norm`)
     if (r.loops.length) console.log(`${''.padEnd(10)} mean loops per token at inference, by layer: ${r.loops.map((l) => l.toFixed(2)).join(', ')}`)
   }
   mkdirSync(path.dirname(OUT), { recursive: true })

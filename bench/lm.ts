@@ -19,14 +19,22 @@ setNumThreads(threads)
 const cfg = CONFIGS['354M']
 const T = B * S
 
-async function time(fn: () => Promise<void>): Promise<number> {
+// wall seconds and process CPU seconds per thread, per rep: on a shared machine the second is steadier
+interface Timing {
+  s: number
+  cpu: number
+}
+async function time(fn: () => Promise<void>): Promise<Timing> {
   await fn() // warm-up: first-touch allocation, thread start
   const t0 = process.hrtime.bigint()
+  const c0 = process.cpuUsage()
   for (let i = 0; i < reps; i++) await fn()
-  return Number(process.hrtime.bigint() - t0) / 1e9 / reps
+  const c = process.cpuUsage(c0)
+  return { s: Number(process.hrtime.bigint() - t0) / 1e9 / reps, cpu: (c.user + c.system) / 1e6 / threads / reps }
 }
+const fmt = (t: Timing) => `${(T / t.s).toFixed(0)} tok/s (${t.s.toFixed(2)} s, CPU/thread ${t.cpu.toFixed(2)} s)`
 
-async function blockRun(ffn: 'dense' | 'versatile'): Promise<number> {
+async function blockRun(ffn: 'dense' | 'versatile'): Promise<Timing> {
   const m = new TransformerLM({ ...cfg, nLayers: 1, vocabSize: 16, ffn, maxSeqLen: S })
   const blk = m.blocks[0]
   const x = randn([T, cfg.dModel], { seed: 1 }), dy = randn([T, cfg.dModel], { seed: 2, std: 1e-3 })
@@ -40,20 +48,20 @@ async function blockRun(ffn: 'dense' | 'versatile'): Promise<number> {
   return s
 }
 
-async function modelRun(ffn: 'dense' | 'versatile'): Promise<{ s: number; params: number }> {
+async function modelRun(ffn: 'dense' | 'versatile'): Promise<{ t: Timing; params: number }> {
   const m = new TransformerLM({ ...cfg, nLayers: layers, ffn, maxSeqLen: S })
   const opt = new AdamW(m.parameters(), m.gradients(), { lr: 1e-4 })
   const ids = Int32Array.from({ length: T }, (_, i) => (i * 7919) % cfg.vocabSize)
   const tg = Int32Array.from({ length: T }, (_, i) => (i * 104729 + 1) % cfg.vocabSize)
   const x = tensor(ids, [B, S], { dtype: 'int32' }), y = tensor(tg, [B, S], { dtype: 'int32' })
-  const s = await time(async () => {
+  const t = await time(async () => {
     const r = trainStep(m, opt, x, y)
     await r.loss.data()
   })
   const params = m.numParameters()
   opt.dispose()
   m.dispose()
-  return { s, params }
+  return { t, params }
 }
 
 async function main() {
@@ -61,11 +69,11 @@ async function main() {
   const say = (s: string) => json || console.log(s)
   say(`354M shapes (D=${cfg.dModel}, I=${cfg.hidden}, H=${cfg.nHeads}, V=${cfg.vocabSize}, N=8, K=2, L=4), ${B}x${S} tokens, ${threads} threads, ${reps} reps after a warm-up`)
   const bd = await blockRun('dense'), bv = await blockRun('versatile')
-  rows.push({ what: 'block fwd+bwd', dense_s: bd, versatile_s: bv, dense_tok_s: T / bd, versatile_tok_s: T / bv, ratio: bv / bd })
-  say(`one block, forward+backward:   dense ${(T / bd).toFixed(0)} tok/s (${(bd * 1e3).toFixed(0)} ms)   versatile ${(T / bv).toFixed(0)} tok/s (${(bv * 1e3).toFixed(0)} ms)   versatile/dense time ${(bv / bd).toFixed(2)}x`)
+  rows.push({ what: 'block fwd+bwd', dense: bd, versatile: bv, ratio_wall: bv.s / bd.s, ratio_cpu: bv.cpu / bd.cpu })
+  say(`one block, forward+backward:  dense ${fmt(bd)}   versatile ${fmt(bv)}   versatile/dense time ${(bv.s / bd.s).toFixed(2)}x (CPU ${(bv.cpu / bd.cpu).toFixed(2)}x)`)
   const md = await modelRun('dense'), mv = await modelRun('versatile')
-  rows.push({ what: `model train step, ${layers} layers`, dense_s: md.s, versatile_s: mv.s, dense_tok_s: T / md.s, versatile_tok_s: T / mv.s, ratio: mv.s / md.s, dense_params: md.params, versatile_params: mv.params })
-  say(`model (${layers} layers, ${(md.params / 1e6).toFixed(0)}M / ${(mv.params / 1e6).toFixed(0)}M params), train step:   dense ${(T / md.s).toFixed(0)} tok/s (${md.s.toFixed(2)} s)   versatile ${(T / mv.s).toFixed(0)} tok/s (${mv.s.toFixed(2)} s)   versatile/dense time ${(mv.s / md.s).toFixed(2)}x`)
+  rows.push({ what: `model train step, ${layers} layers`, dense: md.t, versatile: mv.t, ratio_wall: mv.t.s / md.t.s, ratio_cpu: mv.t.cpu / md.t.cpu, dense_params: md.params, versatile_params: mv.params })
+  say(`model, ${layers} layers (${(md.params / 1e6).toFixed(1)}M / ${(mv.params / 1e6).toFixed(1)}M params), train step:  dense ${fmt(md.t)}   versatile ${fmt(mv.t)}   versatile/dense time ${(mv.t.s / md.t.s).toFixed(2)}x (CPU ${(mv.t.cpu / md.t.cpu).toFixed(2)}x)`)
   // SPEC.md accounting: a training step is ~3x the forward; the FFN forward costs 6·D·I (dense)
   // and 6·D·I·L + 6·D·E·K (versatile) per token, so the FFN alone predicts this ratio
   const D = cfg.dModel, I = cfg.hidden, E = I / 8

@@ -174,7 +174,10 @@ export interface AdamWHyper {
   step: number
 }
 
-/** One AdamW update in place (param, m, v float32, contiguous); grad scaled by clip[1] when clip is given. */
+/**
+ * One AdamW update in place (param, m, v float32, contiguous); grad scaled by clip[1] when clip is
+ * given, and nothing changes when clip[0] (the global norm) is NaN or infinite (a skipped step).
+ */
 export function adamwStep(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, h: AdamWHyper, clip?: Tensor): void {
   for (const [n, t] of [['param', param], ['grad', grad], ['m', m], ['v', v]] as const) {
     checkTensor(n, t, { dtypes: F32 })

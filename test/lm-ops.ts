@@ -234,4 +234,13 @@ t.test('global gradient norm and AdamW', async (t) => {
   // three float32 updates of size ~lr
   t.ok(maxErr(await p.data(), pr) < 1e-5)
   t.ok(maxErr(await m.data(), mr) < 1e-6)
+  // a NaN in any gradient makes the norm NaN: the step is skipped, nothing is poisoned
+  const before = await p.data()
+  const gbad = randArr(n, 80)
+  gbad[17] = NaN
+  const clipBad = gradNorm([tensor(gbad)], 1.0)
+  adamwStep(p, tensor(gbad), m, v, { ...hyp, step: 4 }, clipBad)
+  t.ok(Number.isNaN((await clipBad.data())[0]), 'the norm reports the NaN')
+  t.same(Array.from(await p.data()), Array.from(before), 'parameters unchanged')
+  t.ok(maxErr(await m.data(), mr) < 1e-6, 'moments unchanged')
 })

@@ -84,7 +84,11 @@ export class AdamW {
     return s[1].decay
   }
 
-  /** Clips the gradients to maxGradNorm (globally) and updates every parameter. Returns [2] = (grad norm before clipping, clip coefficient). */
+  /**
+   * Clips the gradients to maxGradNorm (globally) and updates every parameter. Returns [2] =
+   * (grad norm before clipping, clip coefficient). A non-finite norm skips the update (parameters
+   * and moments untouched); the returned norm shows it.
+   */
   update(lr = this.lr): Tensor {
     checkNumber('lr', lr)
     this.step++

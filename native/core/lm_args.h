@@ -87,7 +87,8 @@ struct GradNormArgs {
 // adamw_step (decoupled weight decay), in place on param, m, v (float32, same shape as grad):
 // g = grad * clip[1] (clip may have data == nullptr: no clipping), m = b1 m + (1-b1) g,
 // v = b2 v + (1-b2) g^2, param -= lr * (weight_decay * param + m_hat / (sqrt(v_hat) + eps)),
-// with m_hat = m / (1 - b1^step), v_hat = v / (1 - b2^step).
+// with m_hat = m / (1 - b1^step), v_hat = v / (1 - b2^step). when clip is given and clip[0] (the
+// global norm) is not finite, nothing is changed: the step is skipped.
 struct AdamWArgs {
   View param, m, v;
   View grad, clip;

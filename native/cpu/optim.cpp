@@ -46,6 +46,8 @@ void adamw_step(const AdamWArgs& a) {
   float* m = a.m.ptr<float>();
   float* v = a.v.ptr<float>();
   const float* g = a.grad.ptr<float>();
+  // a non-finite global norm would poison every parameter and moment: skip the step instead
+  if (a.clip.data && !std::isfinite(a.clip.ptr<float>()[0])) return;
   float clip = a.clip.data ? a.clip.ptr<float>()[1] : 1.f;
   float b1 = a.beta1, b2 = a.beta2;
   float bc1 = float(1.0 - std::pow(double(b1), double(a.step)));
