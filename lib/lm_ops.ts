@@ -11,9 +11,9 @@ const op = (name: string): Fn => (native as unknown as Record<string, Fn>)[name]
 
 const F32 = ['float32'] as const
 
-/** out[t] = weight[tokens[t]]: tokens int32 [T], weight [V, D] -> [T, D]. Ids outside [0, V) reject the next wait. */
+/** out[t] = weight[tokens[t]]: tokens int32 [T], weight [V, D] (float32 or bfloat16) -> float32 [T, D]. Ids outside [0, V) reject the next wait. */
 export function embedding(weight: Tensor, tokens: Tensor, out?: Tensor): Tensor {
-  checkTensor('weight', weight, { ndim: 2, dtypes: F32 })
+  checkTensor('weight', weight, { ndim: 2, dtypes: ['float32', 'bfloat16'] })
   checkTensor('tokens', tokens, { ndim: 1, dtypes: ['int32'] })
   checkSameDevice(weight, { tokens, out })
   const o = out ?? empty([tokens.shape[0], weight.shape[1]], { device: weight.device })

@@ -131,3 +131,34 @@ t.test('missing, misshapen and malformed checkpoints', async (t) => {
   t.throws(() => parseSafetensors(Buffer.concat([l2, h3, Buffer.alloc(8)])), { code: 'ERR_DTYPE' })
   await t.rejects(m.load(path.join(dir, 'nope.safetensors')), { code: 'ERR_ARGUMENT', message: /cannot read/ })
 })
+
+t.test('bfloat16 weights for inference', async (t) => {
+  const a = new TransformerLM({ ...opts, seed: 8 })
+  const f = path.join(dir, 'for-bf16.safetensors')
+  await a.save(f)
+  const b = new TransformerLM({ ...opts, seed: 9, dtype: 'bfloat16' })
+  await b.load(f)
+  t.equal(b.parameters().get('transformer.wte.weight')!.dtype, 'bfloat16')
+  const toks = tensor(Int32Array.from([3, 1, 4, 1, 5, 9]), [2, 3], { dtype: 'int32' })
+  const la = await a.forward(toks).logits.data(), lb = await b.forward(toks).logits.data()
+  let err = 0, mag = 0
+  for (let i = 0; i < la.length; i++) {
+    err = Math.max(err, Math.abs(la[i] - lb[i]))
+    mag = Math.max(mag, Math.abs(la[i]))
+  }
+  // bfloat16 keeps 8 bits of mantissa: weights carry ~0.4% relative error into the logits
+  t.ok(err < 0.02 * mag + 1e-3, `bfloat16 logits within ${err} of float32 (max |logit| ${mag})`)
+  const h1 = path.join(dir, 'b1.safetensors'), h2 = path.join(dir, 'b2.safetensors')
+  await b.save(h1)
+  const c = new TransformerLM({ ...opts, seed: 8, dtype: 'bfloat16' })
+  await c.load(h1)
+  await c.save(h2)
+  const p1 = parseSafetensors(await fs.readFile(h1)).tensors, p2 = parseSafetensors(await fs.readFile(h2)).tensors
+  let same = true
+  for (const [n, v] of p1) same &&= Buffer.from(v.raw!.buffer).equals(Buffer.from(p2.get(n)!.raw!.buffer))
+  t.ok(same, 'bfloat16 model: save, load, save keeps every bit')
+  t.throws(() => b.forward(toks, { train: true }), { code: 'ERR_DTYPE', message: /inference only/ })
+  t.throws(() => b.gradients(), { code: 'ERR_DTYPE' })
+  const g = await b.generate([[1, 2]], { maxNewTokens: 3 })
+  t.equal(g[0].length, 3, 'a bfloat16 model decodes')
+})

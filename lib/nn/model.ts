@@ -26,8 +26,8 @@ export interface TransformerLMOptions {
   expertHidden?: number
   balanceLossWeight?: number
   device?: DeviceLike
-  /** parameter dtype; float32 only for now */
-  dtype?: 'float32'
+  /** parameter dtype: 'float32' (default, trains) or 'bfloat16' (inference only; activations float32) */
+  dtype?: 'float32' | 'bfloat16'
   seed?: number
 }
 
@@ -86,10 +86,11 @@ export class TransformerLM {
     const maxSeqLen = checkInt('maxSeqLen', opts.maxSeqLen ?? 2048, 1)
     const ffn = opts.ffn ?? 'versatile'
     if (ffn !== 'versatile' && ffn !== 'dense') fail('ERR_ARGUMENT', `ffn: expected 'versatile' or 'dense', got ${show(ffn)}`)
-    if ((opts.dtype ?? 'float32') !== 'float32') fail('ERR_DTYPE', `dtype: TransformerLM trains in float32 (bfloat16 checkpoints load into it), got ${show(opts.dtype)}`)
+    const dtype = opts.dtype ?? 'float32'
+    if (dtype !== 'float32' && dtype !== 'bfloat16') fail('ERR_DTYPE', `dtype: expected 'float32' or 'bfloat16', got ${show(dtype)}`)
     const seed = checkInt('seed', opts.seed ?? 0, 0)
     this.config = {
-      vocabSize, dModel, nLayers, nHeads, hidden, maxSeqLen, ffn, seed, dtype: 'float32',
+      vocabSize, dModel, nLayers, nHeads, hidden, maxSeqLen, ffn, seed, dtype,
       experts: checkInt('experts', opts.experts ?? 8, 1), topK: checkInt('topK', opts.topK ?? 2, 1), maxDepth: checkInt('maxDepth', opts.maxDepth ?? 4, 1),
       expertHidden: opts.expertHidden, balanceLossWeight: opts.balanceLossWeight,
     }
@@ -97,8 +98,8 @@ export class TransformerLM {
     const dev = this.device
     let k = 0
     // SPEC.md init: normal(0, 0.02) truncated at 3 sigma for matrices, norm gains at 1
-    const mat = (name: string, shape: number[]) => this.addOwn(name, randn(shape, { std: 0.02, truncate: 3, seed: deriveSeed(seed, 1, k++), device: dev }))
-    const gain = (name: string) => this.addOwn(name, full([dModel], 1, { device: dev }))
+    const mat = (name: string, shape: number[]) => this.addOwn(name, randn(shape, { std: 0.02, truncate: 3, seed: deriveSeed(seed, 1, k++), device: dev, dtype }))
+    const gain = (name: string) => this.addOwn(name, full([dModel], 1, { device: dev, dtype }))
     mat('transformer.wte.weight', [vocabSize, dModel])
     this.blocks = []
     for (let i = 0; i < nLayers; i++) {
@@ -109,7 +110,7 @@ export class TransformerLM {
       const norm = gain(p + 'attn_norm.weight')
       const f: FFNModule = createFFN(ffn, {
         dModel, hidden, experts: this.config.experts, topK: this.config.topK, maxDepth: this.config.maxDepth,
-        expertHidden: opts.expertHidden, balanceLossWeight: opts.balanceLossWeight, device: dev, seed: Number(deriveSeed(seed, 2, i)),
+        expertHidden: opts.expertHidden, balanceLossWeight: opts.balanceLossWeight, device: dev, dtype, seed: Number(deriveSeed(seed, 2, i)),
       })
       const block = new TransformerBlock(attn, f, norm)
       this.own.get(p + 'attn_norm.weight')!.grad.dispose()
@@ -121,7 +122,9 @@ export class TransformerLM {
   }
 
   private addOwn(name: string, t: Tensor): Tensor {
-    this.own.set(name, { param: t, grad: zeros(t.shape, { device: t.device }) })
+    // bfloat16 models run inference only: no gradient buffers (an empty stand-in keeps the map uniform)
+    const grad = t.dtype === 'float32' ? zeros(t.shape, { device: t.device }) : zeros([0], { device: t.device })
+    this.own.set(name, { param: t, grad })
     return t
   }
 
@@ -150,6 +153,7 @@ export class TransformerLM {
 
   /** Gradients by the same names (accumulated by backward; zeroGrad clears them). */
   gradients(): Map<string, Tensor> {
+    this.needFloat32('gradients')
     const out = new Map<string, Tensor>()
     for (const [name, p] of this.parameters()) {
       const own = this.own.get(name)
@@ -178,6 +182,11 @@ export class TransformerLM {
     return n
   }
 
+  private needFloat32(what: string): void {
+    if (this.config.dtype !== 'float32')
+      fail('ERR_DTYPE', `${what}: a bfloat16 model runs inference only; train a float32 model (its bfloat16 checkpoint loads either way)`)
+  }
+
   zeroGrad(): void {
     for (const g of this.gradients().values()) g.fill_(0)
   }
@@ -199,6 +208,7 @@ export class TransformerLM {
   forward(tokens: Tensor, opts: ForwardOptions = {}): LMOutput {
     const [B, S] = this.checkTokens(tokens)
     const train = opts.train ?? false
+    if (train) this.needFloat32('forward(train: true)')
     const step = checkInt('step', opts.step ?? 0, 0)
     const caches = opts.caches
     const off = caches ? caches[0].length : 0
@@ -326,11 +336,11 @@ export class TransformerLM {
     for (const b of this.blocks) b.ffn.dispose()
   }
 
-  /** Writes every parameter to a safetensors file (float32 default, or bfloat16). */
+  /** Writes every parameter to a safetensors file (in the model's dtype unless `dtype` says otherwise). */
   async save(path: string, opts: { dtype?: 'float32' | 'bfloat16'; metadata?: Record<string, string> } = {}): Promise<void> {
     const c = this.config
     const meta: Record<string, string> = { format: 'pt', 'versatile-ffn.config': JSON.stringify({ ...c }), ...(opts.metadata ?? {}) }
-    await saveSafetensors(path, this.stateDict(), { dtype: opts.dtype, metadata: meta })
+    await saveSafetensors(path, this.stateDict(), { dtype: opts.dtype ?? c.dtype, metadata: meta })
   }
 
   /** Loads a safetensors file with SPEC.md's names (F32 or BF16); errors name the tensor, nothing changes on error. */

@@ -13,13 +13,14 @@ export interface FFNSpec {
   expertHidden?: number
   balanceLossWeight?: number
   device: DeviceLike
+  dtype: 'float32' | 'bfloat16'
   seed: number
 }
 
 export function createFFN(kind: 'dense' | 'versatile', s: FFNSpec): FFNModule {
-  if (kind === 'dense') return new DenseFFN({ dModel: s.dModel, hidden: s.hidden, device: s.device, seed: s.seed }) as unknown as FFNModule
+  if (kind === 'dense') return new DenseFFN({ dModel: s.dModel, hidden: s.hidden, device: s.device, dtype: s.dtype, seed: s.seed }) as unknown as FFNModule
   return new VersatileFFN({
     dModel: s.dModel, hidden: s.hidden, experts: s.experts, topK: s.topK, maxDepth: s.maxDepth,
-    expertHidden: s.expertHidden, balanceLossWeight: s.balanceLossWeight, device: s.device, seed: s.seed,
+    expertHidden: s.expertHidden, balanceLossWeight: s.balanceLossWeight, device: s.device, dtype: s.dtype, seed: s.seed,
   }) as unknown as FFNModule
 }

@@ -9,7 +9,7 @@
 
 namespace vffn {
 
-// embedding_forward: out[t, :] = weight[tokens[t], :]. out [T, D], weight [V, D], tokens [T].
+// embedding_forward: out[t, :] = weight[tokens[t], :]. out [T, D], weight [V, D] (f32|bf16), tokens [T].
 // an id outside [0, V) fails with ERR_ARGUMENT before anything is written.
 struct EmbeddingForwardArgs {
   View out;

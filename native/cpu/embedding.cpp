@@ -1,7 +1,9 @@
-// token embedding: gather rows of wte (forward), scatter-add into them (backward).
+// token embedding: gather rows of wte (forward; float32 or bfloat16 weights, float32 out),
+// scatter-add into them (backward, float32).
 // T tokens, D width, V vocabulary rows.
 #include <string>
 
+#include "../core/dtype.h"
 #include "../core/error.h"
 #include "lm.h"
 #include "pool.h"
@@ -22,14 +24,19 @@ void embedding_forward(const EmbeddingForwardArgs& a) {
   int64_t T = a.tokens.numel(), D = a.weight.shape[1], V = a.weight.shape[0];
   check_ids(a.tokens, V);
   const int32_t* ids = a.tokens.ptr<int32_t>();
-  const float* w = a.weight.ptr<float>();
   float* out = a.out.ptr<float>();
   int64_t ldw = a.weight.stride[0], ldo = a.out.stride[0];
+  bool bf16 = a.weight.dtype == BF16;
   parallel_for(T, 16, [&](int64_t b, int64_t e, int) {
     for (int64_t t = b; t < e; t++) {
-      const float* src = w + ids[t] * ldw;
       float* dst = out + t * ldo;
-      for (int64_t j = 0; j < D; j++) dst[j] = src[j];
+      if (bf16) {
+        const uint16_t* src = a.weight.ptr<uint16_t>() + ids[t] * ldw;
+        for (int64_t j = 0; j < D; j++) dst[j] = bf16_to_f32(src[j]);
+      } else {
+        const float* src = a.weight.ptr<float>() + ids[t] * ldw;
+        for (int64_t j = 0; j < D; j++) dst[j] = src[j];
+      }
     }
   });
 }

@@ -48,7 +48,8 @@ Napi::Value undef(const Napi::CallbackInfo& info) { return info.Env().Undefined(
 Napi::Value EmbeddingForward(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
     TensorArg out = tensor_arg(info[0], "out"), w = tensor_arg(info[1], "weight"), tok = tensor_arg(info[2], "tokens");
-    need(out, "out", 2, F32), need(w, "weight", 2, F32), need(tok, "tokens", 1, I32), need_contiguous(tok, "tokens");
+    need(out, "out", 2, F32), need(w, "weight", 2, w.meta.dtype == BF16 ? BF16 : F32), need(tok, "tokens", 1, I32);
+    need_contiguous(tok, "tokens");
     same_device(out, {&w, &tok});
     if (out.meta.shape[0] != tok.meta.shape[0] || out.meta.shape[1] != w.meta.shape[1])
       fail("ERR_SHAPE", "out: expected [" + to_string(tok.meta.shape[0]) + ", " + to_string(w.meta.shape[1]) + "], got " + shape_str(out.meta));
