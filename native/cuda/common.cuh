@@ -136,6 +136,9 @@ struct GemmSpec {
   bool seg_over_k = false;
   int64_t slice_I = 0, slice_E = 0;
   const int* m_limit = nullptr;  // device count: rows >= *m_limit are skipped
+  // with one bf16 operand, round the other to bf16 on load and use bf16 tensor cores (a bfloat16
+  // model's layers); otherwise a float32 operand means tf32
+  bool bf16_math = false;
 };
 void gemm_ex(int dev, const GemmSpec& s);
 

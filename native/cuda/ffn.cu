@@ -38,33 +38,35 @@ void swiglu_rows_backward(int dev, int64_t M, int64_t n, const float* da, const 
   check_launch("swiglu_backward");
 }
 
-void ffn_rows_forward(int dev, int64_t M, int64_t D, int64_t I, const float* n, float* x, const View& proj_w,
-                      const View& out_w, float* h, float* act, const int* m_limit) {
+void ffn_rows_forward(int dev, int64_t M, int64_t D, int64_t I, const void* n, int adt, float* x, const View& proj_w,
+                      const View& out_w, float* h, void* act, const int* m_limit) {
   if (M == 0) return;
   GemmSpec up;  // act = silu(n·W_gateᵀ) ⊙ (n·W_upᵀ), up and gate rows of ff_proj read side by side
   up.M = M;
   up.N = I;
   up.K = D;
-  up.a.v = f32_view(n, M, D, D);
+  up.a.v = mat_view(n, adt, M, D, D);
   up.b.v = proj_w;
   up.b.trans = true;
   up.b.glu_gate = I;
-  up.c = f32_view(act, M, I, I);
+  up.c = mat_view(act, adt, M, I, I);
   up.mode = GemmSpec::Glu;
   up.h = h;
   up.h_ld = 2 * I;
   up.m_limit = m_limit;
+  up.bf16_math = true;  // a bfloat16 model's GEMMs run on bf16 tensor cores
   gemm_ex(dev, up);
   GemmSpec down;  // x += act·W_outᵀ (in place: each block reads only the c elements it writes)
   down.M = M;
   down.N = D;
   down.K = I;
-  down.a.v = f32_view(act, M, I, I);
+  down.a.v = mat_view(act, adt, M, I, I);
   down.b.v = out_w;
   down.b.trans = true;
   down.c = f32_view(x, M, D, D);
   down.beta = 1.f;
   down.m_limit = m_limit;
+  down.bf16_math = true;
   gemm_ex(dev, down);
 }
 
@@ -83,6 +85,7 @@ void ffn_rows_backward(int dev, int64_t M, int64_t D, int64_t I, float* dx, cons
   s1.b.v = out_w;
   s1.c = f32_view(da.as<float>(), M, I, I);
   s1.m_limit = m_limit;
+  s1.bf16_math = true;
   gemm_ex(dev, s1);
   swiglu_rows_backward(dev, M, I, da.as<float>(), h, dh.as<float>(), act.as<float>(), m_limit);
   // dW_out += dxᵀ · a: K runs over the rows, so with a device-side row count it becomes one
@@ -125,6 +128,7 @@ void ffn_rows_backward(int dev, int64_t M, int64_t D, int64_t I, float* dx, cons
   s4.b.v = proj_w;
   s4.c = f32_view(dn.as<float>(), M, D, D);
   s4.m_limit = m_limit;
+  s4.bf16_math = true;
   if (dn_extra) {  // dn = dn_extra + dh·W_proj
     check(cudaMemcpyAsync(dn.ptr, dn_extra, size_t(M * D) * 4, cudaMemcpyDeviceToDevice, stream(dev)), "ffn_backward");
     s4.beta = 1.f;
@@ -166,13 +170,14 @@ VFFN_CUDA_EXPORT int vffn_cuda_ffn_forward(int dev, const void* args) {
     require(!a.rstd.data || a.rstd.numel() == T, "ffn: rstd must be [T]");
     cudaStream_t st = stream(dev);
     if (T == 0) return;
-    Scratch n(dev, size_t(T * D) * 4), act(dev, size_t(T * I) * 4);
+    const int adt = act_dtype(a.proj_w, a.out_w);
+    Scratch n(dev, size_t(T * D * dtype_size(adt))), act(dev, size_t(T * I * dtype_size(adt)));
     Scratch rs(dev, a.rstd.data ? 0 : size_t(T) * 4);
     float* rstd = a.rstd.data ? a.rstd.ptr<float>() : rs.as<float>();
-    rmsnorm_rows(dev, T, D, a.x.ptr<float>(), D, a.norm_w, a.eps, n.as<float>(), D, rstd, false, nullptr);
+    rmsnorm_rows(dev, T, D, a.x.ptr<float>(), D, a.norm_w, a.eps, n.ptr, adt, D, rstd, false, nullptr);
     check(cudaMemcpyAsync(a.y.data, a.x.data, size_t(T * D) * 4, cudaMemcpyDeviceToDevice, st), "ffn_forward");
-    ffn_rows_forward(dev, T, D, I, n.as<float>(), a.y.ptr<float>(), a.proj_w, a.out_w,
-                     a.h.data ? a.h.ptr<float>() : nullptr, act.as<float>(), nullptr);
+    ffn_rows_forward(dev, T, D, I, n.ptr, adt, a.y.ptr<float>(), a.proj_w, a.out_w,
+                     a.h.data ? a.h.ptr<float>() : nullptr, act.ptr, nullptr);
   });
 }
 

@@ -6,9 +6,14 @@
 
 namespace vffn::cuda {
 
-// out = x · rstd ⊙ w over rows; rstd written when not null (or read, when use_saved)
-void rmsnorm_rows(int dev, int64_t M, int64_t D, const float* x, int64_t ldx, const View& w, float eps, float* out,
-                  int64_t ldo, float* rstd, bool use_saved, const int* m_limit);
+// out = x · rstd ⊙ w over rows, stored as out_dtype; rstd written when not null (or read, when
+// use_saved)
+void rmsnorm_rows(int dev, int64_t M, int64_t D, const float* x, int64_t ldx, const View& w, float eps, void* out,
+                  int out_dtype, int64_t ldo, float* rstd, bool use_saved, const int* m_limit);
+inline void rmsnorm_rows(int dev, int64_t M, int64_t D, const float* x, int64_t ldx, const View& w, float eps,
+                         float* out, int64_t ldo, float* rstd, bool use_saved, const int* m_limit) {
+  rmsnorm_rows(dev, M, D, x, ldx, w, eps, out, F32, ldo, rstd, use_saved, m_limit);
+}
 // dx (= or +=) the norm's input gradient of dn; dw += Σ_rows dn ⊙ x·rstd (when dw not null)
 void rmsnorm_rows_backward(int dev, int64_t M, int64_t D, const float* dn, int64_t ldd, const float* x, int64_t ldx,
                            const View& w, const float* rstd, float* dx, int64_t lddx, bool accumulate, float* dw,
@@ -17,10 +22,17 @@ void rmsnorm_rows_backward(int dev, int64_t M, int64_t D, const float* dn, int64
 void swiglu_rows_backward(int dev, int64_t M, int64_t n, const float* da, const float* h, float* dh, float* a,
                           const int* m_limit);
 
-// x[0:M] += W_out · swiglu(W_proj · n[0:M]); h [M, 2I] receives the pre-activations when not null;
-// act [M, I] is scratch. n, x, h, act contiguous.
-void ffn_rows_forward(int dev, int64_t M, int64_t D, int64_t I, const float* n, float* x, const View& proj_w,
-                      const View& out_w, float* h, float* act, const int* m_limit);
+// the dtype a forward keeps its GEMM inputs in (the norm's output, the SwiGLU activation): bf16
+// when both FFN weights are bf16, so every forward GEMM has two bf16 operands (bf16 tensor
+// cores, cp.async tiles); rounding there is the rounding bf16 math does on load anyway
+inline int act_dtype(const View& proj_w, const View& out_w) {
+  return proj_w.dtype == BF16 && out_w.dtype == BF16 ? BF16 : F32;
+}
+
+// x[0:M] += W_out · swiglu(W_proj · n[0:M]); n and act ([M, I] scratch) in dtype adt; h [M, 2I]
+// (float32) receives the pre-activations when not null. n, x, h, act contiguous.
+void ffn_rows_forward(int dev, int64_t M, int64_t D, int64_t I, const void* n, int adt, float* x, const View& proj_w,
+                      const View& out_w, float* h, void* act, const int* m_limit);
 // backward of x + FFN(x) over rows: dx[0:M] += J^T dx (in place), weight gradients accumulated.
 // dn_extra [M, D] (or null) joins the norm's output gradient (the width path shares loop 1's norm).
 void ffn_rows_backward(int dev, int64_t M, int64_t D, int64_t I, float* dx, const float* x, const float* rstd,
@@ -28,11 +40,11 @@ void ffn_rows_backward(int dev, int64_t M, int64_t D, int64_t I, float* dx, cons
                        float* dproj_w, int64_t lddp, float* dout_w, int64_t lddo, const float* dn_extra,
                        const int* m_limit);
 
-// a float32 matrix as a View (for GemmSpec operands)
-inline View f32_view(const float* p, int64_t rows, int64_t cols, int64_t ld) {
+// a matrix as a View (for GemmSpec operands)
+inline View mat_view(const void* p, int dtype, int64_t rows, int64_t cols, int64_t ld) {
   View v;
-  v.data = const_cast<float*>(p);
-  v.dtype = F32;
+  v.data = const_cast<void*>(p);
+  v.dtype = dtype;
   v.ndim = 2;
   v.shape[0] = rows;
   v.shape[1] = cols;
@@ -40,5 +52,7 @@ inline View f32_view(const float* p, int64_t rows, int64_t cols, int64_t ld) {
   v.stride[1] = 1;
   return v;
 }
+
+inline View f32_view(const float* p, int64_t rows, int64_t cols, int64_t ld) { return mat_view(p, F32, rows, cols, ld); }
 
 }  // namespace vffn::cuda

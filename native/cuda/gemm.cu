@@ -10,6 +10,9 @@
 //                       than rounding to bf16 on load: 10 mantissa bits instead of 7 keep float32
 //                       models close to the CPU oracle (~3e-4 relative, not ~3e-3), at half the
 //                       bf16 tensor-core rate, which float32 users already trade for precision.
+//   GemmSpec::bf16_math with one bf16 side (a bfloat16 model's float32 activations times its
+//                       weights) -> the float32 side is rounded to bf16 while loading, as autocast
+//                       does: bf16 tensor-core rate, ~3e-3 relative to the exact product.
 // loads: when both operands are K-contiguous, of the tile's own type and 16-byte aligned (every
 // x·Wᵀ of the forward), cp.async copies global -> shared directly, zero-filling ragged edges;
 // otherwise each thread stages 16-byte chunks in registers (converting, transposing) while the
@@ -87,6 +90,12 @@ template <class S> __device__ __forceinline__ S chunk_get(const Chunk16& c, int 
 template <> __device__ __forceinline__ float chunk_get<float>(const Chunk16& c, int i) { return c.f[i]; }
 template <> __device__ __forceinline__ uint16_t chunk_get<uint16_t>(const Chunk16& c, int i) { return c.h[i]; }
 
+// two floats as bf16 bits (one cvt.rn.bf16x2.f32), the first in the low half (the lower address)
+__device__ __forceinline__ uint32_t pack_bf16(float a, float b) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+
 __device__ __forceinline__ int64_t dsize(int dtype) { return dtype == BF16 ? 2 : 4; }
 
 // per-block view of one operand: base pointer after slice/group offsets, the row extent, and
@@ -95,8 +104,8 @@ template <class S>
 struct Loader {
   static constexpr int BK = Tile<S>::BK, V = Tile<S>::V, LDS = Tile<S>::LDS, CHUNKS = Tile<S>::CHUNKS;
   const char* base;
-  int64_t ld, es;
-  int dtype, kcontig, vec, row0, row_end, K;
+  int64_t ld;  // elements
+  int es, dtype, kcontig, vec, row0, row_end, K;
   const char* row_ptr[CHUNKS];
 
   // tile coordinates of chunk i: rows rr.. and k offset kk
@@ -114,16 +123,17 @@ struct Loader {
   __device__ __forceinline__ void init(const Operand& op, int64_t row_shift, int64_t k_shift, int row0_, int row_end_,
                                        int K_, int glu_n0) {
     dtype = op.dtype;
-    es = dsize(dtype);
+    es = dtype == BF16 ? 2 : 4;
     ld = op.ld;
     kcontig = op.kcontig;
     row0 = row0_;
     row_end = row_end_;
     K = K_;
     base = op.p + (kcontig ? row_shift * ld + k_shift : k_shift * ld + row_shift) * es;
-    const bool same = (dtype == BF16) == (sizeof(S) == 2), widen = dtype == BF16 && sizeof(S) == 4;
-    const int64_t vb = same ? 16 : 8;
-    vec = op.vec_ok && (same || widen) && (reinterpret_cast<uintptr_t>(base) % uintptr_t(vb) == 0);
+    // a chunk read from global memory: 16 bytes of the tile's own type, 8 (bf16 widened to
+    // float) or 32 (float rounded to bf16)
+    const int64_t vb = int64_t(Tile<S>::V) * es;
+    vec = op.vec_ok && (reinterpret_cast<uintptr_t>(base) % uintptr_t(vb) == 0);
     if (!kcontig) return;
 #pragma unroll
     for (int i = 0; i < CHUNKS; i++) {
@@ -149,21 +159,22 @@ struct Loader {
       int rr, kk;
       pos(i, rr, kk);
       const int k = k0 + kk, row = row0 + rr;
+      // the chunk's first element and how many of its V elements lie inside the matrix
       const char* at;
-      int n_ok;  // elements of the chunk inside the matrix
-      int64_t step;
+      int n_ok;
       if (kcontig) {
         at = row_ptr[i] ? row_ptr[i] + int64_t(k) * es : nullptr;
         n_ok = at ? min(max(K - k, 0), V) : 0;
-        step = es;
       } else {
         at = k < K ? base + (int64_t(k) * ld + row) * es : nullptr;
         n_ok = at ? min(max(row_end - row, 0), V) : 0;
-        step = es;
       }
       if (vec && n_ok == V) {
         if ((dtype == BF16) == (sizeof(S) == 2)) {
           r[i].u = __ldg(reinterpret_cast<const uint4*>(at));
+        } else if (sizeof(S) == 2) {  // float operand in a bf16 tile: 32 bytes, rounded to nearest even
+          const float4 lo = __ldg(reinterpret_cast<const float4*>(at)), hi = __ldg(reinterpret_cast<const float4*>(at) + 1);
+          r[i].u = make_uint4(pack_bf16(lo.x, lo.y), pack_bf16(lo.z, lo.w), pack_bf16(hi.x, hi.y), pack_bf16(hi.z, hi.w));
         } else {  // bf16 operand in a float tile: 8 bytes, widened exactly
           uint2 w = __ldg(reinterpret_cast<const uint2*>(at));
           r[i].f[0] = __uint_as_float(w.x << 16);
@@ -176,8 +187,8 @@ struct Loader {
         for (int v = 0; v < V; v++) {
           float x = 0.f;
           if (v < n_ok)
-            x = dtype == BF16 ? bf16_bits_to_f32(*reinterpret_cast<const uint16_t*>(at + v * step))
-                              : *reinterpret_cast<const float*>(at + v * step);
+            x = dtype == BF16 ? bf16_bits_to_f32(*reinterpret_cast<const uint16_t*>(at + v * es))
+                              : *reinterpret_cast<const float*>(at + v * es);
           chunk_set(r[i], v, from_float<S>(x));
         }
       }
@@ -293,10 +304,10 @@ __device__ __forceinline__ void mma_slice(float (&acc)[4][4][4], const float* As
 
 // S: the shared tile type (uint16_t = bf16 bits, or float for tf32). kAsync: both operands go
 // through cp.async (host checked: K-contiguous, of type S, aligned, no per-block misalignment).
-// two blocks per SM cap registers at 128; the float32 register-staged variant (conversions,
-// transposes) needs more and gets one block of 8 warps rather than spilling
+// two blocks per SM cap registers at 128; the register-staged variants (conversions, transposes,
+// the staging registers themselves) need more and get one block of 8 warps rather than spilling
 template <class S, bool kAsync>
-__global__ void __launch_bounds__(THREADS, (sizeof(S) == 4 && !kAsync) ? 1 : 2) gemm_kernel(const Problem pr) {
+__global__ void __launch_bounds__(THREADS, kAsync ? 2 : 1) gemm_kernel(const Problem pr) {
   constexpr int BK = Tile<S>::BK, STAGE = BM * Tile<S>::LDS;
   __shared__ alignas(16) S smem[2][2][STAGE];  // [stage][a|b]: 40 KB for either type
 
@@ -461,7 +472,7 @@ void gemm_ex(int dev, const GemmSpec& s) {
   cudaStream_t st = stream(dev);
   if (s.M == 0 || s.N == 0) return;
 
-  const bool bf16_tiles = A.v.dtype == BF16 && B.v.dtype == BF16;
+  const bool bf16_tiles = (A.v.dtype == BF16 && B.v.dtype == BF16) || (s.bf16_math && (A.v.dtype == BF16 || B.v.dtype == BF16));
   const int tb = bf16_tiles ? 2 : 4;
   Problem pr{};
   // stored layouts: a is [M,K] (K-contiguous) or [K,M]; b is [N,K] (K-contiguous) or [K,N]

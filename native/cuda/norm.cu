@@ -15,7 +15,7 @@ __device__ __forceinline__ int live_rows(int64_t M, const int* m_limit) {
 }
 
 __global__ void rmsnorm_forward_kernel(int64_t M, int D, const float* x, int64_t ldx, const void* w, int w_dtype,
-                                       float eps, float* out, int64_t ldo, float* rstd, int use_saved,
+                                       float eps, void* out, int out_dtype, int64_t ldo, float* rstd, int use_saved,
                                        const int* m_limit) {
   const int64_t row = int64_t(blockIdx.x) * kRowsPerBlock + (threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
@@ -31,8 +31,7 @@ __global__ void rmsnorm_forward_kernel(int64_t M, int D, const float* x, int64_t
     r = rsqrtf(ss / float(D) + eps);
     if (rstd && lane == 0) rstd[row] = r;
   }
-  float* o = out + row * ldo;
-  for (int j = lane; j < D; j += 32) o[j] = xr[j] * r * load_f(w, w_dtype, j);
+  for (int j = lane; j < D; j += 32) store_f(out, out_dtype, row * ldo + j, xr[j] * r * load_f(w, w_dtype, j));
 }
 
 // dx_j = r w_j dn_j − x_j r³/D · Σ_k dn_k w_k x_k
@@ -71,12 +70,12 @@ __global__ void rmsnorm_weight_grad_kernel(int64_t M, int D, const float* dn, in
 
 }  // namespace
 
-void rmsnorm_rows(int dev, int64_t M, int64_t D, const float* x, int64_t ldx, const View& w, float eps, float* out,
-                  int64_t ldo, float* rstd, bool use_saved, const int* m_limit) {
+void rmsnorm_rows(int dev, int64_t M, int64_t D, const float* x, int64_t ldx, const View& w, float eps, void* out,
+                  int out_dtype, int64_t ldo, float* rstd, bool use_saved, const int* m_limit) {
   cudaStream_t st = stream(dev);
   if (M == 0) return;
   rmsnorm_forward_kernel<<<blocks_for(M, kRowsPerBlock, 1u << 30), 32 * kRowsPerBlock, 0, st>>>(
-      M, int(D), x, ldx, w.data, w.dtype, eps, out, ldo, rstd, use_saved, m_limit);
+      M, int(D), x, ldx, w.data, w.dtype, eps, out, out_dtype, ldo, rstd, use_saved, m_limit);
   check_launch("rmsnorm_forward");
 }
 

@@ -204,60 +204,65 @@ void versatile_forward(int dev, const VersatileForwardArgs& a) {
   Scratch order_s(dev, train ? 0 : size_t(T) * 4), pos(dev, size_t(T) * 4), m(dev, size_t(L + 2) * 4);
   int32_t* order = train ? sv.order.ptr<int32_t>() : order_s.as<int32_t>();
   versatile_depth_order(dev, s, loops, order, pos.as<int32_t>(), m.as<int32_t>());
-  Scratch X_s(dev, train ? 0 : size_t(T * D) * 4), n0(dev, size_t(T * D) * 4), n1(dev, size_t(T * D) * 4),
+  // the norm and the SwiGLU activations feed GEMMs only: kept in the GEMMs' input dtype
+  const int adt = act_dtype(a.proj_w, a.out_w);
+  const int64_t as = dtype_size(adt);
+  Scratch X_s(dev, train ? 0 : size_t(T * D) * 4), n0(dev, size_t(T * D * as)), n1(dev, size_t(T * D * as)),
       rstd_s(dev, train ? 0 : size_t(T) * 4);
   float* X = train ? sv.xs.ptr<float>() : X_s.as<float>();
   float* rstd0 = train ? sv.rstd.ptr<float>() : rstd_s.as<float>();
   gather_rows(dev, T, D, X, x, order);
-  rmsnorm_rows(dev, T, D, X, D, a.norm_w, a.eps, n0.as<float>(), D, rstd0, false, nullptr);
+  rmsnorm_rows(dev, T, D, X, D, a.norm_w, a.eps, n0.ptr, adt, D, rstd0, false, nullptr);
 
   // width plan and the first grouped GEMM (gathered norm rows x expert slices, SwiGLU epilogue)
   Scratch assign_s(dev, train ? 0 : size_t(P) * 4), start_s(dev, train ? 0 : size_t(N + 1) * 4);
   int32_t* assign = train ? sv.assign.ptr<int32_t>() : assign_s.as<int32_t>();
   int32_t* start = train ? sv.expert_start.ptr<int32_t>() : start_s.as<int32_t>();
   Scratch rows(dev, size_t(P) * 4), tok(dev, size_t(P) * 4), scale(dev, size_t(P) * 4), slot(dev, size_t(P) * 4),
-      act_w(dev, size_t(P * E) * 4);
+      act_w(dev, size_t(P * E * as));
   versatile_width_plan(dev, s, experts, loops, lambda, weights, pos.as<int32_t>(), train, assign, start,
                        rows.as<int32_t>(), tok.as<int32_t>(), scale.as<float>(), slot.as<int32_t>());
   GemmSpec w1;
   w1.M = P, w1.N = E, w1.K = D;
-  w1.a.v = rows_view(n0.as<float>(), T, D, D);
+  w1.a.v = mat_view(n0.ptr, adt, T, D, D);
   w1.a.gather = rows.as<int32_t>();
   w1.b.v = a.proj_w;
   w1.b.trans = true;
   w1.b.glu_gate = I;
   w1.b.slice_rows = true;
-  w1.c = rows_view(act_w.as<float>(), P, E, E);
+  w1.c = mat_view(act_w.ptr, adt, P, E, E);
   w1.mode = GemmSpec::Glu;
   w1.h = train ? sv.width_h.ptr<float>() : nullptr;
   w1.h_ld = 2 * E;
   width_groups(w1, start, s);
+  w1.bf16_math = true;  // bf16 weights: bf16 tensor cores, activations rounded on load
   gemm_ex(dev, w1);
   GemmSpec w2;  // FFN_e(x) = act · W_out[:, slice_e]ᵀ
   w2.M = P, w2.N = D, w2.K = E;
-  w2.a.v = rows_view(act_w.as<float>(), P, E, E);
+  w2.a.v = mat_view(act_w.ptr, adt, P, E, E);
   w2.b.v = a.out_w;
   w2.b.trans = true;
   w2.b.slice_k = true;
+  w2.bf16_math = true;
   width_groups(w2, start, s);
 
   // depth path
-  Scratch act(dev, size_t(T * I) * 4);
+  Scratch act(dev, size_t(T * I * as));
   for (int64_t j = 1; j <= L; j++) {
-    const float* n = j == 1 ? n0.as<float>() : n1.as<float>();
+    const void* n = j == 1 ? n0.ptr : n1.ptr;
     if (train) {
       float* xin = X + (j - 1) * T * D;
       float* xout = X + j * T * D;
       float* rs = sv.rstd.ptr<float>() + (j - 1) * T;
-      if (j > 1) rmsnorm_rows(dev, T, D, xin, D, a.norm_w, a.eps, n1.as<float>(), D, rs, false, nullptr);
+      if (j > 1) rmsnorm_rows(dev, T, D, xin, D, a.norm_w, a.eps, n1.ptr, adt, D, rs, false, nullptr);
       check(cudaMemcpyAsync(xout, xin, size_t(T * D) * 4, cudaMemcpyDeviceToDevice, st), "versatile_forward");
-      ffn_rows_forward(dev, T, D, I, n, xout, a.proj_w, a.out_w, sv.h.ptr<float>() + (j - 1) * T * 2 * I,
-                       act.as<float>(), nullptr);
+      ffn_rows_forward(dev, T, D, I, n, adt, xout, a.proj_w, a.out_w, sv.h.ptr<float>() + (j - 1) * T * 2 * I,
+                       act.ptr, nullptr);
     } else {
       // in place over the tokens that still loop: rows [0, m[j]) of the sorted order
       const int32_t* mj = m.as<int32_t>() + j;
-      if (j > 1) rmsnorm_rows(dev, T, D, X, D, a.norm_w, a.eps, n1.as<float>(), D, rstd0, false, mj);
-      ffn_rows_forward(dev, T, D, I, n, X, a.proj_w, a.out_w, nullptr, act.as<float>(), mj);
+      if (j > 1) rmsnorm_rows(dev, T, D, X, D, a.norm_w, a.eps, n1.ptr, adt, D, rstd0, false, mj);
+      ffn_rows_forward(dev, T, D, I, n, adt, X, a.proj_w, a.out_w, nullptr, act.ptr, mj);
     }
   }
 
@@ -330,6 +335,7 @@ void versatile_backward(int dev, const VersatileBackwardArgs& a) {
   g.b.v = a.out_w;
   g.b.slice_rows = true;
   g.c = rows_view(da.as<float>(), P, E, E);
+  g.bf16_math = true;
   width_groups(g, start, s);
   gemm_ex(dev, g);
   swiglu_rows_backward(dev, P, E, da.as<float>(), sv.width_h.ptr<float>(), dh.as<float>(), act_w.as<float>(), nullptr);
@@ -366,6 +372,7 @@ void versatile_backward(int dev, const VersatileBackwardArgs& a) {
     gn.c = rows_view(dn.as<float>(), T, D, D);
     gn.mode = GemmSpec::ScatterAdd;
     gn.out_rows = rows.as<int32_t>();
+    gn.bf16_math = true;
     width_groups(gn, start, s);
     gemm_ex(dev, gn);
   }
