@@ -2,7 +2,7 @@
 // copy/fill, matmul, RMSNorm, the dense FFN and VersatileFFN forward and backward, a few training
 // steps. without a GPU every test skips and says why.
 import t, { Test } from 'tap'
-import { cuda, tensor, matmul, Tensor, DenseFFN, VersatileFFN } from '../lib/index'
+import { cuda, device, empty, randn, tensor, matmul, Tensor, DenseFFN, VersatileFFN } from '../lib/index'
 import { rmsnorm, rmsnormBackward } from '../lib/nn/block'
 
 const SKIP = cuda.available() ? false : `no GPU here, CUDA ops cannot run: ${cuda.reason()}`
@@ -47,8 +47,29 @@ const TOL_TF32 = 3e-3
 const TOL_BF16_IN = 1e-4
 // elementwise float32 kernels (norm, copy): rounding order only
 const TOL_F32 = 1e-5
-// layers chain tf32 GEMMs (4 in forward, up to 5 per loop in backward, L loops deep)
+// layers chain tensor-core GEMMs (tf32 for float32 weights; bfloat16 weights take bf16 inputs,
+// ~3e-3 each): 2 per forward loop, up to 5 per backward loop, L loops deep
 const TOL_LAYER = 1e-2
+
+t.test('caching allocator: steady state reuses blocks; out of memory is ERR_OOM and the device stays usable', { skip: SKIP }, async (t) => {
+  const dev = device('cuda')
+  const warm = randn([300, 300]).to('cuda')
+  warm.dispose()
+  await dev.sync()
+  const before = dev.memory()
+  for (let i = 0; i < 100; i++) randn([300, 300]).to('cuda').dispose()
+  await dev.sync()
+  const after = dev.memory()
+  t.equal(after.live, before.live, `live bytes back to ${before.live}`)
+  t.equal(after.cached, before.cached, 'the cache served every block: nothing new from the driver')
+  // 2^40 float32 = 4 TiB: no GPU has it. memory is taken when the first op touches the tensor
+  const huge = empty([2 ** 20, 2 ** 20], { device: 'cuda' })
+  huge.fill_(1)
+  await t.rejects(dev.sync(), { code: 'ERR_OOM', message: /out of memory on cuda:0/ }, 'the failed allocation rejects the next wait')
+  huge.dispose()
+  const x = tensor([1, 2, 3], undefined, { device: 'cuda' })
+  t.same(Array.from(await x.data()), [1, 2, 3], 'the device works afterwards')
+})
 
 t.test('copy and fill: dtype conversion and strided views agree bit for bit', { skip: SKIP }, async (t) => {
   for (const [r, c] of [[1, 1], [3, 17], [129, 65]]) {
