@@ -14,6 +14,7 @@ trap 'rm -rf "$work"' EXIT
 files=("$@")
 [ ${#files[@]} -gt 0 ] || files=(native/cuda/*.cu)
 flags=(-std=c++17 -O3 --use_fast_math -Inative)
+demangle() { if command -v c++filt >/dev/null; then c++filt; else cat; fi; }
 
 # one job per (file, target): PTX for the mma check, a cubin with the ptxas report for spills
 jobs_file="$work/jobs"
@@ -52,7 +53,7 @@ for ptx in "$work"/*.ptx; do
     END { for (e in entries) print e, entries[e] }' "$ptx")
   while read -r name count; do
     [ -n "$name" ] || continue
-    pretty=$(echo "$name" | c++filt | sed -E 's/\(anonymous namespace\):://g; s/\([^()]*\)$//')
+    pretty=$(echo "$name" | demangle | sed -E 's/\(anonymous namespace\):://g; s/\([^()]*\)$//')
     if echo "$name" | grep -qi gemm; then
       if [ "$count" -gt 0 ]; then
         echo "ok   $(basename "$ptx"): $count tensor-core instructions in $pretty"
@@ -80,7 +81,7 @@ for rep in "$work"/*.ptxas; do
       bad = (st + ld + stack > 0)
       printf "%s %s %s: stack %d, spill stores %d, spill loads %d\n", bad ? "FAIL" : "ok  ", file, name, stack, st, ld
       name = ""
-    }' "$rep" | c++filt | sed -E 's/\(anonymous namespace\):://g; s/\([^()]*\): stack/: stack/' >"$rep.summary"
+    }' "$rep" | demangle | sed -E 's/\(anonymous namespace\):://g; s/\([^()]*\): stack/: stack/' >"$rep.summary"
   cat "$rep.summary"
   if grep -q '^FAIL' "$rep.summary"; then status=1; fi
 done
