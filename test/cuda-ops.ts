@@ -171,12 +171,13 @@ async function compareVersatile(t: Test, c: VersatileFFN, d: VersatileFFN, x: Te
     if (same) agree.push(i)
   }
   t.ok(T - agree.length <= Math.floor(T / 64), `${what}: routing agrees on ${agree.length}/${T} tokens`)
-  const [yc, yd] = [await oc.y.data(), await od.y.data()]
-  const pick = (y: Float32Array) => Float32Array.from(agree.flatMap((i) => Array.from(y.subarray(i * D, (i + 1) * D))))
-  const e = relErr(pick(yd), pick(yc))
+  // rows of a [T, w] output, for the tokens routed alike
+  const pick = (v: Float32Array, w: number) => Float32Array.from(agree.flatMap((i) => Array.from(v.subarray(i * w, (i + 1) * w))))
+  const e = relErr(pick(await od.y.data(), D), pick(await oc.y.data(), D))
   t.ok(e <= TOL_LAYER, `${what}: y relative error ${e.toExponential(2)}`)
-  await close(t, od.stats.weights, oc.stats.weights, TOL_LAYER, `${what}: routing weights`)
-  t.same(await od.stats.expertCounts.intData(), await oc.stats.expertCounts.intData(), `${what}: expert counts`)
+  const ew = relErr(pick(await od.stats.weights.data(), K), pick(await oc.stats.weights.data(), K))
+  t.ok(ew <= TOL_LAYER, `${what}: routing weights relative error ${ew.toExponential(2)}`)
+  if (agree.length === T) t.same(await od.stats.expertCounts.intData(), await oc.stats.expertCounts.intData(), `${what}: expert counts`)
   return { oc, od, agree: agree.length === T }
 }
 
