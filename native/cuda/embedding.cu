@@ -1,9 +1,7 @@
 // token embedding on CUDA: gather rows of wte (forward), scatter-add into them (backward).
 // T tokens, D width, V vocabulary rows. an id outside [0, V) must fail before anything is written
-// (lm_args.h): a check kernel flags it on the device, the gather skips when flagged, and the
-// flag is read back: the one wait of these ops, at the model's input boundary.
-#include <string>
-
+// (lm_args.h): checked on the device, the op's kernel skips when flagged, and the next wait
+// reports it (common.cuh: defer_index_check).
 #include "../core/lm_args.h"
 #include "common.cuh"
 
@@ -11,19 +9,20 @@ namespace vffn::cuda {
 
 namespace {
 
-// *bad = the first position whose id is outside [0, V); kNone (every byte 0x7f, so a memset can
-// write it, and above any position) when there is none
-constexpr int32_t kNone = 0x7f7f7f7f;
-
-
+// bad[0] = the first position whose id is outside [0, V) (kNoBadIndex: none)
 __global__ void check_ids_kernel(int64_t T, const int32_t* ids, int64_t V, int32_t* bad) {
   const int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (t < T && (ids[t] < 0 || ids[t] >= V)) atomicMin(bad, int32_t(t));
 }
 
+// bad[1] = the id found there, for the message
+__global__ void record_id_kernel(const int32_t* ids, int32_t* bad) {
+  if (bad[0] != kNoBadIndex) bad[1] = ids[bad[0]];
+}
+
 __global__ void embedding_forward_kernel(int64_t T, int64_t D, const int32_t* ids, const float* w, int64_t ldw,
                                          float* out, int64_t ldo, const int32_t* bad) {
-  if (*bad != kNone) return;
+  if (*bad != kNoBadIndex) return;
   const int64_t total = T * D;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t t = i / D, j = i - t * D;
@@ -35,7 +34,7 @@ __global__ void embedding_forward_kernel(int64_t T, int64_t D, const int32_t* id
 // token-order sum); a per-column loop in token order would leave the GPU nearly idle
 __global__ void embedding_backward_kernel(int64_t T, int64_t D, const int32_t* ids, const float* g, int64_t ldg,
                                           float* dw, int64_t ldw, const int32_t* bad) {
-  if (*bad != kNone) return;
+  if (*bad != kNoBadIndex) return;
   const int64_t total = T * D;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t t = i / D, j = i - t * D;
@@ -43,25 +42,25 @@ __global__ void embedding_backward_kernel(int64_t T, int64_t D, const int32_t* i
   }
 }
 
-// launches the check; the flag lives in `bad` (one int32)
-void check_ids(int dev, const View& tokens, int64_t V, Scratch& bad) {
+// the check, then `op` (which must skip its writes when bad[0] is set), then the deferred report
+template <class Op>
+void with_checked_ids(int dev, const View& tokens, int64_t V, Op&& op) {
   cudaStream_t st = stream(dev);
-  check(cudaMemsetAsync(bad.ptr, 0x7f, sizeof(int32_t), st), "embedding");
-  const int64_t T = tokens.numel();
-  if (T) check_ids_kernel<<<blocks_for(T, 256, 1u << 30), 256, 0, st>>>(T, tokens.ptr<int32_t>(), V, bad.as<int32_t>());
-  check_launch("embedding");
-}
-
-// waits for the flag and raises ERR_ARGUMENT naming the first bad id
-void report_ids(int dev, const View& tokens, int64_t V, const Scratch& bad) {
-  cudaStream_t st = stream(dev);
-  int32_t pos = kNone, id = 0;
-  check(cudaMemcpyAsync(&pos, bad.ptr, sizeof pos, cudaMemcpyDeviceToHost, st), "embedding");
-  check(cudaStreamSynchronize(st), "embedding");
-  if (pos == kNone) return;
-  check(cudaMemcpy(&id, tokens.ptr<int32_t>() + pos, sizeof id, cudaMemcpyDeviceToHost), "embedding");
-  raise(VFFN_E_ARGUMENT, "tokens: id " + std::to_string(id) + " at position " + std::to_string(pos) +
-                             " is outside the vocabulary [0, " + std::to_string(V) + ")");
+  int32_t* bad = static_cast<int32_t*>(alloc(dev, 2 * sizeof(int32_t)));
+  try {
+    check(cudaMemsetAsync(bad, 0x7f, sizeof(int32_t), st), "embedding");
+    const int64_t T = tokens.numel();
+    if (T) {
+      check_ids_kernel<<<blocks_for(T, 256, 1u << 30), 256, 0, st>>>(T, tokens.ptr<int32_t>(), V, bad);
+      record_id_kernel<<<1, 1, 0, st>>>(tokens.ptr<int32_t>(), bad);
+    }
+    check_launch("embedding");
+    op(bad);
+  } catch (...) {
+    release(dev, bad);
+    throw;
+  }
+  defer_index_check(dev, bad, "tokens", V);
 }
 
 }  // namespace
@@ -76,14 +75,13 @@ VFFN_CUDA_EXPORT int vffn_cuda_embedding_forward(int dev, const void* args) {
     require(a.weight.dtype == F32 && a.out.dtype == F32 && a.tokens.dtype == I32 && a.tokens.contiguous(),
             "embedding: float32 weight and out, contiguous int32 tokens");
     const int64_t T = a.tokens.numel(), D = a.weight.shape[1], V = a.weight.shape[0];
-    Scratch bad(dev, sizeof(int32_t));
-    check_ids(dev, a.tokens, V, bad);
-    if (T * D)
-      embedding_forward_kernel<<<blocks_for(T * D, 256, 1u << 20), 256, 0, stream(dev)>>>(
-          T, D, a.tokens.ptr<int32_t>(), a.weight.ptr<float>(), a.weight.stride[0], a.out.ptr<float>(), a.out.stride[0],
-          bad.as<int32_t>());
-    check_launch("embedding");
-    report_ids(dev, a.tokens, V, bad);
+    with_checked_ids(dev, a.tokens, V, [&](const int32_t* bad) {
+      if (T * D)
+        embedding_forward_kernel<<<blocks_for(T * D, 256, 1u << 20), 256, 0, stream(dev)>>>(
+            T, D, a.tokens.ptr<int32_t>(), a.weight.ptr<float>(), a.weight.stride[0], a.out.ptr<float>(),
+            a.out.stride[0], bad);
+      check_launch("embedding");
+    });
   });
 }
 
@@ -93,13 +91,12 @@ VFFN_CUDA_EXPORT int vffn_cuda_embedding_backward(int dev, const void* args) {
     require(a.dweight.dtype == F32 && a.dout.dtype == F32 && a.tokens.dtype == I32 && a.tokens.contiguous(),
             "embedding_backward: float32 dweight and dout, contiguous int32 tokens");
     const int64_t T = a.tokens.numel(), D = a.dweight.shape[1], V = a.dweight.shape[0];
-    Scratch bad(dev, sizeof(int32_t));
-    check_ids(dev, a.tokens, V, bad);
-    if (T * D)
-      embedding_backward_kernel<<<blocks_for(T * D, 256, 1u << 20), 256, 0, stream(dev)>>>(
-          T, D, a.tokens.ptr<int32_t>(), a.dout.ptr<float>(), a.dout.stride[0], a.dweight.ptr<float>(),
-          a.dweight.stride[0], bad.as<int32_t>());
-    check_launch("embedding_backward");
-    report_ids(dev, a.tokens, V, bad);
+    with_checked_ids(dev, a.tokens, V, [&](const int32_t* bad) {
+      if (T * D)
+        embedding_backward_kernel<<<blocks_for(T * D, 256, 1u << 20), 256, 0, stream(dev)>>>(
+            T, D, a.tokens.ptr<int32_t>(), a.dout.ptr<float>(), a.dout.stride[0], a.dweight.ptr<float>(),
+            a.dweight.stride[0], bad);
+      check_launch("embedding_backward");
+    });
   });
 }

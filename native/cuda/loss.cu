@@ -1,9 +1,9 @@
 // fused softmax cross-entropy on CUDA: T tokens, V classes. forward keeps each row's log-sum-exp
 // and sums the row losses in token order (one block, double); backward writes (softmax − onehot)
 // scaled by dloss / counted tokens. a target outside [0, V) other than ignore_index must fail
-// (lm_args.h): a check kernel flags it and counts the targets, and the flag is read back.
+// (lm_args.h): checked on the device (with the count of targets), the kernels skip when flagged,
+// and the next wait reports it (common.cuh: defer_index_check).
 #include <cfloat>
-#include <string>
 
 #include "../core/lm_args.h"
 #include "common.cuh"
@@ -11,15 +11,18 @@
 namespace vffn::cuda {
 namespace {
 
-constexpr int32_t kNone = 0x7f7f7f7f;  // every byte 0x7f: settable by memset, above any position
 constexpr int kRowThreads = 256;
 
-// info[0] = first bad position (kNone: none), info[1] = counted targets
+// info[0] = first bad position (kNoBadIndex: none), info[1] = its target, info[2] = counted targets
 __global__ void check_targets_kernel(int64_t T, const int32_t* tg, int64_t V, int64_t ignore, int32_t* info) {
   const int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (t >= T || tg[t] == ignore) return;
   if (tg[t] < 0 || tg[t] >= V) atomicMin(info, int32_t(t));
-  else atomicAdd(info + 1, 1);
+  else atomicAdd(info + 2, 1);
+}
+
+__global__ void record_target_kernel(const int32_t* tg, int32_t* info) {
+  if (info[0] != kNoBadIndex) info[1] = tg[info[0]];
 }
 
 __device__ float block_max(float v, float* red) {
@@ -37,7 +40,7 @@ __global__ void ce_forward_kernel(int64_t V, const float* x, int64_t ld, const i
                                   const int32_t* info, float* lse, double* row_loss) {
   __shared__ float red[kRowThreads / 32];
   __shared__ double dred[kRowThreads];
-  if (info[0] != kNone) return;
+  if (info[0] != kNoBadIndex) return;
   const int64_t t = blockIdx.x;
   const float* r = x + t * ld;
   float mx = -FLT_MAX;
@@ -59,17 +62,17 @@ __global__ void ce_forward_kernel(int64_t V, const float* x, int64_t ld, const i
 }
 
 __global__ void ce_total_kernel(int64_t T, const double* row_loss, const int32_t* info, float* loss) {
-  if (threadIdx.x != 0 || info[0] != kNone) return;
+  if (threadIdx.x != 0 || info[0] != kNoBadIndex) return;
   double total = 0;
   for (int64_t t = 0; t < T; t++) total += row_loss[t];
-  loss[0] = info[1] > 0 ? float(total / double(info[1])) : 0.f;
+  loss[0] = info[2] > 0 ? float(total / double(info[2])) : 0.f;
 }
 
 __global__ void ce_backward_kernel(int64_t T, int64_t V, float* d, int64_t ldd, const float* x, int64_t ld,
                                    const float* lse, const int32_t* tg, int64_t ignore, float dloss,
                                    const int32_t* info) {
-  if (info[0] != kNone) return;
-  const float g = info[1] > 0 ? dloss / float(info[1]) : 0.f;
+  if (info[0] != kNoBadIndex) return;
+  const float g = info[2] > 0 ? dloss / float(info[2]) : 0.f;
   const int64_t total = T * V;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t t = i / V, j = i - t * V;
@@ -80,24 +83,26 @@ __global__ void ce_backward_kernel(int64_t T, int64_t V, float* d, int64_t ldd, 
   }
 }
 
-void check_targets(int dev, const View& targets, int64_t V, int64_t ignore, Scratch& info) {
+// the check, then `op` (whose kernels skip when info[0] is set), then the deferred report
+template <class Op>
+void with_checked_targets(int dev, const View& targets, int64_t V, int64_t ignore, Op&& op) {
   cudaStream_t st = stream(dev);
-  check(cudaMemsetAsync(info.ptr, 0x7f, sizeof(int32_t), st), "cross_entropy");
-  check(cudaMemsetAsync(info.as<int32_t>() + 1, 0, sizeof(int32_t), st), "cross_entropy");
-  const int64_t T = targets.numel();
-  if (T) check_targets_kernel<<<blocks_for(T, 256, 1u << 30), 256, 0, st>>>(T, targets.ptr<int32_t>(), V, ignore, info.as<int32_t>());
-  check_launch("cross_entropy");
-}
-
-void report_targets(int dev, const View& targets, int64_t V, const Scratch& info) {
-  cudaStream_t st = stream(dev);
-  int32_t pos = kNone, id = 0;
-  check(cudaMemcpyAsync(&pos, info.ptr, sizeof pos, cudaMemcpyDeviceToHost, st), "cross_entropy");
-  check(cudaStreamSynchronize(st), "cross_entropy");
-  if (pos == kNone) return;
-  check(cudaMemcpy(&id, targets.ptr<int32_t>() + pos, sizeof id, cudaMemcpyDeviceToHost), "cross_entropy");
-  raise(VFFN_E_ARGUMENT, "targets: id " + std::to_string(id) + " at position " + std::to_string(pos) +
-                             " is outside the vocabulary [0, " + std::to_string(V) + ")");
+  int32_t* info = static_cast<int32_t*>(alloc(dev, 3 * sizeof(int32_t)));
+  try {
+    check(cudaMemsetAsync(info, 0x7f, sizeof(int32_t), st), "cross_entropy");
+    check(cudaMemsetAsync(info + 2, 0, sizeof(int32_t), st), "cross_entropy");
+    const int64_t T = targets.numel();
+    if (T) {
+      check_targets_kernel<<<blocks_for(T, 256, 1u << 30), 256, 0, st>>>(T, targets.ptr<int32_t>(), V, ignore, info);
+      record_target_kernel<<<1, 1, 0, st>>>(targets.ptr<int32_t>(), info);
+    }
+    check_launch("cross_entropy");
+    op(info);
+  } catch (...) {
+    release(dev, info);
+    throw;
+  }
+  defer_index_check(dev, info, "targets", V);
 }
 
 }  // namespace
@@ -115,14 +120,15 @@ VFFN_CUDA_EXPORT int vffn_cuda_cross_entropy_forward(int dev, const void* args) 
     const int64_t T = a.logits.shape[0], V = a.logits.shape[1];
     require(T <= 2147483647 && a.targets.numel() == T, "cross_entropy: targets must be [T]");
     cudaStream_t st = stream(dev);
-    Scratch info(dev, 2 * sizeof(int32_t)), rows(dev, size_t(T > 0 ? T : 1) * sizeof(double));
-    check_targets(dev, a.targets, V, a.ignore_index, info);
-    if (T) ce_forward_kernel<<<unsigned(T), kRowThreads, 0, st>>>(V, a.logits.ptr<float>(), a.logits.stride[0],
-                                                                 a.targets.ptr<int32_t>(), a.ignore_index,
-                                                                 info.as<int32_t>(), a.lse.ptr<float>(), rows.as<double>());
-    ce_total_kernel<<<1, 32, 0, st>>>(T, rows.as<double>(), info.as<int32_t>(), a.loss.ptr<float>());
-    check_launch("cross_entropy");
-    report_targets(dev, a.targets, V, info);
+    Scratch rows(dev, size_t(T > 0 ? T : 1) * sizeof(double));
+    with_checked_targets(dev, a.targets, V, a.ignore_index, [&](const int32_t* info) {
+      if (T)
+        ce_forward_kernel<<<unsigned(T), kRowThreads, 0, st>>>(V, a.logits.ptr<float>(), a.logits.stride[0],
+                                                              a.targets.ptr<int32_t>(), a.ignore_index, info,
+                                                              a.lse.ptr<float>(), rows.as<double>());
+      ce_total_kernel<<<1, 32, 0, st>>>(T, rows.as<double>(), info, a.loss.ptr<float>());
+      check_launch("cross_entropy");
+    });
   });
 }
 
@@ -134,13 +140,12 @@ VFFN_CUDA_EXPORT int vffn_cuda_cross_entropy_backward(int dev, const void* args)
             "cross_entropy_backward: float32 logits and dlogits [T, V] with unit last stride, int32 targets");
     const int64_t T = a.logits.shape[0], V = a.logits.shape[1];
     cudaStream_t st = stream(dev);
-    Scratch info(dev, 2 * sizeof(int32_t));
-    check_targets(dev, a.targets, V, a.ignore_index, info);
-    if (T * V)
-      ce_backward_kernel<<<blocks_for(T * V, 256, 1u << 20), 256, 0, st>>>(
-          T, V, a.dlogits.ptr<float>(), a.dlogits.stride[0], a.logits.ptr<float>(), a.logits.stride[0],
-          a.lse.ptr<float>(), a.targets.ptr<int32_t>(), a.ignore_index, a.dloss, info.as<int32_t>());
-    check_launch("cross_entropy_backward");
-    report_targets(dev, a.targets, V, info);
+    with_checked_targets(dev, a.targets, V, a.ignore_index, [&](const int32_t* info) {
+      if (T * V)
+        ce_backward_kernel<<<blocks_for(T * V, 256, 1u << 20), 256, 0, st>>>(
+            T, V, a.dlogits.ptr<float>(), a.dlogits.stride[0], a.logits.ptr<float>(), a.logits.stride[0],
+            a.lse.ptr<float>(), a.targets.ptr<int32_t>(), a.ignore_index, a.dloss, info);
+      check_launch("cross_entropy_backward");
+    });
   });
 }
