@@ -20,13 +20,13 @@ __global__ void record_id_kernel(const int32_t* ids, int32_t* bad) {
   if (bad[0] != kNoBadIndex) bad[1] = ids[bad[0]];
 }
 
-__global__ void embedding_forward_kernel(int64_t T, int64_t D, const int32_t* ids, const float* w, int64_t ldw,
-                                         float* out, int64_t ldo, const int32_t* bad) {
+__global__ void embedding_forward_kernel(int64_t T, int64_t D, const int32_t* ids, const void* w, int w_dtype,
+                                         int64_t ldw, float* out, int64_t ldo, const int32_t* bad) {
   if (*bad != kNoBadIndex) return;
   const int64_t total = T * D;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t t = i / D, j = i - t * D;
-    out[t * ldo + j] = w[int64_t(ids[t]) * ldw + j];
+    out[t * ldo + j] = load_f(w, w_dtype, int64_t(ids[t]) * ldw + j);  // bf16 widens exactly
   }
 }
 
@@ -72,13 +72,14 @@ using namespace vffn::cuda;
 VFFN_CUDA_EXPORT int vffn_cuda_embedding_forward(int dev, const void* args) {
   return entry([&] {
     const EmbeddingForwardArgs& a = *static_cast<const EmbeddingForwardArgs*>(args);
-    require(a.weight.dtype == F32 && a.out.dtype == F32 && a.tokens.dtype == I32 && a.tokens.contiguous(),
-            "embedding: float32 weight and out, contiguous int32 tokens");
+    require((a.weight.dtype == F32 || a.weight.dtype == BF16) && a.out.dtype == F32 && a.tokens.dtype == I32 &&
+                a.tokens.contiguous() && a.weight.ndim == 2 && a.weight.stride[1] == 1,
+            "embedding: float32|bfloat16 weight [V, D], float32 out, contiguous int32 tokens");
     const int64_t T = a.tokens.numel(), D = a.weight.shape[1], V = a.weight.shape[0];
     with_checked_ids(dev, a.tokens, V, [&](const int32_t* bad) {
       if (T * D)
         embedding_forward_kernel<<<blocks_for(T * D, 256, 1u << 20), 256, 0, stream(dev)>>>(
-            T, D, a.tokens.ptr<int32_t>(), a.weight.ptr<float>(), a.weight.stride[0], a.out.ptr<float>(),
+            T, D, a.tokens.ptr<int32_t>(), a.weight.data, a.weight.dtype, a.weight.stride[0], a.out.ptr<float>(),
             a.out.stride[0], bad);
       check_launch("embedding");
     });

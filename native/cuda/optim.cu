@@ -38,6 +38,8 @@ __global__ void norm_finish_kernel(const double* part, int64_t parts, float max_
 
 __global__ void adamw_kernel(float* p, float* m, float* v, const float* g, const float* clip, int64_t n, float lr,
                              float b1, float b2, float eps, float wd, float bc1, float bc2) {
+  // a non-finite global norm would poison every parameter and moment: the step is skipped
+  if (clip && !isfinite(clip[0])) return;
   const float cl = clip ? clip[1] : 1.f;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const float gi = g[i] * cl;
