@@ -110,6 +110,9 @@ async function main(): Promise<void> {
           const wall = Number(process.hrtime.bigint() - t0) / 1e9
           const used = process.cpuUsage(c0)
           const o = ob ? await ob.run(T, N, K, tb) : [NaN, NaN]
+          // OpenBLAS's helper threads keep spinning for a while after a call returns (up to about
+          // 2^28 cycles); let them go idle so they do not compete with our next run
+          if (ob && threads > 1) await new Promise((r) => setTimeout(r, 200))
           if (r < 0) continue
           mine.push(wall), mineCpu.push((used.user + used.system) / 1e6), theirs.push(o[0]), theirsCpu.push(o[1])
         }

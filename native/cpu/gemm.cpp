@@ -232,9 +232,11 @@ void gemm(int64_t M, int64_t N, int64_t K, float alpha, const Mat& A, const Mat&
   // split C into a grid of gm x gn tile-aligned tasks, taken dynamically by the threads. the
   // estimate per grid: rounds of tasks (+ a quarter task for a thread that starts late or is
   // preempted) times one task's work: its multiply-adds plus its packing (a packed element of B
-  // costs about 16 multiply-adds, of A about 10, measured). A is packed once up front and shared
-  // when several column tasks would each pack it and it is not too large.
+  // costs about 16 multiply-adds, of A about 10, measured; a plain [K, N] B also pays about 4096
+  // per stored row segment a task packs, so narrow column tasks cost more there). A is packed once
+  // up front and shared when several column tasks would each pack it and it is not too large.
   constexpr double kPackA = 10, kPackB = 16;
+  const double row_start = B.trans ? 0 : 4096;
   constexpr int64_t kSharedA = int64_t(1) << 23;  // floats (32 MiB)
   const int64_t tm = (M + kr.mr - 1) / kr.mr, tn = (N + kr.nr - 1) / kr.nr;  // tiles
   const bool can_share = tm * kr.mr * K <= kSharedA;
@@ -245,7 +247,8 @@ void gemm(int64_t M, int64_t N, int64_t K, float alpha, const Mat& A, const Mat&
       const double mt = double((tm + m - 1) / m * kr.mr), nt = double((tn + n - 1) / n * kr.nr);
       const bool shared = can_share && n > 1;
       const double pack_a = shared ? kPackA * mt / double(n) : kPackA * mt * std::ceil(nt / double(kr.nc));
-      const double work = mt * nt * double(K) + double(K) * (kPackB * nt + pack_a);
+      const double pack_b = kPackB * nt + row_start * std::ceil(nt / double(kr.nc));
+      const double work = mt * nt * double(K) + double(K) * (pack_b + pack_a);
       const double est = (double((m * n + P - 1) / P) + 0.25) * work;
       if (best < 0 || est < best) best = est, gm = m, gn = n;
     }

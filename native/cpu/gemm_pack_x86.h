@@ -40,10 +40,16 @@ template <typename T, int kNR>
 int64_t pack_b_full(const Mat& B, int64_t p0, int64_t k, int64_t j0, int64_t n, float* dst) {
   const T* d = static_cast<const T*>(B.data);
   const int64_t full = n / kNR * kNR;
+  constexpr int kLine = 64 / sizeof(T);  // elements per cache line
+  auto row_of = [&](int64_t p) { return B.rows ? int64_t(B.rows[p0 + p]) : p0 + p; };
   if (!B.trans) {  // row by row, so each stored row of B streams through once
     for (int64_t p = 0; p < k; p++) {
-      const int64_t r = B.rows ? int64_t(B.rows[p0 + p]) : p0 + p;
-      const T* s = d + r * B.ld + j0;
+      const T* s = d + row_of(p) * B.ld + j0;
+      // B usually comes from memory, not cache: fetch the row 4 ahead while this one is copied
+      if (p + 4 < k) {
+        const T* ahead = d + row_of(p + 4) * B.ld + j0;
+        for (int64_t j = 0; j < full; j += kLine) _mm_prefetch(reinterpret_cast<const char*>(ahead + j), _MM_HINT_T0);
+      }
       for (int64_t jr = 0; jr < full; jr += kNR)
         for (int h = 0; h < kNR; h += 8) _mm256_store_ps(dst + jr * k + p * kNR + h, load8(s + jr + h));
     }
@@ -53,13 +59,19 @@ int64_t pack_b_full(const Mat& B, int64_t p0, int64_t k, int64_t j0, int64_t n, 
     // B^T: column j of op(B) is stored row j; transpose 8x8 blocks
     const T* s = d + (j0 + jr) * B.ld + p0;
     int64_t p = 0;
-    for (; p + 8 <= k; p += 8)
+    for (; p + 8 <= k; p += 8) {
+      // the next micro-panel's kNR stored rows, one cache line each, into L2 ahead of its turn:
+      // without this, packing a B that is not in cache waits on memory row by row
+      if (p % kLine == 0)
+        for (int q = 0; q < kNR; q++)
+          _mm_prefetch(reinterpret_cast<const char*>(s + (kNR + q) * B.ld + p), _MM_HINT_T1);
       for (int h = 0; h < kNR / 8; h++) {
         __m256 r[8];
         for (int q = 0; q < 8; q++) r[q] = load8(s + (h * 8 + q) * B.ld + p);
         transpose8(r);
         for (int q = 0; q < 8; q++) _mm256_store_ps(dst + (p + q) * kNR + h * 8, r[q]);
       }
+    }
     for (; p < k; p++)
       for (int j = 0; j < kNR; j++) {
         if constexpr (sizeof(T) == 2)
