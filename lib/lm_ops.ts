@@ -200,3 +200,13 @@ export function axpy(y: Tensor, x: Tensor, alpha = 1): void {
   if (y.size !== x.size) fail('ERR_SHAPE', `x: expected ${y.size} elements, got ${x.size}`)
   op('axpy')(y, x, alpha)
 }
+
+/** Sets a tensor to zero in place (contiguous views go through memset; others through fill_). */
+export function zero_(x: Tensor): void {
+  checkTensor('x', x)
+  if (!x.isContiguous) {
+    x.fill_(0)
+    return
+  }
+  op('zero')(x)
+}

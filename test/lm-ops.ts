@@ -3,7 +3,7 @@
 import t from 'tap'
 import { tensor, empty, full } from '../lib/index'
 import {
-  embedding, embeddingBackward, rope, attention, attentionBackward, crossEntropy, crossEntropyBackward, gradNorm, adamwStep,
+  embedding, embeddingBackward, rope, attention, attentionBackward, crossEntropy, crossEntropyBackward, gradNorm, adamwStep, axpy, zero_,
 } from '../lib/lm_ops'
 
 function rng(seed: number) {
@@ -243,4 +243,23 @@ t.test('global gradient norm and AdamW', async (t) => {
   t.ok(Number.isNaN((await clipBad.data())[0]), 'the norm reports the NaN')
   t.same(Array.from(await p.data()), Array.from(before), 'parameters unchanged')
   t.ok(maxErr(await m.data(), mr) < 1e-6, 'moments unchanged')
+})
+
+t.test('axpy and zero_', async (t) => {
+  const a = randArr(3001, 90), b = randArr(3001, 91)
+  const y = tensor(a.slice())
+  axpy(y, tensor(b), -0.5)
+  // one float32 multiply-add per element
+  t.ok(maxErr(await y.data(), Array.from(a, (v, i) => v - 0.5 * b[i])) < 1e-6)
+  const z = tensor(randArr(5 * 7, 92), [5, 7])
+  zero_(z.rows(1, 3))
+  const got = await z.data()
+  const want = randArr(5 * 7, 92)
+  want.fill(0, 7, 21)
+  t.same(Array.from(got), Array.from(want), 'rows 1..2 zeroed, the rest untouched')
+  const w = tensor(randArr(12, 93), [3, 4])
+  zero_(w.cols(1, 3))
+  const gw = await w.data(), ww = randArr(12, 93)
+  for (let r = 0; r < 3; r++) ww[r * 4 + 1] = ww[r * 4 + 2] = 0
+  t.same(Array.from(gw), Array.from(ww), 'a strided view is zeroed through fill_')
 })

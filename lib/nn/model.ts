@@ -3,7 +3,7 @@
 import { Device, DeviceLike } from '../device'
 import { checkInt, fail, show } from '../errors'
 import { loadSafetensors, saveSafetensors } from '../io/safetensors'
-import { crossEntropy, crossEntropyBackward, embedding, embeddingBackward } from '../lm_ops'
+import { crossEntropy, crossEntropyBackward, embedding, embeddingBackward, zero_ } from '../lm_ops'
 import { checkTensor, matmul } from '../ops'
 import { Tensor, full, randn, tensor, zeros } from '../tensor'
 import { CausalSelfAttention, KVCache, kvCache } from './attention'
@@ -188,7 +188,7 @@ export class TransformerLM {
   }
 
   zeroGrad(): void {
-    for (const g of this.gradients().values()) g.fill_(0)
+    for (const g of this.gradients().values()) zero_(g)
   }
 
   private checkTokens(tokens: Tensor): [number, number] {

@@ -21,5 +21,6 @@ void grad_norm(const GradNormArgs& a);
 void adamw_step(const AdamWArgs& a);
 
 void axpy(const AxpyArgs& a);
+void zero(const ZeroArgs& a);
 
 }  // namespace vffn::cpu
