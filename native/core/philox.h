@@ -1,6 +1,7 @@
 // Philox4x32-10, the counter-based generator SPEC.md fixes for Gumbel noise and randn.
 // key = 64-bit seed (low, high); counter = 4 words. host and device share this code.
 #pragma once
+#include <cmath>
 #include <cstdint>
 
 #ifdef __CUDACC__
@@ -36,7 +37,14 @@ VFFN_HD U32x4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, 
   return out;
 }
 
-// uniform in (0, 1) from the top 24 bits: ((bits >> 8) + 0.5) * 2^-24
-VFFN_HD float philox_uniform(uint32_t bits) { return (float((bits >> 8)) + 0.5f) * (1.0f / 16777216.0f); }
+// uniform in (0, 1) from the top 24 bits: ((bits >> 8) + 0.5) * 2^-24, exact in double. in float32
+// the largest value would round up to 1 and make Gumbel noise infinite once in 2^24 draws.
+VFFN_HD double philox_uniform(uint32_t bits) { return (double(bits >> 8) + 0.5) * (1.0 / 16777216.0); }
+
+// Gumbel noise g = -log(-log(u)), taken in double and rounded once, identically on every backend
+VFFN_HD float philox_gumbel(uint32_t bits) {
+  const double u = philox_uniform(bits);
+  return float(-log(-log(u)));
+}
 
 }  // namespace vffn

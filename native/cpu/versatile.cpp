@@ -25,8 +25,7 @@ Sizes sizes_of(const A& a) {
 // Gumbel noise of token t, loop logit j (SPEC.md): counter (t, j/4, 0, 0), word j mod 4
 inline float gumbel(uint64_t seed, int64_t t, int64_t j) {
   U32x4 r = philox4x32_10(uint32_t(t), uint32_t(j / 4), 0, 0, seed);
-  float u = philox_uniform(r.v[j % 4]);
-  return -std::log(-std::log(u));
+  return philox_gumbel(r.v[j % 4]);
 }
 
 // counting sort by loop count, descending, stable; m[j] = tokens with at least j loops (m[L+1] = 0)

@@ -59,11 +59,8 @@ __global__ void route_kernel(int64_t T, int N, int K, int L, const float* logits
     float z = z0[j];
     if (train && noise) {
       U32x4 b = philox4x32_10(uint32_t(t), uint32_t(j / 4), 0, 0, seed);
-      const float u = philox_uniform(b.v[j % 4]);
-      // −logf(−logf(u)) in float32 like the CPU; each log taken in double and rounded once, since
-      // this library's fast-math logf is an approximation
-      const float inner = float(log(double(u)));
-      z += -float(log(double(-inner)));
+      // in double like the CPU (this library's fast-math logf is an approximation)
+      z += philox_gumbel(b.v[j % 4]);
     }
     return z;
   };
