@@ -1,8 +1,8 @@
 // GEMM throughput at the FFN shapes, side by side with OpenBLAS sgemm on the same machine and
 // against the measured FMA peak. OpenBLAS is only a yardstick here: the package never links it.
 //   npm run bench:gemm [-- --threads 2 --reps 7 --warmup 2 --shapes 64,512,2048 --json --no-openblas]
-// the two sides alternate run by run (ours, OpenBLAS, ours, ...) so both see the same machine
-// state; on a shared machine the medians still move with other load, the ratio much less.
+// per shape, our runs and then OpenBLAS's, each after warm-up runs and a pause; on a shared
+// machine the numbers move with other load, so compare them within one run.
 import { execFileSync, spawn } from 'node:child_process'
 import { mkdtempSync } from 'node:fs'
 import { tmpdir, cpus, loadavg } from 'node:os'
@@ -24,6 +24,7 @@ const json = flag('json')
 const useOpenblas = !flag('no-openblas')
 const log = (s: string) => { if (!json) console.log(s) }
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
+const pause = () => new Promise((r) => setTimeout(r, 300))
 
 // compiles a C helper from bench/ into a temporary folder
 const work = mkdtempSync(join(tmpdir(), 'vffn-bench-'))
@@ -109,13 +110,17 @@ async function main(): Promise<void> {
           await cpu.sync()
           const wall = Number(process.hrtime.bigint() - t0) / 1e9
           const used = process.cpuUsage(c0)
-          const o = ob ? await ob.run(T, N, K, tb) : [NaN, NaN]
-          // OpenBLAS's helper threads keep spinning for a while after a call returns (up to about
-          // 2^28 cycles); let them go idle so they do not compete with our next run
-          if (ob && threads > 1) await new Promise((r) => setTimeout(r, 200))
-          if (r < 0) continue
-          mine.push(wall), mineCpu.push((used.user + used.system) / 1e6), theirs.push(o[0]), theirsCpu.push(o[1])
+          if (r >= 0) mine.push(wall), mineCpu.push((used.user + used.system) / 1e6)
         }
+        // each side runs back to back (as a layer's GEMMs do) after a pause: OpenBLAS's helper
+        // threads keep spinning a while after a call, and must not compete with our next runs
+        await pause()
+        for (let r = -warmup; ob && r < reps; r++) {
+          const [w, u] = await ob.run(T, N, K, tb)
+          if (r >= 0) theirs.push(w), theirsCpu.push(u)
+        }
+        if (ob) await pause()
+        if (!ob) theirs.push(NaN), theirsCpu.push(NaN)
         for (const x of [a, b, c] as Tensor[]) x.dispose()
         const gf = (s: number) => (2 * T * N * K) / s / 1e9
         const g = gf(median(mine)), o = gf(median(theirs))

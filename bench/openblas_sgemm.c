@@ -1,6 +1,6 @@
 // OpenBLAS sgemm timing harness for bench/gemm.ts (row-major C = A * op(B)). It serves one timed
-// call per input line, so the benchmark can alternate it run by run with the package's GEMM and
-// both sides see the same machine state.
+// call per input line, so the benchmark times both sides from one process, shape by shape, close
+// together in time.
 // build: cc -O2 openblas_sgemm.c -o openblas_sgemm -lopenblas
 // prints "corename threads" once, then for each line "M N K TRANSB" the line "wall_s cpu_s"
 #include <cblas.h>
