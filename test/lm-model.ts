@@ -181,6 +181,10 @@ t.test('decoding with the cache equals the full forward; concurrent requests', a
       for (let j = 1; j < V; j++) if (lf[s * V + j] > lf[s * V + best]) best = j
       if (best !== seq[s + 1]) t.fail(`${ffn}: greedy token ${s + 1} is ${seq[s + 1]}, the full forward's argmax ${best}`)
     }
+    // a batch of prompts decodes each as if alone
+    const pair = await m.generate([[1, 2, 3], [4, 5, 6]], { maxNewTokens: 4 })
+    const single = [(await m.generate([[1, 2, 3]], { maxNewTokens: 4 }))[0], (await m.generate([[4, 5, 6]], { maxNewTokens: 4 }))[0]]
+    t.same(pair.map((x) => Array.from(x)), single.map((x) => Array.from(x)), `${ffn}: batched prompts decode as single ones`)
     // concurrent requests: same results as one at a time
     const reqs = [[1, 2, 3], [4, 5, 6], [7, 8, 9]].map((p, i) => ({ p, o: { maxNewTokens: 5, temperature: 0.8, topK: 5, seed: i } }))
     const alone = []

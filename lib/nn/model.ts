@@ -52,7 +52,7 @@ export interface ForwardOptions {
 export interface LMOutput {
   /** [B, S, vocabSize] */
   logits: Tensor
-  /** per-layer FFN statistics (routing, loop counts) */
+  /** per-layer FFN statistics (routing, loop counts: VersatileStats tensors; dispose() them when done) */
   stats: unknown[]
   /** per-layer balance losses (training) */
   auxLoss: unknown[]
