@@ -83,13 +83,11 @@ export async function generate(model: TransformerLM, prompts: readonly (readonly
   try {
     for (let step = 0; step < maxNew; step++) {
       const toks = tensor(input, [B, S], { dtype: 'int32', device: model.device })
-      const r = model.forward(toks, { train: false, caches })
+      // only the last position of each sequence is needed
+      const r = model.forward(toks, { train: false, caches, lastOnly: true })
       toks.dispose()
       for (const s of r.stats) (s as { dispose?: () => void } | undefined)?.dispose?.()
-      // only the last position of each sequence is needed
-      const last = r.logits.slice(1, S - 1, S).reshape([B, V])
-      const rows = await last.data()
-      last.dispose()
+      const rows = await r.logits.data()
       r.logits.dispose()
       const next = new Int32Array(B)
       for (let b = 0; b < B; b++) {

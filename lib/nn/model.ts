@@ -47,6 +47,8 @@ export interface ForwardOptions {
   noise?: 'gumbel' | 'none'
   /** @internal per-layer caches for incremental decoding */
   caches?: KVCache[]
+  /** inference only: logits of the last position of each sequence ([B, 1, V]), sparing the head's work on the rest */
+  lastOnly?: boolean
 }
 
 export interface LMOutput {
@@ -230,7 +232,16 @@ export class TransformerLM {
     })
     const lnf = this.own.get('transformer.ln_f.weight')!.param
     const { out: xfn, rstd } = rmsnorm(x, lnf, train)
-    const logits = matmul(xfn, this.own.get('transformer.ff_out.weight')!.param, { transposeB: true }).reshape([B, S, this.config.vocabSize])
+    const head = this.own.get('transformer.ff_out.weight')!.param
+    if (opts.lastOnly && !train) {
+      const v = xfn.reshape([B, S, this.config.dModel])
+      const lastRows = v.slice(1, S - 1, S).reshape([B, this.config.dModel])
+      const logits = matmul(lastRows, head, { transposeB: true }).reshape([B, 1, this.config.vocabSize])
+      for (const t of [v, lastRows, x, xfn, flat]) t.dispose()
+      return { logits, stats, auxLoss: aux }
+    }
+    if (opts.lastOnly) fail('ERR_ARGUMENT', 'lastOnly: only for inference (train: false)')
+    const logits = matmul(xfn, head, { transposeB: true }).reshape([B, S, this.config.vocabSize])
     if (!train) {
       x.dispose()
       xfn.dispose()
