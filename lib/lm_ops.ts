@@ -201,10 +201,11 @@ export function axpy(y: Tensor, x: Tensor, alpha = 1): void {
   op('axpy')(y, x, alpha)
 }
 
-/** Sets a tensor to zero in place (contiguous views go through memset; others through fill_). */
+/** Sets a tensor to zero in place (contiguous CPU tensors through memset; the rest through fill_). */
 export function zero_(x: Tensor): void {
   checkTensor('x', x)
-  if (!x.isContiguous) {
+  // the element-wise fill is the slow path only on CPU; CUDA's fill is already a plain kernel
+  if (!x.isContiguous || x.device.type !== 'cpu') {
     x.fill_(0)
     return
   }
