@@ -111,6 +111,31 @@ t.test('views share memory without copying', async (t) => {
   t.throws(() => r.reshape([3, 3]), { code: 'ERR_SHAPE' })
 })
 
+t.test('fill and converting copies on strided views touch exactly their elements', async (t) => {
+  for (const dtype of ['float32', 'bfloat16'] as const) {
+    const base = randn([5, 7], { seed: 11, dtype })
+    const before = await base.data()
+    base.cols(2, 5).rows(1, 4).fill_(-3.5)
+    const after = await base.data()
+    for (let i = 0; i < 5; i++)
+      for (let j = 0; j < 7; j++) {
+        const inside = i >= 1 && i < 4 && j >= 2 && j < 5
+        t.equal(after[i * 7 + j], inside ? -3.5 : before[i * 7 + j], `${dtype} [${i},${j}]`)
+      }
+  }
+  // a transposed float32 view converted into a strided bfloat16 view
+  const src = randn([3, 4], { seed: 12 })
+  const sv = await src.data()
+  const dst = zeros([4, 6], { dtype: 'bfloat16' }).fill_(7)
+  dst.cols(1, 4).copy_(src.T)
+  const dv = await dst.data()
+  for (let i = 0; i < 4; i++)
+    for (let j = 0; j < 6; j++) t.equal(dv[i * 6 + j], j >= 1 && j < 4 ? bf16Round(sv[(j - 1) * 4 + i]) : 7)
+  const ints = tensor(new Int32Array([1, 2, 3, 4, 5, 6]), [2, 3])
+  ints.cols(1, 2).fill_(-9)
+  t.same(Array.from(await ints.intData()), [1, -9, 3, 4, -9, 6])
+})
+
 t.test('randn: seeded, device independent statistics, truncation', async (t) => {
   const a = await randn([4097], { seed: 12345 }).data()
   const b = await randn([4097], { seed: 12345 }).data()
