@@ -26,11 +26,11 @@ function opts(argv: string[]): BenchOptions {
   return p.options
 }
 
-t.test('defaults: tiny config, every case, random-init depth', async (t) => {
+t.test('defaults: small config, every case, random-init depth', async (t) => {
   const o = opts([])
-  t.equal(o.config, 'tiny')
-  t.same(o.shape, { dModel: 256, hidden: 1024, experts: 8, topK: 2, maxDepth: 4, expertHidden: 128 })
-  t.equal(o.tokens, 256)
+  t.equal(o.config, 'small')
+  t.same(o.shape, { dModel: 512, hidden: 2048, experts: 8, topK: 2, maxDepth: 4, expertHidden: 256 })
+  t.equal(o.tokens, 512)
   t.equal(o.dtype, 'float32')
   t.same(o.depth, { kind: 'random-init' })
   t.equal(o.device, undefined, 'device left to auto-detection')
@@ -70,13 +70,13 @@ const BAD: [string[], RegExp][] = [
   [['--tokens', 'many'], /--tokens: expected an integer/],
   [['--tokens', '4', '--tokens', '8'], /--tokens given twice/],
   [['--dtype', 'float16'], /--dtype: expected one of float32, bfloat16, got "float16"/],
-  [['--config', '7b'], /--config: expected one of tiny, 354m, 720m, 1.21b, got "7b"/],
+  [['--config', '7b'], /--config: expected one of small, tiny, 354m, 720m, 1.21b, got "7b"/],
   [['--depth', 'medium'], /--depth: expected one of random-init, uniform, shallow, deep, fixed:N/],
   [['--depth', 'fixed:5'], /fixed:N needs 1 <= N <= --max-depth \(4\), got fixed:5/],
   [['--depth', 'fixed:0'], /--depth: expected an integer in \[1, /],
   [['--top-k', '9'], /--top-k: expected at most --experts \(8\), got 9/],
-  [['--expert-hidden', '200'], /expert slices must not overlap: 8 x 200 exceeds --hidden 1024/],
-  [['--experts', '2000'], /--experts: 2000 experts leave no columns/],
+  [['--config', 'tiny', '--expert-hidden', '200'], /expert slices must not overlap: 8 x 200 exceeds --hidden 1024/],
+  [['--config', 'tiny', '--experts', '2000'], /--experts: 2000 experts leave no columns/],
   [['--d-model', '1'], /--d-model: expected an integer >= 2/],
   [['--cases', 'dense.forward,fast'], /--cases: expected one of .*got "fast"/],
   [['--cases', ','], /--cases: expected a comma-separated list/],

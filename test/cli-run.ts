@@ -12,7 +12,7 @@ import { collect } from '../lib/bench/run'
 const root = path.join(__dirname, '..')
 // D, I, N, K, L, E, T: small and ragged (T prime, E below I/N so the slices are strided)
 const D = 24, I = 80, N = 4, K = 2, L = 3, E = 16, T = 37
-const SHAPE = ['--d-model', `${D}`, '--hidden', `${I}`, '--experts', `${N}`, '--top-k', `${K}`, '--max-depth', `${L}`, '--expert-hidden', `${E}`, '--tokens', `${T}`]
+const SHAPE = ['--config', 'tiny', '--d-model', `${D}`, '--hidden', `${I}`, '--experts', `${N}`, '--top-k', `${K}`, '--max-depth', `${L}`, '--expert-hidden', `${E}`, '--tokens', `${T}`]
 const FAST = ['--warmup', '1', '--repeat', '3', '--threads', '1']
 
 function options(argv: string[]) {

@@ -42,7 +42,8 @@ Times the dense FFN, VersatileFFN and two baselines side by side on one device, 
 
 Options:
   --device cpu|cuda|cuda:N   device (default: cuda when available, else cpu)
-  --config NAME              tiny (default; D=256 I=1024 T=256), 354m (D=1024 I=4096),
+  --config NAME              small (default; D=512 I=2048 T=512), tiny (D=256 I=1024 T=256),
+                             354m (D=1024 I=4096),
                              720m (D=1536 I=6144), 1.21b (D=2048 I=8192); N=8 K=2 L=4; paper
                              configs default to --tokens 1024
   --d-model N --hidden N --experts N --top-k N --max-depth N --expert-hidden N
@@ -114,7 +115,7 @@ export function parseBenchArgs(argv: readonly string[]): Parsed {
   }
   const get = (f: ValueFlag) => values.get(f)
 
-  const config = oneOf('config', get('config') ?? 'tiny', Object.keys(CONFIGS) as ConfigName[])
+  const config = oneOf('config', get('config') ?? 'small', Object.keys(CONFIGS) as ConfigName[])
   const base = CONFIGS[config]
   const dim = (f: ValueFlag, dflt: number) => (get(f) === undefined ? dflt : int(f, get(f)!, 1))
   const dModel = dim('d-model', base.dModel)

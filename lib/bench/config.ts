@@ -11,12 +11,16 @@ export interface Shape {
   expertHidden: number
 }
 
-export type ConfigName = 'tiny' | '354m' | '720m' | '1.21b'
+export type ConfigName = 'small' | 'tiny' | '354m' | '720m' | '1.21b'
 
 type BaseShape = Omit<Shape, 'expertHidden'> & { tokens: number }
 
-/** The paper's FFN shapes (SPEC.md), plus `tiny`, small enough that the default run is quick on two cores. */
+/**
+ * The paper's FFN shapes (SPEC.md), plus `small` (the default: large enough that per-call overheads
+ * do not hide what early exit buys, a few seconds on two cores) and `tiny` (for quick checks).
+ */
 export const CONFIGS: Record<ConfigName, BaseShape> = {
+  small: { dModel: 512, hidden: 2048, experts: 8, topK: 2, maxDepth: 4, tokens: 512 },
   tiny: { dModel: 256, hidden: 1024, experts: 8, topK: 2, maxDepth: 4, tokens: 256 },
   '354m': { dModel: 1024, hidden: 4096, experts: 8, topK: 2, maxDepth: 4, tokens: 1024 },
   '720m': { dModel: 1536, hidden: 6144, experts: 8, topK: 2, maxDepth: 4, tokens: 1024 },
