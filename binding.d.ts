@@ -36,6 +36,41 @@ export interface Binding {
   philox(c0: number, c1: number, c2: number, c3: number, seedLo: number, seedHi: number): number[]
   kernelInfo(): { gemm: string }
   gemm(c: NativeTensor, a: NativeTensor, b: NativeTensor, transA: boolean, transB: boolean, alpha: number, beta: number): void
+  /** Test hook: `c = alpha * a[rows] @ op(b) + beta * c` through the GEMM's row gather. */
+  _gemmRows(c: NativeTensor, a: NativeTensor, rows: NativeTensor, b: NativeTensor, transB: boolean, alpha: number, beta: number): void
+
+  // ---- FFN layers (native/core/ffn_args.h); outputs first, then inputs, saved values, sizes ----
+  rmsnormForward(out: NativeTensor, rstd: NativeTensor | null, x: NativeTensor, weight: NativeTensor, eps: number): void
+  rmsnormBackward(dx: NativeTensor, dweight: NativeTensor, dout: NativeTensor, x: NativeTensor, weight: NativeTensor, rstd: NativeTensor): void
+  /** rstd and h are the saved values of training (null at inference). */
+  ffnForward(y: NativeTensor, x: NativeTensor, normW: NativeTensor, projW: NativeTensor, outW: NativeTensor,
+             rstd: NativeTensor | null, h: NativeTensor | null, eps: number): void
+  ffnBackward(dx: NativeTensor, dnormW: NativeTensor, dprojW: NativeTensor, doutW: NativeTensor, dy: NativeTensor, x: NativeTensor,
+              normW: NativeTensor, projW: NativeTensor, outW: NativeTensor, rstd: NativeTensor, h: NativeTensor, eps: number): void
+  /** Named fields (x, normW, projW, outW, routerW, depthW, y, loops, lambda, expertsOut, weights, expertCounts, aux,
+   *  saved?, experts, topK, maxDepth, expertHidden, eps, balanceWeight, train, noise, seedLo, seedHi, tau); see lib/nn/versatile.ts. */
+  versatileForward(args: Record<string, unknown>): void
+  /** The forward's fields plus dx, dy, dNormW, dProjW, dOutW, dRouterW, dDepthW, auxGrad. */
+  versatileBackward(args: Record<string, unknown>): void
+
+  // ---- language-model ops (native/core/lm_args.h) ----
+  embeddingForward(out: NativeTensor, weight: NativeTensor, tokens: NativeTensor): void
+  embeddingBackward(dweight: NativeTensor, dout: NativeTensor, tokens: NativeTensor): void
+  ropeForward(x: NativeTensor, heads: number, posOffset: number, theta: number): void
+  ropeBackward(x: NativeTensor, heads: number, posOffset: number, theta: number): void
+  attentionForward(out: NativeTensor, lse: NativeTensor, q: NativeTensor, k: NativeTensor, v: NativeTensor,
+                   heads: number, qOffset: number, scale: number): void
+  attentionBackward(dq: NativeTensor, dk: NativeTensor, dv: NativeTensor, dout: NativeTensor, q: NativeTensor, k: NativeTensor,
+                    v: NativeTensor, out: NativeTensor, lse: NativeTensor, heads: number, qOffset: number, scale: number): void
+  crossEntropyForward(loss: NativeTensor, lse: NativeTensor, logits: NativeTensor, targets: NativeTensor, ignoreIndex: number): void
+  crossEntropyBackward(dlogits: NativeTensor, logits: NativeTensor, lse: NativeTensor, targets: NativeTensor, dloss: number, ignoreIndex: number): void
+  /** out [2] = (global L2 norm, clip coefficient for maxNorm) */
+  gradNorm(out: NativeTensor, grads: NativeTensor[], maxNorm: number): void
+  adamwStep(param: NativeTensor, m: NativeTensor, v: NativeTensor, grad: NativeTensor, clip: NativeTensor | null,
+            lr: number, beta1: number, beta2: number, eps: number, weightDecay: number, step: number): void
+  axpy(y: NativeTensor, x: NativeTensor, alpha: number): void
+  zero(x: NativeTensor): void
+
   /** Test hook: queues work on the device that fails with `message`. */
   _debugFail(deviceType: number, deviceIndex: number, message: string): void
   [op: string]: unknown

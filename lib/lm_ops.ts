@@ -6,8 +6,6 @@ import { checkInt, checkNumber, fail, show } from './errors'
 import { checkSameDevice, checkTensor } from './ops'
 import { Tensor, empty } from './tensor'
 
-type Fn = (...a: unknown[]) => void
-const op = (name: string): Fn => (native as unknown as Record<string, Fn>)[name]
 
 const F32 = ['float32'] as const
 
@@ -19,7 +17,7 @@ export function embedding(weight: Tensor, tokens: Tensor, out?: Tensor): Tensor 
   const o = out ?? empty([tokens.shape[0], weight.shape[1]], { device: weight.device })
   const t = tokens.contiguous()
   try {
-    op('embeddingForward')(o, weight, t)
+    native.embeddingForward(o, weight, t)
   } finally {
     t.dispose()
   }
@@ -34,7 +32,7 @@ export function embeddingBackward(dweight: Tensor, dout: Tensor, tokens: Tensor)
   checkSameDevice(dweight, { dout, tokens })
   const t = tokens.contiguous()
   try {
-    op('embeddingBackward')(dweight, dout, t)
+    native.embeddingBackward(dweight, dout, t)
   } finally {
     t.dispose()
   }
@@ -48,7 +46,8 @@ export function rope(x: Tensor, heads: number, posOffset = 0, opts: { theta?: nu
   const theta = checkNumber('theta', opts.theta ?? 10000)
   if (x.shape[2] % (2 * heads) !== 0)
     fail('ERR_SHAPE', `x: the last dimension ${x.shape[2]} must split into ${heads} heads of even size`)
-  op(opts.inverse ? 'ropeBackward' : 'ropeForward')(x, heads, posOffset, theta)
+  if (opts.inverse) native.ropeBackward(x, heads, posOffset, theta)
+  else native.ropeForward(x, heads, posOffset, theta)
 }
 
 export interface AttentionResult {
@@ -83,7 +82,7 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, heads: number, opts: 
   const out = opts.out ?? empty([B, Sq, C], { device: q.device })
   checkTensor('out', out, { ndim: 3, dtypes: F32 })
   const lse = empty([B, heads, Sq], { device: q.device })
-  op('attentionForward')(out, lse, q, k, v, heads, qOffset, scale)
+  native.attentionForward(out, lse, q, k, v, heads, qOffset, scale)
   return { out, lse }
 }
 
@@ -104,7 +103,7 @@ export function attentionBackward(
     if (t.shape.join() !== ref.shape.join()) fail('ERR_SHAPE', `${n}: expected ${show(ref.shape)}, got ${show(t.shape)}`)
   }
   checkTensor('lse', lse, { ndim: 3, dtypes: F32 })
-  op('attentionBackward')(grads.dq, grads.dk, grads.dv, dout, q, k, v, out, lse, heads, qOffset, scale)
+  native.attentionBackward(grads.dq, grads.dk, grads.dv, dout, q, k, v, out, lse, heads, qOffset, scale)
 }
 
 export interface CrossEntropyResult {
@@ -130,7 +129,7 @@ export function crossEntropy(logits: Tensor, targets: Tensor, ignoreIndex = -100
   const lse = empty([logits.shape[0]], { device: logits.device })
   const t = targets.contiguous()
   try {
-    op('crossEntropyForward')(loss, lse, logits, t, ignoreIndex)
+    native.crossEntropyForward(loss, lse, logits, t, ignoreIndex)
   } finally {
     t.dispose()
   }
@@ -145,7 +144,7 @@ export function crossEntropyBackward(logits: Tensor, targets: Tensor, lse: Tenso
   const d = out ?? empty(logits.shape, { device: logits.device })
   const t = targets.contiguous()
   try {
-    op('crossEntropyBackward')(d, logits, lse, t, dloss, ignoreIndex)
+    native.crossEntropyBackward(d, logits, lse, t, dloss, ignoreIndex)
   } finally {
     t.dispose()
   }
@@ -160,7 +159,7 @@ export function gradNorm(grads: readonly Tensor[], maxNorm = 0): Tensor {
   checkNumber('maxNorm', maxNorm)
   for (const [i, g] of grads.entries()) if (!g.isContiguous) fail('ERR_ARGUMENT', `grads[${i}]: expected a contiguous tensor`)
   const out = empty([2], { device: grads[0].device })
-  op('gradNorm')(out, grads, maxNorm)
+  native.gradNorm(out, grads, maxNorm)
   return out
 }
 
@@ -187,7 +186,7 @@ export function adamwStep(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, h: 
   checkSameDevice(param, { grad, m, v, clip })
   for (const k of ['lr', 'beta1', 'beta2', 'eps', 'weightDecay'] as const) checkNumber(k, h[k])
   checkInt('step', h.step, 1)
-  op('adamwStep')(param, m, v, grad, clip ?? null, h.lr, h.beta1, h.beta2, h.eps, h.weightDecay, h.step)
+  native.adamwStep(param, m, v, grad, clip ?? null, h.lr, h.beta1, h.beta2, h.eps, h.weightDecay, h.step)
 }
 
 /** y += alpha * x in place (both float32, contiguous, same element count). */
@@ -198,7 +197,7 @@ export function axpy(y: Tensor, x: Tensor, alpha = 1): void {
   checkNumber('alpha', alpha)
   if (!y.isContiguous || !x.isContiguous) fail('ERR_ARGUMENT', 'axpy: y and x must be contiguous')
   if (y.size !== x.size) fail('ERR_SHAPE', `x: expected ${y.size} elements, got ${x.size}`)
-  op('axpy')(y, x, alpha)
+  native.axpy(y, x, alpha)
 }
 
 /** Sets a tensor to zero in place (contiguous CPU tensors through memset; the rest through fill_). */
@@ -209,5 +208,5 @@ export function zero_(x: Tensor): void {
     x.fill_(0)
     return
   }
-  op('zero')(x)
+  native.zero(x)
 }

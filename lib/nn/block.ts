@@ -7,21 +7,19 @@ import { Tensor, empty, zeros } from '../tensor'
 import { AttentionSaved, CausalSelfAttention, KVCache } from './attention'
 
 const EPS = 1e-6
-type Fn = (...a: unknown[]) => void
-const op = (name: string): Fn => (native as unknown as Record<string, Fn>)[name]
 
 /** n(x) = x / sqrt(mean(x²) + 1e-6) ⊙ w over rows of x [T, D]; rstd [T] kept when asked. */
 export function rmsnorm(x: Tensor, w: Tensor, keep: boolean): { out: Tensor; rstd?: Tensor } {
   const out = empty(x.shape, { device: x.device })
   const rstd = keep ? empty([x.shape[0]], { device: x.device }) : undefined
-  op('rmsnormForward')(out, rstd ?? null, x, w, EPS)
+  native.rmsnormForward(out, rstd ?? null, x, w, EPS)
   return { out, rstd }
 }
 
 /** dx of RMSNorm (written), dw accumulated. */
 export function rmsnormBackward(dout: Tensor, x: Tensor, w: Tensor, rstd: Tensor, dw: Tensor): Tensor {
   const dx = empty(x.shape, { device: x.device })
-  op('rmsnormBackward')(dx, dw, dout, x, w, rstd)
+  native.rmsnormBackward(dx, dw, dout, x, w, rstd)
   return dx
 }
 

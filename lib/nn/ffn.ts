@@ -12,9 +12,6 @@ export const _ffnTestHooks = { poison: false }
 /** @internal allocates an output of an FFN op */
 export const alloc = (shape: number[], opts: TensorOptions): Tensor =>
   _ffnTestHooks.poison ? full(shape, opts.dtype === 'int32' ? -7 : NaN, opts) : empty(shape, opts)
-type Fn = (...a: unknown[]) => void
-/** @internal a native op by name */
-export const op = (name: string): Fn => (native as unknown as Record<string, Fn>)[name]
 
 export interface DenseFFNOptions extends ModuleOptions {
   dModel: number
@@ -86,13 +83,13 @@ export class DenseFFN extends Module {
     const p = this.params
     const y = alloc([T, this.dModel], { device: this.device })
     if (!train) {
-      op('ffnForward')(y, xc, p['ff_norm.weight'], p['ff_proj.weight'], p['ff_out.weight'], null, null, NORM_EPS)
+      native.ffnForward(y, xc, p['ff_norm.weight'], p['ff_proj.weight'], p['ff_out.weight'], null, null, NORM_EPS)
       xc.dispose()
       return { y, stats: {} }
     }
     const rstd = alloc([T], { device: this.device })
     const h = alloc([T, 2 * this.hidden], { device: this.device })
-    op('ffnForward')(y, xc, p['ff_norm.weight'], p['ff_proj.weight'], p['ff_out.weight'], rstd, h, NORM_EPS)
+    native.ffnForward(y, xc, p['ff_norm.weight'], p['ff_proj.weight'], p['ff_out.weight'], rstd, h, NORM_EPS)
     const rec: DenseFFNRecord = {
       y,
       stats: {},
@@ -117,7 +114,7 @@ export class DenseFFN extends Module {
     const p = this.params
     const g = this.grads
     const dx = alloc([...s.x.shape], { device: this.device })
-    op('ffnBackward')(dx, g['ff_norm.weight'], g['ff_proj.weight'], g['ff_out.weight'], dyc, s.x,
+    native.ffnBackward(dx, g['ff_norm.weight'], g['ff_proj.weight'], g['ff_out.weight'], dyc, s.x,
       p['ff_norm.weight'], p['ff_proj.weight'], p['ff_out.weight'], s.rstd, s.h, NORM_EPS)
     dyc.dispose()
     if (!opts.retain) tr.dispose()

@@ -2,7 +2,8 @@
 // and a depth path that reuses the whole FFN up to L times, mixed per token by λ = (L − loops)/L.
 import { checkInt, checkNumber, fail, show } from '../errors'
 import { Tensor, seedWords } from '../tensor'
-import { BackwardOptions, FFNForwardOptions, NORM_EPS, alloc as empty, checkRecord, op } from './ffn'
+import { native } from '../binding'
+import { BackwardOptions, FFNForwardOptions, NORM_EPS, alloc as empty, checkRecord } from './ffn'
 import { Module, ModuleOptions } from './module'
 
 export interface VersatileFFNOptions extends ModuleOptions {
@@ -155,7 +156,7 @@ export class VersatileFFN extends Module {
     const tau = gumbelTemperature(step)
     const outs = { y, loops: st.loops, lambda: st.lambda, expertsOut: st.experts, weights: st.weights, expertCounts: st.expertCounts, aux }
     if (!train) {
-      op('versatileForward')({ ...this.args(xc), ...outs, train: false, noise: false, seedLo: 0, seedHi: 0, tau })
+      native.versatileForward({ ...this.args(xc), ...outs, train: false, noise: false, seedLo: 0, seedHi: 0, tau })
       xc.dispose()
       aux.dispose()
       return { y, stats }
@@ -165,7 +166,7 @@ export class VersatileFFN extends Module {
       h: empty([L, T, 2 * I], dev), assign: empty([T * K], i32), expertStart: empty([N + 1], i32),
       widthH: empty([T * K, 2 * E], dev), widthO: empty([T * K, D], dev), xWidth: empty([T, D], dev), routerP: empty([T, N], dev),
     }
-    op('versatileForward')({ ...this.args(xc), ...outs, saved: t, train: true, noise, seedLo: seed[0], seedHi: seed[1], tau })
+    native.versatileForward({ ...this.args(xc), ...outs, saved: t, train: true, noise, seedLo: seed[0], seedHi: seed[1], tau })
     const rec: VersatileRecord = {
       y, stats, auxLoss: aux, tau,
       _saved: { owner: this, x: xc, tau, t },
@@ -195,7 +196,7 @@ export class VersatileFFN extends Module {
     const g = this.grads
     const dx = empty([...s.x.shape], { device: this.device })
     const st = tr.stats
-    op('versatileBackward')({
+    native.versatileBackward({
       ...this.args(s.x), dx, dy: dyc,
       dNormW: g['ff_norm.weight'], dProjW: g['ff_proj.weight'], dOutW: g['ff_out.weight'],
       dRouterW: g['expert_gate.weight'], dDepthW: g['depth_predictor.weight'],
