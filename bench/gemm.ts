@@ -1,6 +1,7 @@
 // GEMM throughput at the FFN shapes, side by side with OpenBLAS sgemm on the same machine and
 // against the measured FMA peak. OpenBLAS is only a yardstick here: the package never links it.
-//   npm run bench:gemm [-- --threads 2 --reps 7 --warmup 2 --shapes 64,512,2048 --json --no-openblas]
+//   npm run bench:gemm [-- --threads 2 --reps 7 --warmup 2 --shapes 64,512,2048 --decode 1,4 --json --no-openblas]
+// (--shapes none / --decode none skip the throughput table / the decoding table)
 // per shape, our runs and then OpenBLAS's, each after warm-up runs and a pause; on a shared
 // machine the numbers move with other load, so compare them within one run.
 import { execFileSync, spawn } from 'node:child_process'
@@ -8,7 +9,7 @@ import { mkdtempSync } from 'node:fs'
 import { tmpdir, cpus, loadavg } from 'node:os'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
-import { randn, empty, matmul, setNumThreads, getNumThreads, device, _native, Tensor } from '../lib/index'
+import { randn, empty, matmul, setNumThreads, getNumThreads, device, _native, Tensor, DenseFFN } from '../lib/index'
 
 function arg(name: string, def: string): string {
   const i = process.argv.indexOf(`--${name}`)
@@ -19,7 +20,9 @@ const flag = (name: string) => process.argv.includes(`--${name}`)
 const threads = Number(arg('threads', '2'))
 const reps = Number(arg('reps', '7'))
 const warmup = Number(arg('warmup', '2'))
-const Ts = arg('shapes', '64,512,2048').split(',').map(Number)
+const list = (s: string) => (s === 'none' ? [] : s.split(',').map(Number))
+const Ts = list(arg('shapes', '64,512,2048'))
+const decodeMs = list(arg('decode', '1,4'))
 const json = flag('json')
 const useOpenblas = !flag('no-openblas')
 const log = (s: string) => { if (!json) console.log(s) }
@@ -132,10 +135,62 @@ async function main(): Promise<void> {
           ` ${o.toFixed(1).padStart(14)} ${(100 * o / peak).toFixed(0).padStart(5)}% ${(g / o).toFixed(2).padStart(14)}` +
           (cpuCol ? ` ${gc.toFixed(1).padStart(15)} ${oc.toFixed(1).padStart(9)} ${(gc / oc).toFixed(2).padStart(6)}` : ''))
       }
+  // decoding: M tokens against weights stored [out, in]; the time is bounded by reading the
+  // weights once (GB/s of weight traffic), not by FMAs. then one dense FFN forward (D=1024,
+  // I=4096) for a single token: its three GEMMs read 48 MiB of float32 weights
+  const decode: Record<string, unknown>[] = []
+  if (decodeMs.length) {
+    const dh = 'decode shape               ours ms  weight GB/s  GFLOP/s  OpenBLAS ms  weight GB/s  GFLOP/s  ours/OpenBLAS'
+    log('')
+    log(dh)
+    log('-'.repeat(dh.length))
+  }
+  for (const [K, N] of decodeMs.length ? [[1024, 8192], [4096, 1024]] : [])
+    for (const M of decodeMs) {
+      const a = randn([M, K], { seed: 1 }), b = randn([N, K], { seed: 2 }), c = empty([M, N])
+      const mine: number[] = [], theirs: number[] = []
+      for (let r = -warmup; r < 3 * reps; r++) {
+        await cpu.sync()
+        const t0 = process.hrtime.bigint()
+        matmul(a, b, { transposeB: true, out: c })
+        await cpu.sync()
+        if (r >= 0) mine.push(Number(process.hrtime.bigint() - t0) / 1e9)
+      }
+      await pause()
+      for (let r = -warmup; ob && r < 3 * reps; r++) {
+        const [w] = await ob.run(M, N, K, true)
+        if (r >= 0) theirs.push(w)
+      }
+      if (ob) await pause()
+      else theirs.push(NaN)
+      for (const x of [a, b, c] as Tensor[]) x.dispose()
+      const g = median(mine), o = median(theirs)
+      const gbs = (s: number) => (4 * N * K) / s / 1e9, gfs = (s: number) => (2 * M * N * K) / s / 1e9
+      decode.push({ M, N, K, transposeB: true, oursMs: 1e3 * g, oursGBs: gbs(g), oursGflops: gfs(g), openblasMs: 1e3 * o,
+        openblasGBs: gbs(o), openblasGflops: gfs(o) })
+      log(`${`[${M}x${K}]x[${K}x${N}]^T`.padEnd(26)} ${(1e3 * g).toFixed(3).padStart(7)} ${gbs(g).toFixed(1).padStart(12)} ${gfs(g).toFixed(1).padStart(8)}` +
+        ` ${(1e3 * o).toFixed(3).padStart(12)} ${gbs(o).toFixed(1).padStart(12)} ${gfs(o).toFixed(1).padStart(8)} ${(o / g).toFixed(2).padStart(14)}`)
+    }
+  let ffnMs = NaN
+  if (decodeMs.length) {
+    const ffn = new DenseFFN({ dModel: 1024, hidden: 4096, seed: 1 })
+    const x = randn([1, 1024], { seed: 7 })
+    const ts: number[] = []
+    for (let r = -warmup; r < 3 * reps; r++) {
+      await cpu.sync()
+      const t0 = process.hrtime.bigint()
+      const o = ffn.forward(x)
+      await o.y.data()
+      if (r >= 0) ts.push(Number(process.hrtime.bigint() - t0) / 1e6)
+      o.y.dispose()
+    }
+    ffnMs = median(ts)
+    log(`dense FFN forward, D=1024 I=4096, 1 token: ${ffnMs.toFixed(2)} ms (median of ${3 * reps}; ${(3 * 4 * 1024 * 4096 / ffnMs / 1e6).toFixed(1)} GB/s of weights)`)
+  }
   log(`load average at end: ${loadavg().map((x) => x.toFixed(2)).join(' ')}`)
   if (ob) log(`OpenBLAS core type: ${ob.core}`)
   else if (useOpenblas) log('OpenBLAS not measured (install libopenblas-dev to compare)')
-  if (json) console.log(JSON.stringify({ kernel, threads, reps, warmup, peak, openblasCore: ob?.core ?? null, loadavg: loadavg(), rows }, null, 1))
+  if (json) console.log(JSON.stringify({ kernel, threads, reps, warmup, peak, openblasCore: ob?.core ?? null, loadavg: loadavg(), rows, decode, ffnDecodeMs: ffnMs }, null, 1))
   ob?.close()
   setNumThreads(before)
 }

@@ -247,6 +247,108 @@ t.test('row gather on A', async (t) => {
   t.same(bad, [], 'gathered rows match the float64 reference')
 })
 
+// the small-M path (M <= 8, decoding: a few rows against big weights read in place, no packing):
+// M = 1..9 (the threshold and one past it), K and N around its 8-lane, 3- and 8-row, 8- and
+// 64-column blocks and its k blocks (64 for plain B, 512 for B^T), all four transposes
+const SMALL_M = 8
+const SMALL_NK: [number, number][] = [[1, 1], [3, 7], [8, 8], [13, 9], [67, 31], [131, 64], [200, 65], [70, 513], [9, 1031], [300, 257]]
+
+t.test('small M: every M up to the threshold and past it, all four transposes', async (t) => {
+  const cases: Case[] = []
+  let n = 0
+  for (let M = 1; M <= SMALL_M + 1; M++)
+    for (const [N, K] of SMALL_NK) {
+      cases.push({ M, N, K, ta: (n & 1) === 1, tb: (n & 2) === 2 })
+      cases.push({ M, N, K, ta: (n & 1) === 0, tb: (n & 2) === 0 })
+      n++
+    }
+  // big enough to be split over the pool's threads
+  cases.push({ M: 1, N: 1100, K: 700, tb: true }, { M: 1, N: 1100, K: 700 }, { M: 8, N: 200, K: 600, tb: true },
+    { M: 5, N: 333, K: 650, ta: true }, { M: 7, N: 4101, K: 40, tb: true, db: 'bfloat16' })
+  await runAll(t, 'small M', cases)
+})
+
+t.test('small M: strided views, .T views and bfloat16 operands', async (t) => {
+  const cases: Case[] = []
+  const layouts: Layout[] = ['plain', 'strided', 'T']
+  let n = 0
+  for (const la of layouts)
+    for (const lb of layouts)
+      for (const [da, db] of [['float32', 'float32'], ['bfloat16', 'float32'], ['float32', 'bfloat16'], ['bfloat16', 'bfloat16']] as [DT, DT][]) {
+        const [N, K] = SMALL_NK[n % SMALL_NK.length]
+        cases.push({ M: [1, 2, 3, 4, 7, 8][n % 6], N: N + 5, K, la, lb, da, db, ta: (n & 1) === 1, tb: (n & 2) === 2 })
+        n++
+      }
+  await runAll(t, 'small M layouts', cases)
+})
+
+t.test('small M: alpha, beta and outputs poisoned with NaN', async (t) => {
+  const cases: Case[] = []
+  for (const tb of [false, true])
+    for (const [M, N, K] of [[1, 131, 70], [3, 67, 513], [8, 200, 65], [4, 9, 1031]]) {
+      cases.push({ M, N, K, tb, alpha: -1.25, beta: 0, out: 'nan' })  // beta 0 must overwrite NaN
+      cases.push({ M, N, K, tb, alpha: 0.5, beta: -0.75, out: 'values', db: 'bfloat16', lb: 'strided' })
+      cases.push({ M, N, K, tb, ta: true, alpha: 2, beta: 1, out: 'values', la: 'strided' })
+    }
+  await runAll(t, 'small M alpha/beta', cases)
+})
+
+// the row gather through the small-M path: duplicates, reversed and scattered rows, f32 and bf16 A
+t.test('small M: row gather on A', async (t) => {
+  const gemmRows = _native._gemmRows as (c: Tensor, a: Tensor, rows: Tensor, b: Tensor, tb: boolean, alpha: number, beta: number) => void
+  const bad: string[] = []
+  let seed = 900
+  for (const [M, R, N, K, tb, da] of [[1, 9, 131, 70, true, 'float32'], [3, 5, 67, 513, false, 'bfloat16'],
+    [8, 11, 200, 65, true, 'bfloat16'], [5, 40, 1100, 600, false, 'float32'], [8, 3, 9, 1031, false, 'float32']] as [number, number, number, number, boolean, DT][]) {
+    const A = operand(R, K, 'plain', da, seed++)
+    const B = tb ? operand(N, K, 'strided', 'float32', seed++) : operand(K, N, 'strided', 'float32', seed++)
+    const idx = Int32Array.from({ length: M }, (_, i) => (R - 1 - ((i * 7) % R) + (i % 2) * 3) % R)
+    const c0 = new Float32Array(M * N).fill(NaN)
+    const c = tensor(c0, [M, N])
+    gemmRows(c, A.t, tensor(idx, [M]), B.t, tb, -0.5, 0)
+    const got = await c.data()
+    for (let i = 0; i < M && bad.length < 3; i++)
+      for (let j = 0; j < N; j++) {
+        let s = 0, mag = 0
+        for (let k = 0; k < K; k++) {
+          const p = A.at(idx[i], k) * (tb ? B.at(j, k) : B.at(k, j))
+          s += p
+          mag += Math.abs(p)
+        }
+        // as in runCase: chained float32 sums of at most 512 terms plus the epilogue
+        const tol = (Math.min(K, 512) + Math.ceil(K / 64) + 4) * U * 0.5 * mag
+        if (!(Math.abs(got[i * N + j] - -0.5 * s) <= tol)) {
+          bad.push(`M=${M} R=${R} N=${N} K=${K}: C[${i},${j}] = ${got[i * N + j]}, want ${-0.5 * s}`)
+          break
+        }
+      }
+  }
+  t.same(bad, [], 'gathered rows match the float64 reference')
+})
+
+// the pool splits N only (in 64-column units), so a chunk's edge must not change any element
+t.test('small M: same bits with 1, 2 and 3 threads', async (t) => {
+  const before = getNumThreads()
+  const shapes: [number, number, number, boolean, DT][] = [[1, 2000, 700, true, 'float32'], [4, 1500, 500, false, 'float32'],
+    [8, 1001, 300, true, 'bfloat16'], [3, 777, 1031, false, 'bfloat16'], [7, 650, 900, true, 'float32']]
+  try {
+    for (const [M, N, K, tb, db] of shapes) {
+      const a = tensor(values(M * K, M + 7), [M, K])
+      const b = tensor(values(K * N, N + 7), tb ? [N, K] : [K, N], { dtype: db })
+      const bits: Uint32Array[] = []
+      for (const n of [1, 2, 3]) {
+        setNumThreads(n)
+        const c = await matmul(a, b, { transposeB: tb }).data()
+        bits.push(new Uint32Array(c.buffer.slice(0)))
+      }
+      t.same(bits[1], bits[0], `[${M}x${K}]x[${K}x${N}] ${db} 2 threads == 1 thread`)
+      t.same(bits[2], bits[0], `[${M}x${K}]x[${K}x${N}] ${db} 3 threads == 1 thread`)
+    }
+  } finally {
+    setNumThreads(before)
+  }
+})
+
 if (!PORTABLE_CHILD) {
   t.test('same bits with 1, 2 and 3 threads', async (t) => {
     const before = getNumThreads()

@@ -219,12 +219,50 @@ void scale_c(int64_t M, int64_t N, float beta, float* C, int64_t ldc) {
   }
 }
 
+// the small-M path (decoding): op(B) is read in place, not packed. rows of op(A) as float
+// pointers; A is widened, transposed or gathered into a buffer only when it is not already
+// K-contiguous float32 (M * K floats, small). threads split N in 64-column units, never K.
+void gemm_small(int64_t M, int64_t N, int64_t K, float alpha, const Mat& A, const Mat& B, float beta, float* C,
+                int64_t ldc, bool parallel) {
+  static const GemmSmallFn fn = [] {
+    const GemmSmallFn fast = gemm_small_avx2();
+    return std::string(kernel().name) == "portable" || !fast ? gemm_small_portable : fast;
+  }();
+  const float* a[kGemmSmallM];
+  if (A.dtype == F32 && !A.trans) {
+    for (int64_t i = 0; i < M; i++)
+      a[i] = static_cast<const float*>(A.data) + (A.rows ? int64_t(A.rows[i]) : i) * A.ld;
+  } else {
+    float* buf = scratch(2, M * K);
+    for (int64_t i = 0; i < M; i++) {
+      float* o = buf + i * K;
+      const int64_t r = A.rows ? int64_t(A.rows[i]) : i;
+      if (A.dtype == BF16) {
+        const uint16_t* d = static_cast<const uint16_t*>(A.data);
+        for (int64_t p = 0; p < K; p++) o[p] = bf16_to_f32(A.trans ? d[p * A.ld + i] : d[r * A.ld + p]);
+      } else {
+        const float* d = static_cast<const float*>(A.data);
+        for (int64_t p = 0; p < K; p++) o[p] = d[p * A.ld + i];  // trans (plain f32 took the pointers)
+      }
+      a[i] = o;
+    }
+  }
+  const int P = parallel ? threads() : 1;
+  if (P <= 1 || double(M) * double(N) * double(K) < 5e5) return fn(M, 0, N, K, alpha, a, B, beta, C, ldc);
+  constexpr int64_t kUnit = 64;  // whole register blocks per thread, so no chunk ends in a slow tail
+  parallel_for((N + kUnit - 1) / kUnit, 1, [&](int64_t b, int64_t e, int) {
+    fn(M, b * kUnit, std::min(N, e * kUnit), K, alpha, a, B, beta, C, ldc);
+  });
+}
+
 }  // namespace
 
 void gemm(int64_t M, int64_t N, int64_t K, float alpha, const Mat& A, const Mat& B, float beta, float* C,
           int64_t ldc, bool parallel) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0 || alpha == 0.f) return scale_c(M, N, beta, C, ldc);
+  // B^T with a row gather is outside the contract (rows only on a plain operand); leave it packed
+  if (M <= kGemmSmallM && !(B.trans && B.rows)) return gemm_small(M, N, K, alpha, A, B, beta, C, ldc, parallel);
   const GemmKernel& kr = kernel();
   const int P = parallel ? threads() : 1;
   // below ~1 MFLOP waking the pool costs more than it saves

@@ -1,0 +1,222 @@
+// AVX2 + FMA small-M GEMM (decoding: 1..8 rows against big weights). op(B) is read in place, so a
+// call streams the weights once instead of packing them. B^T ([N, K], k contiguous): each C
+// element is a dot product, NB stored rows of B against all rows of A with 8-lane accumulators.
+// plain B ([K, N]): column strips of 8*NV, each row of A broadcast against B's rows in k order.
+// this file is compiled with -mavx2 -mfma and only called after a run-time CPU check.
+#include "gemm_kernels.h"
+
+#if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__)
+#include <algorithm>
+#include <cmath>
+
+#include "gemm_pack_x86.h"
+
+namespace vffn::cpu {
+
+namespace {
+
+inline float widen(float x) { return x; }
+inline float widen(uint16_t x) { return bf16_to_f32(x); }
+
+// the 8 lanes added in one fixed order: halves, then pairs, then the last two
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// the packed kernel's epilogue: r = alpha * acc, then beta * c + r fused (C unread when beta == 0)
+inline void store_c(float* c, float acc, float alpha, float beta) {
+  const float r = alpha * acc;
+  *c = beta == 0.f ? r : std::fma(beta, *c, r);
+}
+
+// k block of the B^T kernel: NB stored rows x 512 floats stay in L1 while each chunk of A's rows
+// passes over them. each block sums from zero and is then added to the running total, so no
+// chain of float32 additions is longer than 64 + K / 512 (as the packed path's KC blocks).
+constexpr int64_t kDotKB = 512;
+
+template <typename T, int NB, int MR>
+inline void dot_rows(int64_t k0, int64_t k1, const float* const* a, const T* const* b, int64_t ahead,
+                     __m256 (*acc)[8]) {
+  __m256 s[MR][NB];
+  for (int i = 0; i < MR; i++)
+    for (int r = 0; r < NB; r++) s[i][r] = _mm256_setzero_ps();
+  for (int64_t p = k0; p < k1; p += 8) {
+    // each stored row is its own stream (often exactly one 4 KiB page, where the hardware
+    // prefetcher starts over): fetch the same place in the next group's rows, `ahead` away
+    if (ahead && (p * int64_t(sizeof(T))) % 64 == 0)
+      for (int r = 0; r < NB; r++) _mm_prefetch(reinterpret_cast<const char*>(b[r] + ahead + p), _MM_HINT_T0);
+    __m256 bv[NB];
+    for (int r = 0; r < NB; r++) bv[r] = load8(b[r] + p);
+    for (int i = 0; i < MR; i++) {
+      const __m256 av = _mm256_loadu_ps(a[i] + p);
+      for (int r = 0; r < NB; r++) s[i][r] = _mm256_fmadd_ps(av, bv[r], s[i][r]);
+    }
+  }
+  for (int i = 0; i < MR; i++)
+    for (int r = 0; r < NB; r++) acc[i][r] = _mm256_add_ps(acc[i][r], s[i][r]);
+}
+
+// C[0:M, j:j+NB] for B^T; b[r] is stored row j + r
+template <typename T, int NB>
+void dot_cols(int64_t M, int64_t K, const float* const* a, const T* const* b, int64_t ahead, float alpha, float beta,
+              float* c, int64_t ldc) {
+  __m256 acc[kGemmSmallM][8];
+  for (int64_t i = 0; i < M; i++)
+    for (int r = 0; r < NB; r++) acc[i][r] = _mm256_setzero_ps();
+  const int64_t K8 = K / 8 * 8;
+  for (int64_t k0 = 0; k0 < K8; k0 += kDotKB) {
+    const int64_t k1 = std::min(K8, k0 + kDotKB);
+    // NB rows of B in registers against MR rows of A: 3 x 4 uses all 16 registers (12
+    // accumulators, 3 rows of B, 1 of A) and loads 7 vectors per 12 FMAs
+    int64_t i = 0;
+    if constexpr (NB <= 3) {
+      for (; i + 4 <= M; i += 4) dot_rows<T, NB, 4>(k0, k1, a + i, b, i ? 0 : ahead, acc + i);
+      if (M - i == 3) dot_rows<T, NB, 3>(k0, k1, a + i, b, i ? 0 : ahead, acc + i), i += 3;
+      if (M - i == 2) dot_rows<T, NB, 2>(k0, k1, a + i, b, i ? 0 : ahead, acc + i), i += 2;
+    }
+    for (; i < M; i++) dot_rows<T, NB, 1>(k0, k1, a + i, b, i ? 0 : ahead, acc + i);
+  }
+  for (int64_t i = 0; i < M; i++)
+    for (int r = 0; r < NB; r++) {
+      float v = hsum(acc[i][r]);
+      for (int64_t p = K8; p < K; p++) v = std::fma(a[i][p], widen(b[r][p]), v);
+      store_c(c + i * ldc + r, v, alpha, beta);
+    }
+}
+
+template <typename T>
+void small_trans(int64_t M, int64_t n0, int64_t n1, int64_t K, float alpha, const float* const* a, const Mat& B,
+                 float beta, float* C, int64_t ldc) {
+  const T* d = static_cast<const T*>(B.data);
+  const T* b[8];
+  int64_t j = n0;
+  auto rows_at = [&](int64_t j0, int nb) {
+    for (int r = 0; r < nb; r++) b[r] = d + (j0 + r) * B.ld;
+  };
+  // one row of A: 8 rows of B as memory operands against 8 accumulators; more rows of A: 3 rows
+  // of B at a time, reused from registers
+  if (M == 1)
+    for (; j + 8 <= n1; j += 8) rows_at(j, 8), dot_cols<T, 8>(M, K, a, b, 8 * B.ld, alpha, beta, C + j, ldc);
+  for (; j + 3 <= n1; j += 3) rows_at(j, 3), dot_cols<T, 3>(M, K, a, b, 3 * B.ld, alpha, beta, C + j, ldc);
+  for (; j < n1; j++) rows_at(j, 1), dot_cols<T, 1>(M, K, a, b, 0, alpha, beta, C + j, ldc);
+}
+
+// k block of the plain-B kernel: 64 rows of a strip of up to 64 columns (16 KiB at most) stay
+// in L1 while each row of A passes over them; each block sums from zero into its own partial,
+// then adds it to the total (chains of at most 64 + K / 64 additions)
+constexpr int64_t kAxpyKB = 64;
+
+template <typename T, int NV, int MR>
+inline void axpy_rows(int64_t k0, int64_t k1, const float* const* a, const T* d, int64_t ld, const int32_t* rows,
+                      bool prefetch, __m256 (*acc)[8]) {
+  __m256 s[MR][NV];
+  for (int i = 0; i < MR; i++)
+    for (int v = 0; v < NV; v++) s[i][v] = _mm256_setzero_ps();
+  for (int64_t p = k0; p < k1; p++) {
+    const T* br = d + (rows ? int64_t(rows[p]) : p) * ld;
+    // the strip's rows are ld apart: fetch 8 rows ahead while the weights come from memory
+    if (prefetch && p + 8 < k1) {
+      const char* ahead = reinterpret_cast<const char*>(d + (rows ? int64_t(rows[p + 8]) : p + 8) * ld);
+      for (int q = 0; q < int(NV * 8 * sizeof(T)); q += 64) _mm_prefetch(ahead + q, _MM_HINT_T0);
+    }
+    __m256 bv[NV];
+    for (int v = 0; v < NV; v++) bv[v] = load8(br + 8 * v);
+    for (int i = 0; i < MR; i++) {
+      const __m256 av = _mm256_broadcast_ss(a[i] + p);
+      for (int v = 0; v < NV; v++) s[i][v] = _mm256_fmadd_ps(av, bv[v], s[i][v]);
+    }
+  }
+  for (int i = 0; i < MR; i++)
+    for (int v = 0; v < NV; v++) acc[i][v] = _mm256_add_ps(acc[i][v], s[i][v]);
+}
+
+// C[0:M, j:j+8*NV] for plain B: every element is a k-ordered chain of FMAs from zero
+template <typename T, int NV>
+void axpy_cols(int64_t M, int64_t K, const float* const* a, const Mat& B, int64_t j, float alpha, float beta, float* c,
+               int64_t ldc) {
+  const T* d = static_cast<const T*>(B.data) + j;
+  __m256 acc[kGemmSmallM][8];
+  for (int64_t i = 0; i < M; i++)
+    for (int v = 0; v < NV; v++) acc[i][v] = _mm256_setzero_ps();
+  // B's rows are often a power of two apart, so a block of them shares a few L1 sets and would
+  // not stay there for the next row of A: with several rows, copy the block to a dense buffer
+  alignas(32) float blk[kAxpyKB * 8 * NV];
+  for (int64_t k0 = 0; k0 < K; k0 += kAxpyKB) {
+    const int64_t k1 = std::min(K, k0 + kAxpyKB);
+    if (M == 1) {
+      axpy_rows<T, NV, 1>(k0, k1, a, d, B.ld, B.rows, true, acc);
+      continue;
+    }
+    for (int64_t p = k0; p < k1; p++) {
+      const T* br = d + (B.rows ? int64_t(B.rows[p]) : p) * B.ld;
+      if (p + 8 < k1) {
+        const char* ahead = reinterpret_cast<const char*>(d + (B.rows ? int64_t(B.rows[p + 8]) : p + 8) * B.ld);
+        for (int q = 0; q < int(NV * 8 * sizeof(T)); q += 64) _mm_prefetch(ahead + q, _MM_HINT_T0);
+      }
+      for (int v = 0; v < NV; v++) _mm256_store_ps(blk + (p - k0) * 8 * NV + 8 * v, load8(br + 8 * v));
+    }
+    for (int64_t i = 0; i < M; i++) {
+      const float* ai = a[i] + k0;  // the block's k run from 0
+      axpy_rows<float, NV, 1>(0, k1 - k0, &ai, blk, 8 * NV, nullptr, false, acc + i);
+    }
+  }
+  const __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
+  for (int64_t i = 0; i < M; i++)
+    for (int v = 0; v < NV; v++) {
+      float* p = c + i * ldc + 8 * v;
+      __m256 r = _mm256_mul_ps(va, acc[i][v]);
+      if (beta != 0.f) r = _mm256_fmadd_ps(vb, _mm256_loadu_ps(p), r);
+      _mm256_storeu_ps(p, r);
+    }
+}
+
+template <typename T>
+void small_plain(int64_t M, int64_t n0, int64_t n1, int64_t K, float alpha, const float* const* a, const Mat& B,
+                 float beta, float* C, int64_t ldc) {
+  int64_t j = n0;
+  for (; j + 64 <= n1; j += 64) axpy_cols<T, 8>(M, K, a, B, j, alpha, beta, C + j, ldc);
+  for (; j + 32 <= n1; j += 32) axpy_cols<T, 4>(M, K, a, B, j, alpha, beta, C + j, ldc);
+  for (; j + 8 <= n1; j += 8) axpy_cols<T, 1>(M, K, a, B, j, alpha, beta, C + j, ldc);
+  // the last columns one by one: a scalar FMA chain rounds exactly as a vector lane does
+  const T* d = static_cast<const T*>(B.data);
+  for (; j < n1; j++)
+    for (int64_t i = 0; i < M; i++) {
+      float v = 0.f;
+      for (int64_t k0 = 0; k0 < K; k0 += kAxpyKB) {
+        float part = 0.f;
+        for (int64_t p = k0; p < std::min(K, k0 + kAxpyKB); p++)
+          part = std::fma(a[i][p], widen(d[(B.rows ? int64_t(B.rows[p]) : p) * B.ld + j]), part);
+        v += part;
+      }
+      store_c(C + i * ldc + j, v, alpha, beta);
+    }
+}
+
+void small_avx2(int64_t M, int64_t n0, int64_t n1, int64_t K, float alpha, const float* const* a, const Mat& B,
+                float beta, float* C, int64_t ldc) {
+  if (B.trans)
+    return B.dtype == BF16 ? small_trans<uint16_t>(M, n0, n1, K, alpha, a, B, beta, C, ldc)
+                           : small_trans<float>(M, n0, n1, K, alpha, a, B, beta, C, ldc);
+  B.dtype == BF16 ? small_plain<uint16_t>(M, n0, n1, K, alpha, a, B, beta, C, ldc)
+                  : small_plain<float>(M, n0, n1, K, alpha, a, B, beta, C, ldc);
+}
+
+}  // namespace
+
+GemmSmallFn gemm_small_avx2() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? small_avx2 : nullptr;
+}
+
+}  // namespace vffn::cpu
+
+#else
+
+namespace vffn::cpu {
+GemmSmallFn gemm_small_avx2() { return nullptr; }
+}  // namespace vffn::cpu
+
+#endif
