@@ -326,7 +326,7 @@ t.test('small M: row gather on A', async (t) => {
   t.same(bad, [], 'gathered rows match the float64 reference')
 })
 
-// the pool splits N only (in 64-column units), so a chunk's edge must not change any element
+// the pool splits N only (in 192-column units), so a chunk's edge must not change any element
 t.test('small M: same bits with 1, 2 and 3 threads', async (t) => {
   const before = getNumThreads()
   const shapes: [number, number, number, boolean, DT][] = [[1, 2000, 700, true, 'float32'], [4, 1500, 500, false, 'float32'],

@@ -249,7 +249,8 @@ void gemm_small(int64_t M, int64_t N, int64_t K, float alpha, const Mat& A, cons
   }
   const int P = parallel ? threads() : 1;
   if (P <= 1 || double(M) * double(N) * double(K) < 5e5) return fn(M, 0, N, K, alpha, a, B, beta, C, ldc);
-  constexpr int64_t kUnit = 64;  // whole register blocks per thread, so no chunk ends in a slow tail
+  // whole register blocks per thread (3 or 8 rows of B^T, 64-column strips of B): no chunk ends in a slow tail
+  constexpr int64_t kUnit = 192;
   parallel_for((N + kUnit - 1) / kUnit, 1, [&](int64_t b, int64_t e, int) {
     fn(M, b * kUnit, std::min(N, e * kUnit), K, alpha, a, B, beta, C, ldc);
   });
