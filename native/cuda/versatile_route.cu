@@ -74,7 +74,7 @@ __global__ void route_kernel(int64_t T, int N, int K, int L, const float* logits
     }
   }
   loops[t] = c + 1;
-  lambda[t] = float(L - (c + 1)) / float(L);
+  lambda[t] = __fdiv_rn(float(L - (c + 1)), float(L));  // IEEE division: --use_fast_math's is not the CPU's
   if (train) {
     double s = 0;
     for (int j = 0; j < L; j++) s += exp((double(zj(j)) - zc) / tau);
