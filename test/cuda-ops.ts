@@ -175,6 +175,8 @@ async function compareVersatile(t: Test, c: VersatileFFN, d: VersatileFFN, x: Te
   const pick = (v: Float32Array, w: number) => Float32Array.from(agree.flatMap((i) => Array.from(v.subarray(i * w, (i + 1) * w))))
   const e = relErr(pick(await od.y.data(), D), pick(await oc.y.data(), D))
   t.ok(e <= TOL_LAYER, `${what}: y relative error ${e.toExponential(2)}`)
+  // λ = (L − loops)/L is one correctly rounded division on both backends (L = 3 gives 1/3, 2/3)
+  t.same(pick(await od.stats.lambda.data(), 1), pick(await oc.stats.lambda.data(), 1), `${what}: λ bit for bit`)
   const ew = relErr(pick(await od.stats.weights.data(), K), pick(await oc.stats.weights.data(), K))
   t.ok(ew <= TOL_LAYER, `${what}: routing weights relative error ${ew.toExponential(2)}`)
   if (agree.length === T) t.same(await od.stats.expertCounts.intData(), await oc.stats.expertCounts.intData(), `${what}: expert counts`)
