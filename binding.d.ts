@@ -69,7 +69,6 @@ export interface Binding {
   adamwStep(param: NativeTensor, m: NativeTensor, v: NativeTensor, grad: NativeTensor, clip: NativeTensor | null,
             lr: number, beta1: number, beta2: number, eps: number, weightDecay: number, step: number): void
   axpy(y: NativeTensor, x: NativeTensor, alpha: number): void
-  zero(x: NativeTensor): void
 
   /** Test hook: queues work on the device that fails with `message`. */
   _debugFail(deviceType: number, deviceIndex: number, message: string): void

@@ -200,13 +200,7 @@ export function axpy(y: Tensor, x: Tensor, alpha = 1): void {
   native.axpy(y, x, alpha)
 }
 
-/** Sets a tensor to zero in place (contiguous CPU tensors through memset; the rest through fill_). */
+/** Sets a tensor to zero in place. */
 export function zero_(x: Tensor): void {
-  checkTensor('x', x)
-  // the element-wise fill is the slow path only on CPU; CUDA's fill is already a plain kernel
-  if (!x.isContiguous || x.device.type !== 'cpu') {
-    x.fill_(0)
-    return
-  }
-  native.zero(x)
+  checkTensor('x', x).fill_(0)
 }

@@ -103,9 +103,4 @@ struct AxpyArgs {
   float alpha;
 };
 
-// zero: every byte of a contiguous tensor set to 0 (gradient reset; a plain memset per chunk)
-struct ZeroArgs {
-  View x;
-};
-
 }  // namespace vffn

@@ -21,6 +21,5 @@ void grad_norm(const GradNormArgs& a);
 void adamw_step(const AdamWArgs& a);
 
 void axpy(const AxpyArgs& a);
-void zero(const ZeroArgs& a);
 
 }  // namespace vffn::cpu

@@ -1,8 +1,7 @@
 // AdamW with decoupled weight decay and the global gradient-norm clip it reads, in place on
-// float32 parameters and moments; axpy and zero for gradient bookkeeping.
+// float32 parameters and moments; axpy for gradient bookkeeping.
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <vector>
 
 #include "../core/dtype.h"
@@ -72,12 +71,6 @@ void axpy(const AxpyArgs& a) {
   parallel_for(a.y.numel(), 8192, [&](int64_t b, int64_t e, int) {
     for (int64_t i = b; i < e; i++) y[i] += al * x[i];
   });
-}
-
-void zero(const ZeroArgs& a) {
-  char* p = static_cast<char*>(a.x.data);
-  int64_t bytes = a.x.numel() * dtype_size(a.x.dtype);
-  parallel_for(bytes, 1 << 20, [&](int64_t b, int64_t e, int) { std::memset(p + b, 0, size_t(e - b)); });
 }
 
 }  // namespace vffn::cpu

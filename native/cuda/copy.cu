@@ -1,6 +1,5 @@
 // elementwise tensor ops on CUDA: strided copy with dtype conversion, and fill.
 // the same semantics as native/cpu/tensor_ops (bf16 rounds to nearest even, int32 only to int32).
-#include "../core/lm_args.h"
 #include "../core/ops.h"
 #include "common.cuh"
 
@@ -108,16 +107,5 @@ VFFN_CUDA_EXPORT int vffn_cuda_fill(int dev, const void* args) {
     }
     fill_kernel<<<blocks_for(n, 256), 256, 0, st>>>(a.dst.data, a.dst.dtype, layout_of(a.dst), n, bits);
     check_launch("fill");
-  });
-}
-
-// zero: a contiguous tensor's bytes set to 0 in stream order (gradient reset)
-VFFN_CUDA_EXPORT int vffn_cuda_zero(int dev, const void* args) {
-  return entry([&] {
-    const ZeroArgs& a = *static_cast<const ZeroArgs*>(args);
-    require(a.x.contiguous(), "zero: needs a contiguous tensor");
-    size_t bytes = size_t(a.x.numel() * dtype_size(a.x.dtype));
-    if (bytes == 0) return;
-    check(cudaMemsetAsync(a.x.data, 0, bytes, stream(dev)), "zero");
   });
 }

@@ -286,20 +286,6 @@ Napi::Value Axpy(const Napi::CallbackInfo& info) {
   });
 }
 
-// zero(x): a contiguous tensor set to zero
-Napi::Value Zero(const Napi::CallbackInfo& info) {
-  return guard(info, [&]() -> Napi::Value {
-    TensorArg x = tensor_arg(info[0], "x");
-    need_contiguous(x, "x");
-    Device* dev = x.device;
-    enqueue(dev, "zero", [=] {
-      ZeroArgs a{x.view()};
-      dev->type == kCPU ? cpu::zero(a) : cuda_call(dev, "zero", &a);
-    });
-    return undef(info);
-  });
-}
-
 void Register(Napi::Env env, Napi::Object exports) {
   exports.Set("embeddingForward", Napi::Function::New(env, EmbeddingForward));
   exports.Set("embeddingBackward", Napi::Function::New(env, EmbeddingBackward));
@@ -312,7 +298,6 @@ void Register(Napi::Env env, Napi::Object exports) {
   exports.Set("gradNorm", Napi::Function::New(env, GradNorm));
   exports.Set("adamwStep", Napi::Function::New(env, AdamWStep));
   exports.Set("axpy", Napi::Function::New(env, Axpy));
-  exports.Set("zero", Napi::Function::New(env, Zero));
 }
 VFFN_REGISTER(Register);
 
