@@ -27,27 +27,20 @@ inline void put(const View& v, int64_t off, double x) {
     default: v.ptr<int32_t>()[off] = int32_t(x); break;
   }
 }
-// offset of flat index i in a strided view
-inline int64_t offset_of(const View& v, int64_t i) {
+// offset of element i over the first `dims` dimensions of a strided view, in row-major order
+inline int64_t offset_in(const View& v, int dims, int64_t i) {
   int64_t off = 0;
-  for (int d = v.ndim - 1; d >= 0; d--) {
+  for (int d = dims - 1; d >= 0; d--) {
     int64_t s = v.shape[d];
     off += (i % s) * v.stride[d];
     i /= s;
   }
   return off;
 }
-
-// rows of a view: every index but the last, in row-major order; offset of row r's first element
-inline int64_t row_offset(const View& v, int64_t r) {
-  int64_t off = 0;
-  for (int d = v.ndim - 2; d >= 0; d--) {
-    int64_t s = v.shape[d];
-    off += (r % s) * v.stride[d];
-    r /= s;
-  }
-  return off;
-}
+// offset of flat index i
+inline int64_t offset_of(const View& v, int64_t i) { return offset_in(v, v.ndim, i); }
+// offset of row r's first element (rows: every index but the last)
+inline int64_t row_offset(const View& v, int64_t r) { return offset_in(v, v.ndim - 1, r); }
 
 template <class D, class S, class Cvt>
 void copy_row(D* dst, int64_t ds, const S* src, int64_t ss, int64_t n, Cvt cvt) {
