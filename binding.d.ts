@@ -70,8 +70,12 @@ export interface Binding {
             lr: number, beta1: number, beta2: number, eps: number, weightDecay: number, step: number): void
   axpy(y: NativeTensor, x: NativeTensor, alpha: number): void
 
-  /** Test hook: queues work on the device that fails with `message`. */
-  _debugFail(deviceType: number, deviceIndex: number, message: string): void
+  /** Resolves (in stream order) with null when the tensor's values are valid, else with the failure it carries. */
+  failed(t: NativeTensor): Promise<null | { op: string; code: string; message: string }>
+  /** Test hook: queues an op that writes `t` and fails with `message`. */
+  _debugFail(t: NativeTensor, message: string): void
+  /** Test hook: keeps the device's worker busy for `ms` milliseconds. */
+  _debugSleep(deviceType: number, deviceIndex: number, ms: number): void
   [op: string]: unknown
 }
 

@@ -19,7 +19,12 @@ export class Device {
     return this.type === 'cpu' ? 'cpu' : `cuda:${this.index}`
   }
 
-  /** Resolves when every op queued on this device so far has run; rejects with the first error one raised. */
+  /**
+   * Resolves when every op queued on this device so far has run. An op's failure belongs to the
+   * tensors it wrote (their `data()` rejects with it), not to the device, so `sync()` rejects only
+   * when the device has failed for good (ERR_DEVICE: a CUDA error such as an illegal address
+   * leaves the context unusable, and every later call says so).
+   */
   sync(): Promise<void> {
     return native.sync(this.code, this.index)
   }

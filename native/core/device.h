@@ -25,6 +25,13 @@ class Device {
   std::string name() const;
 };
 
+// why a storage's contents are not valid: the op that failed, its code and message. shared by
+// every storage that failure reached, so a wait reports the original error.
+struct Failure {
+  std::string op, code, message;
+};
+using FailurePtr = std::shared_ptr<const Failure>;
+
 struct Storage {
   Storage(Device* dev, size_t bytes);
   ~Storage();
@@ -36,8 +43,21 @@ struct Storage {
   Device* device;
   size_t bytes;
 
+  // errors belong to tensors: set by the op that failed (or that read a failed input), cleared by
+  // an op that overwrites the whole storage. read and written on workers, in stream order.
+  FailurePtr failure() const {
+    std::lock_guard<std::mutex> lk(mu_);
+    return failure_;
+  }
+  void set_failure(FailurePtr f) {
+    std::lock_guard<std::mutex> lk(mu_);
+    failure_ = std::move(f);
+  }
+
  private:
   void* ptr_ = nullptr;
+  mutable std::mutex mu_;
+  FailurePtr failure_;
 };
 using StoragePtr = std::shared_ptr<Storage>;
 

@@ -26,17 +26,14 @@ uint64_t Stream::enqueue(const char* op, Task fn) {
   return seq;
 }
 
+uint64_t Stream::submitted() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return next_seq_ - 1;
+}
+
 void Stream::wait(uint64_t seq) {
   std::unique_lock<std::mutex> lk(mu_);
   cv_done_.wait(lk, [&] { return done_seq_ >= seq; });
-}
-
-bool Stream::take_error(StreamError* out) {
-  std::lock_guard<std::mutex> lk(mu_);
-  if (!has_error_) return false;
-  *out = error_;
-  has_error_ = false;
-  return true;
 }
 
 void Stream::set_fatal(const std::string& message) {
@@ -61,29 +58,20 @@ void Stream::run() {
       item = std::move(queue_.front());
       queue_.pop_front();
     }
-    std::string code, message;
+    std::string escaped;
     try {
       item.fn();
     } catch (const Error& e) {
-      code = e.code;
-      message = e.message;
-    } catch (const std::bad_alloc&) {
-      code = "ERR_OOM";
-      message = "out of memory";
+      escaped = e.code + ": " + e.message;
     } catch (const std::exception& e) {
-      code = "ERR_INTERNAL";
-      message = e.what();
+      escaped = e.what();
     } catch (...) {
-      code = "ERR_INTERNAL";
-      message = "unknown failure";
+      escaped = "unknown failure";
     }
+    if (!escaped.empty()) set_fatal(std::string("'") + item.op + "' failed outside any tensor: " + escaped);
     item.fn = nullptr;  // drop captured storage before signalling completion
     {
       std::lock_guard<std::mutex> lk(mu_);
-      if (!code.empty() && !has_error_) {
-        has_error_ = true;
-        error_ = StreamError{item.op, code, message};
-      }
       done_seq_ = item.seq;
     }
     cv_done_.notify_all();

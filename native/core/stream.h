@@ -1,6 +1,8 @@
 // an ordered queue of work drained by one worker thread. every device owns one: on CPU the
 // worker computes, on CUDA it launches onto the device's cudaStream. ops enqueue and return;
-// waits are promises resolved when the worker reaches them.
+// waits are promises resolved when the worker reaches them. errors belong to the tensors an op
+// writes (napi/common.h: enqueue); the stream itself only knows whether its device has failed
+// for good.
 #pragma once
 #include <condition_variable>
 #include <cstdint>
@@ -12,29 +14,23 @@
 
 namespace vffn {
 
-struct StreamError {
-  std::string op, code, message;
-};
-
 class Stream {
  public:
   using Task = std::function<void()>;
-  // on_error(op, code, message) is called on the worker when a task throws.
   explicit Stream(std::string name);
   ~Stream();
   Stream(const Stream&) = delete;
   Stream& operator=(const Stream&) = delete;
 
-  // enqueue work; returns its sequence number. `op` names it in errors.
+  // enqueue work; returns its sequence number. `op` names it. a task should catch its own
+  // errors; one that escapes marks the device failed for good (nothing else could report it).
   uint64_t enqueue(const char* op, Task fn);
   // block the caller until every task up to `seq` has run (never call from the JS thread).
   void wait(uint64_t seq);
-  // the first error since the last take, cleared by taking it.
-  bool take_error(StreamError* out);
   // device failed for good: every later call reports it.
   void set_fatal(const std::string& message);
   bool fatal(std::string* message) const;
-  uint64_t submitted() const { return next_seq_ - 1; }
+  uint64_t submitted() const;
 
  private:
   void run();
@@ -48,8 +44,7 @@ class Stream {
   std::condition_variable cv_work_, cv_done_;
   std::deque<Item> queue_;
   uint64_t next_seq_ = 1, done_seq_ = 0;
-  bool stop_ = false, has_error_ = false;
-  StreamError error_;
+  bool stop_ = false;
   std::string fatal_;
   std::thread worker_;
 };

@@ -50,11 +50,10 @@ struct Scratch {
 
 // ids checked on the device (token ids, targets): a kernel writes the first bad position and its
 // value into an int32 [2] block from alloc() (kNoBadIndex, every byte 0x7f so a memset can write
-// it: none), the op's own kernels skip their writes when it is set, and the next wait (synchronize,
-// copy to host) reads it back and fails with ERR_ARGUMENT: no host wait inside the op.
+// it: none), the op's own kernels skip their writes when it is set, and the op's worker then reads it
+// back and fails with ERR_ARGUMENT, so the failure belongs to the op's outputs.
 constexpr int32_t kNoBadIndex = 0x7f7f7f7f;
-void defer_index_check(int dev, void* block, const char* what, int64_t limit);  // takes the block
-void run_index_checks(int dev);  // after the stream drained; raises the first failure
+void finish_index_check(int dev, void* block, const char* what, int64_t limit);  // takes the block
 
 // runs body; turns Status and C++ exceptions into a status code with last_error set.
 template <class F>

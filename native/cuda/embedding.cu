@@ -1,7 +1,7 @@
 // token embedding on CUDA: gather rows of wte (forward), scatter-add into them (backward).
 // T tokens, D width, V vocabulary rows. an id outside [0, V) must fail before anything is written
-// (lm_args.h): checked on the device, the op's kernel skips when flagged, and the next wait
-// reports it (common.cuh: defer_index_check).
+// (lm_args.h): checked on the device, the op's kernel skips when flagged, and the op's worker
+// reads the flag back and fails (common.cuh: finish_index_check).
 #include "../core/lm_args.h"
 #include "common.cuh"
 
@@ -42,7 +42,7 @@ __global__ void embedding_backward_kernel(int64_t T, int64_t D, const int32_t* i
   }
 }
 
-// the check, then `op` (which must skip its writes when bad[0] is set), then the deferred report
+// the check, then `op` (which must skip its writes when bad[0] is set), then the check read back
 template <class Op>
 void with_checked_ids(int dev, const View& tokens, int64_t V, Op&& op) {
   cudaStream_t st = stream(dev);
@@ -60,7 +60,7 @@ void with_checked_ids(int dev, const View& tokens, int64_t V, Op&& op) {
     release(dev, bad);
     throw;
   }
-  defer_index_check(dev, bad, "tokens", V);
+  finish_index_check(dev, bad, "tokens", V);
 }
 
 }  // namespace

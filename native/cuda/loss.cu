@@ -2,7 +2,7 @@
 // and sums the row losses in token order (one block, double); backward writes (softmax − onehot)
 // scaled by dloss / counted tokens. a target outside [0, V) other than ignore_index must fail
 // (lm_args.h): checked on the device (with the count of targets), the kernels skip when flagged,
-// and the next wait reports it (common.cuh: defer_index_check).
+// and the op's worker reads the flag back and fails (common.cuh: finish_index_check).
 #include <cfloat>
 
 #include "../core/lm_args.h"
@@ -83,7 +83,7 @@ __global__ void ce_backward_kernel(int64_t T, int64_t V, float* d, int64_t ldd, 
   }
 }
 
-// the check, then `op` (whose kernels skip when info[0] is set), then the deferred report
+// the check, then `op` (whose kernels skip when info[0] is set), then the check read back
 template <class Op>
 void with_checked_targets(int dev, const View& targets, int64_t V, int64_t ignore, Op&& op) {
   cudaStream_t st = stream(dev);
@@ -102,7 +102,7 @@ void with_checked_targets(int dev, const View& targets, int64_t V, int64_t ignor
     release(dev, info);
     throw;
   }
-  defer_index_check(dev, info, "targets", V);
+  finish_index_check(dev, info, "targets", V);
 }
 
 }  // namespace

@@ -18,11 +18,6 @@ namespace {
 
 thread_local std::string t_last_error;
 
-struct PendingCheck {
-  void* block;  // int32 [2]: first bad position (kNoBadIndex: none), the value found there
-  std::string what;
-  int64_t limit;
-};
 
 // one per device. the addon calls malloc/free only from the device's worker thread, but the
 // mutex keeps memory() (from the JS thread) and scratch use from layers consistent.
@@ -33,7 +28,6 @@ struct DeviceState {
   std::unordered_map<void*, size_t> live;                  // block -> size class
   std::unordered_map<size_t, std::vector<void*>> cached;   // size class -> free blocks
   size_t live_bytes = 0, cached_bytes = 0;
-  std::vector<PendingCheck> pending;  // device-side argument checks not yet read back
 };
 
 std::once_flag g_init_once;
@@ -202,39 +196,17 @@ void release(int dev, void* p) {
   s.live.erase(it);
 }
 
-void defer_index_check(int dev, void* block, const char* what, int64_t limit) {
-  DeviceState& s = state(dev);
-  size_t n;
-  {
-    std::lock_guard<std::mutex> lk(s.mu);
-    s.pending.push_back({block, what, limit});
-    n = s.pending.size();
-  }
-  // a program that never waits still gets its errors, and the list stays short
-  if (n >= 256) {
-    check(cudaStreamSynchronize(stream(dev)), what);
-    run_index_checks(dev);
-  }
-}
-
-void run_index_checks(int dev) {
-  DeviceState& s = state(dev);
-  std::vector<PendingCheck> todo;
-  {
-    std::lock_guard<std::mutex> lk(s.mu);
-    todo.swap(s.pending);
-  }
-  std::string failure;
-  for (const PendingCheck& c : todo) {
-    int32_t h[2] = {kNoBadIndex, 0};
-    cudaError_t e = cudaMemcpy(h, c.block, sizeof h, cudaMemcpyDeviceToHost);  // the stream is drained already
-    release(dev, c.block);
-    check(e, c.what.c_str());
-    if (h[0] != kNoBadIndex && failure.empty())
-      failure = c.what + ": id " + std::to_string(h[1]) + " at position " + std::to_string(h[0]) +
-                " is outside the vocabulary [0, " + std::to_string(c.limit) + ")";
-  }
-  if (!failure.empty()) raise(VFFN_E_ARGUMENT, failure);
+void finish_index_check(int dev, void* block, const char* what, int64_t limit) {
+  // the op's own failure must reach the op's outputs (errors belong to tensors), so its worker
+  // waits here for the check; the JS thread never does
+  int32_t h[2] = {kNoBadIndex, 0};
+  cudaError_t e = cudaMemcpyAsync(h, block, sizeof h, cudaMemcpyDeviceToHost, stream(dev));
+  if (e == cudaSuccess) e = cudaStreamSynchronize(stream(dev));
+  release(dev, block);
+  check(e, what);
+  if (h[0] != kNoBadIndex)
+    raise(VFFN_E_ARGUMENT, std::string(what) + ": id " + std::to_string(h[1]) + " at position " + std::to_string(h[0]) +
+                               " is outside the vocabulary [0, " + std::to_string(limit) + ")");
 }
 
 namespace {
@@ -295,20 +267,17 @@ int api_memcpy_h2d(int dev, void* dst, const void* src, size_t bytes) {
   });
 }
 
-// the waits: after the stream drains, device-side argument checks of earlier ops report here
 int api_memcpy_d2h(int dev, void* dst, const void* src, size_t bytes) {
   return entry([&] {
     cudaStream_t st = stream(dev);
     if (bytes) check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, st), "copy to host");
     check(cudaStreamSynchronize(st), "copy to host");
-    run_index_checks(dev);
   });
 }
 
 int api_synchronize(int dev) {
   return entry([&] {
     check(cudaStreamSynchronize(stream(dev)), "synchronize");
-    run_index_checks(dev);
   });
 }
 

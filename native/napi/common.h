@@ -20,6 +20,7 @@ namespace vffn::napi {
 struct TensorArg {
   StoragePtr storage;
   Device* device = nullptr;
+  const char* name = "tensor";  // the argument's name, for errors (a string literal or a stable field name)
   int64_t offset = 0;  // elements
   View meta;           // data == nullptr until view()
   View view() const {
@@ -40,8 +41,59 @@ Napi::Error js_error(Napi::Env env, const std::string& code, const std::string& 
 // runs body, converting vffn::Error (and std exceptions) into thrown JS errors.
 Napi::Value guard(const Napi::CallbackInfo& info, const std::function<Napi::Value()>& body);
 
-// queue work on a device; throws the device's fatal error if it has failed for good.
-void enqueue(Device* dev, const char* op, std::function<void()> fn);
+// what an op reads and writes. errors belong to tensors: when any tensor the op reads carries a
+// failure, the op does no work and its outputs carry that same failure; when the op itself
+// throws, its outputs carry the new failure; when it succeeds, an output it overwrites whole
+// (out(), covering its storage) is valid again. gate() makes a failed input a no-op instead:
+// the outputs keep their values and stay valid (an optimizer update fed failed gradients).
+class Io {
+ public:
+  // read only
+  Io& in(const TensorArg& t);
+  // written whole (a success clears an earlier failure of its storage)
+  Io& out(const TensorArg& t);
+  // read and written (accumulated, updated in place)
+  Io& inout(const TensorArg& t);
+  Io& gate() {
+    gate_ = true;
+    return *this;
+  }
+  // an output may be exactly one of the inputs (same view): the kernel is written for it
+  Io& same_view_ok() {
+    same_view_ok_ = true;
+    return *this;
+  }
+  // throws ERR_ARGUMENT when an output overlaps a read-only input (the kernels assume no aliasing)
+  void check_aliasing() const;
+
+  struct Entry {
+    StoragePtr storage;
+    int64_t begin, end;  // the byte range the view can touch
+    bool whole;          // an out() view covering its whole storage
+    const char* name;
+    View meta;
+    int64_t offset;
+  };
+  std::vector<Entry> reads, writes;
+  std::vector<bool> write_is_out;
+  bool gate_ = false, same_view_ok_ = false;
+};
+
+// queue an op on a device with its reads and writes (see Io); throws the device's fatal error
+// if it has failed for good, and ERR_ARGUMENT for aliased outputs. fn may throw: the failure
+// goes to the op's outputs. throw InputFailed to pass on a failure that came from elsewhere.
+void enqueue(Device* dev, const char* op, Io io, std::function<void()> fn);
+
+struct InputFailed {
+  FailurePtr failure;
+};
+
+// the failure of the first read storage that carries one (on the worker, in stream order)
+FailurePtr first_failure(const std::vector<StoragePtr>& reads);
+
+// overflow-checked int64 arithmetic for sizes from JS; throws ERR_ARGUMENT naming `what`
+int64_t checked_mul(int64_t a, int64_t b, const char* what);
+int64_t checked_add(int64_t a, int64_t b, const char* what);
 
 // calls vffn_cuda_<op>(device, args) and throws on failure. only from a worker task.
 void cuda_call(Device* dev, const char* op, const void* args);

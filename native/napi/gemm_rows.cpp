@@ -32,7 +32,7 @@ Napi::Value GemmRows(const Napi::CallbackInfo& info) {
     const int64_t N = tb ? b.meta.shape[0] : b.meta.shape[1];
     need((tb ? b.meta.shape[1] : b.meta.shape[0]) == K, "ERR_SHAPE", "_gemmRows: inner dimensions differ");
     need(c.meta.shape[0] == M && c.meta.shape[1] == N, "ERR_SHAPE", "_gemmRows: out must be [rows, N]");
-    enqueue(c.device, "gemm_rows", [c, a, rows, b, tb, alpha, beta, M, N, K, R] {
+    enqueue(c.device, "gemm_rows", (beta == 0.f ? Io().out(c) : Io().inout(c)).in(a).in(rows).in(b), [c, a, rows, b, tb, alpha, beta, M, N, K, R] {
       View cv = c.view(), av = a.view(), rv = rows.view(), bv = b.view();
       const int32_t* r = rv.ptr<int32_t>();
       for (int64_t i = 0; i < M; i++) need(r[i] >= 0 && r[i] < R, "ERR_ARGUMENT", "_gemmRows: a row index is out of range");

@@ -20,7 +20,7 @@ Napi::Value RmsNormForward(const Napi::CallbackInfo& info) {
     check_arg(out, "out", {T, D}, kF32, dev);
     check_arg(w, "weight", {D}, kFloat, dev);
     if (keep) check_arg(rstd, "rstd", {T}, kF32, dev);
-    enqueue(dev, "rmsnorm_forward", [=] {
+    enqueue(dev, "rmsnorm_forward", Io().out(out).out(rstd).in(x).in(w), [=] {
       RmsNormArgs a{out.view(), keep ? rstd.view() : View{}, x.view(), w.view(), eps};
       if (dev->type == kCPU) return cpu::rmsnorm_forward(a);
       cuda_call(dev, "rmsnorm_forward", &a);
@@ -42,7 +42,7 @@ Napi::Value RmsNormBackward(const Napi::CallbackInfo& info) {
     check_arg(w, "weight", {D}, kFloat, dev);
     check_arg(dw, "dweight", {D}, kF32, dev);
     check_arg(rstd, "rstd", {T}, kF32, dev);
-    enqueue(dev, "rmsnorm_backward", [=] {
+    enqueue(dev, "rmsnorm_backward", Io().out(dx).inout(dw).in(dout).in(x).in(w).in(rstd), [=] {
       RmsNormBackwardArgs a{dx.view(), dw.view(), dout.view(), x.view(), w.view(), rstd.view()};
       if (dev->type == kCPU) return cpu::rmsnorm_backward(a);
       cuda_call(dev, "rmsnorm_backward", &a);
@@ -70,7 +70,7 @@ Napi::Value FfnForward(const Napi::CallbackInfo& info) {
       check_arg(rstd, "rstd", {T}, kF32, dev);
       check_arg(h, "h", {T, 2 * I}, kF32, dev);
     }
-    enqueue(dev, "ffn_forward", [=] {
+    enqueue(dev, "ffn_forward", Io().out(y).out(rstd).out(h).in(x).in(nw).in(pw).in(ow), [=] {
       FfnForwardArgs a{y.view(), x.view(), nw.view(), pw.view(), ow.view(), keep ? rstd.view() : View{},
                        keep ? h.view() : View{}, eps};
       if (dev->type == kCPU) return cpu::ffn_forward(a);
@@ -94,7 +94,11 @@ Napi::Value FfnBackward(const Napi::CallbackInfo& info) {
     const std::initializer_list<int64_t> shapes[] = {{T, D}, {D}, {2 * I, D}, {D, I}, {T, D}, {T, D},
                                                      {D}, {2 * I, D}, {D, I}, {T}, {T, 2 * I}};
     for (int i = 0; i < 11; i++) check_arg(t[i], names[i], shapes[i], i >= 6 && i <= 8 ? kFloat : kF32, dev);
-    enqueue(dev, "ffn_backward", [=] {
+    Io io;
+    io.out(t[0]);
+    for (int i = 1; i <= 3; i++) io.inout(t[i]);  // weight gradients accumulate
+    for (int i = 4; i < 11; i++) io.in(t[i]);
+    enqueue(dev, "ffn_backward", io, [=] {
       FfnBackwardArgs a{t[0].view(), t[1].view(), t[2].view(), t[3].view(), t[4].view(), t[5].view(),
                         t[6].view(), t[7].view(), t[8].view(), t[9].view(), t[10].view(), eps};
       if (dev->type == kCPU) return cpu::ffn_backward(a);

@@ -51,7 +51,7 @@ Napi::Value Gemm(const Napi::CallbackInfo& info) {
     if (K != Kb) fail("ERR_SHAPE", "b: inner dimensions differ (" + std::to_string(K) + " vs " + std::to_string(Kb) + ")");
     if (c.meta.shape[0] != M || c.meta.shape[1] != N) fail("ERR_SHAPE", "out: shape does not match [M, N]");
     Device* dev = c.device;
-    enqueue(dev, "matmul", [c, a, b, ta, tb, alpha, beta, dev] {
+    enqueue(dev, "matmul", (beta == 0.f ? Io().out(c) : Io().inout(c)).in(a).in(b), [c, a, b, ta, tb, alpha, beta, dev] {
       GemmArgs g{c.view(), a.view(), b.view(), ta, tb, alpha, beta};
       if (dev->type == kCPU) return cpu_gemm(g);
       cuda_call(dev, "gemm", &g);

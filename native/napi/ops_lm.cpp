@@ -54,7 +54,7 @@ Napi::Value EmbeddingForward(const Napi::CallbackInfo& info) {
     if (out.meta.shape[0] != tok.meta.shape[0] || out.meta.shape[1] != w.meta.shape[1])
       fail("ERR_SHAPE", "out: expected [" + to_string(tok.meta.shape[0]) + ", " + to_string(w.meta.shape[1]) + "], got " + shape_str(out.meta));
     Device* dev = out.device;
-    enqueue(dev, "embedding_forward", [out, w, tok, dev] {
+    enqueue(dev, "embedding_forward", Io().out(out).in(w).in(tok), [out, w, tok, dev] {
       EmbeddingForwardArgs a{out.view(), w.view(), tok.view()};
       dev->type == kCPU ? cpu::embedding_forward(a) : cuda_call(dev, "embedding_forward", &a);
     });
@@ -71,7 +71,7 @@ Napi::Value EmbeddingBackward(const Napi::CallbackInfo& info) {
     if (g.meta.shape[0] != tok.meta.shape[0] || g.meta.shape[1] != dw.meta.shape[1])
       fail("ERR_SHAPE", "dout: expected [" + to_string(tok.meta.shape[0]) + ", " + to_string(dw.meta.shape[1]) + "], got " + shape_str(g.meta));
     Device* dev = dw.device;
-    enqueue(dev, "embedding_backward", [dw, g, tok, dev] {
+    enqueue(dev, "embedding_backward", Io().inout(dw).in(g).in(tok), [dw, g, tok, dev] {
       EmbeddingBackwardArgs a{dw.view(), g.view(), tok.view()};
       dev->type == kCPU ? cpu::embedding_backward(a) : cuda_call(dev, "embedding_backward", &a);
     });
@@ -91,7 +91,7 @@ Napi::Value Rope(const Napi::CallbackInfo& info, bool backward) {
     if (off < 0) fail("ERR_ARGUMENT", "posOffset: expected >= 0");
     Device* dev = x.device;
     const char* op = backward ? "rope_backward" : "rope_forward";
-    enqueue(dev, op, [x, H, off, theta, dev, backward, op] {
+    enqueue(dev, op, Io().inout(x), [x, H, off, theta, dev, backward, op] {
       RopeArgs a{x.view(), H, off, theta};
       if (dev->type != kCPU) return cuda_call(dev, op, &a);
       backward ? cpu::rope_backward(a) : cpu::rope_forward(a);
@@ -131,7 +131,7 @@ Napi::Value AttentionForward(const Napi::CallbackInfo& info) {
     need(out, "out", 3, F32), same_shape(out, "out", q, "q"), check_lse(lse, q, H);
     same_device(q, {&out, &lse});
     Device* dev = q.device;
-    enqueue(dev, "attention_forward", [=] {
+    enqueue(dev, "attention_forward", Io().out(out).out(lse).in(q).in(k).in(v), [=] {
       AttentionForwardArgs a{out.view(), lse.view(), q.view(), k.view(), v.view(), H, qoff, scale};
       dev->type == kCPU ? cpu::attention_forward(a) : cuda_call(dev, "attention_forward", &a);
     });
@@ -153,7 +153,7 @@ Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
     same_shape(dk, "dk", k, "k"), same_shape(dv, "dv", k, "k"), check_lse(lse, q, H);
     same_device(q, {&dq, &dk, &dv, &g, &out, &lse});
     Device* dev = q.device;
-    enqueue(dev, "attention_backward", [=] {
+    enqueue(dev, "attention_backward", Io().out(dq).out(dk).out(dv).in(g).in(q).in(k).in(v).in(out).in(lse), [=] {
       AttentionBackwardArgs a{dq.view(), dk.view(), dv.view(), g.view(), q.view(), k.view(), v.view(), out.view(), lse.view(), H, qoff, scale};
       dev->type == kCPU ? cpu::attention_backward(a) : cuda_call(dev, "attention_backward", &a);
     });
@@ -180,7 +180,7 @@ Napi::Value CrossEntropyForward(const Napi::CallbackInfo& info) {
     if (loss.meta.shape[0] != 1) fail("ERR_SHAPE", "loss: expected [1]");
     same_device(x, {&loss});
     Device* dev = x.device;
-    enqueue(dev, "cross_entropy_forward", [=] {
+    enqueue(dev, "cross_entropy_forward", Io().out(loss).out(lse).in(x).in(tg), [=] {
       CrossEntropyForwardArgs a{loss.view(), lse.view(), x.view(), tg.view(), ignore};
       dev->type == kCPU ? cpu::cross_entropy_forward(a) : cuda_call(dev, "cross_entropy_forward", &a);
     });
@@ -199,7 +199,7 @@ Napi::Value CrossEntropyBackward(const Napi::CallbackInfo& info) {
     need(d, "dlogits", 2, F32), same_shape(d, "dlogits", x, "logits");
     same_device(x, {&d});
     Device* dev = x.device;
-    enqueue(dev, "cross_entropy_backward", [=] {
+    enqueue(dev, "cross_entropy_backward", Io().out(d).in(x).in(lse).in(tg).same_view_ok(), [=] {
       CrossEntropyBackwardArgs a{d.view(), x.view(), lse.view(), tg.view(), dloss, ignore};
       dev->type == kCPU ? cpu::cross_entropy_backward(a) : cuda_call(dev, "cross_entropy_backward", &a);
     });
@@ -219,6 +219,7 @@ Napi::Value GradNorm(const Napi::CallbackInfo& info) {
     for (uint32_t i = 0; i < arr.Length(); i++) {
       std::string name = "grads[" + to_string(i) + "]";
       grads->push_back(tensor_arg(arr.Get(i), name.c_str()));
+      grads->back().name = "grads";  // the element's name above is a temporary
       const TensorArg& g = grads->back();
       if (g.meta.dtype != F32) fail("ERR_DTYPE", name + ": expected float32");
       need_contiguous(g, name.c_str());
@@ -226,7 +227,10 @@ Napi::Value GradNorm(const Napi::CallbackInfo& info) {
     }
     float max_norm = float(num_arg(info[2], "maxNorm"));
     Device* dev = out.device;
-    enqueue(dev, "grad_norm", [out, grads, max_norm, dev] {
+    Io io;
+    io.out(out);
+    for (auto& g : *grads) io.in(g);
+    enqueue(dev, "grad_norm", io, [out, grads, max_norm, dev] {
       std::vector<View> views;
       for (auto& g : *grads) views.push_back(g.view());
       GradNormArgs a{out.view(), views.data(), int64_t(views.size()), max_norm};
@@ -261,7 +265,11 @@ Napi::Value AdamWStep(const Napi::CallbackInfo& info) {
     int64_t step = int_arg(info[10], "step");
     if (step < 1) fail("ERR_ARGUMENT", "step: expected >= 1");
     Device* dev = p.device;
-    enqueue(dev, "adamw_step", [=] {
+    // gated: a failed gradient or clip leaves the parameter and its moments untouched and valid
+    Io io;
+    io.inout(p).inout(m).inout(v).in(g).gate();
+    if (has_clip) io.in(clip);
+    enqueue(dev, "adamw_step", io, [=] {
       AdamWArgs a{p.view(), m.view(), v.view(), g.view(), has_clip ? clip.view() : View{}, lr, b1, b2, eps, wd, step};
       dev->type == kCPU ? cpu::adamw_step(a) : cuda_call(dev, "adamw_step", &a);
     });
@@ -278,7 +286,7 @@ Napi::Value Axpy(const Napi::CallbackInfo& info) {
     need_contiguous(y, "y"), need_contiguous(x, "x"), same_device(y, {&x});
     if (y.numel() != x.numel()) fail("ERR_SHAPE", "x: expected " + to_string(y.numel()) + " elements, got " + to_string(x.numel()));
     Device* dev = y.device;
-    enqueue(dev, "axpy", [=] {
+    enqueue(dev, "axpy", Io().inout(y).in(x).same_view_ok(), [=] {
       AxpyArgs a{y.view(), x.view(), alpha};
       dev->type == kCPU ? cpu::axpy(a) : cuda_call(dev, "axpy", &a);
     });

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <chrono>
 #include <thread>
 #include <memory>
 #include <vector>
@@ -43,13 +44,13 @@ Napi::Value Write(const Napi::CallbackInfo& info) {
     if (!info[1].IsTypedArray()) fail("ERR_ARGUMENT", "data: expected a typed array");
     Napi::TypedArray ta = info[1].As<Napi::TypedArray>();
     if (!t.meta.contiguous()) fail("ERR_ARGUMENT", "tensor: write needs a contiguous tensor");
-    size_t bytes = size_t(t.numel() * dtype_size(t.meta.dtype));
+    size_t bytes = size_t(checked_mul(t.numel(), dtype_size(t.meta.dtype), "tensor"));
     if (ta.ByteLength() != bytes)
       fail("ERR_SHAPE", "data: expected " + std::to_string(bytes) + " bytes, got " + std::to_string(ta.ByteLength()));
     auto host = std::make_shared<std::vector<uint8_t>>(bytes);
     std::memcpy(host->data(), static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset(), bytes);
     Device* dev = t.device;
-    enqueue(dev, "write", [t, host, dev, bytes] {
+    enqueue(dev, "write", Io().out(t), [t, host, dev, bytes] {
       void* dst = t.view().data;
       if (dev->type == kCPU)
         std::memcpy(dst, host->data(), bytes);
@@ -60,7 +61,9 @@ Napi::Value Write(const Napi::CallbackInfo& info) {
   });
 }
 
-// read(tensor) -> Promise<Float32Array | Int32Array | Uint16Array(raw=true, bf16)>
+// read(tensor) -> Promise<Float32Array | Int32Array | Uint16Array(raw=true, bf16)>. the values land
+// in native memory on the worker and become the array's memory on the JS thread, so a worker
+// thread that ends meanwhile leaves nothing to write into, and a failed allocation is ERR_OOM.
 Napi::Value Read(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
     Napi::Env env = info.Env();
@@ -68,12 +71,14 @@ Napi::Value Read(const Napi::CallbackInfo& info) {
     bool raw = info.Length() > 1 && info[1].IsBoolean() && info[1].As<Napi::Boolean>().Value();
     int32_t out_dt = t.meta.dtype == I32 ? I32 : (raw ? t.meta.dtype : F32);
     size_t n = size_t(t.numel());
-    size_t bytes = n * size_t(dtype_size(out_dt));
-    Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, bytes ? bytes : 1);
-    auto keep = std::make_shared<Napi::Reference<Napi::ArrayBuffer>>(Napi::Persistent(ab));
-    void* out = ab.Data();
+    size_t bytes = size_t(checked_mul(int64_t(n), dtype_size(out_dt), "tensor"));
+    std::shared_ptr<HostBuffer> buf = HostBuffer::make(bytes);
+    if (!buf)
+      return rejected(env, "ERR_OOM", "tensor: out of memory: could not allocate " + std::to_string(bytes) + " bytes of host memory to read it into");
     Device* dev = t.device;
-    auto work = [t, out, out_dt, n, dev] {
+    // the worker holds the buffer too: the pending wait (and its env) may be gone before it runs
+    auto work = [t, buf, out_dt, n, dev] {
+      void* out = buf->data;
       View dst;
       dst.data = out;
       dst.dtype = out_dt;
@@ -99,11 +104,29 @@ Napi::Value Read(const Napi::CallbackInfo& info) {
       cuda_call(dev, "copy", &a);
       cuda_check(cuda_api()->memcpy_d2h(dev->index, out, dev_dst.data, n * size_t(dtype_size(out_dt))), "read");
     };
-    return wait_promise(env, dev, work, [keep, out_dt, n](Napi::Env env) -> Napi::Value {
-      Napi::ArrayBuffer ab = keep->Value();
+    return wait_promise(env, dev, {t.storage}, work, [buf, out_dt, n](Napi::Env env) -> Napi::Value {
+      Napi::ArrayBuffer ab = adopt(env, buf);
       if (out_dt == I32) return Napi::Int32Array::New(env, n, ab, 0);
       if (out_dt == BF16) return Napi::Uint16Array::New(env, n, ab, 0);
       return Napi::Float32Array::New(env, n, ab, 0);
+    });
+  });
+}
+
+// failed(tensor) -> Promise<null | {op, code, message}>: whether the tensor's values are valid,
+// without reading them (trainStep's status uses it)
+Napi::Value Failed(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    TensorArg t = tensor_arg(info[0], "tensor");
+    auto seen = std::make_shared<FailurePtr>();
+    StoragePtr s = t.storage;
+    return wait_promise(info.Env(), t.device, {}, [seen, s] { *seen = s->failure(); }, [seen](Napi::Env env) -> Napi::Value {
+      if (!*seen) return env.Null();
+      Napi::Object o = Napi::Object::New(env);
+      o.Set("op", (*seen)->op);
+      o.Set("code", (*seen)->code);
+      o.Set("message", "op '" + (*seen)->op + "' failed: " + (*seen)->message);
+      return o;
     });
   });
 }
@@ -113,7 +136,7 @@ Napi::Value Sync(const Napi::CallbackInfo& info) {
     Device* dev = device_arg(info[0], info[1]);
     std::function<void()> work;
     if (dev->type == kCUDA) work = [dev] { cuda_check(cuda_api()->synchronize(dev->index), "sync"); };
-    return wait_promise(info.Env(), dev, work, nullptr);
+    return wait_promise(info.Env(), dev, {}, work, nullptr);
   });
 }
 
@@ -126,7 +149,7 @@ Napi::Value Copy(const Napi::CallbackInfo& info) {
     if ((dst.meta.dtype == I32) != (src.meta.dtype == I32)) fail("ERR_DTYPE", "src: int32 converts only to int32");
     if (dst.device == src.device) {
       Device* dev = dst.device;
-      enqueue(dev, "copy", [dst, src, dev] {
+      enqueue(dev, "copy", Io().out(dst).in(src).same_view_ok(), [dst, src, dev] {
         if (dev->type == kCPU) return cpu::copy(dst.view(), src.view());
         CopyArgs a{dst.view(), src.view()};
         cuda_call(dev, "copy", &a);
@@ -136,7 +159,9 @@ Napi::Value Copy(const Napi::CallbackInfo& info) {
     // stage 1 on the source stream: a contiguous host copy in the source dtype
     size_t n = size_t(src.numel());
     int32_t sdt = src.meta.dtype;
-    auto host = std::make_shared<std::vector<uint8_t>>(n * size_t(dtype_size(sdt)) + 1);
+    auto host = std::make_shared<std::vector<uint8_t>>(size_t(checked_mul(int64_t(n), dtype_size(sdt), "src")) + 1);
+    // stage 1 hands the source's failure (if any) to stage 2 with the bytes
+    auto staged_failure = std::make_shared<FailurePtr>();
     View hv;
     hv.data = host->data();
     hv.dtype = sdt;
@@ -149,15 +174,16 @@ Napi::Value Copy(const Napi::CallbackInfo& info) {
     }
     Device* sd = src.device;
     Device* dd = dst.device;
-    enqueue(sd, "copy", [src, host, hv, sd, n] {
+    StoragePtr src_storage = src.storage;
+    auto stage1 = [src, hv, sd, n] {
       View sv = src.view();
       if (sd->type == kCPU) {
-        View flat_dst = hv, flat_src = sv;
         if (sv.contiguous()) {
           std::memcpy(hv.data, sv.data, n * size_t(dtype_size(sv.dtype)));
           return;
         }
         // same element order: copy through the source's own shape
+        View flat_dst = hv;
         flat_dst.ndim = sv.ndim;
         int64_t st = 1;
         for (int i = sv.ndim - 1; i >= 0; i--) {
@@ -165,14 +191,26 @@ Napi::Value Copy(const Napi::CallbackInfo& info) {
           flat_dst.stride[i] = st;
           st *= sv.shape[i];
         }
-        return cpu::copy(flat_dst, flat_src);
+        return cpu::copy(flat_dst, sv);
       }
       if (!sv.contiguous()) fail("ERR_ARGUMENT", "src: copy of a strided CUDA view to another device: call contiguous() first");
       cuda_check(cuda_api()->memcpy_d2h(sd->index, hv.data, sv.data, n * size_t(dtype_size(sv.dtype))), "copy");
+    };
+    std::string why;
+    if (sd->stream.fatal(&why)) fail("ERR_DEVICE", sd->name() + " has failed and cannot run 'copy': " + why);
+    uint64_t ready = sd->stream.enqueue("copy", [stage1, host, src_storage, staged_failure] {
+      if ((*staged_failure = src_storage->failure())) return;
+      try {
+        stage1();
+      } catch (const Error& e) {
+        *staged_failure = std::make_shared<Failure>(Failure{"copy", e.code, e.message});
+      } catch (const std::exception& e) {
+        *staged_failure = std::make_shared<Failure>(Failure{"copy", "ERR_INTERNAL", e.what()});
+      }
     });
-    uint64_t ready = sd->stream.submitted();
-    enqueue(dd, "copy", [dst, host, hv, sd, dd, ready, n] {
+    enqueue(dd, "copy", Io().out(dst), [dst, host, hv, sd, dd, ready, n, staged_failure] {
       sd->stream.wait(ready);
+      if (*staged_failure) throw InputFailed{*staged_failure};
       View dv = dst.view();
       if (dd->type == kCPU) return cpu::copy(dv, hv);
       if (dv.contiguous() && dv.dtype == hv.dtype) {
@@ -195,7 +233,7 @@ Napi::Value Fill(const Napi::CallbackInfo& info) {
     TensorArg t = tensor_arg(info[0], "tensor");
     double v = num_arg(info[1], "value");
     Device* dev = t.device;
-    enqueue(dev, "fill", [t, v, dev] {
+    enqueue(dev, "fill", Io().out(t), [t, v, dev] {
       if (dev->type == kCPU) return cpu::fill(t.view(), v);
       FillArgs a{t.view(), v};
       cuda_call(dev, "fill", &a);
@@ -212,7 +250,7 @@ Napi::Value Randn(const Napi::CallbackInfo& info) {
     uint64_t seed = uint64_t(uint32_t(int_arg(info[1], "seed"))) | (uint64_t(uint32_t(int_arg(info[2], "seed"))) << 32);
     double mean = num_arg(info[3], "mean"), sd = num_arg(info[4], "std"), trunc = num_arg(info[5], "truncate");
     if (t.device->type != kCPU) fail("ERR_DEVICE", "tensor: randn draws on cpu; create there and move with to()");
-    enqueue(t.device, "randn", [t, seed, mean, sd, trunc] { cpu::randn(t.view(), seed, mean, sd, trunc); });
+    enqueue(t.device, "randn", Io().out(t), [t, seed, mean, sd, trunc] { cpu::randn(t.view(), seed, mean, sd, trunc); });
     return info.Env().Undefined();
   });
 }
@@ -276,18 +314,31 @@ Napi::Value KernelInfo(const Napi::CallbackInfo& info) {
   return o;
 }
 
-// _debugFail(deviceType, index, message): queues work that fails, to test error propagation
+// _debugFail(tensor, message): queues an op that writes `tensor` and fails, to test error propagation
 Napi::Value DebugFail(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
+    TensorArg t = tensor_arg(info[0], "tensor");
+    std::string msg = info[1].IsString() ? info[1].As<Napi::String>().Utf8Value() : "forced failure";
+    enqueue(t.device, "debug_fail", Io().out(t), [msg] { fail("ERR_INTERNAL", msg); });
+    return info.Env().Undefined();
+  });
+}
+
+// _debugSleep(deviceType, index, ms): keeps the device's worker busy, to test teardown under load
+Napi::Value DebugSleep(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
     Device* dev = device_arg(info[0], info[1]);
-    std::string msg = info[2].IsString() ? info[2].As<Napi::String>().Utf8Value() : "forced failure";
-    enqueue(dev, "debug_fail", [msg] { fail("ERR_INTERNAL", msg); });
+    int64_t ms = int_arg(info[2], "ms");
+    if (ms < 0 || ms > 10000) fail("ERR_ARGUMENT", "ms: expected 0..10000");
+    enqueue(dev, "debug_sleep", Io(), [ms] { std::this_thread::sleep_for(std::chrono::milliseconds(ms)); });
     return info.Env().Undefined();
   });
 }
 
 void Register(Napi::Env env, Napi::Object exports) {
   exports.Set("_debugFail", Napi::Function::New(env, DebugFail));
+  exports.Set("_debugSleep", Napi::Function::New(env, DebugSleep));
+  exports.Set("failed", Napi::Function::New(env, Failed));
   exports.Set("alloc", Napi::Function::New(env, Alloc));
   exports.Set("write", Napi::Function::New(env, Write));
   exports.Set("read", Napi::Function::New(env, Read));

@@ -14,6 +14,10 @@ struct Dims {
 
 struct Saved {
   TensorArg order, depth_p, xs, rstd, h, assign, expert_start, width_h, width_o, x_width, router_p;
+  void add(Io& io, bool written) const {
+    for (const TensorArg* t : {&order, &depth_p, &xs, &rstd, &h, &assign, &expert_start, &width_h, &width_o, &x_width, &router_p})
+      written ? io.out(*t) : io.in(*t);
+  }
   VersatileSaved view() const {
     return {order.view(),  depth_p.view(),      xs.view(),      rstd.view(),    h.view(),       assign.view(),
             expert_start.view(), width_h.view(), width_o.view(), x_width.view(), router_p.view()};
@@ -39,6 +43,9 @@ Saved read_saved(const Napi::Object& s, const Dims& d, Device* dev) {
 
 struct Weights {
   TensorArg x, norm_w, proj_w, out_w, router_w, depth_w;
+  void add(Io& io) const {
+    for (const TensorArg* t : {&x, &norm_w, &proj_w, &out_w, &router_w, &depth_w}) io.in(*t);
+  }
 };
 
 Weights read_weights(const Napi::Object& o, Dims& d) {
@@ -89,7 +96,11 @@ Napi::Value VersatileForward(const Napi::CallbackInfo& info) {
                     (uint64_t(uint32_t(int_arg(o.Get("seedHi"), "seedHi"))) << 32);
     float eps = float(num_arg(o.Get("eps"), "eps")), tau = float(num_arg(o.Get("tau"), "tau")),
           alpha = float(num_arg(o.Get("balanceWeight"), "balanceWeight"));
-    enqueue(dev, "versatile_forward", [=] {
+    Io io;
+    io.out(y).out(loops).out(lambda).out(experts).out(weights).out(counts).out(aux);
+    if (train) sv.add(io, true);
+    w.add(io);
+    enqueue(dev, "versatile_forward", io, [=] {
       VersatileForwardArgs a{y.view(),        loops.view(),    lambda.view(),   experts.view(),   weights.view(),
                              counts.view(),   aux.view(),      w.x.view(),      w.norm_w.view(),  w.proj_w.view(),
                              w.out_w.view(),  w.router_w.view(), w.depth_w.view(), train ? sv.view() : VersatileSaved{},
@@ -129,7 +140,12 @@ Napi::Value VersatileBackward(const Napi::CallbackInfo& info) {
     float eps = float(num_arg(o.Get("eps"), "eps")), tau = float(num_arg(o.Get("tau"), "tau")),
           alpha = float(num_arg(o.Get("balanceWeight"), "balanceWeight")),
           aux_grad = float(num_arg(o.Get("auxGrad"), "auxGrad"));
-    enqueue(dev, "versatile_backward", [=] {
+    Io io;
+    io.out(dx).inout(dnw).inout(dpw).inout(dow).inout(drw).inout(ddw).in(dy);
+    io.in(loops).in(lambda).in(experts).in(weights).in(counts);
+    sv.add(io, false);
+    w.add(io);
+    enqueue(dev, "versatile_backward", io, [=] {
       VersatileBackwardArgs a{dx.view(),       dnw.view(),      dpw.view(),        dow.view(),       drw.view(),
                               ddw.view(),      dy.view(),       w.x.view(),        w.norm_w.view(),  w.proj_w.view(),
                               w.out_w.view(),  w.router_w.view(), w.depth_w.view(), loops.view(),     lambda.view(),

@@ -3,19 +3,41 @@
 #include <atomic>
 #include <memory>
 #include <mutex>
+#include <unordered_map>
 
 namespace vffn::napi {
 
 namespace {
-using Job = std::function<void(Napi::Env)>;
-void call_job(Napi::Env env, Napi::Function, std::nullptr_t*, Job* job);
-using Tsfn = Napi::TypedThreadSafeFunction<std::nullptr_t, Job, call_job>;
 
-// per-env state: the Storage class and the thread-safe function that settles promises
+// a finished wait, handed from a worker to the JS thread: native data only
+struct Settled {
+  uint64_t id;
+  FailurePtr failure;
+};
+
+// the path from workers back to one JS environment. `alive` turns false in the environment's
+// cleanup hook, under the lock, so no worker posts to a thread-safe function that is being torn down.
+struct EnvLink {
+  std::mutex mu;
+  bool alive = true;
+  napi_threadsafe_function tsfn = nullptr;
+  bool post(Settled* s) {
+    std::lock_guard<std::mutex> lk(mu);
+    return alive && napi_call_threadsafe_function(tsfn, s, napi_tsfn_nonblocking) == napi_ok;
+  }
+};
+
+struct PendingWait {
+  napi_deferred deferred;
+  Resolve resolve;
+};
+
+// per-env state, touched on that env's JS thread only (but `link`, which workers share)
 struct EnvData {
   Napi::FunctionReference storage_ctor;
-  Tsfn tsfn;
-  int pending = 0;  // waits in flight; touched on the JS thread only
+  std::shared_ptr<EnvLink> link;
+  std::unordered_map<uint64_t, PendingWait> pending;
+  uint64_t next_id = 1;
 };
 
 EnvData* env_data(Napi::Env env) {
@@ -25,6 +47,60 @@ EnvData* env_data(Napi::Env env) {
     env.SetInstanceData<EnvData>(d);
   }
   return d;
+}
+
+void settle(napi_env env, napi_value, void* context, void* data) {
+  std::unique_ptr<Settled> s(static_cast<Settled*>(data));
+  if (env == nullptr) return;  // the environment is going away: nobody to tell
+  EnvData* d = static_cast<EnvData*>(context);
+  auto it = d->pending.find(s->id);
+  if (it == d->pending.end()) return;
+  PendingWait w = std::move(it->second);
+  d->pending.erase(it);
+  if (d->pending.empty()) napi_unref_threadsafe_function(env, d->link->tsfn);
+  Napi::Env e(env);
+  Napi::HandleScope scope(e);
+  if (s->failure) {
+    const Failure& f = *s->failure;
+    napi_reject_deferred(env, w.deferred, js_error(e, f.code, "op '" + f.op + "' failed: " + f.message).Value());
+    return;
+  }
+  try {
+    Napi::Value v = w.resolve ? w.resolve(e) : e.Undefined();
+    napi_resolve_deferred(env, w.deferred, v);
+  } catch (const Napi::Error& err) {
+    napi_reject_deferred(env, w.deferred, err.Value());
+  } catch (const Error& err) {
+    napi_reject_deferred(env, w.deferred, js_error(e, err.code, err.message).Value());
+  } catch (const std::bad_alloc&) {
+    napi_reject_deferred(env, w.deferred, js_error(e, "ERR_OOM", "out of memory").Value());
+  }
+}
+
+void on_env_cleanup(void* arg) {
+  auto* link = static_cast<std::shared_ptr<EnvLink>*>(arg);
+  {
+    std::lock_guard<std::mutex> lk((*link)->mu);
+    (*link)->alive = false;
+  }
+  delete link;
+}
+
+// created on the first wait; referenced only while a wait is pending, so an idle addon never
+// keeps the process alive
+EnvLink* link_of(Napi::Env env, EnvData* d) {
+  if (d->link) return d->link.get();
+  auto link = std::make_shared<EnvLink>();
+  napi_value name;
+  NAPI_THROW_IF_FAILED(env, napi_create_string_utf8(env, "vffn-settle", NAPI_AUTO_LENGTH, &name), nullptr);
+  NAPI_THROW_IF_FAILED(env, napi_create_threadsafe_function(env, nullptr, nullptr, name, 0, 1, nullptr, nullptr, d, settle,
+                                                            &link->tsfn),
+                       nullptr);
+  napi_unref_threadsafe_function(env, link->tsfn);
+  // registered after the thread-safe function, so it runs before that function is torn down
+  NAPI_THROW_IF_FAILED(env, napi_add_env_cleanup_hook(env, on_env_cleanup, new std::shared_ptr<EnvLink>(link)), nullptr);
+  d->link = link;
+  return link.get();
 }
 }  // namespace
 
@@ -67,70 +143,68 @@ Napi::Value StorageWrap::Alive(const Napi::CallbackInfo& info) {
 
 // ---- promises settled from worker threads ----
 
-namespace {
-void call_job(Napi::Env env, Napi::Function, std::nullptr_t*, Job* job) {
-  if (env != nullptr) {
-    EnvData* d = env_data(env);
-    if (--d->pending == 0) d->tsfn.Unref(env);
-    (*job)(env);
-  }
-  delete job;
+std::shared_ptr<HostBuffer> HostBuffer::make(size_t bytes) {
+  auto b = std::make_shared<HostBuffer>();
+  b->data = std::malloc(bytes ? bytes : 1);
+  if (!b->data) return nullptr;
+  b->bytes = bytes;
+  return b;
 }
 
-// referenced only while a wait is pending, so an idle addon never keeps the process alive
-EnvData* settler(Napi::Env env) {
-  EnvData* d = env_data(env);
-  if (!d->tsfn) {
-    d->tsfn = Tsfn::New(env, "vffn-settle", 0, 1);
-    d->tsfn.Unref(env);
+Napi::ArrayBuffer adopt(Napi::Env env, std::shared_ptr<HostBuffer> buf) {
+  if (buf->bytes == 0) return Napi::ArrayBuffer::New(env, 0);
+  auto* keep = new std::shared_ptr<HostBuffer>(buf);
+  napi_value ab;
+  napi_status st = napi_create_external_arraybuffer(
+      env, buf->data, buf->bytes, [](napi_env, void*, void* hint) { delete static_cast<std::shared_ptr<HostBuffer>*>(hint); },
+      keep, &ab);
+  if (st != napi_ok) {
+    delete keep;
+    NAPI_THROW_IF_FAILED(env, st, Napi::ArrayBuffer());
   }
-  return d;
+  return Napi::ArrayBuffer(env, ab);
 }
-}  // namespace
 
-Napi::Promise wait_promise(Napi::Env env, Device* dev, std::function<void()> work,
-                           std::function<Napi::Value(Napi::Env)> resolve) {
-  auto deferred = std::make_shared<Napi::Promise::Deferred>(Napi::Promise::Deferred::New(env));
-  EnvData* s = settler(env);
-  if (s->pending++ == 0) s->tsfn.Ref(env);
-  Tsfn tsfn = s->tsfn;
+Napi::Promise rejected(Napi::Env env, const std::string& code, const std::string& message) {
+  Napi::Promise::Deferred d = Napi::Promise::Deferred::New(env);
+  d.Reject(js_error(env, code, message).Value());
+  return d.Promise();
+}
+
+Napi::Promise wait_promise(Napi::Env env, Device* dev, std::vector<StoragePtr> reads, std::function<void()> work,
+                           Resolve resolve) {
   std::string why;
-  if (dev->stream.fatal(&why)) {
-    deferred->Reject(js_error(env, "ERR_DEVICE", dev->name() + " has failed: " + why).Value());
-    if (--s->pending == 0) s->tsfn.Unref(env);
-    return deferred->Promise();
-  }
-  dev->stream.enqueue("wait", [dev, deferred, tsfn, work = std::move(work), resolve = std::move(resolve)]() mutable {
-    std::string code, message, op;
-    StreamError err;
-    if (dev->stream.take_error(&err)) {
-      code = err.code;
-      op = err.op;
-      message = err.message;
-    } else {
+  if (dev->stream.fatal(&why)) return rejected(env, "ERR_DEVICE", dev->name() + " has failed: " + why);
+  EnvData* d = env_data(env);
+  EnvLink* link = link_of(env, d);
+  napi_deferred deferred;
+  napi_value promise;
+  NAPI_THROW_IF_FAILED(env, napi_create_promise(env, &deferred, &promise), Napi::Promise());
+  uint64_t id = d->next_id++;
+  if (d->pending.empty()) napi_ref_threadsafe_function(env, link->tsfn);
+  d->pending.emplace(id, PendingWait{deferred, std::move(resolve)});
+  std::shared_ptr<EnvLink> shared = d->link;
+  dev->stream.enqueue("wait", [dev, id, shared, reads = std::move(reads), work = std::move(work)] {
+    auto s = std::make_unique<Settled>();
+    s->id = id;
+    s->failure = first_failure(reads);
+    std::string fatal;
+    if (!s->failure && dev->stream.fatal(&fatal))
+      s->failure = std::make_shared<Failure>(Failure{"wait", "ERR_DEVICE", dev->name() + " has failed: " + fatal});
+    if (!s->failure && work) {
       try {
-        if (work) work();
+        work();
       } catch (const Error& e) {
-        code = e.code, op = "read", message = e.message;
+        s->failure = std::make_shared<Failure>(Failure{"read", e.code, e.message});
+      } catch (const std::bad_alloc&) {
+        s->failure = std::make_shared<Failure>(Failure{"read", "ERR_OOM", "out of memory"});
       } catch (const std::exception& e) {
-        code = "ERR_INTERNAL", op = "read", message = e.what();
+        s->failure = std::make_shared<Failure>(Failure{"read", "ERR_INTERNAL", e.what()});
       }
     }
-    Job* job = new Job([deferred, code, op, message, resolve = std::move(resolve)](Napi::Env env) {
-      Napi::HandleScope scope(env);
-      if (!code.empty()) {
-        deferred->Reject(js_error(env, code, "op '" + op + "' failed: " + message).Value());
-        return;
-      }
-      try {
-        deferred->Resolve(resolve ? resolve(env) : env.Undefined());
-      } catch (const Napi::Error& e) {
-        deferred->Reject(e.Value());
-      }
-    });
-    if (tsfn.BlockingCall(job) != napi_ok) delete job;  // env is gone: nobody to tell
+    if (shared->post(s.get())) s.release();
   });
-  return deferred->Promise();
+  return Napi::Promise(env, promise);
 }
 
 }  // namespace vffn::napi

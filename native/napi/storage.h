@@ -1,6 +1,9 @@
 // the JS handle on a reference-counted storage. release() drops this handle's reference;
 // the memory lives on while another handle or a queued op still holds it.
 #pragma once
+#include <cstdlib>
+#include <memory>
+
 #include "common.h"
 
 namespace vffn::napi {
@@ -21,10 +24,33 @@ class StorageWrap : public Napi::ObjectWrap<StorageWrap> {
   Napi::Value Alive(const Napi::CallbackInfo& info);
 };
 
-// a promise resolved (via resolve(env)) once `dev` reaches this point of its stream, or
-// rejected with the first error the stream raised since the last wait. `work` runs on the
-// worker just before (e.g. a copy into host memory); it may throw.
-Napi::Promise wait_promise(Napi::Env env, Device* dev, std::function<void()> work,
-                           std::function<Napi::Value(Napi::Env)> resolve);
+// host memory a wait fills on a worker and hands to JS on the JS thread (as an external
+// ArrayBuffer): the worker never touches JS-owned memory, which may be gone with its thread.
+struct HostBuffer {
+  void* data = nullptr;
+  size_t bytes = 0;
+  HostBuffer() = default;
+  HostBuffer(const HostBuffer&) = delete;
+  HostBuffer& operator=(const HostBuffer&) = delete;
+  ~HostBuffer() { std::free(data); }
+  // null when the memory cannot be had (the caller reports ERR_OOM)
+  static std::shared_ptr<HostBuffer> make(size_t bytes);
+};
+
+// wraps the buffer's memory as an ArrayBuffer without copying; JS owns it from then on
+Napi::ArrayBuffer adopt(Napi::Env env, std::shared_ptr<HostBuffer> buf);
+
+// runs on the JS thread to build the promise's value from native data only
+using Resolve = std::function<Napi::Value(Napi::Env)>;
+
+// a promise settled once `dev`'s worker reaches this point of its stream. it rejects exactly when
+// one of `reads` carries a failure (with that failure's op, code and message), when `work` (run on
+// the worker first, e.g. a copy into a HostBuffer) throws, or when the device has failed for good.
+// nothing here holds a JS value off the JS thread: a worker thread may end while this is pending.
+Napi::Promise wait_promise(Napi::Env env, Device* dev, std::vector<StoragePtr> reads, std::function<void()> work,
+                           Resolve resolve);
+
+// a promise rejected at once with (code, message)
+Napi::Promise rejected(Napi::Env env, const std::string& code, const std::string& message);
 
 }  // namespace vffn::napi
