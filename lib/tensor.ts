@@ -70,6 +70,9 @@ export class Tensor {
     this.shape = Object.freeze([...shape])
     this.strides = Object.freeze([...strides])
     this.offset = offset
+    // what native code reads (storage, dtype, shape, strides, offset) can't be changed afterwards:
+    // a view's bounds are checked against its storage once, from these fields
+    Object.freeze(this)
   }
 
   /** @internal allocates an uninitialised contiguous tensor */

@@ -1,6 +1,7 @@
 // AdamW with decoupled weight decay, global gradient-norm clipping, the cosine-with-warmup
 // learning-rate schedule and SPEC.md's training defaults; trainStep runs one full step in order.
-import { checkInt, checkNumber, fail, show } from '../errors'
+import { native } from '../binding'
+import { ErrorCode, VffnError, checkInt, checkNumber, fail, show } from '../errors'
 import { adamwStep, gradNorm } from '../lm_ops'
 import { Tensor, zeros } from '../tensor'
 import type { TransformerLM } from '../nn/model'
@@ -88,16 +89,35 @@ export class AdamW {
    * Clips the gradients to maxGradNorm (globally) and updates every parameter. Returns [2] =
    * (grad norm before clipping, clip coefficient). A non-finite norm skips the update (parameters
    * and moments untouched); the returned norm shows it.
+   *
+   * The update is all or nothing: every parameter's step reads the global norm, so when any
+   * gradient carries a failure (an op that produced it failed) no parameter or moment changes,
+   * and `step` goes back to its earlier value as soon as that is known (at the latest when
+   * `status` of the step resolves; see {@link trainStep}). Queue the next update after that to
+   * keep step counts exact.
    */
   update(lr = this.lr): Tensor {
+    return this._update(lr).norm
+  }
+
+  /** @internal the update and a promise of its outcome */
+  _update(lr = this.lr): { norm: Tensor; status: Promise<StepStatus> } {
     checkNumber('lr', lr)
-    this.step++
     const norm = gradNorm(this.slots.map(([, s]) => s.grad), this.maxGradNorm)
+    this.step++
     for (const [, s] of this.slots)
       adamwStep(s.param, s.grad, s.m, s.v, {
         lr, beta1: this.betas[0], beta2: this.betas[1], eps: this.eps, weightDecay: s.decay ? this.weightDecay : 0, step: this.step,
       }, norm)
-    return norm
+    const status = native.failed(norm).then((f): StepStatus => {
+      if (!f) return { ok: true }
+      this.step-- // the update changed nothing: it does not count
+      return { ok: false, error: new VffnError(f.code as ErrorCode, f.message) }
+    }, (e: unknown): StepStatus => {
+      this.step-- // the device failed for good before the update could run
+      return { ok: false, error: e instanceof VffnError ? e : new VffnError('ERR_INTERNAL', String(e)) }
+    })
+    return { norm, status }
   }
 
   dispose(): void {
@@ -107,6 +127,9 @@ export class AdamW {
     }
   }
 }
+
+/** The outcome of an optimizer update: applied, or failed with the error of the op that failed first. */
+export type StepStatus = { ok: true } | { ok: false; error: VffnError }
 
 export interface TrainStepOptions {
   /** learning-rate schedule; without it the optimizer's lr is used */
@@ -123,12 +146,20 @@ export interface TrainStepResult {
   lr: number
   /** the balance losses of the VersatileFFN layers ([1] each; empty for dense) */
   auxLoss: Tensor[]
+  /**
+   * Resolves (never rejects) once the step has run: `{ ok: true }`, or `{ ok: false, error }` when
+   * an op of the step failed (a token or target id outside the vocabulary, memory, ...): then no
+   * parameter, moment or step count changed, and `error` is the original op's error (the same one
+   * `loss.data()` rejects with).
+   */
+  status: Promise<StepStatus>
 }
 
 /**
  * One training step in order: zero gradients, forward (the Gumbel temperature follows the
  * optimizer's step), cross-entropy, backward, global clip, AdamW with the scheduled rate. Queues
- * the work and returns at once; await result.loss.data() to read the loss.
+ * the work and returns at once; await result.loss.data() to read the loss, and result.status to
+ * learn whether the step applied. A step with a failed op changes nothing (see AdamW.update).
  */
 export function trainStep(model: TransformerLM, opt: AdamW, tokens: Tensor, targets: Tensor, opts: TrainStepOptions = {}): TrainStepResult {
   const step = opt.step
@@ -139,6 +170,6 @@ export function trainStep(model: TransformerLM, opt: AdamW, tokens: Tensor, targ
   model.backward(out)
   out.logits.dispose()
   for (const s of out.stats) (s as { dispose?: () => void } | undefined)?.dispose?.()
-  const norm = opt.update(lr)
-  return { loss, gradNorm: norm, lr, auxLoss: out.auxLoss.filter((a): a is Tensor => a instanceof Tensor) }
+  const { norm, status } = opt._update(lr)
+  return { loss, gradNorm: norm, lr, auxLoss: out.auxLoss.filter((a): a is Tensor => a instanceof Tensor), status }
 }
