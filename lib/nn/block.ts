@@ -71,8 +71,10 @@ export class TransformerBlock {
     const f = train
       ? this.ffn.forward(h, { train: true, step: opts.step ?? 0, noise: opts.noise ?? 'gumbel', seed: opts.seed ?? 0 })
       : this.ffn.forward(h, { train: false })
+    // the FFN keeps its own reference to what it saves; this block's handle on the residual is done
+    h.dispose()
     if (!train) {
-      for (const t of [xn, h, a.qkv, a.att, a.lse]) t.dispose()
+      for (const t of [xn, a.qkv, a.att, a.lse]) t.dispose()
       return { y: f.y, stats: f.stats }
     }
     return { y: f.y, auxLoss: f.auxLoss, stats: f.stats, saved: { x, rstd: rstd!, attn: a, ffn: f } }

@@ -4,7 +4,7 @@ import { Device, DeviceLike } from '../device'
 import { checkInt, fail, show } from '../errors'
 import { loadSafetensors, saveSafetensors } from '../io/safetensors'
 import { crossEntropy, crossEntropyBackward, embedding, embeddingBackward, zero_ } from '../lm_ops'
-import { checkTensor, matmul } from '../ops'
+import { checkTensor, matmul, reshapeFree } from '../ops'
 import { Tensor, full, randn, tensor, zeros } from '../tensor'
 import { CausalSelfAttention, KVCache, kvCache } from './attention'
 import { BlockSaved, FFNModule, TransformerBlock, rmsnorm, rmsnormBackward } from './block'
@@ -59,7 +59,37 @@ export interface LMOutput {
   /** per-layer balance losses (training) */
   auxLoss: unknown[]
   /** @internal what backward needs */
-  _saved?: { B: number; S: number; tokens: Tensor; blocks: BlockSaved[]; xf: Tensor; xfn: Tensor; rstd: Tensor; lse?: Tensor; targets?: Tensor; ignoreIndex?: number }
+  _saved?: Saved
+  /**
+   * Frees everything this output holds: logits, stats tensors, balance losses and, for a training
+   * output that backward has not consumed (one only evaluated with loss), the saved activations.
+   */
+  dispose(): void
+}
+
+interface Saved { B: number; S: number; tokens: Tensor; blocks: BlockSaved[]; xf: Tensor; xfn: Tensor; rstd: Tensor; lse?: Tensor; targets?: Tensor; ignoreIndex?: number }
+
+// what backward would have freed, for a training output dropped without it
+function releaseSaved(s: Saved): void {
+  for (const t of [s.tokens, s.xf, s.xfn, s.rstd, s.lse, s.targets]) t?.dispose()
+  for (const b of s.blocks) {
+    for (const t of [b.x, b.rstd, b.attn.xn, b.attn.qkv, b.attn.att, b.attn.lse]) t.dispose()
+    ;(b.ffn as { dispose(): void }).dispose()
+  }
+}
+
+function lmOutput(logits: Tensor, stats: unknown[], auxLoss: unknown[], saved?: Saved): LMOutput {
+  const out: LMOutput = {
+    logits, stats, auxLoss, _saved: saved,
+    dispose() {
+      logits.dispose()
+      for (const s of stats) (s as { dispose?: () => void } | undefined)?.dispose?.()
+      for (const a of auxLoss) if (a instanceof Tensor) a.dispose()
+      if (out._saved) releaseSaved(out._saved)
+      out._saved = undefined
+    },
+  }
+  return out
 }
 
 const NORM_NAMES = /(^|\.)(attn_norm|ff_norm|ln_f)\.weight$/
@@ -235,20 +265,21 @@ export class TransformerLM {
     const head = this.own.get('transformer.ff_out.weight')!.param
     if (opts.lastOnly && !train) {
       const v = xfn.reshape([B, S, this.config.dModel])
-      const lastRows = v.slice(1, S - 1, S).reshape([B, this.config.dModel])
-      const logits = matmul(lastRows, head, { transposeB: true }).reshape([B, 1, this.config.vocabSize])
-      for (const t of [v, lastRows, x, xfn, flat]) t.dispose()
-      return { logits, stats, auxLoss: aux }
+      const last = v.slice(1, S - 1, S)
+      const lastRows = last.reshape([B, this.config.dModel])
+      const logits = reshapeFree(matmul(lastRows, head, { transposeB: true }), [B, 1, this.config.vocabSize])
+      for (const t of [v, last, lastRows, x, xfn, flat]) t.dispose()
+      return lmOutput(logits, stats, aux)
     }
     if (opts.lastOnly) fail('ERR_ARGUMENT', 'lastOnly: only for inference (train: false)')
-    const logits = matmul(xfn, head, { transposeB: true }).reshape([B, S, this.config.vocabSize])
+    const logits = reshapeFree(matmul(xfn, head, { transposeB: true }), [B, S, this.config.vocabSize])
     if (!train) {
       x.dispose()
       xfn.dispose()
       flat.dispose()
-      return { logits, stats, auxLoss: aux }
+      return lmOutput(logits, stats, aux)
     }
-    return { logits, stats, auxLoss: aux, _saved: { B, S, tokens: flat, blocks: saved, xf: x, xfn, rstd: rstd! } }
+    return lmOutput(logits, stats, aux, { B, S, tokens: flat, blocks: saved, xf: x, xfn, rstd: rstd! })
   }
 
   /** Mean cross-entropy of a training output against targets int32 [B, S] (ignoreIndex skipped). Returns loss [1]. */
@@ -263,6 +294,9 @@ export class TransformerLM {
     const logits2 = out.logits.reshape([s.B * s.S, this.config.vocabSize])
     const { loss, lse } = crossEntropy(logits2, t, ignoreIndex)
     logits2.dispose()
+    // a second loss on the same output replaces the first one's saved values
+    s.lse?.dispose()
+    s.targets?.dispose()
     s.lse = lse
     s.targets = t
     s.ignoreIndex = ignoreIndex
@@ -293,6 +327,8 @@ export class TransformerLM {
     embeddingBackward(this.own.get('transformer.wte.weight')!.grad, dx, s.tokens)
     dx.dispose()
     for (const b of s.blocks) b.x.dispose()
+    s.tokens.dispose()
+    s.targets.dispose()
     out._saved = undefined
   }
 
