@@ -52,13 +52,23 @@ export class TransformerBlock {
   readonly attn: CausalSelfAttention
   readonly ffn: FFNModule
   readonly normWeight: Tensor
-  readonly normGrad: Tensor
+  private readonly normGradOf: () => Tensor
 
-  constructor(attn: CausalSelfAttention, ffn: FFNModule, normWeight: Tensor) {
+  /**
+   * `normGrad`, when given, supplies the gradient of normWeight (a model passes its own, lazily
+   * allocated one); otherwise the block allocates it on first use.
+   */
+  constructor(attn: CausalSelfAttention, ffn: FFNModule, normWeight: Tensor, normGrad?: () => Tensor) {
     this.attn = attn
     this.ffn = ffn
     this.normWeight = normWeight
-    this.normGrad = zeros(normWeight.shape, { device: normWeight.device })
+    let own: Tensor | undefined
+    this.normGradOf = normGrad ?? (() => (own ??= zeros(normWeight.shape, { device: normWeight.device })))
+  }
+
+  /** float32 gradient of normWeight, accumulated by backward; allocated (zeros) on first use, so inference holds none. */
+  get normGrad(): Tensor {
+    return this.normGradOf()
   }
 
   /** x [B*S, D] -> out [B*S, D]; in training also what backward needs. */

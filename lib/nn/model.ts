@@ -106,7 +106,8 @@ export class TransformerLM {
   readonly config: Required<Omit<TransformerLMOptions, 'device' | 'expertHidden' | 'balanceLossWeight'>> & { expertHidden?: number; balanceLossWeight?: number }
   readonly device: Device
   readonly blocks: TransformerBlock[]
-  private readonly own = new Map<string, { param: Tensor; grad: Tensor }>()
+  // the model's own parameters (all but the FFNs'); gradients appear on first use (see grad)
+  private readonly own = new Map<string, { param: Tensor; grad?: Tensor }>()
 
   constructor(opts: TransformerLMOptions) {
     if (typeof opts !== 'object' || opts === null) fail('ERR_ARGUMENT', `options: expected an object, got ${show(opts)}`)
@@ -132,32 +133,37 @@ export class TransformerLM {
     // SPEC.md init: normal(0, 0.02) truncated at 3 sigma for matrices, norm gains at 1
     const mat = (name: string, shape: number[]) => this.addOwn(name, randn(shape, { std: 0.02, truncate: 3, seed: deriveSeed(seed, 1, k++), device: dev, dtype }))
     const gain = (name: string) => this.addOwn(name, full([dModel], 1, { device: dev, dtype }))
+    const grad = (name: string) => this.grad(name)
     mat('transformer.wte.weight', [vocabSize, dModel])
     this.blocks = []
     for (let i = 0; i < nLayers; i++) {
       const p = `transformer.blocks.${i}.`
       const attnParams = { 'att_proj.weight': mat(p + 'att_proj.weight', [3 * dModel, dModel]), 'attn_out.weight': mat(p + 'attn_out.weight', [dModel, dModel]) }
-      const attnGrads = { 'att_proj.weight': this.own.get(p + 'att_proj.weight')!.grad, 'attn_out.weight': this.own.get(p + 'attn_out.weight')!.grad }
+      // getters, so the attention reaches the gradients only when backward runs
+      const attnGrads = { get 'att_proj.weight'() { return grad(p + 'att_proj.weight') }, get 'attn_out.weight'() { return grad(p + 'attn_out.weight') } }
       const attn = new CausalSelfAttention(dModel, nHeads, attnParams, attnGrads)
       const norm = gain(p + 'attn_norm.weight')
       const f: FFNModule = createFFN(ffn, {
         dModel, hidden, experts: this.config.experts, topK: this.config.topK, maxDepth: this.config.maxDepth,
         expertHidden: opts.expertHidden, balanceLossWeight: opts.balanceLossWeight, device: dev, dtype, seed: Number(deriveSeed(seed, 2, i)),
       })
-      const block = new TransformerBlock(attn, f, norm)
-      this.own.get(p + 'attn_norm.weight')!.grad.dispose()
-      this.own.set(p + 'attn_norm.weight', { param: norm, grad: block.normGrad })
-      this.blocks.push(block)
+      this.blocks.push(new TransformerBlock(attn, f, norm, () => grad(p + 'attn_norm.weight')))
     }
     gain('transformer.ln_f.weight')
     mat('transformer.ff_out.weight', [vocabSize, dModel])
   }
 
   private addOwn(name: string, t: Tensor): Tensor {
-    // bfloat16 models run inference only: no gradient buffers (an empty stand-in keeps the map uniform)
-    const grad = t.dtype === 'float32' ? zeros(t.shape, { device: t.device }) : zeros([0], { device: t.device })
-    this.own.set(name, { param: t, grad })
+    this.own.set(name, { param: t })
     return t
+  }
+
+  // float32 gradient of an own parameter, allocated as zeros on first use so inference holds none
+  private grad(name: string): Tensor {
+    const own = this.own.get(name)
+    if (!own) fail('ERR_INTERNAL', `gradients: no parameter ${show(name)}`)
+    this.needFloat32('gradients')
+    return (own.grad ??= zeros(own.param.shape, { device: this.device }))
   }
 
   /** A config by name ('354M', '720M', '1.21B', 'small', 'tiny') merged with overrides. */
@@ -183,14 +189,17 @@ export class TransformerLM {
     return out
   }
 
-  /** Gradients by the same names (accumulated by backward; zeroGrad clears them). */
+  /**
+   * Gradients by the same names (accumulated by backward; zeroGrad clears them). They are
+   * allocated as zeros on first use (this call, backward or zeroGrad), so a model used only for
+   * inference holds its parameters only; later calls return the same tensors.
+   */
   gradients(): Map<string, Tensor> {
     this.needFloat32('gradients')
     const out = new Map<string, Tensor>()
     for (const [name, p] of this.parameters()) {
-      const own = this.own.get(name)
-      if (own) {
-        out.set(name, own.grad)
+      if (this.own.has(name)) {
+        out.set(name, this.grad(name))
         continue
       }
       const i = Number(name.split('.')[2])
@@ -314,17 +323,17 @@ export class TransformerLM {
     const logits2 = out.logits.reshape([s.B * s.S, V])
     crossEntropyBackward(logits2, s.targets, s.lse, dloss, s.ignoreIndex, logits2)
     const head = this.own.get('transformer.ff_out.weight')!
-    matmul(logits2, s.xfn, { transposeA: true, out: head.grad, beta: 1 })
+    matmul(logits2, s.xfn, { transposeA: true, out: this.grad('transformer.ff_out.weight'), beta: 1 })
     const dxfn = matmul(logits2, head.param)
     const lnf = this.own.get('transformer.ln_f.weight')!
-    let dx = rmsnormBackward(dxfn, s.xf, lnf.param, s.rstd, lnf.grad)
+    let dx = rmsnormBackward(dxfn, s.xf, lnf.param, s.rstd, this.grad('transformer.ln_f.weight'))
     for (const t of [logits2, dxfn, s.xfn, s.rstd, s.lse, s.xf]) t.dispose()
     for (let i = this.blocks.length - 1; i >= 0; i--) {
       const next = this.blocks[i].backward(s.blocks[i], dx)
       dx.dispose()
       dx = next
     }
-    embeddingBackward(this.own.get('transformer.wte.weight')!.grad, dx, s.tokens)
+    embeddingBackward(this.grad('transformer.wte.weight'), dx, s.tokens)
     dx.dispose()
     for (const b of s.blocks) b.x.dispose()
     s.tokens.dispose()
@@ -378,7 +387,7 @@ export class TransformerLM {
   dispose(): void {
     for (const { param, grad } of this.own.values()) {
       param.dispose()
-      grad.dispose()
+      grad?.dispose()
     }
     for (const b of this.blocks) b.ffn.dispose()
   }
