@@ -129,28 +129,34 @@ export class TransformerLM {
     }
     this.device = Device.get(opts.device)
     const dev = this.device
-    let k = 0
-    // SPEC.md init: normal(0, 0.02) truncated at 3 sigma for matrices, norm gains at 1
-    const mat = (name: string, shape: number[]) => this.addOwn(name, randn(shape, { std: 0.02, truncate: 3, seed: deriveSeed(seed, 1, k++), device: dev, dtype }))
-    const gain = (name: string) => this.addOwn(name, full([dModel], 1, { device: dev, dtype }))
-    const grad = (name: string) => this.grad(name)
-    mat('transformer.wte.weight', [vocabSize, dModel])
     this.blocks = []
-    for (let i = 0; i < nLayers; i++) {
-      const p = `transformer.blocks.${i}.`
-      const attnParams = { 'att_proj.weight': mat(p + 'att_proj.weight', [3 * dModel, dModel]), 'attn_out.weight': mat(p + 'attn_out.weight', [dModel, dModel]) }
-      // getters, so the attention reaches the gradients only when backward runs
-      const attnGrads = { get 'att_proj.weight'() { return grad(p + 'att_proj.weight') }, get 'attn_out.weight'() { return grad(p + 'attn_out.weight') } }
-      const attn = new CausalSelfAttention(dModel, nHeads, attnParams, attnGrads)
-      const norm = gain(p + 'attn_norm.weight')
-      const f: FFNModule = createFFN(ffn, {
-        dModel, hidden, experts: this.config.experts, topK: this.config.topK, maxDepth: this.config.maxDepth,
-        expertHidden: opts.expertHidden, balanceLossWeight: opts.balanceLossWeight, device: dev, dtype, seed: Number(deriveSeed(seed, 2, i)),
-      })
-      this.blocks.push(new TransformerBlock(attn, f, norm, () => grad(p + 'attn_norm.weight')))
+    try {
+      let k = 0
+      // SPEC.md init: normal(0, 0.02) truncated at 3 sigma for matrices, norm gains at 1
+      const mat = (name: string, shape: number[]) => this.addOwn(name, randn(shape, { std: 0.02, truncate: 3, seed: deriveSeed(seed, 1, k++), device: dev, dtype }))
+      const gain = (name: string) => this.addOwn(name, full([dModel], 1, { device: dev, dtype }))
+      const grad = (name: string) => this.grad(name)
+      mat('transformer.wte.weight', [vocabSize, dModel])
+      for (let i = 0; i < nLayers; i++) {
+        const p = `transformer.blocks.${i}.`
+        const attnParams = { 'att_proj.weight': mat(p + 'att_proj.weight', [3 * dModel, dModel]), 'attn_out.weight': mat(p + 'attn_out.weight', [dModel, dModel]) }
+        // getters, so the attention reaches the gradients only when backward runs
+        const attnGrads = { get 'att_proj.weight'() { return grad(p + 'att_proj.weight') }, get 'attn_out.weight'() { return grad(p + 'attn_out.weight') } }
+        const attn = new CausalSelfAttention(dModel, nHeads, attnParams, attnGrads)
+        const norm = gain(p + 'attn_norm.weight')
+        const f: FFNModule = createFFN(ffn, {
+          dModel, hidden, experts: this.config.experts, topK: this.config.topK, maxDepth: this.config.maxDepth,
+          expertHidden: opts.expertHidden, balanceLossWeight: opts.balanceLossWeight, device: dev, dtype, seed: Number(deriveSeed(seed, 2, i)),
+        })
+        this.blocks.push(new TransformerBlock(attn, f, norm, () => grad(p + 'attn_norm.weight')))
+      }
+      gain('transformer.ln_f.weight')
+      mat('transformer.ff_out.weight', [vocabSize, dModel])
+    } catch (e) {
+      // the caller gets no model to dispose: free what was built before the failure
+      this.dispose()
+      throw e
     }
-    gain('transformer.ln_f.weight')
-    mat('transformer.ff_out.weight', [vocabSize, dModel])
   }
 
   private addOwn(name: string, t: Tensor): Tensor {
