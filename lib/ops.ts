@@ -74,3 +74,15 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
   }
   return c
 }
+
+/**
+ * @internal `t.reshape(shape)` for a temporary whose only use is the reshaped result: drops `t`'s
+ * own handle, so disposing the result frees the memory (a bare `op(...).reshape()` would leave it).
+ */
+export function reshapeFree(t: Tensor, shape: readonly number[]): Tensor {
+  try {
+    return t.reshape(shape)
+  } finally {
+    t.dispose()
+  }
+}

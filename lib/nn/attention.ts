@@ -3,7 +3,7 @@
 // softmax(q k^T / sqrt(D/H)) v, then attn_out [D, D]. No biases. Optional KV cache for decoding.
 import { checkInt, fail, show } from '../errors'
 import { attention, attentionBackward, rope } from '../lm_ops'
-import { matmul } from '../ops'
+import { matmul, reshapeFree } from '../ops'
 import { Tensor, empty } from '../tensor'
 
 export interface KVCache {
@@ -47,8 +47,10 @@ export class CausalSelfAttention {
   /** q|k|v of the normalized rows xn [B*S, D] with rotary applied at positions posOffset.. */
   private project(xn: Tensor, B: number, S: number, posOffset: number): Tensor {
     const D = this.dModel
-    const qkv = matmul(xn, this.params['att_proj.weight'], { transposeB: true }).reshape([B, S, 3 * D])
-    rope(qkv.slice(2, 0, 2 * D), 2 * this.nHeads, posOffset, { theta: ROPE_THETA })
+    const qkv = reshapeFree(matmul(xn, this.params['att_proj.weight'], { transposeB: true }), [B, S, 3 * D])
+    const qk = qkv.slice(2, 0, 2 * D)
+    rope(qk, 2 * this.nHeads, posOffset, { theta: ROPE_THETA })
+    qk.dispose()
     return qkv
   }
 
@@ -66,15 +68,20 @@ export class CausalSelfAttention {
     const q = qkv.slice(2, 0, D)
     let k = qkv.slice(2, D, 2 * D), v = qkv.slice(2, 2 * D, 3 * D)
     if (cache) {
-      cache.k.slice(1, off, off + S).copy_(k)
-      cache.v.slice(1, off, off + S).copy_(v)
-      k.dispose()
-      v.dispose()
+      // each view holds its own reference to the cache: release it once the copy is queued
+      for (const [dst, src] of [[cache.k, k], [cache.v, v]] as const) {
+        const at = dst.slice(1, off, off + S)
+        at.copy_(src)
+        at.dispose()
+        src.dispose()
+      }
       k = cache.k.slice(1, 0, off + S)
       v = cache.v.slice(1, 0, off + S)
     }
     const { out: att, lse } = attention(q, k, v, this.nHeads, { qOffset: off })
-    matmul(att.reshape([B * S, D]), this.params['attn_out.weight'], { transposeB: true, out: residual, alpha: 1, beta: 1 })
+    const att2 = att.reshape([B * S, D])
+    matmul(att2, this.params['attn_out.weight'], { transposeB: true, out: residual, alpha: 1, beta: 1 })
+    att2.dispose()
     q.dispose()
     k.dispose()
     v.dispose()
@@ -88,12 +95,14 @@ export class CausalSelfAttention {
     const D = this.dModel
     const att2 = att.reshape([B * S, D])
     matmul(dres, att2, { transposeA: true, out: this.grads['attn_out.weight'], beta: 1 })
-    const datt = matmul(dres, this.params['attn_out.weight']).reshape([B, S, D])
+    const datt = reshapeFree(matmul(dres, this.params['attn_out.weight']), [B, S, D])
     const dqkv = empty([B, S, 3 * D], { device: dres.device })
     const v3 = (t: Tensor, i: number) => t.slice(2, i * D, (i + 1) * D)
     const [q, k, v, dq, dk, dv] = [v3(qkv, 0), v3(qkv, 1), v3(qkv, 2), v3(dqkv, 0), v3(dqkv, 1), v3(dqkv, 2)]
     attentionBackward({ dq, dk, dv }, datt, { q, k, v, out: att, lse }, this.nHeads)
-    rope(dqkv.slice(2, 0, 2 * D), 2 * this.nHeads, 0, { theta: ROPE_THETA, inverse: true })
+    const dqk = dqkv.slice(2, 0, 2 * D)
+    rope(dqk, 2 * this.nHeads, 0, { theta: ROPE_THETA, inverse: true })
+    dqk.dispose()
     const dqkv2 = dqkv.reshape([B * S, 3 * D])
     matmul(dqkv2, xn, { transposeA: true, out: this.grads['att_proj.weight'], beta: 1 })
     const dxn = matmul(dqkv2, this.params['att_proj.weight'])

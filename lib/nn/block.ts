@@ -52,13 +52,23 @@ export class TransformerBlock {
   readonly attn: CausalSelfAttention
   readonly ffn: FFNModule
   readonly normWeight: Tensor
-  readonly normGrad: Tensor
+  private readonly normGradOf: () => Tensor
 
-  constructor(attn: CausalSelfAttention, ffn: FFNModule, normWeight: Tensor) {
+  /**
+   * `normGrad`, when given, supplies the gradient of normWeight (a model passes its own, lazily
+   * allocated one); otherwise the block allocates it on first use.
+   */
+  constructor(attn: CausalSelfAttention, ffn: FFNModule, normWeight: Tensor, normGrad?: () => Tensor) {
     this.attn = attn
     this.ffn = ffn
     this.normWeight = normWeight
-    this.normGrad = zeros(normWeight.shape, { device: normWeight.device })
+    let own: Tensor | undefined
+    this.normGradOf = normGrad ?? (() => (own ??= zeros(normWeight.shape, { device: normWeight.device })))
+  }
+
+  /** float32 gradient of normWeight, accumulated by backward; allocated (zeros) on first use, so inference holds none. */
+  get normGrad(): Tensor {
+    return this.normGradOf()
   }
 
   /** x [B*S, D] -> out [B*S, D]; in training also what backward needs. */
@@ -71,8 +81,10 @@ export class TransformerBlock {
     const f = train
       ? this.ffn.forward(h, { train: true, step: opts.step ?? 0, noise: opts.noise ?? 'gumbel', seed: opts.seed ?? 0 })
       : this.ffn.forward(h, { train: false })
+    // the FFN keeps its own reference to what it saves; this block's handle on the residual is done
+    h.dispose()
     if (!train) {
-      for (const t of [xn, h, a.qkv, a.att, a.lse]) t.dispose()
+      for (const t of [xn, a.qkv, a.att, a.lse]) t.dispose()
       return { y: f.y, stats: f.stats }
     }
     return { y: f.y, auxLoss: f.auxLoss, stats: f.stats, saved: { x, rstd: rstd!, attn: a, ffn: f } }

@@ -3,7 +3,7 @@
 // mutable state (the model's weights are only read).
 import { checkInt, checkNumber, fail, show } from '../errors'
 import { tensor } from '../tensor'
-import type { TransformerLM } from './model'
+import type { LMOutput, TransformerLM } from './model'
 
 export interface GenerateOptions {
   /** tokens to add per prompt. Default 16. */
@@ -83,12 +83,20 @@ export async function generate(model: TransformerLM, prompts: readonly (readonly
   try {
     for (let step = 0; step < maxNew; step++) {
       const toks = tensor(input, [B, S], { dtype: 'int32', device: model.device })
-      // only the last position of each sequence is needed
-      const r = model.forward(toks, { train: false, caches, lastOnly: true })
-      toks.dispose()
-      for (const s of r.stats) (s as { dispose?: () => void } | undefined)?.dispose?.()
-      const rows = await r.logits.data()
-      r.logits.dispose()
+      let r: LMOutput
+      try {
+        // only the last position of each sequence is needed
+        r = model.forward(toks, { train: false, caches, lastOnly: true })
+      } finally {
+        toks.dispose()
+      }
+      let rows: Float32Array
+      try {
+        rows = await r.logits.data()
+      } finally {
+        // a failed wait frees the step's outputs too
+        r.dispose()
+      }
       const next = new Int32Array(B)
       for (let b = 0; b < B; b++) {
         next[b] = done[b] ? out[b][out[b].length - 1] : pickToken(rows.subarray(b * V, (b + 1) * V), temperature, topK, rand)

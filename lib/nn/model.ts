@@ -4,7 +4,7 @@ import { Device, DeviceLike } from '../device'
 import { checkInt, fail, show } from '../errors'
 import { loadSafetensors, saveSafetensors } from '../io/safetensors'
 import { crossEntropy, crossEntropyBackward, embedding, embeddingBackward, zero_ } from '../lm_ops'
-import { checkTensor, matmul } from '../ops'
+import { checkTensor, matmul, reshapeFree } from '../ops'
 import { Tensor, full, randn, tensor, zeros } from '../tensor'
 import { CausalSelfAttention, KVCache, kvCache } from './attention'
 import { BlockSaved, FFNModule, TransformerBlock, rmsnorm, rmsnormBackward } from './block'
@@ -59,7 +59,37 @@ export interface LMOutput {
   /** per-layer balance losses (training) */
   auxLoss: unknown[]
   /** @internal what backward needs */
-  _saved?: { B: number; S: number; tokens: Tensor; blocks: BlockSaved[]; xf: Tensor; xfn: Tensor; rstd: Tensor; lse?: Tensor; targets?: Tensor; ignoreIndex?: number }
+  _saved?: Saved
+  /**
+   * Frees everything this output holds: logits, stats tensors, balance losses and, for a training
+   * output that backward has not consumed (one only evaluated with loss), the saved activations.
+   */
+  dispose(): void
+}
+
+interface Saved { B: number; S: number; tokens: Tensor; blocks: BlockSaved[]; xf: Tensor; xfn: Tensor; rstd: Tensor; lse?: Tensor; targets?: Tensor; ignoreIndex?: number }
+
+// what backward would have freed, for a training output dropped without it
+function releaseSaved(s: Saved): void {
+  for (const t of [s.tokens, s.xf, s.xfn, s.rstd, s.lse, s.targets]) t?.dispose()
+  for (const b of s.blocks) {
+    for (const t of [b.x, b.rstd, b.attn.xn, b.attn.qkv, b.attn.att, b.attn.lse]) t.dispose()
+    ;(b.ffn as { dispose(): void }).dispose()
+  }
+}
+
+function lmOutput(logits: Tensor, stats: unknown[], auxLoss: unknown[], saved?: Saved): LMOutput {
+  const out: LMOutput = {
+    logits, stats, auxLoss, _saved: saved,
+    dispose() {
+      logits.dispose()
+      for (const s of stats) (s as { dispose?: () => void } | undefined)?.dispose?.()
+      for (const a of auxLoss) if (a instanceof Tensor) a.dispose()
+      if (out._saved) releaseSaved(out._saved)
+      out._saved = undefined
+    },
+  }
+  return out
 }
 
 const NORM_NAMES = /(^|\.)(attn_norm|ff_norm|ln_f)\.weight$/
@@ -76,7 +106,8 @@ export class TransformerLM {
   readonly config: Required<Omit<TransformerLMOptions, 'device' | 'expertHidden' | 'balanceLossWeight'>> & { expertHidden?: number; balanceLossWeight?: number }
   readonly device: Device
   readonly blocks: TransformerBlock[]
-  private readonly own = new Map<string, { param: Tensor; grad: Tensor }>()
+  // the model's own parameters (all but the FFNs'); gradients appear on first use (see grad)
+  private readonly own = new Map<string, { param: Tensor; grad?: Tensor }>()
 
   constructor(opts: TransformerLMOptions) {
     if (typeof opts !== 'object' || opts === null) fail('ERR_ARGUMENT', `options: expected an object, got ${show(opts)}`)
@@ -98,36 +129,47 @@ export class TransformerLM {
     }
     this.device = Device.get(opts.device)
     const dev = this.device
-    let k = 0
-    // SPEC.md init: normal(0, 0.02) truncated at 3 sigma for matrices, norm gains at 1
-    const mat = (name: string, shape: number[]) => this.addOwn(name, randn(shape, { std: 0.02, truncate: 3, seed: deriveSeed(seed, 1, k++), device: dev, dtype }))
-    const gain = (name: string) => this.addOwn(name, full([dModel], 1, { device: dev, dtype }))
-    mat('transformer.wte.weight', [vocabSize, dModel])
     this.blocks = []
-    for (let i = 0; i < nLayers; i++) {
-      const p = `transformer.blocks.${i}.`
-      const attnParams = { 'att_proj.weight': mat(p + 'att_proj.weight', [3 * dModel, dModel]), 'attn_out.weight': mat(p + 'attn_out.weight', [dModel, dModel]) }
-      const attnGrads = { 'att_proj.weight': this.own.get(p + 'att_proj.weight')!.grad, 'attn_out.weight': this.own.get(p + 'attn_out.weight')!.grad }
-      const attn = new CausalSelfAttention(dModel, nHeads, attnParams, attnGrads)
-      const norm = gain(p + 'attn_norm.weight')
-      const f: FFNModule = createFFN(ffn, {
-        dModel, hidden, experts: this.config.experts, topK: this.config.topK, maxDepth: this.config.maxDepth,
-        expertHidden: opts.expertHidden, balanceLossWeight: opts.balanceLossWeight, device: dev, dtype, seed: Number(deriveSeed(seed, 2, i)),
-      })
-      const block = new TransformerBlock(attn, f, norm)
-      this.own.get(p + 'attn_norm.weight')!.grad.dispose()
-      this.own.set(p + 'attn_norm.weight', { param: norm, grad: block.normGrad })
-      this.blocks.push(block)
+    try {
+      let k = 0
+      // SPEC.md init: normal(0, 0.02) truncated at 3 sigma for matrices, norm gains at 1
+      const mat = (name: string, shape: number[]) => this.addOwn(name, randn(shape, { std: 0.02, truncate: 3, seed: deriveSeed(seed, 1, k++), device: dev, dtype }))
+      const gain = (name: string) => this.addOwn(name, full([dModel], 1, { device: dev, dtype }))
+      const grad = (name: string) => this.grad(name)
+      mat('transformer.wte.weight', [vocabSize, dModel])
+      for (let i = 0; i < nLayers; i++) {
+        const p = `transformer.blocks.${i}.`
+        const attnParams = { 'att_proj.weight': mat(p + 'att_proj.weight', [3 * dModel, dModel]), 'attn_out.weight': mat(p + 'attn_out.weight', [dModel, dModel]) }
+        // getters, so the attention reaches the gradients only when backward runs
+        const attnGrads = { get 'att_proj.weight'() { return grad(p + 'att_proj.weight') }, get 'attn_out.weight'() { return grad(p + 'attn_out.weight') } }
+        const attn = new CausalSelfAttention(dModel, nHeads, attnParams, attnGrads)
+        const norm = gain(p + 'attn_norm.weight')
+        const f: FFNModule = createFFN(ffn, {
+          dModel, hidden, experts: this.config.experts, topK: this.config.topK, maxDepth: this.config.maxDepth,
+          expertHidden: opts.expertHidden, balanceLossWeight: opts.balanceLossWeight, device: dev, dtype, seed: Number(deriveSeed(seed, 2, i)),
+        })
+        this.blocks.push(new TransformerBlock(attn, f, norm, () => grad(p + 'attn_norm.weight')))
+      }
+      gain('transformer.ln_f.weight')
+      mat('transformer.ff_out.weight', [vocabSize, dModel])
+    } catch (e) {
+      // the caller gets no model to dispose: free what was built before the failure
+      this.dispose()
+      throw e
     }
-    gain('transformer.ln_f.weight')
-    mat('transformer.ff_out.weight', [vocabSize, dModel])
   }
 
   private addOwn(name: string, t: Tensor): Tensor {
-    // bfloat16 models run inference only: no gradient buffers (an empty stand-in keeps the map uniform)
-    const grad = t.dtype === 'float32' ? zeros(t.shape, { device: t.device }) : zeros([0], { device: t.device })
-    this.own.set(name, { param: t, grad })
+    this.own.set(name, { param: t })
     return t
+  }
+
+  // float32 gradient of an own parameter, allocated as zeros on first use so inference holds none
+  private grad(name: string): Tensor {
+    const own = this.own.get(name)
+    if (!own) fail('ERR_INTERNAL', `gradients: no parameter ${show(name)}`)
+    this.needFloat32('gradients')
+    return (own.grad ??= zeros(own.param.shape, { device: this.device }))
   }
 
   /** A config by name ('354M', '720M', '1.21B', 'small', 'tiny') merged with overrides. */
@@ -153,14 +195,17 @@ export class TransformerLM {
     return out
   }
 
-  /** Gradients by the same names (accumulated by backward; zeroGrad clears them). */
+  /**
+   * Gradients by the same names (accumulated by backward; zeroGrad clears them). They are
+   * allocated as zeros on first use (this call, backward or zeroGrad), so a model used only for
+   * inference holds its parameters only; later calls return the same tensors.
+   */
   gradients(): Map<string, Tensor> {
     this.needFloat32('gradients')
     const out = new Map<string, Tensor>()
     for (const [name, p] of this.parameters()) {
-      const own = this.own.get(name)
-      if (own) {
-        out.set(name, own.grad)
+      if (this.own.has(name)) {
+        out.set(name, this.grad(name))
         continue
       }
       const i = Number(name.split('.')[2])
@@ -235,20 +280,21 @@ export class TransformerLM {
     const head = this.own.get('transformer.ff_out.weight')!.param
     if (opts.lastOnly && !train) {
       const v = xfn.reshape([B, S, this.config.dModel])
-      const lastRows = v.slice(1, S - 1, S).reshape([B, this.config.dModel])
-      const logits = matmul(lastRows, head, { transposeB: true }).reshape([B, 1, this.config.vocabSize])
-      for (const t of [v, lastRows, x, xfn, flat]) t.dispose()
-      return { logits, stats, auxLoss: aux }
+      const last = v.slice(1, S - 1, S)
+      const lastRows = last.reshape([B, this.config.dModel])
+      const logits = reshapeFree(matmul(lastRows, head, { transposeB: true }), [B, 1, this.config.vocabSize])
+      for (const t of [v, last, lastRows, x, xfn, flat]) t.dispose()
+      return lmOutput(logits, stats, aux)
     }
     if (opts.lastOnly) fail('ERR_ARGUMENT', 'lastOnly: only for inference (train: false)')
-    const logits = matmul(xfn, head, { transposeB: true }).reshape([B, S, this.config.vocabSize])
+    const logits = reshapeFree(matmul(xfn, head, { transposeB: true }), [B, S, this.config.vocabSize])
     if (!train) {
       x.dispose()
       xfn.dispose()
       flat.dispose()
-      return { logits, stats, auxLoss: aux }
+      return lmOutput(logits, stats, aux)
     }
-    return { logits, stats, auxLoss: aux, _saved: { B, S, tokens: flat, blocks: saved, xf: x, xfn, rstd: rstd! } }
+    return lmOutput(logits, stats, aux, { B, S, tokens: flat, blocks: saved, xf: x, xfn, rstd: rstd! })
   }
 
   /** Mean cross-entropy of a training output against targets int32 [B, S] (ignoreIndex skipped). Returns loss [1]. */
@@ -263,6 +309,9 @@ export class TransformerLM {
     const logits2 = out.logits.reshape([s.B * s.S, this.config.vocabSize])
     const { loss, lse } = crossEntropy(logits2, t, ignoreIndex)
     logits2.dispose()
+    // a second loss on the same output replaces the first one's saved values
+    s.lse?.dispose()
+    s.targets?.dispose()
     s.lse = lse
     s.targets = t
     s.ignoreIndex = ignoreIndex
@@ -280,19 +329,21 @@ export class TransformerLM {
     const logits2 = out.logits.reshape([s.B * s.S, V])
     crossEntropyBackward(logits2, s.targets, s.lse, dloss, s.ignoreIndex, logits2)
     const head = this.own.get('transformer.ff_out.weight')!
-    matmul(logits2, s.xfn, { transposeA: true, out: head.grad, beta: 1 })
+    matmul(logits2, s.xfn, { transposeA: true, out: this.grad('transformer.ff_out.weight'), beta: 1 })
     const dxfn = matmul(logits2, head.param)
     const lnf = this.own.get('transformer.ln_f.weight')!
-    let dx = rmsnormBackward(dxfn, s.xf, lnf.param, s.rstd, lnf.grad)
+    let dx = rmsnormBackward(dxfn, s.xf, lnf.param, s.rstd, this.grad('transformer.ln_f.weight'))
     for (const t of [logits2, dxfn, s.xfn, s.rstd, s.lse, s.xf]) t.dispose()
     for (let i = this.blocks.length - 1; i >= 0; i--) {
       const next = this.blocks[i].backward(s.blocks[i], dx)
       dx.dispose()
       dx = next
     }
-    embeddingBackward(this.own.get('transformer.wte.weight')!.grad, dx, s.tokens)
+    embeddingBackward(this.grad('transformer.wte.weight'), dx, s.tokens)
     dx.dispose()
     for (const b of s.blocks) b.x.dispose()
+    s.tokens.dispose()
+    s.targets.dispose()
     out._saved = undefined
   }
 
@@ -342,7 +393,7 @@ export class TransformerLM {
   dispose(): void {
     for (const { param, grad } of this.own.values()) {
       param.dispose()
-      grad.dispose()
+      grad?.dispose()
     }
     for (const b of this.blocks) b.ffn.dispose()
   }

@@ -53,14 +53,20 @@ export class Module {
     this.dtype = checkDType('dtype', opts.dtype ?? 'float32', ['float32', 'bfloat16'])
     this.seed = checkInt('seed', opts.seed ?? 0)
     this.specs = specs
-    specs.forEach((s, i) => {
-      // each parameter draws from its own Philox stream: (seed << 8 | index)
-      const seed = ((BigInt(this.seed) << 8n) | BigInt(i)) & MASK64
-      this.params[s.name] =
-        s.init === 'ones'
-          ? zeros(s.shape, { device: this.device, dtype: this.dtype }).fill_(1)
-          : randn(s.shape, { seed, std: INIT_STD, truncate: 3, device: this.device, dtype: this.dtype })
-    })
+    try {
+      specs.forEach((s, i) => {
+        // each parameter draws from its own Philox stream: (seed << 8 | index)
+        const seed = ((BigInt(this.seed) << 8n) | BigInt(i)) & MASK64
+        this.params[s.name] =
+          s.init === 'ones'
+            ? zeros(s.shape, { device: this.device, dtype: this.dtype }).fill_(1)
+            : randn(s.shape, { seed, std: INIT_STD, truncate: 3, device: this.device, dtype: this.dtype })
+      })
+    } catch (e) {
+      // a failed allocation (out of memory) must not strand the parameters made before it
+      for (const t of Object.values(this.params)) t.dispose()
+      throw e
+    }
   }
 
   /** The parameter tensors, in SPEC.md's order. */

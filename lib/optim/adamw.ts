@@ -69,13 +69,27 @@ export class AdamW {
     this.weightDecay = checkNumber('weightDecay', opts.weightDecay ?? 0.1)
     this.maxGradNorm = checkNumber('maxGradNorm', opts.maxGradNorm ?? 1.0)
     const decays = opts.decays ?? ((n: string) => !/(^|\.)(attn_norm|ff_norm|ln_f)\.weight$/.test(n))
-    this.slots = [...params].map(([name, param]) => {
+    // every pair is checked before any moment is allocated, so a bad one strands nothing
+    const checked = [...params].map(([name, param]) => {
       const grad = grads.get(name)
       if (!grad) fail('ERR_ARGUMENT', `grads: missing the gradient of ${show(name)}`)
       if (param.dtype !== 'float32') fail('ERR_DTYPE', `${name}: AdamW updates float32 parameters, got ${param.dtype}`)
       if (grad.size !== param.size) fail('ERR_SHAPE', `${name}: gradient shape ${show(grad.shape)} differs from ${show(param.shape)}`)
-      return [name, { param, grad, m: zeros(param.shape, { device: param.device }), v: zeros(param.shape, { device: param.device }), decay: decays(name) }]
+      return [name, param, grad, decays(name)] as const
     })
+    const made: Tensor[] = []
+    const moment = (p: Tensor) => {
+      const z = zeros(p.shape, { device: p.device })
+      made.push(z)
+      return z
+    }
+    try {
+      this.slots = checked.map(([name, param, grad, decay]) => [name, { param, grad, m: moment(param), v: moment(param), decay }])
+    } catch (e) {
+      // out of memory part way: free the moments made so far
+      for (const t of made) t.dispose()
+      throw e
+    }
   }
 
   /** Whether `name` gets weight decay. */
