@@ -35,9 +35,10 @@ function build(json: string, data: Buffer): Buffer {
   return Buffer.concat([len, h, data])
 }
 
-async function rejectsUnchanged(t: Tap.Test, m: TransformerLM, p: Promise<unknown>, want: { code: string; message: RegExp }, what: string) {
+// takes a thunk: the load must start after the snapshot, and its rejection must find a handler at once
+async function rejectsUnchanged(t: Tap.Test, m: TransformerLM, load: () => Promise<unknown>, want: { code: string; message: RegExp }, what: string) {
   const before = await snapshot(m)
-  await t.rejects(p, want, what)
+  await t.rejects(load(), want, what)
   t.same(diff(before, await snapshot(m)), [], `${what}: model unchanged`)
 }
 
@@ -59,7 +60,7 @@ t.test('a header length cut into the padding rejects instead of shifting every w
     const cut = Buffer.from(file)
     cut.writeBigUInt64LE(BigInt(n - k), 0)
     await fs.writeFile(g, cut)
-    await rejectsUnchanged(t, m, m.load(g), { code: 'ERR_ARGUMENT', message: /not indexed|data bytes/ }, `header length N-${k}`)
+    await rejectsUnchanged(t, m, () => m.load(g), { code: 'ERR_ARGUMENT', message: /not indexed|data bytes/ }, `header length N-${k}`)
   }
 })
 
@@ -76,7 +77,7 @@ t.test('duplicate names reject', async (t) => {
   const dup = json.trimEnd().replace(/}$/, `,"transformer.ln_f.weight":${JSON.stringify(other)}}`)
   const g = path.join(dir, 'dup.safetensors')
   await fs.writeFile(g, build(dup, file.subarray(8 + n)))
-  await rejectsUnchanged(t, m, m.load(g), { code: 'ERR_ARGUMENT', message: /"transformer.ln_f.weight".*twice|duplicate.*"transformer.ln_f.weight"/ }, 'a duplicate tensor')
+  await rejectsUnchanged(t, m, () => m.load(g), { code: 'ERR_ARGUMENT', message: /"transformer.ln_f.weight".*twice|duplicate.*"transformer.ln_f.weight"/ }, 'a duplicate tensor')
   const data = Buffer.alloc(16)
   for (let i = 0; i < 4; i++) data.writeFloatLE(i + 0.5, 4 * i)
   t.throws(() => parseSafetensors(build('{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"w":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}}', data)),
@@ -97,7 +98,7 @@ t.test('bytes no tensor indexes reject', async (t) => {
   const file = await fs.readFile(f)
   const g = path.join(dir, 'trail.safetensors')
   await fs.writeFile(g, Buffer.concat([file, Buffer.from([1, 2, 3, 4])]))
-  await rejectsUnchanged(t, m, m.load(g), { code: 'ERR_ARGUMENT', message: /4 trailing bytes|not indexed/ }, 'trailing bytes')
+  await rejectsUnchanged(t, m, () => m.load(g), { code: 'ERR_ARGUMENT', message: /4 trailing bytes|not indexed/ }, 'trailing bytes')
   // a hole: every tensor from the second on moved 4 bytes later
   const { n, json } = header(file)
   const h = JSON.parse(json)
@@ -107,7 +108,7 @@ t.test('bytes no tensor indexes reject', async (t) => {
   for (const k of names.slice(1)) h[k].data_offsets = h[k].data_offsets.map((o: number) => o + 4)
   const hole = path.join(dir, 'hole.safetensors')
   await fs.writeFile(hole, build(JSON.stringify(h), Buffer.concat([data.subarray(0, cut), Buffer.alloc(4), data.subarray(cut)])))
-  await rejectsUnchanged(t, m, m.load(hole), { code: 'ERR_ARGUMENT', message: new RegExp(`bytes ${cut}\\.\\.${cut + 4}.*not indexed`) }, 'a hole between tensors')
+  await rejectsUnchanged(t, m, () => m.load(hole), { code: 'ERR_ARGUMENT', message: new RegExp(`bytes ${cut}\\.\\.${cut + 4}.*not indexed`) }, 'a hole between tensors')
 })
 
 t.test('extra tensors reject unless strict: false, which names them', async (t) => {
@@ -193,6 +194,30 @@ t.test('module loadStateDict: all names, all or nothing', async (t) => {
   t.same(f.loadStateDict({ ...sd, extra: new Float32Array(1) }, { strict: false }).ignored, ['extra'])
   const d = new DenseFFN({ dModel: 8, hidden: 16 })
   t.throws(() => d.loadStateDict(sd), { code: 'ERR_ARGUMENT', message: /"expert_gate.weight", "depth_predictor.weight"/ }, 'a versatile dict into a dense module')
+})
+
+t.test('backward and zeroGrad check what they touch before changing a gradient', async (t) => {
+  const m = new TransformerLM({ ...opts, seed: 13 })
+  const grads = async () => new Map(await Promise.all([...m.gradients()].map(async ([n, g]) => [n, Buffer.from((await g.data()).buffer)] as [string, Buffer])))
+  const toks = tensor(Int32Array.from([1, 5, 7, 3, 2, 9]), [2, 3], { dtype: 'int32' })
+  const tgt = tensor(Int32Array.from([5, 7, 3, 2, 9, 4]), [2, 3], { dtype: 'int32' })
+  const warm = m.forward(toks, { train: true, noise: 'none' })
+  m.loss(warm, tgt)
+  m.backward(warm)
+  const before = await grads()
+  t.ok([...before.values()].some((b) => new Float32Array(b.buffer).some((v) => v !== 0)), 'the gradients hold values to lose')
+  const out = m.forward(toks, { train: true, noise: 'none' })
+  m.loss(out, tgt)
+  // blocks run backward last to first: block 0's stats are read after everything else accumulated
+  ;(out.stats[0] as { dispose(): void }).dispose()
+  t.throws(() => m.backward(out), { code: 'ERR_DISPOSED', message: /stats\[0\]/ })
+  t.same(diff(before, await grads()), [], 'no gradient changed')
+  t.throws(() => m.backward(out, NaN), { code: 'ERR_ARGUMENT', message: /dloss/ })
+  const last = [...m.gradients().keys()].pop()!
+  m.gradients().get(last)!.dispose()
+  t.throws(() => m.zeroGrad(), { code: 'ERR_DISPOSED', message: new RegExp(esc(last)) })
+  const after = await Promise.all([...m.gradients()].filter(([n]) => n !== last).map(async ([n, g]) => before.get(n)!.equals(Buffer.from((await g.data()).buffer))))
+  t.ok(after.every(Boolean), 'zeroGrad cleared nothing')
 })
 
 t.test('fromFile rebuilds the model from its metadata, bit for bit', async (t) => {

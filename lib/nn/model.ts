@@ -385,7 +385,9 @@ export class TransformerLM {
    */
   async save(path: string, opts: { dtype?: 'float32' | 'bfloat16'; metadata?: Record<string, string> } = {}): Promise<void> {
     if (typeof opts !== 'object' || opts === null) fail('ERR_ARGUMENT', `opts: expected an options object, got ${show(opts)}`)
-    if (opts.metadata && CONFIG_KEY in opts.metadata) fail('ERR_ARGUMENT', `metadata: ${show(CONFIG_KEY)} is written by save() itself`)
+    const md = opts.metadata
+    if (md !== undefined && (typeof md !== 'object' || md === null || Array.isArray(md))) fail('ERR_ARGUMENT', `metadata: expected an object of strings, got ${show(md)}`)
+    if (md && CONFIG_KEY in md) fail('ERR_ARGUMENT', `metadata: ${show(CONFIG_KEY)} is written by save() itself`)
     const c = this.config
     const meta: Record<string, string> = { format: 'pt', ...(opts.metadata ?? {}), [CONFIG_KEY]: configJSON(c) }
     await saveSafetensors(path, this.stateDict(), { dtype: opts.dtype ?? c.dtype, metadata: meta })
