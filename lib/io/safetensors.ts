@@ -5,6 +5,7 @@
 import { promises as fs } from 'fs'
 import { fail, show } from '../errors'
 import { Tensor } from '../tensor'
+import { scanHeaderTokens } from './json_scan'
 
 export type SafetensorsDType = 'F32' | 'BF16'
 
@@ -75,65 +76,128 @@ export async function saveSafetensors(path: string, tensors: Record<string, Tens
   await fs.writeFile(path, out)
 }
 
-/** Parses a safetensors file held in memory. Throws ERR_ARGUMENT for a malformed file, ERR_DTYPE for other dtypes. */
+/** The largest header we read: the reference implementation's bound (100 MB). */
+export const MAX_HEADER_BYTES = 100_000_000
+
+// dtypes the format defines; we read F32 and BF16, the rest are refused by name
+const SIZES: Record<string, number> = { F32: 4, BF16: 2 }
+const KNOWN = new Set(['BOOL', 'U8', 'I8', 'F8_E5M2', 'F8_E4M3', 'F8_E8M0', 'F4', 'F6_E2M3', 'F6_E3M2', 'I16', 'U16', 'F16', 'I32', 'U32', 'I64', 'U64', 'F64', 'C64'])
+const ENTRY_KEYS = ['dtype', 'shape', 'data_offsets']
+const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true })
+
+/** The checked header of one tensor. */
+interface Entry {
+  name: string
+  dtype: SafetensorsDType
+  shape: number[]
+  begin: number
+  end: number
+}
+
+/**
+ * Parses a safetensors file held in memory, enforcing the format's rules: an 8-byte little-endian
+ * header length within the file and at most MAX_HEADER_BYTES; exactly that many bytes of UTF-8
+ * JSON starting with '{' and followed only by spaces; no duplicate keys; `__metadata__` (optional)
+ * a map of strings; each entry exactly {dtype, shape, data_offsets} with sizes that agree; and the
+ * bytes after the header indexed exactly once (sorted by offset: contiguous from 0, no holes, no
+ * overlaps, ending at the end of the file). Violations throw a VffnError naming `source`, the
+ * tensor and the rule: ERR_DTYPE for a dtype other than F32 and BF16, ERR_ARGUMENT otherwise.
+ */
 export function parseSafetensors(buf: Uint8Array, source = 'checkpoint'): { tensors: Map<string, StoredTensor>; metadata: Record<string, string> } {
+  if (!(buf instanceof Uint8Array)) fail('ERR_ARGUMENT', `buf: expected a Uint8Array, got ${show(buf)}`)
+  if (typeof source !== 'string') fail('ERR_ARGUMENT', `source: expected a string, got ${show(source)}`)
   const b = Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength)
   if (b.length < 8) fail('ERR_ARGUMENT', `${source}: ${b.length} bytes is too short for a safetensors header`)
   const n = b.readBigUInt64LE(0)
+  if (n > BigInt(MAX_HEADER_BYTES)) fail('ERR_ARGUMENT', `${source}: header length ${n} exceeds the ${MAX_HEADER_BYTES}-byte limit`)
   if (n > BigInt(b.length - 8)) fail('ERR_ARGUMENT', `${source}: header length ${n} exceeds the file (${b.length} bytes)`)
   const hlen = Number(n)
-  let header: Record<string, unknown>
+  let text: string
   try {
-    header = JSON.parse(b.subarray(8, 8 + hlen).toString('utf8'))
+    text = utf8.decode(b.subarray(8, 8 + hlen))
+  } catch {
+    fail('ERR_ARGUMENT', `${source}: the ${hlen}-byte header is not valid UTF-8`)
+  }
+  if (text[0] !== '{') fail('ERR_ARGUMENT', `${source}: the header must start with '{', got ${show(text.slice(0, 8))} (is the header length right?)`)
+  // only spaces may pad the JSON; JSON.parse would also take tabs and newlines
+  const json = text.replace(/ +$/, '')
+  if (!json.endsWith('}')) fail('ERR_ARGUMENT', `${source}: the header must be a JSON object followed only by spaces, it ends ${show(text.slice(-8))}`)
+  let header: unknown
+  try {
+    header = JSON.parse(json)
   } catch (e) {
     fail('ERR_ARGUMENT', `${source}: the header is not valid JSON (${(e as Error).message})`)
   }
   if (typeof header !== 'object' || header === null || Array.isArray(header)) fail('ERR_ARGUMENT', `${source}: the header is not a JSON object`)
+  scanHeaderTokens(json, source)
   const dataStart = 8 + hlen
   const dataLen = b.length - dataStart
   const metadata: Record<string, string> = {}
-  const tensors = new Map<string, StoredTensor>()
-  const spans: [number, number, string][] = []
-  for (const [name, entry] of Object.entries(header)) {
+  const entries: Entry[] = []
+  for (const [name, entry] of Object.entries(header as Record<string, unknown>)) {
     if (name === '__metadata__') {
-      if (typeof entry !== 'object' || entry === null) fail('ERR_ARGUMENT', `${source}: __metadata__ must be an object of strings`)
-      for (const [k, v] of Object.entries(entry as Record<string, unknown>)) metadata[k] = String(v)
+      if (typeof entry !== 'object' || entry === null || Array.isArray(entry)) fail('ERR_ARGUMENT', `${source}: __metadata__ must be an object of strings, got ${show(entry)}`)
+      for (const [k, v] of Object.entries(entry as Record<string, unknown>)) {
+        if (typeof v !== 'string') fail('ERR_ARGUMENT', `${source}: __metadata__.${k} must be a string, got ${show(v)}`)
+        metadata[k] = v
+      }
       continue
     }
-    const e = entry as { dtype?: unknown; shape?: unknown; data_offsets?: unknown }
-    if (typeof e !== 'object' || e === null) fail('ERR_ARGUMENT', `${source}: entry ${show(name)} is not an object`)
-    if (e.dtype !== 'F32' && e.dtype !== 'BF16') fail('ERR_DTYPE', `${source}: tensor ${show(name)} has dtype ${show(e.dtype)}; F32 and BF16 are supported`)
-    if (!Array.isArray(e.shape) || !e.shape.every((s) => Number.isInteger(s) && s >= 0))
-      fail('ERR_ARGUMENT', `${source}: tensor ${show(name)} has an invalid shape ${show(e.shape)}`)
-    const offs = e.data_offsets
-    if (!Array.isArray(offs) || offs.length !== 2 || !offs.every((o) => Number.isInteger(o) && o >= 0) || offs[0] > offs[1] || offs[1] > dataLen)
-      fail('ERR_ARGUMENT', `${source}: tensor ${show(name)} has data_offsets ${show(offs)} outside the ${dataLen} data bytes`)
-    const size = e.dtype === 'F32' ? 4 : 2
-    const numel = (e.shape as number[]).reduce((x, y) => x * y, 1)
-    if (offs[1] - offs[0] !== numel * size)
-      fail('ERR_ARGUMENT', `${source}: tensor ${show(name)} of shape ${show(e.shape)} needs ${numel * size} bytes, its offsets span ${offs[1] - offs[0]}`)
-    spans.push([offs[0], offs[1], name])
-    const bytes = b.subarray(dataStart + offs[0], dataStart + offs[1])
-    const aligned = new Uint8Array(bytes) // a copy, aligned for typed-array views
-    let data: Float32Array
-    let raw: Uint16Array | undefined
-    if (e.dtype === 'F32') data = new Float32Array(aligned.buffer, 0, numel)
-    else {
-      raw = new Uint16Array(aligned.buffer, 0, numel)
-      const bits = new Uint32Array(numel)
-      for (let i = 0; i < numel; i++) bits[i] = raw[i] << 16
-      data = new Float32Array(bits.buffer)
-    }
-    tensors.set(name, { dtype: e.dtype, shape: [...(e.shape as number[])], data, raw })
+    entries.push(checkEntry(source, name, entry, dataLen))
   }
-  spans.sort((x, y) => x[0] - y[0])
-  for (let i = 1; i < spans.length; i++)
-    if (spans[i][0] < spans[i - 1][1]) fail('ERR_ARGUMENT', `${source}: tensors ${show(spans[i - 1][2])} and ${show(spans[i][2])} overlap`)
+  // every data byte belongs to exactly one tensor: no holes, no overlaps, nothing after the last
+  const spans = [...entries].sort((x, y) => x.begin - y.begin || x.end - y.end)
+  let at = 0, prev = ''
+  for (const e of spans) {
+    if (e.begin < at) fail('ERR_ARGUMENT', `${source}: tensors ${show(prev)} and ${show(e.name)} overlap (bytes ${e.begin}..${at} of the data)`)
+    if (e.begin > at) fail('ERR_ARGUMENT', `${source}: bytes ${at}..${e.begin} of the data (before tensor ${show(e.name)}) are not indexed by any tensor`)
+    at = e.end
+    if (e.end > e.begin) prev = e.name
+  }
+  if (at !== dataLen) fail('ERR_ARGUMENT', `${source}: ${dataLen - at} trailing bytes after the last tensor are not indexed by any tensor (the data is ${dataLen} bytes)`)
+  const tensors = new Map<string, StoredTensor>()
+  for (const e of entries) tensors.set(e.name, decode(e, b.subarray(dataStart + e.begin, dataStart + e.end)))
   return { tensors, metadata }
 }
 
-/** Reads a safetensors file. */
+function checkEntry(source: string, name: string, entry: unknown, dataLen: number): Entry {
+  const where = `${source}: tensor ${show(name)}`
+  if (typeof entry !== 'object' || entry === null || Array.isArray(entry)) fail('ERR_ARGUMENT', `${where}: expected an object {dtype, shape, data_offsets}, got ${show(entry)}`)
+  const e = entry as Record<string, unknown>
+  const extra = Object.keys(e).filter((k) => !ENTRY_KEYS.includes(k))
+  if (extra.length) fail('ERR_ARGUMENT', `${where}: unknown key${extra.length > 1 ? 's' : ''} ${extra.map(show).join(', ')} (an entry holds exactly dtype, shape, data_offsets)`)
+  const absent = ENTRY_KEYS.filter((k) => !(k in e))
+  if (absent.length) fail('ERR_ARGUMENT', `${where}: missing ${absent.join(', ')}`)
+  const { dtype, shape, data_offsets: offs } = e
+  if (typeof dtype !== 'string') fail('ERR_ARGUMENT', `${where}: dtype must be a string, got ${show(dtype)}`)
+  if (!(dtype in SIZES)) fail('ERR_DTYPE', `${where} has ${KNOWN.has(dtype) ? 'dtype' : 'unknown dtype'} ${show(dtype)}; F32 and BF16 are supported`)
+  if (!Array.isArray(shape) || !shape.every((s) => Number.isSafeInteger(s) && s >= 0))
+    fail('ERR_ARGUMENT', `${where} has an invalid shape ${show(shape)} (expected non-negative integers)`)
+  if (!Array.isArray(offs) || offs.length !== 2 || !offs.every((o) => Number.isSafeInteger(o) && o >= 0))
+    fail('ERR_ARGUMENT', `${where} has invalid data_offsets ${show(offs)} (expected [begin, end], non-negative integers)`)
+  const [begin, end] = offs as number[]
+  if (begin > end) fail('ERR_ARGUMENT', `${where} has data_offsets [${begin}, ${end}]: begin is after end`)
+  if (end > dataLen) fail('ERR_ARGUMENT', `${where} has data_offsets [${begin}, ${end}] outside the ${dataLen} data bytes`)
+  const size = SIZES[dtype]
+  const numel = (shape as number[]).reduce((x, y) => x * y, 1)
+  if (numel * size !== end - begin)
+    fail('ERR_ARGUMENT', `${where} of shape ${show(shape)} needs ${numel * size} bytes, its offsets span ${end - begin}`)
+  return { name, dtype: dtype as SafetensorsDType, shape: [...(shape as number[])], begin, end }
+}
+
+function decode(e: Entry, bytes: Uint8Array): StoredTensor {
+  const aligned = new Uint8Array(bytes) // a copy, aligned for typed-array views
+  const numel = bytes.length / SIZES[e.dtype]
+  if (e.dtype === 'F32') return { dtype: e.dtype, shape: e.shape, data: new Float32Array(aligned.buffer, 0, numel) }
+  const raw = new Uint16Array(aligned.buffer, 0, numel)
+  const bits = new Uint32Array(numel)
+  for (let i = 0; i < numel; i++) bits[i] = raw[i] << 16
+  return { dtype: e.dtype, shape: e.shape, data: new Float32Array(bits.buffer), raw }
+}
+
+/** Reads and parses a safetensors file (see parseSafetensors); errors name the file. */
 export async function loadSafetensors(path: string): Promise<{ tensors: Map<string, StoredTensor>; metadata: Record<string, string> }> {
+  if (typeof path !== 'string') fail('ERR_ARGUMENT', `path: expected a string, got ${show(path)}`)
   let buf: Buffer
   try {
     buf = await fs.readFile(path)

@@ -1,15 +1,18 @@
 // TransformerLM: token embedding, blocks of attention + DenseFFN or VersatileFFN, final RMSNorm
 // and an untied output head, with SPEC.md's parameter names (OLMo's), so checkpoints interoperate.
 import { Device, DeviceLike } from '../device'
-import { checkInt, fail, show } from '../errors'
-import { loadSafetensors, saveSafetensors } from '../io/safetensors'
+import { VffnError, checkInt, checkNumber, fail, show } from '../errors'
+import { StoredTensor, loadSafetensors, saveSafetensors } from '../io/safetensors'
 import { crossEntropy, crossEntropyBackward, embedding, embeddingBackward, zero_ } from '../lm_ops'
 import { checkTensor, matmul, reshapeFree } from '../ops'
-import { Tensor, full, randn, tensor, zeros } from '../tensor'
+import { Tensor, full, randn, zeros } from '../tensor'
 import { CausalSelfAttention, KVCache, kvCache } from './attention'
 import { BlockSaved, FFNModule, TransformerBlock, rmsnorm, rmsnormBackward } from './block'
 import { createFFN } from './model_ffn'
 import { generate, GenerateOptions } from './generate'
+import { CONFIG_KEY, configJSON, parseConfig } from './model_config'
+import { LoadOptions, LoadResult, checkNames, loadInto, strictOf } from './state'
+import type { VersatileFFN } from './versatile'
 
 export interface TransformerLMOptions {
   vocabSize: number
@@ -39,6 +42,14 @@ export const CONFIGS = {
   small: { vocabSize: 4096, dModel: 256, hidden: 1024, nLayers: 4, nHeads: 8, maxSeqLen: 512 },
   tiny: { vocabSize: 256, dModel: 64, hidden: 256, nLayers: 2, nHeads: 4, maxSeqLen: 128 },
 } as const
+
+/** Options of TransformerLM.fromFile. */
+export interface FromFileOptions {
+  /** where the model lives; default 'cpu' */
+  device?: DeviceLike
+  /** parameter dtype; default the one the checkpoint's config records */
+  dtype?: 'float32' | 'bfloat16'
+}
 
 export interface ForwardOptions {
   train?: boolean
@@ -157,6 +168,16 @@ export class TransformerLM {
       this.dispose()
       throw e
     }
+    // the config records what the FFNs resolved, so a checkpoint's copy rebuilds the same model
+    const c = this.config as { expertHidden?: number; balanceLossWeight?: number }
+    if (ffn === 'versatile') {
+      const v = this.blocks[0].ffn as unknown as VersatileFFN
+      c.expertHidden = v.expertHidden
+      c.balanceLossWeight = v.balanceLossWeight
+    } else {
+      c.expertHidden = undefined
+      c.balanceLossWeight = undefined
+    }
   }
 
   private addOwn(name: string, t: Tensor): Tensor {
@@ -235,7 +256,10 @@ export class TransformerLM {
   }
 
   zeroGrad(): void {
-    for (const g of this.gradients().values()) zero_(g)
+    const grads = this.gradients()
+    // check all first: a disposed gradient must not leave the others half cleared
+    for (const [n, g] of grads) g._check(`gradient ${n}`)
+    for (const g of grads.values()) zero_(g)
   }
 
   private checkTokens(tokens: Tensor): [number, number] {
@@ -325,6 +349,8 @@ export class TransformerLM {
   backward(out: LMOutput, dloss = 1): void {
     const s = out._saved
     if (!s || !s.lse || !s.targets) fail('ERR_ARGUMENT', 'out: backward needs a training output whose loss was computed')
+    checkNumber('dloss', dloss)
+    this.checkBackward(out)
     const V = this.config.vocabSize
     const logits2 = out.logits.reshape([s.B * s.S, V])
     crossEntropyBackward(logits2, s.targets, s.lse, dloss, s.ignoreIndex, logits2)
@@ -347,6 +373,21 @@ export class TransformerLM {
     out._saved = undefined
   }
 
+  // everything backward reads is checked before the first gradient accumulates
+  private checkBackward(out: LMOutput): void {
+    const s = out._saved!
+    if (s.blocks.length !== this.blocks.length) fail('ERR_ARGUMENT', `out: expected saved values of ${this.blocks.length} blocks, got ${s.blocks.length}`)
+    const tensors: [string, unknown][] = [['out.logits', out.logits], ['out (saved tokens)', s.tokens], ['out (saved activations)', s.xf], ['out (saved activations)', s.xfn], ['out (saved activations)', s.rstd], ['out (saved loss)', s.lse], ['out (saved targets)', s.targets]]
+    s.blocks.forEach((b, i) => {
+      for (const v of [b.x, b.rstd, b.attn.xn, b.attn.qkv, b.attn.att, b.attn.lse]) tensors.push([`out (saved values of block ${i})`, v])
+      const rec = b.ffn as { _saved?: unknown; stats?: Record<string, unknown> }
+      if (!rec._saved) fail('ERR_ARGUMENT', `out: the FFN record of block ${i} has been disposed or used by backward already`)
+      for (const [k, v] of Object.entries(rec.stats ?? {})) tensors.push([`out.stats[${i}].${k}`, v])
+    })
+    for (const [name, v] of tensors) if (v instanceof Tensor) v._check(name)
+    for (const [n, g] of this.gradients()) g._check(`gradient ${n}`)
+  }
+
   /** Empty per-layer KV caches for `batch` sequences of up to maxLen tokens (default maxSeqLen). */
   newCaches(batch: number, maxLen = this.config.maxSeqLen): KVCache[] {
     checkInt('maxLen', maxLen, 1, this.config.maxSeqLen)
@@ -364,29 +405,19 @@ export class TransformerLM {
   }
 
   /**
-   * Replaces every parameter (values copied in). Throws ERR_ARGUMENT naming a missing or unknown
-   * name and ERR_SHAPE naming a misshapen one; on error nothing changes.
+   * Replaces every parameter (values copied in) from Tensors (float32 or bfloat16, on the
+   * model's device) or Float32Arrays. Everything is checked before anything changes: ERR_ARGUMENT
+   * names every missing name and (strict, the default) every unexpected one; ERR_SHAPE,
+   * ERR_DTYPE, ERR_DEVICE and ERR_DISPOSED name the bad entry. With `strict: false` names the
+   * model lacks are skipped and returned in `ignored`.
    */
-  loadStateDict(sd: Record<string, Tensor | Float32Array>, opts: { strict?: boolean } = {}): void {
-    const params = this.parameters()
-    for (const [name, p] of params) {
-      const v = sd[name]
-      if (v === undefined) fail('ERR_ARGUMENT', `state dict: missing tensor ${show(name)} (shape ${show(p.shape)})`)
-      if (v instanceof Tensor) {
-        if (v.shape.join() !== p.shape.join()) fail('ERR_SHAPE', `state dict: ${show(name)} expected shape ${show(p.shape)}, got ${show(v.shape)}`)
-        v._check(name)
-      } else if (v instanceof Float32Array) {
-        if (v.length !== p.size) fail('ERR_SHAPE', `state dict: ${show(name)} expected ${p.size} values ${show(p.shape)}, got ${v.length}`)
-      } else fail('ERR_ARGUMENT', `state dict: ${show(name)} expected a Tensor or Float32Array, got ${show(v)}`)
-    }
-    if (opts.strict ?? true)
-      for (const name of Object.keys(sd)) if (!params.has(name)) fail('ERR_ARGUMENT', `state dict: unexpected tensor ${show(name)}`)
-    for (const [name, p] of params) {
-      const v = sd[name]
-      const src = v instanceof Tensor ? v : tensor(v, p.shape, { device: this.device })
-      p.copy_(src)
-      if (src !== v) src.dispose()
-    }
+  loadStateDict(sd: Record<string, Tensor | Float32Array>, opts: LoadOptions = {}): LoadResult {
+    if (typeof sd !== 'object' || sd === null || Array.isArray(sd)) fail('ERR_ARGUMENT', `state dict: expected an object, got ${show(sd)}`)
+    const strict = strictOf(opts)
+    const params = [...this.parameters()]
+    const ignored = checkNames('state dict', params.map(([n, p]) => [n, p.shape]), Object.keys(sd), strict, 'tensor')
+    loadInto('state dict', params, sd, this.device)
+    return { ignored }
   }
 
   /** Frees every parameter and gradient (the model is unusable afterwards). */
@@ -398,24 +429,73 @@ export class TransformerLM {
     for (const b of this.blocks) b.ffn.dispose()
   }
 
-  /** Writes every parameter to a safetensors file (in the model's dtype unless `dtype` says otherwise). */
+  /**
+   * Writes every parameter to a safetensors file (in the model's dtype unless `dtype` says
+   * otherwise), with the full config under the metadata key 'versatile-ffn.config' so that
+   * fromFile can rebuild the model; `metadata` adds string entries of your own.
+   */
   async save(path: string, opts: { dtype?: 'float32' | 'bfloat16'; metadata?: Record<string, string> } = {}): Promise<void> {
+    if (typeof opts !== 'object' || opts === null) fail('ERR_ARGUMENT', `opts: expected an options object, got ${show(opts)}`)
+    const md = opts.metadata
+    if (md !== undefined && (typeof md !== 'object' || md === null || Array.isArray(md))) fail('ERR_ARGUMENT', `metadata: expected an object of strings, got ${show(md)}`)
+    if (md && CONFIG_KEY in md) fail('ERR_ARGUMENT', `metadata: ${show(CONFIG_KEY)} is written by save() itself`)
     const c = this.config
-    const meta: Record<string, string> = { format: 'pt', 'versatile-ffn.config': JSON.stringify({ ...c }), ...(opts.metadata ?? {}) }
+    const meta: Record<string, string> = { format: 'pt', ...(opts.metadata ?? {}), [CONFIG_KEY]: configJSON(c) }
     await saveSafetensors(path, this.stateDict(), { dtype: opts.dtype ?? c.dtype, metadata: meta })
   }
 
-  /** Loads a safetensors file with SPEC.md's names (F32 or BF16); errors name the tensor, nothing changes on error. */
-  async load(path: string): Promise<void> {
+  /**
+   * Loads a safetensors file with SPEC.md's names (F32 or BF16). The file must follow the format
+   * strictly (see parseSafetensors) and hold every parameter with its shape; ERR_ARGUMENT names
+   * every missing tensor and (strict, the default) every tensor the model lacks, ERR_SHAPE a
+   * misshapen one; on error nothing changes. Resolves to `{ ignored }`: with `strict: false`,
+   * the file's tensors the model has no parameter for.
+   */
+  async load(path: string, opts: LoadOptions = {}): Promise<LoadResult> {
+    const strict = strictOf(opts)
     const { tensors } = await loadSafetensors(path)
-    const params = this.parameters()
+    return this.loadTensors(tensors, show(path), strict)
+  }
+
+  private loadTensors(tensors: Map<string, StoredTensor>, source: string, strict: boolean): LoadResult {
+    const params = [...this.parameters()]
+    const ignored = checkNames(source, params.map(([n, p]) => [n, p.shape]), [...tensors.keys()], strict, 'tensor')
     const sd: Record<string, Float32Array> = {}
     for (const [name, p] of params) {
-      const st = tensors.get(name)
-      if (!st) fail('ERR_ARGUMENT', `${show(path)}: missing tensor ${show(name)} (shape ${show(p.shape)})`)
-      if (st.shape.join() !== p.shape.join()) fail('ERR_SHAPE', `${show(path)}: tensor ${show(name)} has shape ${show(st.shape)}, the model needs ${show(p.shape)}`)
+      const st = tensors.get(name)!
+      if (st.shape.join() !== p.shape.join()) fail('ERR_SHAPE', `${source}: tensor ${show(name)} has shape ${show(st.shape)}, the model needs ${show(p.shape)}`)
       sd[name] = st.data
     }
-    this.loadStateDict(sd, { strict: false })
+    loadInto(source, params, sd, this.device)
+    return { ignored }
+  }
+
+  /**
+   * Builds the model a checkpoint written by save() describes (its 'versatile-ffn.config'
+   * metadata) and loads its weights; every tensor must match, none may be extra. Rejects with
+   * ERR_ARGUMENT when the file has no such metadata or the config has unknown or missing keys.
+   */
+  static async fromFile(path: string, opts: FromFileOptions = {}): Promise<TransformerLM> {
+    if (typeof opts !== 'object' || opts === null) fail('ERR_ARGUMENT', `opts: expected an options object, got ${show(opts)}`)
+    const device = Device.get(opts.device)
+    if (opts.dtype !== undefined && opts.dtype !== 'float32' && opts.dtype !== 'bfloat16')
+      fail('ERR_DTYPE', `dtype: expected 'float32' or 'bfloat16', got ${show(opts.dtype)}`)
+    const { tensors, metadata } = await loadSafetensors(path)
+    const source = show(path)
+    const cfg = parseConfig(metadata[CONFIG_KEY], source)
+    let m: TransformerLM
+    try {
+      m = new TransformerLM({ ...cfg, device, dtype: opts.dtype ?? cfg.dtype })
+    } catch (e) {
+      if (e instanceof VffnError) fail(e.code, `${source}: metadata ${show(CONFIG_KEY)}: ${e.message}`)
+      throw e
+    }
+    try {
+      m.loadTensors(tensors, source, true)
+    } catch (e) {
+      m.dispose()
+      throw e
+    }
+    return m
   }
 }

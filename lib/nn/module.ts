@@ -2,7 +2,8 @@
 // float32 gradients accumulated by backward, state dicts that validate fully before changing anything.
 import { Device, DeviceLike } from '../device'
 import { checkInt, fail, show } from '../errors'
-import { DType, Tensor, checkDType, randn, tensor, zeros } from '../tensor'
+import { DType, Tensor, checkDType, randn, zeros } from '../tensor'
+import { LoadOptions, LoadResult, checkNames, loadInto, strictOf } from './state'
 
 export interface ModuleOptions {
   device?: DeviceLike
@@ -81,7 +82,10 @@ export class Module {
 
   /** Sets every gradient to zero. */
   zeroGrad(): void {
-    if (this._grads) for (const g of Object.values(this._grads)) g.fill_(0)
+    if (!this._grads) return
+    // check all first: a disposed gradient must not leave the others half cleared
+    for (const [n, g] of Object.entries(this._grads)) g._check(`grads.${n}`)
+    for (const g of Object.values(this._grads)) g.fill_(0)
   }
 
   /** The parameters by name (the live tensors, not copies). */
@@ -91,35 +95,17 @@ export class Module {
 
   /**
    * Copies values into the parameters. Every name must be present with its exact shape, as a
-   * float32/bfloat16 Tensor on this module's device or a Float32Array; nothing changes on error.
+   * float32/bfloat16 Tensor on this module's device or a Float32Array. Errors name every missing
+   * and unexpected name (ERR_ARGUMENT) or the bad entry (ERR_SHAPE, ERR_DTYPE, ERR_DEVICE,
+   * ERR_DISPOSED); on error nothing changes. `strict: false` skips names the module lacks and
+   * returns them in `ignored`.
    */
-  loadStateDict(sd: Record<string, Tensor | Float32Array>): void {
+  loadStateDict(sd: Record<string, Tensor | Float32Array>, opts: LoadOptions = {}): LoadResult {
     if (typeof sd !== 'object' || sd === null) fail('ERR_ARGUMENT', `stateDict: expected an object, got ${show(sd)}`)
-    const known = new Set(this.specs.map((s) => s.name))
-    for (const k of Object.keys(sd))
-      if (!known.has(k)) fail('ERR_ARGUMENT', `stateDict: unexpected name ${show(k)} (expected ${[...known].join(', ')})`)
-    for (const s of this.specs) {
-      const v = sd[s.name] as unknown
-      const size = s.shape.reduce((a, b) => a * b, 1)
-      if (v === undefined) fail('ERR_ARGUMENT', `stateDict: missing ${show(s.name)} (shape ${show(s.shape)})`)
-      if (v instanceof Float32Array) {
-        if (v.length !== size) fail('ERR_SHAPE', `${s.name}: expected ${size} values (shape ${show(s.shape)}), got ${v.length}`)
-      } else if (v instanceof Tensor) {
-        v._check(s.name)
-        if (v.shape.length !== s.shape.length || v.shape.some((d, i) => d !== s.shape[i]))
-          fail('ERR_SHAPE', `${s.name}: expected shape ${show(s.shape)}, got ${show(v.shape)}`)
-        if (v.dtype === 'int32') fail('ERR_DTYPE', `${s.name}: expected float32 or bfloat16, got int32`)
-        if (!sameDevice(v.device, this.device)) fail('ERR_DEVICE', `${s.name}: expected a tensor on ${this.device}, got one on ${v.device}`)
-      } else fail('ERR_ARGUMENT', `${s.name}: expected a Tensor or Float32Array, got ${show(v)}`)
-    }
-    for (const s of this.specs) {
-      const v = sd[s.name]
-      if (v instanceof Float32Array) {
-        const t = tensor(v, s.shape, { device: this.device })
-        this.params[s.name].copy_(t)
-        t.dispose()
-      } else if (v !== this.params[s.name]) this.params[s.name].copy_(v)
-    }
+    const strict = strictOf(opts)
+    const ignored = checkNames('stateDict', this.specs.map((s) => [s.name, s.shape]), Object.keys(sd), strict)
+    loadInto('stateDict', this.namedParameters(), sd, this.device)
+    return { ignored }
   }
 
   /** Frees parameters and gradients. */
