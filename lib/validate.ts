@@ -113,13 +113,14 @@ const isPlainObject = (v: unknown): v is Record<string, unknown> =>
 /**
  * An options object: a plain object whose keys are all in `schema` (an unknown key fails naming
  * the nearest known one) and whose defined values pass their checks; `undefined` values are skipped.
- * `required` keys must be present and defined.
+ * `required` keys must be present and defined. `open` lets other keys through (for records a
+ * library call returned, which may carry more than the checks look at).
  */
-export function object<S extends Schema>(schema: S, required: readonly (keyof S & string)[] = []): Check<Parsed<S>> {
+export function object<S extends Schema>(schema: S, required: readonly (keyof S & string)[] = [], open = false): Check<Parsed<S>> {
   const keys = Object.keys(schema)
   return custom('an options object', (name, v) => {
-    if (!isPlainObject(v)) fail('ERR_ARGUMENT', `${name}: expected an options object, got ${show(v)}`)
-    for (const k of Object.keys(v))
+    if (!isPlainObject(v)) fail('ERR_ARGUMENT', `${name}: expected ${open ? 'an object' : 'an options object'}, got ${show(v)}`)
+    if (!open) for (const k of Object.keys(v))
       if (!Object.prototype.hasOwnProperty.call(schema, k))
         fail('ERR_ARGUMENT', `${name}.${k}: unknown option ${show(k)}; did you mean '${nearest(k, keys)}'? (known: ${keys.join(', ')})`)
     const out: Record<string, unknown> = {}

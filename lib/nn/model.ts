@@ -10,6 +10,10 @@ import { CausalSelfAttention, KVCache, kvCache } from './attention'
 import { BlockSaved, FFNModule, TransformerBlock, rmsnorm, rmsnormBackward } from './block'
 import { createFFN } from './model_ffn'
 import { generate, GenerateOptions } from './generate'
+import { checkHeads, kvCacheArg } from './attention'
+import { checkVersatileSizes } from './versatile'
+import { MAX_ELEMENTS } from '../tensor'
+import { arg, arrayOf, bool, checkOptions, custom, device as deviceCheck, dtype as dtypeCheck, int, number, object, oneOf, optional, string } from '../validate'
 
 export interface TransformerLMOptions {
   vocabSize: number
@@ -72,6 +76,21 @@ export function deriveSeed(seed: number | bigint, a: number, b = 0): bigint {
   return (z ^ (z >> 31n)) & ((1n << 53n) - 1n)
 }
 
+const LM_OPTIONS = {
+  vocabSize: int(1), dModel: int(2), nLayers: int(1), nHeads: int(1), hidden: int(1), maxSeqLen: optional(int(1)),
+  ffn: optional(oneOf(['versatile', 'dense'] as const)), experts: optional(int(1)), topK: optional(int(1)), maxDepth: optional(int(1)),
+  expertHidden: optional(int(1)), balanceLossWeight: optional(number({ min: 0 })), device: optional(deviceCheck),
+  dtype: optional(dtypeCheck(['float32', 'bfloat16'] as const)), seed: optional(int(0)),
+}
+const LM_REQUIRED = ['vocabSize', 'dModel', 'nLayers', 'nHeads', 'hidden'] as const
+// the caches themselves, not parsed copies: forward advances their length
+const cachesArg = (D: number) => custom<KVCache[]>('the caches of newCaches()', (n, v) => {
+  arrayOf(kvCacheArg(D), 1)(n, v)
+  return v as KVCache[]
+})
+const LM_FORWARD_OPTIONS = { train: optional(bool), step: optional(int(0)), noise: optional(oneOf(['gumbel', 'none'] as const)), lastOnly: optional(bool) }
+const SAVE_OPTIONS = { dtype: optional(dtypeCheck(['float32', 'bfloat16'] as const)), metadata: optional(custom<Record<string, string>>('an object of strings', (n, v) => object({}, [], true)(n, v) as Record<string, string>)) }
+
 export class TransformerLM {
   readonly config: Required<Omit<TransformerLMOptions, 'device' | 'expertHidden' | 'balanceLossWeight'>> & { expertHidden?: number; balanceLossWeight?: number }
   readonly device: Device
@@ -79,7 +98,10 @@ export class TransformerLM {
   private readonly own = new Map<string, { param: Tensor; grad: Tensor }>()
 
   constructor(opts: TransformerLMOptions) {
-    if (typeof opts !== 'object' || opts === null) fail('ERR_ARGUMENT', `options: expected an object, got ${show(opts)}`)
+    if (opts === undefined) fail('ERR_ARGUMENT', 'options: expected an options object, got undefined')
+    const o = checkOptions('options', opts, LM_OPTIONS, LM_REQUIRED)
+    checkHeads(o.dModel!, o.nHeads!)
+    if ((o.ffn ?? 'versatile') === 'versatile') checkVersatileSizes(o.hidden!, o.experts ?? 8, o.topK ?? 2, o.expertHidden)
     const vocabSize = checkInt('vocabSize', opts.vocabSize, 1)
     const dModel = checkInt('dModel', opts.dModel, 2)
     const nLayers = checkInt('nLayers', opts.nLayers, 1)
@@ -132,7 +154,8 @@ export class TransformerLM {
 
   /** A config by name ('354M', '720M', '1.21B', 'small', 'tiny') merged with overrides. */
   static config(name: keyof typeof CONFIGS, overrides: Partial<TransformerLMOptions> = {}): TransformerLMOptions {
-    const c = CONFIGS[name]
+    checkOptions('overrides', overrides, LM_OPTIONS)
+    const c = Object.prototype.hasOwnProperty.call(CONFIGS, name as string) ? CONFIGS[name] : undefined
     if (!c) fail('ERR_ARGUMENT', `name: expected one of ${Object.keys(CONFIGS).join(', ')}, got ${show(name)}`)
     return { ...c, ...overrides }
   }
@@ -209,10 +232,14 @@ export class TransformerLM {
    */
   forward(tokens: Tensor, opts: ForwardOptions = {}): LMOutput {
     const [B, S] = this.checkTokens(tokens)
-    const train = opts.train ?? false
+    const o = checkOptions('opts', opts, { ...LM_FORWARD_OPTIONS, caches: optional(cachesArg(this.config.dModel)) })
+    const train = o.train ?? false
     if (train) this.needFloat32('forward(train: true)')
-    const step = checkInt('step', opts.step ?? 0, 0)
-    const caches = opts.caches
+    const step = o.step ?? 0
+    const caches = o.caches
+    if (caches && caches.length !== this.blocks.length) fail('ERR_ARGUMENT', `caches: expected ${this.blocks.length} caches (one per layer), got ${caches.length}`)
+    if (caches && train) fail('ERR_ARGUMENT', 'caches: a KV cache is for inference only (train: false)')
+    if (o.lastOnly && train) fail('ERR_ARGUMENT', 'lastOnly: only for inference (train: false)')
     const off = caches ? caches[0].length : 0
     if (off + S > this.config.maxSeqLen) fail('ERR_SHAPE', `tokens: position ${off + S - 1} exceeds maxSeqLen ${this.config.maxSeqLen}`)
     const tc = tokens.contiguous()
@@ -253,6 +280,7 @@ export class TransformerLM {
 
   /** Mean cross-entropy of a training output against targets int32 [B, S] (ignoreIndex skipped). Returns loss [1]. */
   loss(out: LMOutput, targets: Tensor, ignoreIndex = -100): Tensor {
+    arg('out', out, object({}, [], true))
     const s = out._saved
     if (!s) fail('ERR_ARGUMENT', 'out: loss needs the output of forward(tokens, { train: true })')
     checkTensor('targets', targets, { ndim: 2, dtypes: ['int32'] })
@@ -274,8 +302,10 @@ export class TransformerLM {
    * out.logits with their gradient (saves a [B*S, V] buffer) and releases the saved values.
    */
   backward(out: LMOutput, dloss = 1): void {
+    arg('out', out, object({}, [], true))
     const s = out._saved
     if (!s || !s.lse || !s.targets) fail('ERR_ARGUMENT', 'out: backward needs a training output whose loss was computed')
+    arg('dloss', dloss, number())
     const V = this.config.vocabSize
     const logits2 = out.logits.reshape([s.B * s.S, V])
     crossEntropyBackward(logits2, s.targets, s.lse, dloss, s.ignoreIndex, logits2)
@@ -298,7 +328,10 @@ export class TransformerLM {
 
   /** Empty per-layer KV caches for `batch` sequences of up to maxLen tokens (default maxSeqLen). */
   newCaches(batch: number, maxLen = this.config.maxSeqLen): KVCache[] {
+    checkInt('batch', batch, 1)
     checkInt('maxLen', maxLen, 1, this.config.maxSeqLen)
+    if (batch * maxLen * this.config.dModel > MAX_ELEMENTS)
+      fail('ERR_ARGUMENT', `batch: ${batch} sequences of ${maxLen} positions need caches of ${batch * maxLen * this.config.dModel} elements, more than a tensor holds (2^50)`)
     return this.blocks.map(() => kvCache(batch, maxLen, this.config.dModel, this.device))
   }
 
@@ -317,6 +350,8 @@ export class TransformerLM {
    * name and ERR_SHAPE naming a misshapen one; on error nothing changes.
    */
   loadStateDict(sd: Record<string, Tensor | Float32Array>, opts: { strict?: boolean } = {}): void {
+    if (typeof sd !== 'object' || sd === null || Array.isArray(sd)) fail('ERR_ARGUMENT', `stateDict: expected an object of tensors, got ${show(sd)}`)
+    checkOptions('opts', opts, { strict: optional(bool) })
     const params = this.parameters()
     for (const [name, p] of params) {
       const v = sd[name]
@@ -349,6 +384,8 @@ export class TransformerLM {
 
   /** Writes every parameter to a safetensors file (in the model's dtype unless `dtype` says otherwise). */
   async save(path: string, opts: { dtype?: 'float32' | 'bfloat16'; metadata?: Record<string, string> } = {}): Promise<void> {
+    arg('path', path, string)
+    checkOptions('opts', opts, SAVE_OPTIONS)
     const c = this.config
     const meta: Record<string, string> = { format: 'pt', 'versatile-ffn.config': JSON.stringify({ ...c }), ...(opts.metadata ?? {}) }
     await saveSafetensors(path, this.stateDict(), { dtype: opts.dtype ?? c.dtype, metadata: meta })

@@ -3,6 +3,7 @@
 import { Device, DeviceLike } from '../device'
 import { checkInt, fail, show } from '../errors'
 import { DType, Tensor, checkDType, randn, tensor, zeros } from '../tensor'
+import { device, dtype, int, optional } from '../validate'
 
 export interface ModuleOptions {
   device?: DeviceLike
@@ -18,6 +19,9 @@ export interface ParamSpec {
   shape: number[]
   init: 'normal' | 'ones'
 }
+
+/** The option checks every module shares (see lib/validate.ts). */
+export const MODULE_OPTIONS = { device: optional(device), dtype: optional(dtype<DType>(['float32', 'bfloat16'])), seed: optional(int(0)) }
 
 export const INIT_STD = 0.02
 

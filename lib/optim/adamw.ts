@@ -3,7 +3,9 @@
 import { checkInt, checkNumber, fail, show } from '../errors'
 import { adamwStep, gradNorm } from '../lm_ops'
 import { Tensor, zeros } from '../tensor'
-import type { TransformerLM } from '../nn/model'
+import { TransformerLM } from '../nn/model'
+import { checkTensor } from '../ops'
+import { Check, INT32, arg, checkOptions, custom, func, instance, int, number, object, oneOf, optional, string } from '../validate'
 
 export { gumbelTemperature } from '../nn/versatile'
 
@@ -16,9 +18,15 @@ export interface CosineSchedule {
   minRatio?: number
 }
 
+const SCHEDULE = object(
+  { lr: number({ min: 0 }), warmupSteps: int(0), totalSteps: int(0), minRatio: optional(number({ min: 0, max: 1 })) },
+  ['lr', 'warmupSteps', 'totalSteps'],
+)
+
 /** Linear warmup over warmupSteps to lr, then cosine decay to minRatio·lr at totalSteps (held after). step is 0-based. */
 export function cosineLR(step: number, s: CosineSchedule): number {
   checkInt('step', step, 0)
+  arg('schedule', s, SCHEDULE)
   const floor = (s.minRatio ?? 0.1) * s.lr
   if (step < s.warmupSteps) return (s.lr * (step + 1)) / s.warmupSteps
   const span = Math.max(1, s.totalSteps - s.warmupSteps)
@@ -46,6 +54,26 @@ interface Slot {
   decay: boolean
 }
 
+const unit = number({ min: 0, exclusiveMax: 1 })
+const ADAMW_OPTIONS = {
+  lr: optional(number({ min: 0 })),
+  betas: optional(custom<[number, number]>('[beta1, beta2], each in [0, 1)', (name, v) => {
+    if (!Array.isArray(v) || v.length !== 2) fail('ERR_ARGUMENT', `${name}: expected [beta1, beta2], each in [0, 1), got ${show(v)}`)
+    return [unit(`${name}[0]`, v[0]), unit(`${name}[1]`, v[1])]
+  })),
+  eps: optional(number({ exclusiveMin: 0 })), weightDecay: optional(number({ min: 0 })), maxGradNorm: optional(number({ min: 0 })),
+  decays: optional(func as Check<(name: string) => boolean>),
+}
+// a Map of name -> Tensor (what model.parameters() and model.gradients() return)
+const tensorMap = (label: string) => custom<Map<string, Tensor>>(`a Map of ${label} by name`, (name, v) => {
+  if (!(v instanceof Map)) fail('ERR_ARGUMENT', `${name}: expected a Map of ${label} by name (e.g. model.parameters()), got ${show(v)}`)
+  for (const [k, t] of v) {
+    string(`${name} key`, k)
+    checkTensor(`${name}.get(${show(k)})`, t)
+  }
+  return v as Map<string, Tensor>
+})
+
 export class AdamW {
   lr: number
   readonly betas: [number, number]
@@ -58,27 +86,35 @@ export class AdamW {
 
   /** params and grads by name (live tensors updated in place), e.g. model.parameters(), model.gradients(). */
   constructor(params: Map<string, Tensor>, grads: Map<string, Tensor>, opts: AdamWOptions = {}) {
-    this.lr = checkNumber('lr', opts.lr ?? 1e-3)
-    this.betas = opts.betas ?? [0.9, 0.95]
-    this.betas.forEach((b, i) => {
-      checkNumber(`betas[${i}]`, b)
-      if (b < 0 || b >= 1) fail('ERR_ARGUMENT', `betas[${i}]: expected [0, 1), got ${b}`)
-    })
-    this.eps = checkNumber('eps', opts.eps ?? 1e-8)
-    this.weightDecay = checkNumber('weightDecay', opts.weightDecay ?? 0.1)
-    this.maxGradNorm = checkNumber('maxGradNorm', opts.maxGradNorm ?? 1.0)
-    const decays = opts.decays ?? ((n: string) => !/(^|\.)(attn_norm|ff_norm|ln_f)\.weight$/.test(n))
-    this.slots = [...params].map(([name, param]) => {
+    arg('params', params, tensorMap('parameters'))
+    arg('grads', grads, tensorMap('gradients'))
+    const o = checkOptions('opts', opts, ADAMW_OPTIONS)
+    if (params.size === 0) fail('ERR_ARGUMENT', 'params: expected at least one parameter, got an empty Map')
+    this.lr = o.lr ?? 1e-3
+    this.betas = o.betas ?? [0.9, 0.95]
+    this.eps = o.eps ?? 1e-8
+    this.weightDecay = o.weightDecay ?? 0.1
+    this.maxGradNorm = o.maxGradNorm ?? 1.0
+    const decays = o.decays ?? ((n: string) => !/(^|\.)(attn_norm|ff_norm|ln_f)\.weight$/.test(n))
+    // every pair is checked before any moment buffer is allocated
+    for (const [name, param] of params) {
       const grad = grads.get(name)
       if (!grad) fail('ERR_ARGUMENT', `grads: missing the gradient of ${show(name)}`)
       if (param.dtype !== 'float32') fail('ERR_DTYPE', `${name}: AdamW updates float32 parameters, got ${param.dtype}`)
+      if (grad.dtype !== 'float32') fail('ERR_DTYPE', `grads.get(${show(name)}): expected float32, got ${grad.dtype}`)
       if (grad.size !== param.size) fail('ERR_SHAPE', `${name}: gradient shape ${show(grad.shape)} differs from ${show(param.shape)}`)
+      if (!param.isContiguous || !grad.isContiguous) fail('ERR_ARGUMENT', `${name}: AdamW updates contiguous parameters and gradients`)
+      if (String(grad.device) !== String(param.device)) fail('ERR_DEVICE', `grads.get(${show(name)}): expected a tensor on ${param.device}, got one on ${grad.device}`)
+    }
+    this.slots = [...params].map(([name, param]) => {
+      const grad = grads.get(name)!
       return [name, { param, grad, m: zeros(param.shape, { device: param.device }), v: zeros(param.shape, { device: param.device }), decay: decays(name) }]
     })
   }
 
   /** Whether `name` gets weight decay. */
   decays(name: string): boolean {
+    arg('name', name, string)
     const s = this.slots.find(([n]) => n === name)
     if (!s) fail('ERR_ARGUMENT', `name: no parameter ${show(name)}`)
     return s[1].decay
@@ -90,7 +126,7 @@ export class AdamW {
    * and moments untouched); the returned norm shows it.
    */
   update(lr = this.lr): Tensor {
-    checkNumber('lr', lr)
+    arg('lr', lr, number({ min: 0 }))
     this.step++
     const norm = gradNorm(this.slots.map(([, s]) => s.grad), this.maxGradNorm)
     for (const [, s] of this.slots)
@@ -98,6 +134,11 @@ export class AdamW {
         lr, beta1: this.betas[0], beta2: this.betas[1], eps: this.eps, weightDecay: s.decay ? this.weightDecay : 0, step: this.step,
       }, norm)
     return norm
+  }
+
+  /** @internal whether this optimizer updates exactly these parameters (the same tensors under the same names) */
+  _updates(params: Map<string, Tensor>): boolean {
+    return this.slots.length === params.size && this.slots.every(([n, s]) => params.get(n) === s.param)
   }
 
   dispose(): void {
@@ -130,7 +171,18 @@ export interface TrainStepResult {
  * optimizer's step), cross-entropy, backward, global clip, AdamW with the scheduled rate. Queues
  * the work and returns at once; await result.loss.data() to read the loss.
  */
+const TRAIN_STEP_OPTIONS = { schedule: optional(SCHEDULE), noise: optional(oneOf(['gumbel', 'none'] as const)), ignoreIndex: optional(INT32) }
+
 export function trainStep(model: TransformerLM, opt: AdamW, tokens: Tensor, targets: Tensor, opts: TrainStepOptions = {}): TrainStepResult {
+  // every argument is checked before any work is queued
+  arg('model', model, instance(TransformerLM))
+  arg('opt', opt, instance(AdamW))
+  if (!opt._updates(model.parameters())) fail('ERR_ARGUMENT', "opt: this optimizer updates another model's parameters; build it from model.parameters()")
+  checkOptions('opts', opts, TRAIN_STEP_OPTIONS)
+  checkTensor('tokens', tokens, { ndim: 2, dtypes: ['int32'] })
+  checkTensor('targets', targets, { ndim: 2, dtypes: ['int32'] })
+  if (targets.shape.join() !== tokens.shape.join()) fail('ERR_SHAPE', `targets: expected ${show(tokens.shape)} (the shape of tokens), got ${show(targets.shape)}`)
+  if (String(targets.device) !== String(tokens.device)) fail('ERR_DEVICE', `targets: expected a tensor on ${tokens.device}, got one on ${targets.device}`)
   const step = opt.step
   const lr = opts.schedule ? cosineLR(step, opts.schedule) : opt.lr
   model.zeroGrad()
