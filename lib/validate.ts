@@ -84,6 +84,13 @@ export const seed64: Check<bigint> = custom('a non-negative safe integer or a bi
   return fail('ERR_ARGUMENT', `${name}: expected a non-negative safe integer or a bigint in [0, 2^64), got ${typeof v === 'bigint' ? v : show(v)}`)
 })
 
+/** A plain object whose values are all strings (checkpoint metadata). */
+export const stringRecord: Check<Record<string, string>> = custom('an object of strings', (name, v) => {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) fail('ERR_ARGUMENT', `${name}: expected an object of strings, got ${show(v)}`)
+  for (const [k, x] of Object.entries(v)) string(`${name}.${k}`, x)
+  return v as Record<string, string>
+})
+
 /** An instance of `cls`. */
 export function instance<T>(cls: abstract new (...a: never[]) => T, label = `a ${cls.name}`): Check<T> {
   return check(label, (v) => v instanceof cls)
@@ -127,10 +134,10 @@ export function object<S extends Schema>(schema: S, required: readonly (keyof S 
     for (const k of keys) {
       const x = v[k]
       if (x === undefined) {
-        if (required.includes(k)) fail('ERR_ARGUMENT', `${k}: required, expected ${schema[k].expected}`)
+        if (required.includes(k)) fail('ERR_ARGUMENT', `${name}.${k}: required, expected ${schema[k].expected}`)
         continue
       }
-      out[k] = schema[k](k, x)
+      out[k] = schema[k](`${name}.${k}`, x)
     }
     return out as Parsed<S>
   })
@@ -147,18 +154,18 @@ export function arg<T>(name: string, value: unknown, c: Check<T>): T {
   return c(name, value)
 }
 
-/** Levenshtein distance, case-insensitive (so 'maxSeqlen' is one step from 'maxSeqLen'). */
+/** Edit distance with adjacent swaps (optimal string alignment), case-insensitive, a case-only difference 0.5. */
 export function editDistance(a: string, b: string): number {
   const x = a.toLowerCase(), y = b.toLowerCase()
-  let prev = Array.from({ length: y.length + 1 }, (_, j) => j)
-  for (let i = 1; i <= x.length; i++) {
-    const cur = [i]
-    for (let j = 1; j <= y.length; j++)
-      cur[j] = Math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x[i - 1] === y[j - 1] ? 0 : 1))
-    prev = cur
-  }
-  // a case-only difference still counts, below any real edit
-  return prev[y.length] + (a !== b && prev[y.length] === 0 ? 0.5 : 0)
+  const d = Array.from({ length: x.length + 1 }, (_, i) => Array.from({ length: y.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)))
+  for (let i = 1; i <= x.length; i++)
+    for (let j = 1; j <= y.length; j++) {
+      d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (x[i - 1] === y[j - 1] ? 0 : 1))
+      // 'topk' for 'topK' and 'bet2a' for 'beta2' are one slip each
+      if (i > 1 && j > 1 && x[i - 1] === y[j - 2] && x[i - 2] === y[j - 1]) d[i][j] = Math.min(d[i][j], d[i - 2][j - 2] + 1)
+    }
+  const n = d[x.length][y.length]
+  return n === 0 && a !== b ? 0.5 : n
 }
 
 /** The candidate nearest to `key` by edit distance (ties: first listed). */

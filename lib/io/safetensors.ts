@@ -6,7 +6,7 @@ import { promises as fs } from 'fs'
 import { fail, show } from '../errors'
 import { dirname } from 'path'
 import { Tensor } from '../tensor'
-import { arg, checkOptions, custom, dtype, instance, optional, string } from '../validate'
+import { arg, checkOptions, dtype, instance, optional, string, stringRecord } from '../validate'
 
 export type SafetensorsDType = 'F32' | 'BF16'
 
@@ -27,14 +27,7 @@ export interface SaveOptions {
 
 const ALIGN = 8
 
-const SAVE_OPTIONS = {
-  dtype: optional(dtype(['float32', 'bfloat16'] as const)),
-  metadata: optional(custom<Record<string, string>>('an object of strings', (name, v) => {
-    if (typeof v !== 'object' || v === null || Array.isArray(v)) fail('ERR_ARGUMENT', `${name}: expected an object of strings, got ${show(v)}`)
-    for (const [k, x] of Object.entries(v)) string(`${name}.${k}`, x)
-    return v as Record<string, string>
-  })),
-}
+const SAVE_OPTIONS = { dtype: optional(dtype(['float32', 'bfloat16'] as const)), metadata: optional(stringRecord) }
 
 /** Writes named tensors to `path` (float32 or bfloat16). Resolves when the file is written. */
 export async function saveSafetensors(path: string, tensors: Record<string, Tensor>, opts: SaveOptions = {}): Promise<void> {
@@ -151,6 +144,8 @@ export function parseSafetensors(buf: Uint8Array, source = 'checkpoint'): { tens
 
 /** Reads a safetensors file. */
 export async function loadSafetensors(path: string): Promise<{ tensors: Map<string, StoredTensor>; metadata: Record<string, string> }> {
+  // a number would be read as a file descriptor
+  arg('path', path, string)
   let buf: Buffer
   try {
     buf = await fs.readFile(path)

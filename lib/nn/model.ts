@@ -13,7 +13,7 @@ import { generate, GenerateOptions } from './generate'
 import { checkHeads, kvCacheArg } from './attention'
 import { checkVersatileSizes } from './versatile'
 import { MAX_ELEMENTS } from '../tensor'
-import { arg, arrayOf, bool, checkOptions, custom, device as deviceCheck, dtype as dtypeCheck, int, number, object, oneOf, optional, string } from '../validate'
+import { arg, arrayOf, bool, checkOptions, custom, device as deviceCheck, dtype as dtypeCheck, int, number, object, oneOf, optional, string, stringRecord, INT32 } from '../validate'
 
 export interface TransformerLMOptions {
   vocabSize: number
@@ -89,7 +89,7 @@ const cachesArg = (D: number) => custom<KVCache[]>('the caches of newCaches()', 
   return v as KVCache[]
 })
 const LM_FORWARD_OPTIONS = { train: optional(bool), step: optional(int(0)), noise: optional(oneOf(['gumbel', 'none'] as const)), lastOnly: optional(bool) }
-const SAVE_OPTIONS = { dtype: optional(dtypeCheck(['float32', 'bfloat16'] as const)), metadata: optional(custom<Record<string, string>>('an object of strings', (n, v) => object({}, [], true)(n, v) as Record<string, string>)) }
+const SAVE_OPTIONS = { dtype: optional(dtypeCheck(['float32', 'bfloat16'] as const)), metadata: optional(stringRecord) }
 
 export class TransformerLM {
   readonly config: Required<Omit<TransformerLMOptions, 'device' | 'expertHidden' | 'balanceLossWeight'>> & { expertHidden?: number; balanceLossWeight?: number }
@@ -198,6 +198,7 @@ export class TransformerLM {
 
   /** Whether weight decay applies (matrices and embeddings, not norm gains). */
   static decays(name: string): boolean {
+    arg('name', name, string)
     return !NORM_NAMES.test(name)
   }
 
@@ -281,6 +282,7 @@ export class TransformerLM {
   /** Mean cross-entropy of a training output against targets int32 [B, S] (ignoreIndex skipped). Returns loss [1]. */
   loss(out: LMOutput, targets: Tensor, ignoreIndex = -100): Tensor {
     arg('out', out, object({}, [], true))
+    arg('ignoreIndex', ignoreIndex, INT32)
     const s = out._saved
     if (!s) fail('ERR_ARGUMENT', 'out: loss needs the output of forward(tokens, { train: true })')
     checkTensor('targets', targets, { ndim: 2, dtypes: ['int32'] })
