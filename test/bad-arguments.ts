@@ -2,6 +2,7 @@
 // ±Infinity, negative, fractional and huge values and misspelled keys. Each must fail with a
 // VffnError whose code is stable and whose message names the argument, allocating nothing.
 import t from 'tap'
+import { unlinkSync } from 'fs'
 import { tmpdir } from 'os'
 import { join } from 'path'
 import * as lib from '../lib/index'
@@ -27,7 +28,6 @@ interface Row {
 const BASE: Bad[] = [['a string', 'x'], ['an object', {}], ['null', null], ['a function', () => 1], ['a symbol', Symbol('s')], ['a bigint', 1n]]
 const NONFINITE: Bad[] = [['NaN', NaN], ['Infinity', Infinity], ['-Infinity', -Infinity]]
 const HUGE: Bad[] = [['2^53', 2 ** 53], ['1e300', 1e300]]
-const notBool = (bad: Bad[]) => bad
 const int = (min = 0, max = 2 ** 53 - 1): Bad[] => [
   ...BASE, ['a boolean', true], ['an array', [1]], ['a numeric string', '1'], ...NONFINITE, ['fractional', min + 0.5], ['below the minimum', min - 1],
   ...(max < 2 ** 53 - 1 ? [['above the maximum', max + 1] as Bad] : []), ...HUGE, ['-1e300', -1e300],
@@ -38,7 +38,7 @@ const num = (o: { min?: number; exclusiveMin?: number; finite?: boolean } = {}):
   ...(o.min !== undefined ? [['below the minimum', o.min - 1] as Bad, ['-1e300', -1e300] as Bad] : []),
   ...(o.exclusiveMin !== undefined ? [['the exclusive minimum', o.exclusiveMin] as Bad, ['negative', -1] as Bad] : []),
 ]
-const bool: Bad[] = notBool([...BASE, ['1', 1], ['0', 0], ['NaN', NaN], ['"true"', 'true'], ['"yes"', 'yes']])
+const bool: Bad[] = [...BASE, ['1', 1], ['0', 0], ['NaN', NaN], ['"true"', 'true'], ['"yes"', 'yes']]
 const str: Bad[] = [['a number', 1], ['null', null], ['an object', {}], ['a boolean', true], ['a symbol', Symbol('s')]]
 const oneOf = (near: string): Bad[] => [['a near miss', near], ['a number', 1], ['null', null], ['an object', {}], ['NaN', NaN], ['a boolean', false]]
 const dev: Bad[] = [['an unknown device', 'tpu'], ['"cuda:x"', 'cuda:x'], ['a number', 0], ['null', null], ['an object', {}], ['NaN', NaN]]
@@ -57,7 +57,8 @@ const shape: Bad[] = [
   ['Infinity', [Infinity]], ['2^53 elements', [2 ** 27, 2 ** 26]], ['a 1e300 size', [1e300]], ['seven dimensions', [1, 1, 1, 1, 1, 1, 1]], ['a string size', ['2']],
 ]
 const objectBad: Bad[] = [['null', null], ['a string', 'x'], ['a number', 1], ['an array', []], ['a Map', new Map()]]
-const opts = (options: Record<string, Bad[]>, name = 'opts'): Param => ({ name, options })
+// an omitted options object means every default; null and non-objects are errors
+const opts = (options: Record<string, Bad[]>, name = 'opts'): Param => ({ name, options, bad: objectBad })
 
 // ---- fixtures (tiny sizes: the sweep makes thousands of calls)
 const f = (shape: number[], seed = 1) => randn(shape, { seed })
@@ -73,6 +74,7 @@ const attn = () => {
 const block = () => new TransformerBlock(attn(), new VersatileFFN(ffnOpts), full([8], 1))
 const dir = tmpdir()
 const ckpt = join(dir, `vffn-bad-args-${process.pid}.safetensors`)
+t.teardown(() => unlinkSync(ckpt))
 
 const FFN_FWD = { train: bool, step: int(), noise: oneOf('gumbell'), seed }
 const LM_OPTS: Record<string, Bad[]> = {
@@ -405,4 +407,48 @@ t.test('every bad argument and option fails with a VffnError naming it', async (
     t.same(problems, [], `${row.fn}(${row.params.map((p) => p.name).join(', ')})`)
   }
   t.ok(cases > 1500, `${cases} bad calls in ${Date.now() - start} ms`)
+})
+
+t.test('the edges of each rule: the last valid value works, the first invalid one fails, nothing changes', async (t) => {
+  // int32 holds [-2^31, 2^31 - 1] exactly; one past either end no longer wraps
+  t.same(Array.from(await tensor([2 ** 31 - 1, -(2 ** 31)], undefined, { dtype: 'int32' }).intData()), [2 ** 31 - 1, -(2 ** 31)])
+  t.throws(() => tensor([3e9], undefined, { dtype: 'int32' }), { code: 'ERR_ARGUMENT', message: /data: int32 tensors need integers in \[-2147483648, 2147483647\], got 3000000000/ })
+  const iz = full([2], 7, { dtype: 'int32' })
+  for (const v of [1e10, Infinity, 1.5]) t.throws(() => iz.fill_(v), { code: 'ERR_ARGUMENT', message: /^value: expected an integer in \[-2147483648, 2147483647\]/ })
+  t.same(Array.from(await iz.intData()), [7, 7], 'a refused fill_ leaves the values')
+  // unknown keys name the nearest known one
+  t.throws(() => new TransformerLM({ ...lmOpts, maxSeqlen: 4 } as never), { code: 'ERR_ARGUMENT', message: /options\.maxSeqlen: unknown option "maxSeqlen"; did you mean 'maxSeqLen'\?/ })
+  t.throws(() => new VersatileFFN({ ...ffnOpts, maxdepth: 2 } as never), { code: 'ERR_ARGUMENT', message: /did you mean 'maxDepth'\?/ })
+  const m = lm()
+  await t.rejects(m.generate([[1]], { topk: 2 } as never), { code: 'ERR_ARGUMENT', message: /opts\.topk: .*did you mean 'topK'\?/ })
+  t.throws(() => m.forward(ids([1, 2], [1, 2]), { train: 'yes' } as never), { code: 'ERR_ARGUMENT', message: /opts\.train: expected a boolean, got "yes"/ })
+  // theta, temperature schedule, optimizer hyperparameters
+  t.throws(() => rope(f([1, 2, 8]), 2, 0, { theta: 0 }), { code: 'ERR_ARGUMENT', message: /theta: expected a finite number > 0, got 0/ })
+  t.throws(() => gumbelTemperature(NaN), { code: 'ERR_ARGUMENT', message: /^step: / })
+  t.equal(gumbelTemperature(0), 5)
+  t.throws(() => new AdamW(m.parameters(), m.gradients(), { lr: -1 }), { code: 'ERR_ARGUMENT', message: /lr: expected a finite number >= 0, got -1/ })
+  t.throws(() => new AdamW(m.parameters(), m.gradients(), { eps: 0 }), { code: 'ERR_ARGUMENT', message: /eps: expected a finite number > 0, got 0/ })
+  // truncation: below 0.1σ the 1000 redraws could run out; at 0.1σ every value is inside
+  t.throws(() => randn([4], { truncate: 1e-6 }), { code: 'ERR_ARGUMENT', message: /truncate: expected 0 \(none\) or >= 0.1/ })
+  const r = await randn([20000], { truncate: 0.1, seed: 5 }).data()
+  t.ok(r.every((v) => Math.abs(v) <= 0.1), `every value within 0.1σ (max ${Math.max(...r.map(Math.abs))})`)
+  // the sampler's state is 32 bits: the largest seed works, the next one is refused rather than wrapped to 0
+  const a = await m.generate([[1, 2]], { maxNewTokens: 4, temperature: 1, seed: 2 ** 32 - 1 })
+  t.equal(a[0].length, 4)
+  await t.rejects(m.generate([[1, 2]], { seed: 2 ** 32 }), { code: 'ERR_ARGUMENT', message: /seed: expected an integer in \[0, 4294967295\], got 4294967296/ })
+  // element counts past 2^50 name the shape
+  t.throws(() => empty([2 ** 27, 2 ** 26]), { code: 'ERR_SHAPE', message: /^shape: \[134217728, 67108864\] holds 9007199254740992 elements, too many/ })
+  // another model's optimizer: refused before any work, parameters untouched
+  const other = lm()
+  const opt = new AdamW(other.parameters(), other.gradients())
+  const before = await m.parameters().get('transformer.wte.weight')!.data()
+  t.throws(() => trainStep(m, opt, ids([1, 2], [1, 2]), ids([2, 3], [1, 2])), { code: 'ERR_ARGUMENT', message: /opt: this optimizer updates another model's parameters/ })
+  t.same(await m.parameters().get('transformer.wte.weight')!.data(), before)
+  t.equal(opt.step, 0, 'the optimizer did not step')
+  // saving into a missing folder is a VffnError naming the path
+  await t.rejects(m.save(join(dir, 'no-such-folder', 'm.safetensors')), { code: 'ERR_ARGUMENT', message: /^path: cannot write .*no-such-folder/ })
+  // null where an object belongs
+  t.throws(() => empty([2], null as never), { code: 'ERR_ARGUMENT', message: /^opts: expected an options object, got null/ })
+  t.throws(() => m.loadStateDict(null as never), { code: 'ERR_ARGUMENT', message: /^stateDict: / })
+  t.throws(() => parseSafetensors(null as never), { code: 'ERR_ARGUMENT', message: /^buf: / })
 })

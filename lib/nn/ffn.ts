@@ -1,7 +1,7 @@
 // The dense SwiGLU FFN of SPEC.md with its residual, the baseline VersatileFFN is measured against:
 // F(x) = x + W_out · (silu(W_gate · n(x)) ⊙ (W_up · n(x))).
 import { native } from '../binding'
-import { checkInt, fail, show } from '../errors'
+import { fail, show } from '../errors'
 import { Tensor, TensorOptions, empty, full } from '../tensor'
 import { MODULE_OPTIONS, Module, ModuleOptions } from './module'
 import { bool, checkOptions, int, oneOf, optional, seed64 } from '../validate'

@@ -1,7 +1,7 @@
 // Incremental decoding with a KV cache: one prefill over the prompt, then one token per step.
 // Each call owns its caches and random state, so concurrent requests on one model never share
 // mutable state (the model's weights are only read).
-import { checkInt, checkNumber, fail, show } from '../errors'
+import { fail, show } from '../errors'
 import { tensor } from '../tensor'
 import { INT32, checkOptions, int, number, optional } from '../validate'
 import type { TransformerLM } from './model'

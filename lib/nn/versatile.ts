@@ -1,11 +1,10 @@
 // VersatileFFN (SPEC.md): a width path over N virtual experts (slices of the shared FFN, top-K routed)
 // and a depth path that reuses the whole FFN up to L times, mixed per token by λ = (L − loops)/L.
-import { checkInt, checkNumber, fail, show } from '../errors'
+import { checkInt, fail, show } from '../errors'
 import { Tensor, seedWords } from '../tensor'
 import { native } from '../binding'
-import { BackwardOptions, FFNForwardOptions, NORM_EPS, alloc as empty, checkRecord } from './ffn'
+import { BackwardOptions, FFNForwardOptions, FFN_FORWARD_OPTIONS, NORM_EPS, alloc as empty, checkRecord } from './ffn'
 import { MODULE_OPTIONS, Module, ModuleOptions } from './module'
-import { FFN_FORWARD_OPTIONS } from './ffn'
 import { arg, bool, checkOptions, int, number, optional } from '../validate'
 
 export interface VersatileFFNOptions extends ModuleOptions {

@@ -1,6 +1,6 @@
 // AdamW with decoupled weight decay, global gradient-norm clipping, the cosine-with-warmup
 // learning-rate schedule and SPEC.md's training defaults; trainStep runs one full step in order.
-import { checkInt, checkNumber, fail, show } from '../errors'
+import { checkInt, fail, show } from '../errors'
 import { adamwStep, gradNorm } from '../lm_ops'
 import { Tensor, zeros } from '../tensor'
 import { TransformerLM } from '../nn/model'
