@@ -2,10 +2,10 @@
 // gradient norm, AdamW). Each checks shapes, dtypes and devices with precise messages, allocates
 // what it returns and queues the native op. Modules in nn/ and optim/ compose these.
 import { native } from './binding'
-import { checkInt, checkNumber, fail, show } from './errors'
+import { fail, show } from './errors'
 import { checkSameDevice, checkTensor, tensorArg } from './ops'
 import { Tensor, empty } from './tensor'
-import { arg, bool, checkOptions, int, number, object, optional } from './validate'
+import { INT32, arg, bool, checkOptions, int, number, object, optional } from './validate'
 
 
 const F32 = ['float32'] as const
@@ -49,8 +49,8 @@ const ROPE_OPTIONS = { theta: optional(number({ exclusiveMin: 0 })), inverse: op
 /** Rotary embedding in place on x [B, S, H*hd] (non-interleaved, positions posOffset + s); theta > 0 (default 10000); inverse = backward. */
 export function rope(x: Tensor, heads: number, posOffset = 0, opts: { theta?: number; inverse?: boolean } = {}): void {
   checkTensor('x', x, { ndim: 3, dtypes: F32 })
-  checkInt('heads', heads, 1)
-  checkInt('posOffset', posOffset, 0)
+  arg('heads', heads, int(1))
+  arg('posOffset', posOffset, int(0))
   const o = checkOptions('opts', opts, ROPE_OPTIONS)
   const theta = o.theta ?? 10000
   if (x.shape[2] % (2 * heads) !== 0)
@@ -70,8 +70,8 @@ function checkQKV(q: Tensor, k: Tensor, v: Tensor, heads: number, qOffset: numbe
   checkTensor('k', k, { ndim: 3, dtypes: F32 })
   checkTensor('v', v, { ndim: 3, dtypes: F32 })
   checkSameDevice(q, { k, v })
-  checkInt('heads', heads, 1)
-  checkInt('qOffset', qOffset, 0)
+  arg('heads', heads, int(1))
+  arg('qOffset', qOffset, int(0))
   const [B, Sq, C] = q.shape
   if (k.shape[0] !== B || k.shape[2] !== C) fail('ERR_SHAPE', `k: expected [${B}, Sk, ${C}], got ${show(k.shape)}`)
   if (v.shape.join() !== k.shape.join()) fail('ERR_SHAPE', `v: expected the shape of k ${show(k.shape)}, got ${show(v.shape)}`)
@@ -133,7 +133,7 @@ function checkCE(logits: Tensor, targets: Tensor, ignoreIndex: number): void {
   checkTensor('logits', logits, { ndim: 2, dtypes: F32 })
   checkTensor('targets', targets, { ndim: 1, dtypes: ['int32'] })
   checkSameDevice(logits, { targets })
-  checkInt('ignoreIndex', ignoreIndex, -(2 ** 31), 2 ** 31 - 1)
+  arg('ignoreIndex', ignoreIndex, INT32)
   if (targets.shape[0] !== logits.shape[0])
     fail('ERR_SHAPE', `targets: expected ${logits.shape[0]} targets (one per logits row), got ${targets.shape[0]}`)
 }
@@ -157,7 +157,7 @@ export function crossEntropyBackward(logits: Tensor, targets: Tensor, lse: Tenso
   checkCE(logits, targets, ignoreIndex)
   checkTensor('lse', lse, { ndim: 1, dtypes: F32 })
   if (lse.shape[0] !== logits.shape[0]) fail('ERR_SHAPE', `lse: expected ${logits.shape[0]} entries, got ${lse.shape[0]}`)
-  checkNumber('dloss', dloss)
+  arg('dloss', dloss, number())
   if (out !== undefined) {
     checkTensor('out', out, { ndim: 2, dtypes: F32 })
     if (out.shape.join() !== logits.shape.join()) fail('ERR_SHAPE', `out: expected ${show(logits.shape)}, got ${show(out.shape)}`)
@@ -178,7 +178,7 @@ export function gradNorm(grads: readonly Tensor[], maxNorm = 0): Tensor {
   if (!Array.isArray(grads) || grads.length === 0) fail('ERR_ARGUMENT', `grads: expected a non-empty array of tensors, got ${show(grads)}`)
   grads.forEach((g, i) => checkTensor(`grads[${i}]`, g, { dtypes: F32 }))
   checkSameDevice(grads[0], Object.fromEntries(grads.map((g, i) => [`grads[${i}]`, g])))
-  checkNumber('maxNorm', maxNorm)
+  arg('maxNorm', maxNorm, number())
   for (const [i, g] of grads.entries()) if (!g.isContiguous) fail('ERR_ARGUMENT', `grads[${i}]: expected a contiguous tensor`)
   const out = empty([2], { device: grads[0].device })
   native.gradNorm(out, grads, maxNorm)
@@ -222,7 +222,7 @@ export function axpy(y: Tensor, x: Tensor, alpha = 1): void {
   checkTensor('y', y, { dtypes: F32 })
   checkTensor('x', x, { dtypes: F32 })
   checkSameDevice(y, { x })
-  checkNumber('alpha', alpha)
+  arg('alpha', alpha, number())
   if (!y.isContiguous || !x.isContiguous) fail('ERR_ARGUMENT', 'axpy: y and x must be contiguous')
   if (y.size !== x.size) fail('ERR_SHAPE', `x: expected ${y.size} elements, got ${x.size}`)
   native.axpy(y, x, alpha)

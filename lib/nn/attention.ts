@@ -1,7 +1,7 @@
 // Causal multi-head self-attention as SPEC.md fixes it: fused att_proj [3D, D] -> q | k | v,
 // rotary on q and k (non-interleaved, theta 10000, position = index in the sequence), causal
 // softmax(q k^T / sqrt(D/H)) v, then attn_out [D, D]. No biases. Optional KV cache for decoding.
-import { checkInt, fail, show } from '../errors'
+import { fail, show } from '../errors'
 import { attention, attentionBackward, rope } from '../lm_ops'
 import { checkSameDevice, checkTensor, matmul } from '../ops'
 import { Tensor, empty } from '../tensor'
@@ -39,8 +39,8 @@ export function shaped(shape: readonly number[], dtypes: readonly string[] = ['f
 
 /** @internal dModel must split into nHeads heads of even size (rotary pairs dimensions) */
 export function checkHeads(dModel: number, nHeads: number): void {
-  checkInt('dModel', dModel, 1)
-  checkInt('nHeads', nHeads, 1)
+  arg('dModel', dModel, int(1))
+  arg('nHeads', nHeads, int(1))
   if (dModel % nHeads !== 0 || (dModel / nHeads) % 2 !== 0)
     fail('ERR_ARGUMENT', `nHeads: dModel ${dModel} must split into ${nHeads} heads of even size, got head size ${dModel / nHeads}`)
 }
@@ -149,8 +149,8 @@ export class CausalSelfAttention {
 
 /** An empty KV cache for `batch` sequences of up to maxLen tokens. */
 export function kvCache(batch: number, maxLen: number, dModel: number, device: Tensor['device']): KVCache {
-  checkInt('batch', batch, 1)
-  checkInt('maxLen', maxLen, 1)
+  arg('batch', batch, int(1))
+  arg('maxLen', maxLen, int(1))
   if (!Number.isInteger(dModel)) fail('ERR_ARGUMENT', `dModel: expected an integer, got ${show(dModel)}`)
   return { k: empty([batch, maxLen, dModel], { device }), v: empty([batch, maxLen, dModel], { device }), length: 0 }
 }

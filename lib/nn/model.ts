@@ -1,7 +1,7 @@
 // TransformerLM: token embedding, blocks of attention + DenseFFN or VersatileFFN, final RMSNorm
 // and an untied output head, with SPEC.md's parameter names (OLMo's), so checkpoints interoperate.
 import { Device, DeviceLike } from '../device'
-import { checkInt, fail, show } from '../errors'
+import { fail, show } from '../errors'
 import { loadSafetensors, saveSafetensors } from '../io/safetensors'
 import { crossEntropy, crossEntropyBackward, embedding, embeddingBackward, zero_ } from '../lm_ops'
 import { checkTensor, matmul } from '../ops'
@@ -100,23 +100,14 @@ export class TransformerLM {
     const o = checkOptions('options', opts, LM_OPTIONS, LM_REQUIRED)
     checkHeads(o.dModel!, o.nHeads!)
     if ((o.ffn ?? 'versatile') === 'versatile') checkVersatileSizes(o.hidden!, o.experts ?? 8, o.topK ?? 2, o.expertHidden)
-    const vocabSize = checkInt('vocabSize', opts.vocabSize, 1)
-    const dModel = checkInt('dModel', opts.dModel, 2)
-    const nLayers = checkInt('nLayers', opts.nLayers, 1)
-    const nHeads = checkInt('nHeads', opts.nHeads, 1)
-    const hidden = checkInt('hidden', opts.hidden, 1)
-    const maxSeqLen = checkInt('maxSeqLen', opts.maxSeqLen ?? 2048, 1)
-    const ffn = opts.ffn ?? 'versatile'
-    if (ffn !== 'versatile' && ffn !== 'dense') fail('ERR_ARGUMENT', `ffn: expected 'versatile' or 'dense', got ${show(ffn)}`)
-    const dtype = opts.dtype ?? 'float32'
-    if (dtype !== 'float32' && dtype !== 'bfloat16') fail('ERR_DTYPE', `dtype: expected 'float32' or 'bfloat16', got ${show(dtype)}`)
-    const seed = checkInt('seed', opts.seed ?? 0, 0)
+    const vocabSize = o.vocabSize!, dModel = o.dModel!, nLayers = o.nLayers!, nHeads = o.nHeads!, hidden = o.hidden!
+    const maxSeqLen = o.maxSeqLen ?? 2048, ffn = o.ffn ?? 'versatile', dtype = o.dtype ?? 'float32', seed = o.seed ?? 0
     this.config = {
       vocabSize, dModel, nLayers, nHeads, hidden, maxSeqLen, ffn, seed, dtype,
-      experts: checkInt('experts', opts.experts ?? 8, 1), topK: checkInt('topK', opts.topK ?? 2, 1), maxDepth: checkInt('maxDepth', opts.maxDepth ?? 4, 1),
-      expertHidden: opts.expertHidden, balanceLossWeight: opts.balanceLossWeight,
+      experts: o.experts ?? 8, topK: o.topK ?? 2, maxDepth: o.maxDepth ?? 4,
+      expertHidden: o.expertHidden, balanceLossWeight: o.balanceLossWeight,
     }
-    this.device = Device.get(opts.device)
+    this.device = o.device ?? Device.get('cpu')
     const dev = this.device
     let k = 0
     // SPEC.md init: normal(0, 0.02) truncated at 3 sigma for matrices, norm gains at 1
@@ -328,8 +319,8 @@ export class TransformerLM {
 
   /** Empty per-layer KV caches for `batch` sequences of up to maxLen tokens (default maxSeqLen). */
   newCaches(batch: number, maxLen = this.config.maxSeqLen): KVCache[] {
-    checkInt('batch', batch, 1)
-    checkInt('maxLen', maxLen, 1, this.config.maxSeqLen)
+    arg('batch', batch, int(1))
+    arg('maxLen', maxLen, int(1, this.config.maxSeqLen))
     if (batch * maxLen * this.config.dModel > MAX_ELEMENTS)
       fail('ERR_ARGUMENT', `batch: ${batch} sequences of ${maxLen} positions need caches of ${batch * maxLen * this.config.dModel} elements, more than a tensor holds (2^50)`)
     return this.blocks.map(() => kvCache(batch, maxLen, this.config.dModel, this.device))

@@ -1,9 +1,9 @@
 // Parameter and gradient handling shared by the FFN modules: named parameters in SPEC.md's names,
 // float32 gradients accumulated by backward, state dicts that validate fully before changing anything.
 import { Device, DeviceLike } from '../device'
-import { checkInt, fail, show } from '../errors'
+import { fail, show } from '../errors'
 import { DType, Tensor, checkDType, randn, tensor, zeros } from '../tensor'
-import { device, dtype, int, optional } from '../validate'
+import { arg, device, dtype, int, optional } from '../validate'
 
 export interface ModuleOptions {
   device?: DeviceLike
@@ -55,7 +55,7 @@ export class Module {
   protected constructor(specs: ParamSpec[], opts: ModuleOptions) {
     this.device = Device.get(opts.device)
     this.dtype = checkDType('dtype', opts.dtype ?? 'float32', ['float32', 'bfloat16'])
-    this.seed = checkInt('seed', opts.seed ?? 0)
+    this.seed = arg('seed', opts.seed ?? 0, int())
     this.specs = specs
     specs.forEach((s, i) => {
       // each parameter draws from its own Philox stream: (seed << 8 | index)

@@ -1,6 +1,6 @@
 // VersatileFFN (SPEC.md): a width path over N virtual experts (slices of the shared FFN, top-K routed)
 // and a depth path that reuses the whole FFN up to L times, mixed per token by λ = (L − loops)/L.
-import { checkInt, fail, show } from '../errors'
+import { fail, show } from '../errors'
 import { Tensor, seedWords } from '../tensor'
 import { native } from '../binding'
 import { BackwardOptions, FFNForwardOptions, FFN_FORWARD_OPTIONS, NORM_EPS, alloc as empty, checkRecord } from './ffn'
@@ -82,7 +82,7 @@ const VERSATILE_OPTIONS = {
 export function checkVersatileSizes(I: number, N: number, K: number, expertHidden: number | undefined): number {
   if (K > N) fail('ERR_ARGUMENT', `topK: expected at most experts (${N}), got ${K}`)
   if (N > I) fail('ERR_ARGUMENT', `experts: expected at most hidden (${I}) experts, got ${N}`)
-  const E = checkInt('expertHidden', expertHidden ?? Math.floor(I / N), 1)
+  const E = arg('expertHidden', expertHidden ?? Math.floor(I / N), int(1))
   if (E * N > I)
     fail('ERR_ARGUMENT', `expertHidden: experts·expertHidden must not exceed hidden (slices may not overlap): ${N}·${E} = ${N * E} > ${I}`)
   return E

@@ -1,6 +1,6 @@
 // AdamW with decoupled weight decay, global gradient-norm clipping, the cosine-with-warmup
 // learning-rate schedule and SPEC.md's training defaults; trainStep runs one full step in order.
-import { checkInt, fail, show } from '../errors'
+import { fail, show } from '../errors'
 import { adamwStep, gradNorm } from '../lm_ops'
 import { Tensor, zeros } from '../tensor'
 import { TransformerLM } from '../nn/model'
@@ -25,7 +25,7 @@ const SCHEDULE = object(
 
 /** Linear warmup over warmupSteps to lr, then cosine decay to minRatio·lr at totalSteps (held after). step is 0-based. */
 export function cosineLR(step: number, s: CosineSchedule): number {
-  checkInt('step', step, 0)
+  arg('step', step, int(0))
   arg('schedule', s, SCHEDULE)
   const floor = (s.minRatio ?? 0.1) * s.lr
   if (step < s.warmupSteps) return (s.lr * (step + 1)) / s.warmupSteps
