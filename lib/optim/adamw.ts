@@ -96,7 +96,7 @@ export class AdamW {
     this.weightDecay = o.weightDecay ?? 0.1
     this.maxGradNorm = o.maxGradNorm ?? 1.0
     const decays = o.decays ?? ((n: string) => !/(^|\.)(attn_norm|ff_norm|ln_f)\.weight$/.test(n))
-    // every pair is checked before any moment buffer is allocated
+    // every pair is checked (and the user's decays() asked) before any moment buffer is allocated
     for (const [name, param] of params) {
       const grad = grads.get(name)
       if (!grad) fail('ERR_ARGUMENT', `grads: missing the gradient of ${show(name)}`)
@@ -106,9 +106,10 @@ export class AdamW {
       if (!param.isContiguous || !grad.isContiguous) fail('ERR_ARGUMENT', `${name}: AdamW updates contiguous parameters and gradients`)
       if (String(grad.device) !== String(param.device)) fail('ERR_DEVICE', `grads.get(${show(name)}): expected a tensor on ${param.device}, got one on ${grad.device}`)
     }
+    const decay = new Map([...params.keys()].map((n) => [n, decays(n)]))
     this.slots = [...params].map(([name, param]) => {
       const grad = grads.get(name)!
-      return [name, { param, grad, m: zeros(param.shape, { device: param.device }), v: zeros(param.shape, { device: param.device }), decay: decays(name) }]
+      return [name, { param, grad, m: zeros(param.shape, { device: param.device }), v: zeros(param.shape, { device: param.device }), decay: decay.get(name)! }]
     })
   }
 
