@@ -2,9 +2,10 @@
 // gradient norm, AdamW). Each checks shapes, dtypes and devices with precise messages, allocates
 // what it returns and queues the native op. Modules in nn/ and optim/ compose these.
 import { native } from './binding'
-import { checkInt, checkNumber, fail, show } from './errors'
-import { checkSameDevice, checkTensor } from './ops'
+import { fail, show } from './errors'
+import { checkSameDevice, checkTensor, tensorArg } from './ops'
 import { Tensor, empty } from './tensor'
+import { INT32, arg, bool, checkOptions, int, number, object, optional } from './validate'
 
 
 const F32 = ['float32'] as const
@@ -13,6 +14,11 @@ const F32 = ['float32'] as const
 export function embedding(weight: Tensor, tokens: Tensor, out?: Tensor): Tensor {
   checkTensor('weight', weight, { ndim: 2, dtypes: ['float32', 'bfloat16'] })
   checkTensor('tokens', tokens, { ndim: 1, dtypes: ['int32'] })
+  if (out !== undefined) {
+    checkTensor('out', out, { ndim: 2, dtypes: F32 })
+    if (out.shape[0] !== tokens.shape[0] || out.shape[1] !== weight.shape[1])
+      fail('ERR_SHAPE', `out: expected shape [${tokens.shape[0]}, ${weight.shape[1]}], got ${show(out.shape)}`)
+  }
   checkSameDevice(weight, { tokens, out })
   const o = out ?? empty([tokens.shape[0], weight.shape[1]], { device: weight.device })
   const t = tokens.contiguous()
@@ -38,15 +44,18 @@ export function embeddingBackward(dweight: Tensor, dout: Tensor, tokens: Tensor)
   }
 }
 
-/** Rotary embedding in place on x [B, S, H*hd] (non-interleaved, positions posOffset + s); inverse = backward. */
+const ROPE_OPTIONS = { theta: optional(number({ exclusiveMin: 0 })), inverse: optional(bool) }
+
+/** Rotary embedding in place on x [B, S, H*hd] (non-interleaved, positions posOffset + s); theta > 0 (default 10000); inverse = backward. */
 export function rope(x: Tensor, heads: number, posOffset = 0, opts: { theta?: number; inverse?: boolean } = {}): void {
   checkTensor('x', x, { ndim: 3, dtypes: F32 })
-  checkInt('heads', heads, 1)
-  checkInt('posOffset', posOffset, 0)
-  const theta = checkNumber('theta', opts.theta ?? 10000)
+  arg('heads', heads, int(1))
+  arg('posOffset', posOffset, int(0))
+  const o = checkOptions('opts', opts, ROPE_OPTIONS)
+  const theta = o.theta ?? 10000
   if (x.shape[2] % (2 * heads) !== 0)
     fail('ERR_SHAPE', `x: the last dimension ${x.shape[2]} must split into ${heads} heads of even size`)
-  if (opts.inverse) native.ropeBackward(x, heads, posOffset, theta)
+  if (o.inverse) native.ropeBackward(x, heads, posOffset, theta)
   else native.ropeForward(x, heads, posOffset, theta)
 }
 
@@ -61,8 +70,8 @@ function checkQKV(q: Tensor, k: Tensor, v: Tensor, heads: number, qOffset: numbe
   checkTensor('k', k, { ndim: 3, dtypes: F32 })
   checkTensor('v', v, { ndim: 3, dtypes: F32 })
   checkSameDevice(q, { k, v })
-  checkInt('heads', heads, 1)
-  checkInt('qOffset', qOffset, 0)
+  arg('heads', heads, int(1))
+  arg('qOffset', qOffset, int(0))
   const [B, Sq, C] = q.shape
   if (k.shape[0] !== B || k.shape[2] !== C) fail('ERR_SHAPE', `k: expected [${B}, Sk, ${C}], got ${show(k.shape)}`)
   if (v.shape.join() !== k.shape.join()) fail('ERR_SHAPE', `v: expected the shape of k ${show(k.shape)}, got ${show(v.shape)}`)
@@ -74,13 +83,17 @@ function checkQKV(q: Tensor, k: Tensor, v: Tensor, heads: number, qOffset: numbe
  * Causal multi-head attention: q [B, Sq, H*hd], k, v [B, Sk, H*hd] (views with strided rows are
  * fine); query s sits at position qOffset + s. Scale 1/sqrt(hd) unless given.
  */
+const ATTENTION_OPTIONS = { qOffset: optional(int(0)), scale: optional(number()), out: optional(tensorArg({ ndim: 3, dtypes: F32 })) }
+
 export function attention(q: Tensor, k: Tensor, v: Tensor, heads: number, opts: { qOffset?: number; scale?: number; out?: Tensor } = {}): AttentionResult {
-  const qOffset = opts.qOffset ?? 0
+  const o = checkOptions('opts', opts, ATTENTION_OPTIONS)
+  const qOffset = o.qOffset ?? 0
   checkQKV(q, k, v, heads, qOffset)
   const [B, Sq, C] = q.shape
-  const scale = checkNumber('scale', opts.scale ?? 1 / Math.sqrt(C / heads))
-  const out = opts.out ?? empty([B, Sq, C], { device: q.device })
-  checkTensor('out', out, { ndim: 3, dtypes: F32 })
+  const scale = o.scale ?? 1 / Math.sqrt(C / heads)
+  if (o.out && o.out.shape.join() !== q.shape.join()) fail('ERR_SHAPE', `out: expected ${show(q.shape)}, got ${show(o.out.shape)}`)
+  if (o.out) checkSameDevice(q, { out: o.out })
+  const out = o.out ?? empty([B, Sq, C], { device: q.device })
   const lse = empty([B, heads, Sq], { device: q.device })
   native.attentionForward(out, lse, q, k, v, heads, qOffset, scale)
   return { out, lse }
@@ -94,10 +107,13 @@ export function attentionBackward(
   heads: number,
   opts: { qOffset?: number; scale?: number } = {},
 ): void {
-  const { q, k, v, out, lse } = saved
-  const qOffset = opts.qOffset ?? 0
+  const T3 = tensorArg({ ndim: 3, dtypes: F32 })
+  arg('grads', grads, object({ dq: T3, dk: T3, dv: T3 }, ['dq', 'dk', 'dv']))
+  const { q, k, v, out, lse } = arg('saved', saved, object({ q: T3, k: T3, v: T3, out: T3, lse: T3 }, ['q', 'k', 'v', 'out', 'lse'])) as typeof saved
+  const o = checkOptions('opts', opts, { qOffset: optional(int(0)), scale: optional(number()) })
+  const qOffset = o.qOffset ?? 0
   checkQKV(q, k, v, heads, qOffset)
-  const scale = checkNumber('scale', opts.scale ?? 1 / Math.sqrt(q.shape[2] / heads))
+  const scale = o.scale ?? 1 / Math.sqrt(q.shape[2] / heads)
   for (const [n, t, ref] of [['dq', grads.dq, q], ['dk', grads.dk, k], ['dv', grads.dv, v], ['dout', dout, q], ['out', out, q]] as const) {
     checkTensor(n, t, { ndim: 3, dtypes: F32 })
     if (t.shape.join() !== ref.shape.join()) fail('ERR_SHAPE', `${n}: expected ${show(ref.shape)}, got ${show(t.shape)}`)
@@ -117,7 +133,7 @@ function checkCE(logits: Tensor, targets: Tensor, ignoreIndex: number): void {
   checkTensor('logits', logits, { ndim: 2, dtypes: F32 })
   checkTensor('targets', targets, { ndim: 1, dtypes: ['int32'] })
   checkSameDevice(logits, { targets })
-  checkInt('ignoreIndex', ignoreIndex, -(2 ** 31), 2 ** 31 - 1)
+  arg('ignoreIndex', ignoreIndex, INT32)
   if (targets.shape[0] !== logits.shape[0])
     fail('ERR_SHAPE', `targets: expected ${logits.shape[0]} targets (one per logits row), got ${targets.shape[0]}`)
 }
@@ -140,7 +156,13 @@ export function crossEntropy(logits: Tensor, targets: Tensor, ignoreIndex = -100
 export function crossEntropyBackward(logits: Tensor, targets: Tensor, lse: Tensor, dloss = 1, ignoreIndex = -100, out?: Tensor): Tensor {
   checkCE(logits, targets, ignoreIndex)
   checkTensor('lse', lse, { ndim: 1, dtypes: F32 })
-  checkNumber('dloss', dloss)
+  if (lse.shape[0] !== logits.shape[0]) fail('ERR_SHAPE', `lse: expected ${logits.shape[0]} entries, got ${lse.shape[0]}`)
+  arg('dloss', dloss, number())
+  if (out !== undefined) {
+    checkTensor('out', out, { ndim: 2, dtypes: F32 })
+    if (out.shape.join() !== logits.shape.join()) fail('ERR_SHAPE', `out: expected ${show(logits.shape)}, got ${show(out.shape)}`)
+  }
+  checkSameDevice(logits, { lse, out })
   const d = out ?? empty(logits.shape, { device: logits.device })
   const t = targets.contiguous()
   try {
@@ -156,7 +178,7 @@ export function gradNorm(grads: readonly Tensor[], maxNorm = 0): Tensor {
   if (!Array.isArray(grads) || grads.length === 0) fail('ERR_ARGUMENT', `grads: expected a non-empty array of tensors, got ${show(grads)}`)
   grads.forEach((g, i) => checkTensor(`grads[${i}]`, g, { dtypes: F32 }))
   checkSameDevice(grads[0], Object.fromEntries(grads.map((g, i) => [`grads[${i}]`, g])))
-  checkNumber('maxNorm', maxNorm)
+  arg('maxNorm', maxNorm, number())
   for (const [i, g] of grads.entries()) if (!g.isContiguous) fail('ERR_ARGUMENT', `grads[${i}]: expected a contiguous tensor`)
   const out = empty([2], { device: grads[0].device })
   native.gradNorm(out, grads, maxNorm)
@@ -173,6 +195,12 @@ export interface AdamWHyper {
   step: number
 }
 
+const unit = number({ min: 0, exclusiveMax: 1 })
+const ADAMW_HYPER = object(
+  { lr: number({ min: 0 }), beta1: unit, beta2: unit, eps: number({ exclusiveMin: 0 }), weightDecay: number({ min: 0 }), step: int(1) },
+  ['lr', 'beta1', 'beta2', 'eps', 'weightDecay', 'step'],
+)
+
 /**
  * One AdamW update in place (param, m, v float32, contiguous); grad scaled by clip[1] when clip is
  * given, and nothing changes when clip[0] (the global norm) is NaN or infinite (a skipped step).
@@ -183,9 +211,9 @@ export function adamwStep(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, h: 
     if (!t.isContiguous) fail('ERR_ARGUMENT', `${n}: expected a contiguous tensor`)
     if (t.size !== param.size) fail('ERR_SHAPE', `${n}: expected ${param.size} elements, got ${t.size}`)
   }
+  if (clip !== undefined) checkTensor('clip', clip, { ndim: 1, dtypes: F32 })
   checkSameDevice(param, { grad, m, v, clip })
-  for (const k of ['lr', 'beta1', 'beta2', 'eps', 'weightDecay'] as const) checkNumber(k, h[k])
-  checkInt('step', h.step, 1)
+  arg('h', h, ADAMW_HYPER)
   native.adamwStep(param, m, v, grad, clip ?? null, h.lr, h.beta1, h.beta2, h.eps, h.weightDecay, h.step)
 }
 
@@ -194,7 +222,7 @@ export function axpy(y: Tensor, x: Tensor, alpha = 1): void {
   checkTensor('y', y, { dtypes: F32 })
   checkTensor('x', x, { dtypes: F32 })
   checkSameDevice(y, { x })
-  checkNumber('alpha', alpha)
+  arg('alpha', alpha, number())
   if (!y.isContiguous || !x.isContiguous) fail('ERR_ARGUMENT', 'axpy: y and x must be contiguous')
   if (y.size !== x.size) fail('ERR_SHAPE', `x: expected ${y.size} elements, got ${x.size}`)
   native.axpy(y, x, alpha)

@@ -1,6 +1,7 @@
 import { native } from './binding'
 import { fail, show } from './errors'
 import { Tensor, empty } from './tensor'
+import { Check, bool, checkOptions, custom, number, optional } from './validate'
 
 /** @internal checks a tensor argument: alive, a Tensor, optionally of given dtypes and ndim */
 export function checkTensor(name: string, t: unknown, opts: { ndim?: number; dtypes?: readonly string[] } = {}): Tensor {
@@ -11,6 +12,12 @@ export function checkTensor(name: string, t: unknown, opts: { ndim?: number; dty
   if (opts.dtypes && !opts.dtypes.includes(t.dtype))
     fail('ERR_DTYPE', `${name}: expected ${opts.dtypes.join(' or ')}, got ${t.dtype}`)
   return t
+}
+
+/** A tensor argument or option (see checkTensor) as a validation check. */
+export function tensorArg(opts: { ndim?: number; dtypes?: readonly string[] } = {}): Check<Tensor> {
+  const expected = `a${opts.dtypes ? ' ' + opts.dtypes.join(' or ') : ''} Tensor${opts.ndim !== undefined ? ` with ${opts.ndim} dimensions` : ''}`
+  return custom(expected, (name, v) => checkTensor(name, v, opts))
 }
 
 export function checkSameDevice(ref: Tensor, others: Record<string, Tensor | undefined>): void {
@@ -39,25 +46,26 @@ function operand(t: Tensor, trans: boolean): [Tensor, boolean, boolean] {
  * `alpha * op(a) @ op(b) + beta * out`, float32 accumulation. a, b: 2-D float32 or bfloat16
  * tensors (row or column slices are free views). Returns `out` or a new float32 tensor.
  */
+const MATMUL_OPTIONS = {
+  transposeA: optional(bool), transposeB: optional(bool), alpha: optional(number()), beta: optional(number()),
+  out: optional(tensorArg({ ndim: 2, dtypes: ['float32', 'bfloat16'] })),
+}
+
 export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
   checkTensor('a', a, { ndim: 2, dtypes: ['float32', 'bfloat16'] })
   checkTensor('b', b, { ndim: 2, dtypes: ['float32', 'bfloat16'] })
-  checkSameDevice(a, { b, out: opts.out })
-  const ta = opts.transposeA ?? false
-  const tb = opts.transposeB ?? false
-  if (typeof ta !== 'boolean') fail('ERR_ARGUMENT', `transposeA: expected a boolean, got ${show(ta)}`)
-  if (typeof tb !== 'boolean') fail('ERR_ARGUMENT', `transposeB: expected a boolean, got ${show(tb)}`)
-  const alpha = opts.alpha ?? 1
-  const beta = opts.beta ?? 0
-  if (typeof alpha !== 'number' || !Number.isFinite(alpha)) fail('ERR_ARGUMENT', `alpha: expected a finite number, got ${show(alpha)}`)
-  if (typeof beta !== 'number' || !Number.isFinite(beta)) fail('ERR_ARGUMENT', `beta: expected a finite number, got ${show(beta)}`)
+  const o = checkOptions('opts', opts, MATMUL_OPTIONS)
+  checkSameDevice(a, { b, out: o.out })
+  const ta = o.transposeA ?? false
+  const tb = o.transposeB ?? false
+  const alpha = o.alpha ?? 1
+  const beta = o.beta ?? 0
   const [M, K] = ta ? [a.shape[1], a.shape[0]] : [a.shape[0], a.shape[1]]
   const [Kb, N] = tb ? [b.shape[1], b.shape[0]] : [b.shape[0], b.shape[1]]
   if (K !== Kb)
     fail('ERR_SHAPE', `b: inner dimensions differ: op(a) is [${M}, ${K}] but op(b) is [${Kb}, ${N}]`)
-  let out = opts.out
+  const out = o.out
   if (out !== undefined) {
-    checkTensor('out', out, { ndim: 2, dtypes: ['float32', 'bfloat16'] })
     if (out.shape[0] !== M || out.shape[1] !== N) fail('ERR_SHAPE', `out: expected shape [${M}, ${N}], got ${show(out.shape)}`)
     if (out.shape[1] > 1 && out.strides[1] !== 1) fail('ERR_ARGUMENT', 'out: rows must be contiguous (last stride 1)')
   } else if (beta !== 0) fail('ERR_ARGUMENT', 'beta: a non-zero beta needs an `out` tensor to scale')

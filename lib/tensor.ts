@@ -2,6 +2,7 @@ import type { Storage } from '../binding'
 import { native } from './binding'
 import { Device, DeviceLike } from './device'
 import { fail, show } from './errors'
+import { INT32, arg, checkOptions, device, dtype as dtypeOf, instance, number, optional, seed64 } from './validate'
 
 export type DType = 'float32' | 'bfloat16' | 'int32'
 const DTYPES: Record<DType, { code: number; size: number }> = {
@@ -10,6 +11,8 @@ const DTYPES: Record<DType, { code: number; size: number }> = {
   int32: { code: 2, size: 4 },
 }
 const MAX_DIMS = 6
+/** Most elements one tensor may hold (2^50: its bytes stay exact doubles and within what the allocator takes). */
+export const MAX_ELEMENTS = 2 ** 50
 
 export interface TensorOptions {
   dtype?: DType
@@ -28,6 +31,9 @@ export function checkShape(name: string, shape: unknown): number[] {
   for (const s of shape)
     if (typeof s !== 'number' || !Number.isInteger(s) || s < 0)
       fail('ERR_SHAPE', `${name}: sizes must be non-negative integers, got ${show(shape)}`)
+  const n = numelOf(shape as number[])
+  if (n > MAX_ELEMENTS)
+    fail('ERR_SHAPE', `${name}: ${show(shape)} holds ${n} elements, too many (a tensor holds at most 2^50)`)
   return [...(shape as number[])]
 }
 
@@ -174,6 +180,8 @@ export class Tensor {
   /** The same elements in another shape (one size may be -1); a view when contiguous, else a copy. */
   reshape(shape: readonly number[]): Tensor {
     this._check()
+    if (!Array.isArray(shape) || shape.length > MAX_DIMS || shape.some((d) => !Number.isInteger(d) || d < -1) || shape.filter((d) => d === -1).length > 1)
+      fail('ERR_SHAPE', `shape: expected an array of at most ${MAX_DIMS} non-negative integer sizes (one may be -1), got ${show(shape)}`)
     const s = [...shape]
     const free = s.indexOf(-1)
     if (free >= 0) {
@@ -197,15 +205,14 @@ export class Tensor {
   /** Fills in place with a value (queued). Returns this. */
   fill_(value: number): this {
     this._check()
-    if (typeof value !== 'number' || Number.isNaN(value) && this.dtype === 'int32')
-      fail('ERR_ARGUMENT', `value: expected a number, got ${show(value)}`)
+    checkFillValue(value, this.dtype)
     native.fill(this, value)
     return this
   }
   /** Copies `src` (same number of elements, any device or float dtype) into this tensor, in place. */
   copy_(src: Tensor): this {
     this._check('dst')
-    src._check('src')
+    arg('src', src, instance(Tensor))._check('src')
     if (src.size !== this.size) fail('ERR_SHAPE', `src: expected ${this.size} elements ${show(this.shape)}, got ${src.size} ${show(src.shape)}`)
     if ((src.dtype === 'int32') !== (this.dtype === 'int32')) fail('ERR_DTYPE', `src: cannot copy ${src.dtype} into ${this.dtype}`)
     native.copy(this, src)
@@ -244,41 +251,56 @@ function flatten(data: Nested[], shape: number[], depth = 0, out: number[] = [])
   return out
 }
 
+const TENSOR_OPTIONS = { dtype: optional(dtypeOf<DType>(['float32', 'bfloat16', 'int32'])), device: optional(device) }
+const RANDN_OPTIONS = {
+  dtype: optional(dtypeOf<DType>(['float32', 'bfloat16'])), device: optional(device), seed: optional(seed64),
+  mean: optional(number()), std: optional(number({ min: 0 })), truncate: optional(number({ min: 0 })),
+}
+
+/** @internal int32 tensors hold integers in [-2^31, 2^31 - 1]; float tensors take any number (NaN and ±Infinity included) */
+export function checkFillValue(value: unknown, dt: DType, name = 'value'): number {
+  if (dt === 'int32') return INT32(name, value)
+  if (typeof value !== 'number') fail('ERR_ARGUMENT', `${name}: expected a number, got ${show(value)}`)
+  return value
+}
+
 /**
  * A tensor from values: a typed array (with `shape`, default 1-D), or a (nested) number array
  * (shape inferred). Float32Array/number data becomes float32 unless `dtype` says otherwise;
- * Int32Array becomes int32.
+ * Int32Array becomes int32. int32 values must be integers in [-2^31, 2^31 - 1].
  */
 export function tensor(data: Float32Array | Int32Array | Nested[], shape?: readonly number[], opts: TensorOptions = {}): Tensor {
-  const dev = Device.get(opts.device)
-  let flat: Float32Array | Int32Array
+  const o = checkOptions('opts', opts, TENSOR_OPTIONS)
+  const dev = o.device ?? Device.get('cpu')
+  let flat: Float32Array | Int32Array | number[]
   let inferred: number[]
   if (data instanceof Float32Array || data instanceof Int32Array) {
     flat = data
     inferred = [data.length]
   } else if (Array.isArray(data)) {
     inferred = []
-    const values = flatten(data, inferred)
-    flat = opts.dtype === 'int32' ? Int32Array.from(values) : Float32Array.from(values)
-    if (opts.dtype === 'int32' && values.some((v) => !Number.isInteger(v)))
-      fail('ERR_ARGUMENT', 'data: int32 tensors need integer values')
+    flat = flatten(data, inferred)
+    checkShape('data', inferred)
   } else fail('ERR_ARGUMENT', `data: expected a Float32Array, Int32Array or number array, got ${show(data)}`)
   const s = shape === undefined ? inferred : checkShape('shape', shape)
   if (numelOf(s) !== flat.length) fail('ERR_SHAPE', `shape: ${show(s)} holds ${numelOf(s)} elements, data has ${flat.length}`)
-  const dtype = checkDType('dtype', opts.dtype ?? (flat instanceof Int32Array ? 'int32' : 'float32'))
-  if (dtype === 'int32' && flat instanceof Float32Array) {
-    if (!flat.every((v) => Number.isInteger(v))) fail('ERR_ARGUMENT', 'data: int32 tensors need integer values')
+  const dtype = o.dtype ?? (flat instanceof Int32Array ? 'int32' : 'float32')
+  if (dtype === 'int32' && !(flat instanceof Int32Array)) {
+    for (let i = 0; i < flat.length; i++)
+      if (!Number.isInteger(flat[i]) || flat[i] < -(2 ** 31) || flat[i] > 2 ** 31 - 1)
+        fail('ERR_ARGUMENT', `data: int32 tensors need integers in [-2147483648, 2147483647], got ${show(flat[i])} at index ${i}`)
     flat = Int32Array.from(flat)
   }
-  if (dtype !== 'int32' && flat instanceof Int32Array) flat = Float32Array.from(flat)
-  const hostDtype: DType = flat instanceof Int32Array ? 'int32' : 'float32'
+  if (!(flat instanceof Float32Array) && dtype !== 'int32') flat = Float32Array.from(flat)
+  const host = flat as Float32Array | Int32Array
+  const hostDtype: DType = host instanceof Int32Array ? 'int32' : 'float32'
   if (hostDtype === dtype && dev.type === 'cpu') {
     const t = Tensor._alloc(s, dtype, dev)
-    native.write(t, flat)
+    native.write(t, host)
     return t
   }
   const staged = Tensor._alloc(s, hostDtype, Device.get('cpu'))
-  native.write(staged, flat)
+  native.write(staged, host)
   const t = staged.to(dev, dtype)
   staged.dispose()
   return t
@@ -287,10 +309,14 @@ export function tensor(data: Float32Array | Int32Array | Nested[], shape?: reado
 /** An uninitialised tensor (its values are whatever the memory held). */
 export function empty(shape: readonly number[], opts: TensorOptions = {}): Tensor {
   const s = checkShape('shape', shape)
-  return Tensor._alloc(s, checkDType('dtype', opts.dtype ?? 'float32'), Device.get(opts.device))
+  const o = checkOptions('opts', opts, TENSOR_OPTIONS)
+  return Tensor._alloc(s, o.dtype ?? 'float32', o.device ?? Device.get('cpu'))
 }
 
+/** A tensor filled with `value` (for int32, an integer in [-2^31, 2^31 - 1]). */
 export function full(shape: readonly number[], value: number, opts: TensorOptions = {}): Tensor {
+  checkShape('shape', shape)
+  checkFillValue(value, checkOptions('opts', opts, TENSOR_OPTIONS).dtype ?? 'float32')
   return empty(shape, opts).fill_(value)
 }
 
@@ -303,32 +329,34 @@ export interface RandnOptions extends TensorOptions {
   seed?: number | bigint
   mean?: number
   std?: number
-  /** Redraw values beyond `truncate` standard deviations (0 = no truncation). */
+  /**
+   * Redraw values beyond `truncate` standard deviations (0 = no truncation). Truncation must be
+   * at least MIN_TRUNCATE (0.1): a value is redrawn at most 1000 times, and below that bound the
+   * draws could run out and leave values outside the range.
+   */
   truncate?: number
 }
 
+/** Smallest non-zero `truncate`: 1000 draws all miss [-0.1, 0.1] with probability (1 - 0.0797)^1000 < 1e-36. */
+export const MIN_TRUNCATE = 0.1
+
 export function seedWords(seed: number | bigint, name = 'seed'): [number, number] {
-  let s: bigint
-  if (typeof seed === 'bigint') s = seed
-  else if (typeof seed === 'number' && Number.isSafeInteger(seed) && seed >= 0) s = BigInt(seed)
-  else fail('ERR_ARGUMENT', `${name}: expected a non-negative safe integer or bigint, got ${show(seed)}`)
-  if (s < 0n || s >= 1n << 64n) fail('ERR_ARGUMENT', `${name}: expected a 64-bit unsigned value, got ${s}`)
+  const s = seed64(name, seed)
   return [Number(s & 0xffffffffn), Number(s >> 32n)]
 }
 
 /** Normal random values from Philox (identical for the same seed on every device and thread count). */
 export function randn(shape: readonly number[], opts: RandnOptions = {}): Tensor {
   const s = checkShape('shape', shape)
-  const dtype = checkDType('dtype', opts.dtype ?? 'float32', ['float32', 'bfloat16'])
-  const [lo, hi] = seedWords(opts.seed ?? 0)
-  const mean = opts.mean ?? 0
-  const std = opts.std ?? 1
-  const truncate = opts.truncate ?? 0
-  for (const [k, v] of [['mean', mean], ['std', std], ['truncate', truncate]] as const)
-    if (typeof v !== 'number' || !Number.isFinite(v)) fail('ERR_ARGUMENT', `${k}: expected a finite number, got ${show(v)}`)
-  if (std < 0) fail('ERR_ARGUMENT', `std: expected >= 0, got ${std}`)
-  if (truncate < 0) fail('ERR_ARGUMENT', `truncate: expected >= 0, got ${truncate}`)
-  const dev = Device.get(opts.device)
+  const o = checkOptions('opts', opts, RANDN_OPTIONS)
+  const dtype = o.dtype ?? 'float32'
+  const [lo, hi] = seedWords(o.seed ?? 0)
+  const mean = o.mean ?? 0
+  const std = o.std ?? 1
+  const truncate = o.truncate ?? 0
+  if (truncate !== 0 && truncate < MIN_TRUNCATE)
+    fail('ERR_ARGUMENT', `truncate: expected 0 (none) or >= ${MIN_TRUNCATE} standard deviations, got ${truncate}`)
+  const dev = o.device ?? Device.get('cpu')
   const t = Tensor._alloc(s, 'float32', Device.get('cpu'))
   native.randn(t, lo, hi, mean, std, truncate)
   if (dtype === 'float32' && dev.type === 'cpu') return t

@@ -4,8 +4,10 @@
 // header. We read and write F32 and BF16 (BF16 loads exactly into float32).
 import { promises as fs } from 'fs'
 import { fail, show } from '../errors'
+import { dirname } from 'path'
 import { Tensor } from '../tensor'
 import { scanHeaderTokens } from './json_scan'
+import { arg, checkOptions, dtype, instance, optional, string, stringRecord } from '../validate'
 
 export type SafetensorsDType = 'F32' | 'BF16'
 
@@ -26,10 +28,16 @@ export interface SaveOptions {
 
 const ALIGN = 8
 
+const SAVE_OPTIONS = { dtype: optional(dtype(['float32', 'bfloat16'] as const)), metadata: optional(stringRecord) }
+
 /** Writes named tensors to `path` (float32 or bfloat16). Resolves when the file is written. */
 export async function saveSafetensors(path: string, tensors: Record<string, Tensor>, opts: SaveOptions = {}): Promise<void> {
-  const dtype = opts.dtype ?? 'float32'
-  if (dtype !== 'float32' && dtype !== 'bfloat16') fail('ERR_DTYPE', `dtype: expected 'float32' or 'bfloat16', got ${show(dtype)}`)
+  arg('path', path, string)
+  if (typeof tensors !== 'object' || tensors === null || Array.isArray(tensors)) fail('ERR_ARGUMENT', `tensors: expected an object of tensors by name, got ${show(tensors)}`)
+  const dtype = checkOptions('opts', opts, SAVE_OPTIONS).dtype ?? 'float32'
+  // a missing folder fails here, before any tensor is read back
+  const dir = await fs.stat(dirname(path)).catch(() => undefined)
+  if (!dir?.isDirectory()) fail('ERR_ARGUMENT', `path: cannot write ${show(path)}: the folder ${show(dirname(path))} does not exist`)
   const names = Object.keys(tensors).sort()
   if (names.includes('__metadata__')) fail('ERR_ARGUMENT', 'tensors: "__metadata__" is reserved by the format')
   for (const n of names) {
@@ -49,11 +57,7 @@ export async function saveSafetensors(path: string, tensors: Record<string, Tens
   })
   const datas = await Promise.all(reads)
   const header: Record<string, unknown> = {}
-  if (opts.metadata) {
-    for (const [k, v] of Object.entries(opts.metadata))
-      if (typeof v !== 'string') fail('ERR_ARGUMENT', `metadata.${k}: expected a string, got ${show(v)}`)
-    header.__metadata__ = opts.metadata
-  }
+  if (opts.metadata) header.__metadata__ = opts.metadata
   let off = 0
   names.forEach((n, i) => {
     const bytes = datas[i].byteLength
@@ -73,7 +77,11 @@ export async function saveSafetensors(path: string, tensors: Record<string, Tens
     Buffer.from(d.buffer, d.byteOffset, d.byteLength).copy(out, p)
     p += d.byteLength
   }
-  await fs.writeFile(path, out)
+  try {
+    await fs.writeFile(path, out)
+  } catch (e) {
+    fail('ERR_ARGUMENT', `path: cannot write ${show(path)}: ${(e as Error).message}`)
+  }
 }
 
 /** The largest header we read: the reference implementation's bound (100 MB). */
@@ -104,8 +112,8 @@ interface Entry {
  * tensor and the rule: ERR_DTYPE for a dtype other than F32 and BF16, ERR_ARGUMENT otherwise.
  */
 export function parseSafetensors(buf: Uint8Array, source = 'checkpoint'): { tensors: Map<string, StoredTensor>; metadata: Record<string, string> } {
-  if (!(buf instanceof Uint8Array)) fail('ERR_ARGUMENT', `buf: expected a Uint8Array, got ${show(buf)}`)
-  if (typeof source !== 'string') fail('ERR_ARGUMENT', `source: expected a string, got ${show(source)}`)
+  arg('buf', buf, instance(Uint8Array, 'a Uint8Array or Buffer'))
+  arg('source', source, string)
   const b = Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength)
   if (b.length < 8) fail('ERR_ARGUMENT', `${source}: ${b.length} bytes is too short for a safetensors header`)
   const n = b.readBigUInt64LE(0)
@@ -197,7 +205,8 @@ function decode(e: Entry, bytes: Uint8Array): StoredTensor {
 
 /** Reads and parses a safetensors file (see parseSafetensors); errors name the file. */
 export async function loadSafetensors(path: string): Promise<{ tensors: Map<string, StoredTensor>; metadata: Record<string, string> }> {
-  if (typeof path !== 'string') fail('ERR_ARGUMENT', `path: expected a string, got ${show(path)}`)
+  // a number would be read as a file descriptor
+  arg('path', path, string)
   let buf: Buffer
   try {
     buf = await fs.readFile(path)

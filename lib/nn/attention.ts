@@ -1,10 +1,11 @@
 // Causal multi-head self-attention as SPEC.md fixes it: fused att_proj [3D, D] -> q | k | v,
 // rotary on q and k (non-interleaved, theta 10000, position = index in the sequence), causal
 // softmax(q k^T / sqrt(D/H)) v, then attn_out [D, D]. No biases. Optional KV cache for decoding.
-import { checkInt, fail, show } from '../errors'
+import { fail, show } from '../errors'
 import { attention, attentionBackward, rope } from '../lm_ops'
-import { matmul, reshapeFree } from '../ops'
+import { checkSameDevice, checkTensor, matmul, reshapeFree } from '../ops'
 import { Tensor, empty } from '../tensor'
+import { Check, arg, custom, int, object } from '../validate'
 
 export interface KVCache {
   /** [B, maxLen, D] roped keys; positions [0, length) are filled */
@@ -27,6 +28,37 @@ export interface AttentionSaved {
 
 export const ROPE_THETA = 10000
 
+/** @internal a tensor of exactly `shape` (float32 unless `dtypes` says otherwise) */
+export function shaped(shape: readonly number[], dtypes: readonly string[] = ['float32']): Check<Tensor> {
+  return custom(`a ${dtypes.join(' or ')} Tensor of shape [${shape.join(', ')}]`, (name, v) => {
+    const t = checkTensor(name, v, { ndim: shape.length, dtypes })
+    if (t.shape.some((d, i) => d !== shape[i])) fail('ERR_SHAPE', `${name}: expected shape [${shape.join(', ')}], got ${show(t.shape)}`)
+    return t
+  })
+}
+
+/** @internal dModel must split into nHeads heads of even size (rotary pairs dimensions) */
+export function checkHeads(dModel: number, nHeads: number): void {
+  arg('dModel', dModel, int(1))
+  arg('nHeads', nHeads, int(1))
+  if (dModel % nHeads !== 0 || (dModel / nHeads) % 2 !== 0)
+    fail('ERR_ARGUMENT', `nHeads: dModel ${dModel} must split into ${nHeads} heads of even size, got head size ${dModel / nHeads}`)
+}
+
+const F32_3D = custom('a float32 Tensor with 3 dimensions', (n, t) => checkTensor(n, t, { ndim: 3, dtypes: ['float32'] }))
+const CACHE = object({ k: F32_3D, v: F32_3D, length: int(0) }, ['k', 'v', 'length'])
+
+/** @internal checks a KV cache of width D: k and v [B, maxLen, D], 0 <= length <= maxLen */
+export const kvCacheArg = (D: number): Check<KVCache> => custom('a KVCache from newCaches()', (name, v) => {
+  CACHE(name, v)
+  const c = v as KVCache
+  if (c.k.shape[2] !== D || c.v.shape.join() !== c.k.shape.join() || c.length > c.k.shape[1])
+    fail('ERR_SHAPE', `${name}: expected k and v of shape [B, maxLen, ${D}] and length <= maxLen, got ${show(c.k.shape)}, ${show(c.v.shape)}, length ${c.length}`)
+  return c
+})
+
+const ATT_SAVED = object({ B: int(1), S: int(1), xn: custom('a Tensor', checkTensor), qkv: custom('a Tensor', checkTensor), att: custom('a Tensor', checkTensor), lse: custom('a Tensor', checkTensor) }, ['B', 'S', 'xn', 'qkv', 'att', 'lse'], true)
+
 export class CausalSelfAttention {
   readonly dModel: number
   readonly nHeads: number
@@ -34,10 +66,14 @@ export class CausalSelfAttention {
   readonly grads: Record<'att_proj.weight' | 'attn_out.weight', Tensor>
 
   constructor(dModel: number, nHeads: number, params: Record<'att_proj.weight' | 'attn_out.weight', Tensor>, grads: Record<'att_proj.weight' | 'attn_out.weight', Tensor>) {
-    checkInt('dModel', dModel, 1)
-    checkInt('nHeads', nHeads, 1)
-    if (dModel % nHeads !== 0 || (dModel / nHeads) % 2 !== 0)
-      fail('ERR_ARGUMENT', `nHeads: dModel ${dModel} must split into ${nHeads} heads of even size, got head size ${dModel / nHeads}`)
+    checkHeads(dModel, nHeads)
+    const D = dModel
+    arg('params', params, object({ 'att_proj.weight': shaped([3 * D, D], ['float32', 'bfloat16']), 'attn_out.weight': shaped([D, D], ['float32', 'bfloat16']) }, ['att_proj.weight', 'attn_out.weight']))
+    // an inference-only (bfloat16) model passes empty [0] stand-ins for the gradients
+    const grad = (shape: number[]) => custom<Tensor>(`a float32 Tensor of shape [${shape.join(', ')}] or [0]`, (n, v) =>
+      checkTensor(n, v).size === 0 ? (v as Tensor) : shaped(shape)(n, v))
+    arg('grads', grads, object({ 'att_proj.weight': grad([3 * D, D]), 'attn_out.weight': grad([D, D]) }, ['att_proj.weight', 'attn_out.weight']))
+    checkSameDevice(params['att_proj.weight'], { 'params.attn_out.weight': params['attn_out.weight'], 'grads.att_proj.weight': grads['att_proj.weight'], 'grads.attn_out.weight': grads['attn_out.weight'] })
     this.dModel = dModel
     this.nHeads = nHeads
     this.params = params
@@ -61,6 +97,13 @@ export class CausalSelfAttention {
    */
   forward(xn: Tensor, B: number, S: number, residual: Tensor, cache?: KVCache): AttentionSaved {
     const D = this.dModel
+    arg('B', B, int(1))
+    arg('S', S, int(1))
+    arg('xn', xn, shaped([B * S, D]))
+    arg('residual', residual, shaped([B * S, D]))
+    if (cache !== undefined && arg('cache', cache, kvCacheArg(D)).k.shape[0] !== B)
+      fail('ERR_SHAPE', `cache: expected a cache for ${B} sequences, got one for ${cache.k.shape[0]}`)
+    checkSameDevice(this.params['att_proj.weight'], { xn, residual, 'cache.k': cache?.k })
     const off = cache ? cache.length : 0
     if (cache && off + S > cache.k.shape[1])
       fail('ERR_SHAPE', `tokens: the cache holds ${cache.k.shape[1]} positions, ${off} used, ${S} more asked`)
@@ -91,8 +134,10 @@ export class CausalSelfAttention {
 
   /** dres: gradient at the residual sum [B*S, D]. Accumulates weight gradients; returns d(xn) [B*S, D]. */
   backward(saved: AttentionSaved, dres: Tensor): Tensor {
-    const { B, S, xn, qkv, att, lse } = saved
     const D = this.dModel
+    arg('saved', saved, ATT_SAVED)
+    const { B, S, xn, qkv, att, lse } = saved
+    arg('dres', dres, shaped([B * S, D]))
     const att2 = att.reshape([B * S, D])
     matmul(dres, att2, { transposeA: true, out: this.grads['attn_out.weight'], beta: 1 })
     const datt = reshapeFree(matmul(dres, this.params['attn_out.weight']), [B, S, D])
@@ -113,8 +158,8 @@ export class CausalSelfAttention {
 
 /** An empty KV cache for `batch` sequences of up to maxLen tokens. */
 export function kvCache(batch: number, maxLen: number, dModel: number, device: Tensor['device']): KVCache {
-  checkInt('batch', batch, 1)
-  checkInt('maxLen', maxLen, 1)
+  arg('batch', batch, int(1))
+  arg('maxLen', maxLen, int(1))
   if (!Number.isInteger(dModel)) fail('ERR_ARGUMENT', `dModel: expected an integer, got ${show(dModel)}`)
   return { k: empty([batch, maxLen, dModel], { device }), v: empty([batch, maxLen, dModel], { device }), length: 0 }
 }

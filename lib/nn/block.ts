@@ -4,7 +4,11 @@ import { native } from '../binding'
 import { fail } from '../errors'
 import { axpy } from '../lm_ops'
 import { Tensor, empty, zeros } from '../tensor'
-import { AttentionSaved, CausalSelfAttention, KVCache } from './attention'
+import { AttentionSaved, CausalSelfAttention, KVCache, kvCacheArg, shaped } from './attention'
+import { DenseFFN, FFN_FORWARD_OPTIONS } from './ffn'
+import { VersatileFFN } from './versatile'
+import { checkSameDevice, checkTensor } from '../ops'
+import { arg, check, checkOptions, custom, func, instance, int, object, optional } from '../validate'
 
 const EPS = 1e-6
 
@@ -48,6 +52,11 @@ export interface BlockSaved {
   ffn: unknown
 }
 
+const FFN_ARG = check<FFNModule>('a DenseFFN or VersatileFFN', (v) => v instanceof DenseFFN || v instanceof VersatileFFN)
+const ANY_TENSOR = custom('a Tensor', (n, v) => checkTensor(n, v))
+// a block's record: what forward(train: true) returned as `saved`
+const BLOCK_SAVED = object({ x: ANY_TENSOR, rstd: ANY_TENSOR, attn: object({}, [], true) }, ['x', 'rstd', 'attn'], true)
+
 export class TransformerBlock {
   readonly attn: CausalSelfAttention
   readonly ffn: FFNModule
@@ -59,6 +68,15 @@ export class TransformerBlock {
    * allocated one); otherwise the block allocates it on first use.
    */
   constructor(attn: CausalSelfAttention, ffn: FFNModule, normWeight: Tensor, normGrad?: () => Tensor) {
+    arg('attn', attn, instance(CausalSelfAttention))
+    const D = attn.dModel
+    const f = arg('ffn', ffn, FFN_ARG) as unknown as DenseFFN | VersatileFFN
+    if (f.dModel !== D) fail('ERR_SHAPE', `ffn: expected an FFN of width ${D} (the attention's), got ${f.dModel}`)
+    arg('normWeight', normWeight, shaped([D], ['float32', 'bfloat16']))
+    checkSameDevice(attn.params['att_proj.weight'], { normWeight })
+    if (f.device.type !== normWeight.device.type || f.device.index !== normWeight.device.index)
+      fail('ERR_DEVICE', `ffn: expected a module on ${normWeight.device}, got one on ${f.device}`)
+    if (normGrad !== undefined) arg('normGrad', normGrad, func)
     this.attn = attn
     this.ffn = ffn
     this.normWeight = normWeight
@@ -73,7 +91,13 @@ export class TransformerBlock {
 
   /** x [B*S, D] -> out [B*S, D]; in training also what backward needs. */
   forward(x: Tensor, B: number, S: number, opts: BlockForwardOptions = {}): { y: Tensor; saved?: BlockSaved; auxLoss?: unknown; stats?: unknown } {
-    const train = opts.train ?? false
+    const D = this.attn.dModel
+    arg('B', B, int(1))
+    arg('S', S, int(1))
+    arg('x', x, shaped([B * S, D]))
+    checkSameDevice(this.normWeight, { x })
+    const o = checkOptions('opts', opts, { ...FFN_FORWARD_OPTIONS, cache: optional(kvCacheArg(D)) })
+    const train = o.train ?? false
     if (train && opts.cache) fail('ERR_ARGUMENT', 'cache: a KV cache is for inference only (train: false)')
     const { out: xn, rstd } = rmsnorm(x, this.normWeight, train)
     const h = x.clone()
@@ -92,6 +116,8 @@ export class TransformerBlock {
 
   /** dy [B*S, D] -> dx; accumulates every weight gradient of the block. */
   backward(saved: BlockSaved, dy: Tensor): Tensor {
+    arg('saved', saved, BLOCK_SAVED)
+    arg('dy', dy, shaped(saved.x.shape))
     const dh = this.ffn.backward(saved.ffn as never, dy)
     const dxn = this.attn.backward(saved.attn, dh)
     const dx = rmsnormBackward(dxn, saved.x, this.normWeight, saved.rstd, this.normGrad)

@@ -1,9 +1,10 @@
 // The dense SwiGLU FFN of SPEC.md with its residual, the baseline VersatileFFN is measured against:
 // F(x) = x + W_out · (silu(W_gate · n(x)) ⊙ (W_up · n(x))).
 import { native } from '../binding'
-import { checkInt, fail, show } from '../errors'
+import { fail, show } from '../errors'
 import { Tensor, TensorOptions, empty, full } from '../tensor'
-import { Module, ModuleOptions } from './module'
+import { MODULE_OPTIONS, Module, ModuleOptions } from './module'
+import { bool, checkOptions, int, oneOf, optional, seed64 } from '../validate'
 
 export const NORM_EPS = 1e-6
 
@@ -51,14 +52,19 @@ export function checkRecord<S extends { owner: unknown }>(tr: unknown, owner: un
   return s
 }
 
+/** The forward options both FFN modules take (the dense FFN ignores all but `train`). */
+export const FFN_FORWARD_OPTIONS = { train: optional(bool), step: optional(int(0)), noise: optional(oneOf(['gumbel', 'none'] as const)), seed: optional(seed64) }
+const DENSE_OPTIONS = { ...MODULE_OPTIONS, dModel: int(1), hidden: int(1) }
+
 export class DenseFFN extends Module {
   readonly dModel: number
   readonly hidden: number
 
   constructor(opts: DenseFFNOptions) {
-    if (typeof opts !== 'object' || opts === null) fail('ERR_ARGUMENT', `opts: expected an options object, got ${show(opts)}`)
-    const D = checkInt('dModel', opts.dModel, 1)
-    const I = checkInt('hidden', opts.hidden, 1)
+    if (opts === undefined) fail('ERR_ARGUMENT', 'opts: expected an options object, got undefined')
+    const o = checkOptions('opts', opts, DENSE_OPTIONS, ['dModel', 'hidden'])
+    const D = o.dModel!
+    const I = o.hidden!
     super(
       [
         { name: 'ff_norm.weight', shape: [D], init: 'ones' },
@@ -75,9 +81,7 @@ export class DenseFFN extends Module {
   forward(x: Tensor, opts?: { train?: false }): { y: Tensor; stats: Record<string, never> }
   forward(x: Tensor, opts: FFNForwardOptions & { train: true }): DenseFFNRecord
   forward(x: Tensor, opts: FFNForwardOptions = {}): DenseFFNRecord | { y: Tensor; stats: Record<string, never> } {
-    if (typeof opts !== 'object' || opts === null) fail('ERR_ARGUMENT', `opts: expected an options object, got ${show(opts)}`)
-    const train = opts.train ?? false
-    if (typeof train !== 'boolean') fail('ERR_ARGUMENT', `train: expected a boolean, got ${show(train)}`)
+    const train = checkOptions('opts', opts, FFN_FORWARD_OPTIONS).train ?? false
     const xc = this.input('x', x, this.dModel)
     const T = xc.shape[0]
     const p = this.params
@@ -105,6 +109,7 @@ export class DenseFFN extends Module {
 
   /** dy [T, dModel] -> dx; accumulates into grads. Frees the record's saved values unless retain. */
   backward(tr: DenseFFNRecord, dy: Tensor, opts: BackwardOptions = {}): Tensor {
+    const retain = checkOptions('opts', opts, { retain: optional(bool) }).retain ?? false
     const s = checkRecord<NonNullable<DenseFFNRecord['_saved']>>(tr, this)
     const dyc = this.input('dy', dy, this.dModel)
     if (dyc.shape[0] !== s.x.shape[0]) {
@@ -117,7 +122,7 @@ export class DenseFFN extends Module {
     native.ffnBackward(dx, g['ff_norm.weight'], g['ff_proj.weight'], g['ff_out.weight'], dyc, s.x,
       p['ff_norm.weight'], p['ff_proj.weight'], p['ff_out.weight'], s.rstd, s.h, NORM_EPS)
     dyc.dispose()
-    if (!opts.retain) tr.dispose()
+    if (!retain) tr.dispose()
     return dx
   }
 }

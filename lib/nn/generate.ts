@@ -1,8 +1,9 @@
 // Incremental decoding with a KV cache: one prefill over the prompt, then one token per step.
 // Each call owns its caches and random state, so concurrent requests on one model never share
 // mutable state (the model's weights are only read).
-import { checkInt, checkNumber, fail, show } from '../errors'
+import { fail, show } from '../errors'
 import { tensor } from '../tensor'
+import { INT32, checkOptions, int, number, optional } from '../validate'
 import type { LMOutput, TransformerLM } from './model'
 
 export interface GenerateOptions {
@@ -12,7 +13,7 @@ export interface GenerateOptions {
   temperature?: number
   /** sample only among the k most likely tokens (0 = all). Default 0. */
   topK?: number
-  /** seed of the sampler. Default 0. */
+  /** seed of the sampler, an integer in [0, 2^32 - 1] (its state is 32 bits). Default 0. */
   seed?: number
   /** stop a sequence once it emits this id (the id is kept) */
   stopToken?: number
@@ -56,9 +57,18 @@ export function pickToken(row: Float32Array, temperature: number, topK: number, 
   return ids[ids.length - 1]
 }
 
+const GENERATE_OPTIONS = {
+  maxNewTokens: optional(int(0)), temperature: optional(number({ min: 0 })), topK: optional(int(0)),
+  seed: optional(int(0, 2 ** 32 - 1)), stopToken: optional(INT32),
+}
+
 export async function generate(model: TransformerLM, prompts: readonly (readonly number[] | Int32Array)[], opts: GenerateOptions = {}): Promise<Int32Array[]> {
   const { vocabSize: V, maxSeqLen } = model.config
   if (!Array.isArray(prompts) || prompts.length === 0) fail('ERR_SHAPE', `prompts: expected a non-empty array of token arrays, got ${show(prompts)}`)
+  const o = checkOptions('opts', opts, GENERATE_OPTIONS)
+  prompts.forEach((p, b) => {
+    if (!Array.isArray(p) && !(p instanceof Int32Array)) fail('ERR_ARGUMENT', `prompts[${b}]: expected an array of token ids or an Int32Array, got ${show(p)}`)
+  })
   const B = prompts.length
   const P = prompts[0].length
   if (P < 1) fail('ERR_SHAPE', 'prompts: a prompt needs at least one token')
@@ -68,11 +78,10 @@ export async function generate(model: TransformerLM, prompts: readonly (readonly
       if (!Number.isInteger(p[i]) || p[i] < 0 || p[i] >= V)
         fail('ERR_ARGUMENT', `prompts[${b}][${i}]: token id ${show(p[i])} is outside the vocabulary [0, ${V})`)
   })
-  const maxNew = checkInt('maxNewTokens', opts.maxNewTokens ?? 16, 0)
-  const temperature = checkNumber('temperature', opts.temperature ?? 0)
-  if (temperature < 0) fail('ERR_ARGUMENT', `temperature: expected >= 0, got ${temperature}`)
-  const topK = checkInt('topK', opts.topK ?? 0, 0)
-  const rand = sampler(checkInt('seed', opts.seed ?? 0, 0))
+  const maxNew = o.maxNewTokens ?? 16
+  const temperature = o.temperature ?? 0
+  const topK = o.topK ?? 0
+  const rand = sampler(o.seed ?? 0)
   if (P + maxNew > maxSeqLen) fail('ERR_SHAPE', `maxNewTokens: ${P} prompt tokens + ${maxNew} new exceed maxSeqLen ${maxSeqLen}`)
   const out = prompts.map(() => [] as number[])
   if (maxNew === 0) return out.map((o) => Int32Array.from(o))
@@ -101,7 +110,7 @@ export async function generate(model: TransformerLM, prompts: readonly (readonly
       for (let b = 0; b < B; b++) {
         next[b] = done[b] ? out[b][out[b].length - 1] : pickToken(rows.subarray(b * V, (b + 1) * V), temperature, topK, rand)
         if (!done[b]) out[b].push(next[b])
-        if (opts.stopToken !== undefined && next[b] === opts.stopToken) done[b] = true
+        if (o.stopToken !== undefined && next[b] === o.stopToken) done[b] = true
       }
       if (done.every(Boolean)) break
       input = next

@@ -1,18 +1,20 @@
 // TransformerLM: token embedding, blocks of attention + DenseFFN or VersatileFFN, final RMSNorm
 // and an untied output head, with SPEC.md's parameter names (OLMo's), so checkpoints interoperate.
 import { Device, DeviceLike } from '../device'
-import { VffnError, checkInt, checkNumber, fail, show } from '../errors'
+import { VffnError, fail, show } from '../errors'
 import { StoredTensor, loadSafetensors, saveSafetensors } from '../io/safetensors'
 import { crossEntropy, crossEntropyBackward, embedding, embeddingBackward, zero_ } from '../lm_ops'
 import { checkTensor, matmul, reshapeFree } from '../ops'
-import { Tensor, full, randn, zeros } from '../tensor'
-import { CausalSelfAttention, KVCache, kvCache } from './attention'
+import { MAX_ELEMENTS, Tensor, full, randn, zeros } from '../tensor'
+import { CausalSelfAttention, KVCache, checkHeads, kvCache, kvCacheArg } from './attention'
 import { BlockSaved, FFNModule, TransformerBlock, rmsnorm, rmsnormBackward } from './block'
 import { createFFN } from './model_ffn'
 import { generate, GenerateOptions } from './generate'
 import { CONFIG_KEY, configJSON, parseConfig } from './model_config'
 import { LoadOptions, LoadResult, checkNames, loadInto, strictOf } from './state'
+import { checkVersatileSizes } from './versatile'
 import type { VersatileFFN } from './versatile'
+import { arg, arrayOf, bool, checkOptions, custom, device as deviceCheck, dtype as dtypeCheck, int, number, object, oneOf, optional, string, stringRecord, INT32 } from '../validate'
 
 export interface TransformerLMOptions {
   vocabSize: number
@@ -113,6 +115,21 @@ export function deriveSeed(seed: number | bigint, a: number, b = 0): bigint {
   return (z ^ (z >> 31n)) & ((1n << 53n) - 1n)
 }
 
+const LM_OPTIONS = {
+  vocabSize: int(1), dModel: int(2), nLayers: int(1), nHeads: int(1), hidden: int(1), maxSeqLen: optional(int(1)),
+  ffn: optional(oneOf(['versatile', 'dense'] as const)), experts: optional(int(1)), topK: optional(int(1)), maxDepth: optional(int(1)),
+  expertHidden: optional(int(1)), balanceLossWeight: optional(number({ min: 0 })), device: optional(deviceCheck),
+  dtype: optional(dtypeCheck(['float32', 'bfloat16'] as const)), seed: optional(int(0)),
+}
+const LM_REQUIRED = ['vocabSize', 'dModel', 'nLayers', 'nHeads', 'hidden'] as const
+// the caches themselves, not parsed copies: forward advances their length
+const cachesArg = (D: number) => custom<KVCache[]>('the caches of newCaches()', (n, v) => {
+  arrayOf(kvCacheArg(D), 1)(n, v)
+  return v as KVCache[]
+})
+const LM_FORWARD_OPTIONS = { train: optional(bool), step: optional(int(0)), noise: optional(oneOf(['gumbel', 'none'] as const)), lastOnly: optional(bool) }
+const SAVE_OPTIONS = { dtype: optional(dtypeCheck(['float32', 'bfloat16'] as const)), metadata: optional(stringRecord) }
+
 export class TransformerLM {
   readonly config: Required<Omit<TransformerLMOptions, 'device' | 'expertHidden' | 'balanceLossWeight'>> & { expertHidden?: number; balanceLossWeight?: number }
   readonly device: Device
@@ -121,24 +138,18 @@ export class TransformerLM {
   private readonly own = new Map<string, { param: Tensor; grad?: Tensor }>()
 
   constructor(opts: TransformerLMOptions) {
-    if (typeof opts !== 'object' || opts === null) fail('ERR_ARGUMENT', `options: expected an object, got ${show(opts)}`)
-    const vocabSize = checkInt('vocabSize', opts.vocabSize, 1)
-    const dModel = checkInt('dModel', opts.dModel, 2)
-    const nLayers = checkInt('nLayers', opts.nLayers, 1)
-    const nHeads = checkInt('nHeads', opts.nHeads, 1)
-    const hidden = checkInt('hidden', opts.hidden, 1)
-    const maxSeqLen = checkInt('maxSeqLen', opts.maxSeqLen ?? 2048, 1)
-    const ffn = opts.ffn ?? 'versatile'
-    if (ffn !== 'versatile' && ffn !== 'dense') fail('ERR_ARGUMENT', `ffn: expected 'versatile' or 'dense', got ${show(ffn)}`)
-    const dtype = opts.dtype ?? 'float32'
-    if (dtype !== 'float32' && dtype !== 'bfloat16') fail('ERR_DTYPE', `dtype: expected 'float32' or 'bfloat16', got ${show(dtype)}`)
-    const seed = checkInt('seed', opts.seed ?? 0, 0)
+    if (opts === undefined) fail('ERR_ARGUMENT', 'options: expected an options object, got undefined')
+    const o = checkOptions('options', opts, LM_OPTIONS, LM_REQUIRED)
+    checkHeads(o.dModel!, o.nHeads!)
+    if ((o.ffn ?? 'versatile') === 'versatile') checkVersatileSizes(o.hidden!, o.experts ?? 8, o.topK ?? 2, o.expertHidden)
+    const vocabSize = o.vocabSize!, dModel = o.dModel!, nLayers = o.nLayers!, nHeads = o.nHeads!, hidden = o.hidden!
+    const maxSeqLen = o.maxSeqLen ?? 2048, ffn = o.ffn ?? 'versatile', dtype = o.dtype ?? 'float32', seed = o.seed ?? 0
     this.config = {
       vocabSize, dModel, nLayers, nHeads, hidden, maxSeqLen, ffn, seed, dtype,
-      experts: checkInt('experts', opts.experts ?? 8, 1), topK: checkInt('topK', opts.topK ?? 2, 1), maxDepth: checkInt('maxDepth', opts.maxDepth ?? 4, 1),
-      expertHidden: opts.expertHidden, balanceLossWeight: opts.balanceLossWeight,
+      experts: o.experts ?? 8, topK: o.topK ?? 2, maxDepth: o.maxDepth ?? 4,
+      expertHidden: o.expertHidden, balanceLossWeight: o.balanceLossWeight,
     }
-    this.device = Device.get(opts.device)
+    this.device = o.device ?? Device.get('cpu')
     const dev = this.device
     this.blocks = []
     try {
@@ -195,7 +206,8 @@ export class TransformerLM {
 
   /** A config by name ('354M', '720M', '1.21B', 'small', 'tiny') merged with overrides. */
   static config(name: keyof typeof CONFIGS, overrides: Partial<TransformerLMOptions> = {}): TransformerLMOptions {
-    const c = CONFIGS[name]
+    checkOptions('overrides', overrides, LM_OPTIONS)
+    const c = Object.prototype.hasOwnProperty.call(CONFIGS, name as string) ? CONFIGS[name] : undefined
     if (!c) fail('ERR_ARGUMENT', `name: expected one of ${Object.keys(CONFIGS).join(', ')}, got ${show(name)}`)
     return { ...c, ...overrides }
   }
@@ -241,6 +253,7 @@ export class TransformerLM {
 
   /** Whether weight decay applies (matrices and embeddings, not norm gains). */
   static decays(name: string): boolean {
+    arg('name', name, string)
     return !NORM_NAMES.test(name)
   }
 
@@ -278,10 +291,14 @@ export class TransformerLM {
    */
   forward(tokens: Tensor, opts: ForwardOptions = {}): LMOutput {
     const [B, S] = this.checkTokens(tokens)
-    const train = opts.train ?? false
+    const o = checkOptions('opts', opts, { ...LM_FORWARD_OPTIONS, caches: optional(cachesArg(this.config.dModel)) })
+    const train = o.train ?? false
     if (train) this.needFloat32('forward(train: true)')
-    const step = checkInt('step', opts.step ?? 0, 0)
-    const caches = opts.caches
+    const step = o.step ?? 0
+    const caches = o.caches
+    if (caches && caches.length !== this.blocks.length) fail('ERR_ARGUMENT', `caches: expected ${this.blocks.length} caches (one per layer), got ${caches.length}`)
+    if (caches && train) fail('ERR_ARGUMENT', 'caches: a KV cache is for inference only (train: false)')
+    if (o.lastOnly && train) fail('ERR_ARGUMENT', 'lastOnly: only for inference (train: false)')
     const off = caches ? caches[0].length : 0
     if (off + S > this.config.maxSeqLen) fail('ERR_SHAPE', `tokens: position ${off + S - 1} exceeds maxSeqLen ${this.config.maxSeqLen}`)
     const tc = tokens.contiguous()
@@ -323,6 +340,8 @@ export class TransformerLM {
 
   /** Mean cross-entropy of a training output against targets int32 [B, S] (ignoreIndex skipped). Returns loss [1]. */
   loss(out: LMOutput, targets: Tensor, ignoreIndex = -100): Tensor {
+    arg('out', out, object({}, [], true))
+    arg('ignoreIndex', ignoreIndex, INT32)
     const s = out._saved
     if (!s) fail('ERR_ARGUMENT', 'out: loss needs the output of forward(tokens, { train: true })')
     checkTensor('targets', targets, { ndim: 2, dtypes: ['int32'] })
@@ -347,9 +366,10 @@ export class TransformerLM {
    * out.logits with their gradient (saves a [B*S, V] buffer) and releases the saved values.
    */
   backward(out: LMOutput, dloss = 1): void {
+    arg('out', out, object({}, [], true))
     const s = out._saved
     if (!s || !s.lse || !s.targets) fail('ERR_ARGUMENT', 'out: backward needs a training output whose loss was computed')
-    checkNumber('dloss', dloss)
+    arg('dloss', dloss, number())
     this.checkBackward(out)
     const V = this.config.vocabSize
     const logits2 = out.logits.reshape([s.B * s.S, V])
@@ -390,7 +410,10 @@ export class TransformerLM {
 
   /** Empty per-layer KV caches for `batch` sequences of up to maxLen tokens (default maxSeqLen). */
   newCaches(batch: number, maxLen = this.config.maxSeqLen): KVCache[] {
-    checkInt('maxLen', maxLen, 1, this.config.maxSeqLen)
+    arg('batch', batch, int(1))
+    arg('maxLen', maxLen, int(1, this.config.maxSeqLen))
+    if (batch * maxLen * this.config.dModel > MAX_ELEMENTS)
+      fail('ERR_ARGUMENT', `batch: ${batch} sequences of ${maxLen} positions need caches of ${batch * maxLen * this.config.dModel} elements, more than a tensor holds (2^50)`)
     return this.blocks.map(() => kvCache(batch, maxLen, this.config.dModel, this.device))
   }
 
@@ -435,9 +458,9 @@ export class TransformerLM {
    * fromFile can rebuild the model; `metadata` adds string entries of your own.
    */
   async save(path: string, opts: { dtype?: 'float32' | 'bfloat16'; metadata?: Record<string, string> } = {}): Promise<void> {
-    if (typeof opts !== 'object' || opts === null) fail('ERR_ARGUMENT', `opts: expected an options object, got ${show(opts)}`)
+    arg('path', path, string)
+    checkOptions('opts', opts, SAVE_OPTIONS)
     const md = opts.metadata
-    if (md !== undefined && (typeof md !== 'object' || md === null || Array.isArray(md))) fail('ERR_ARGUMENT', `metadata: expected an object of strings, got ${show(md)}`)
     if (md && CONFIG_KEY in md) fail('ERR_ARGUMENT', `metadata: ${show(CONFIG_KEY)} is written by save() itself`)
     const c = this.config
     const meta: Record<string, string> = { format: 'pt', ...(opts.metadata ?? {}), [CONFIG_KEY]: configJSON(c) }

@@ -1,8 +1,9 @@
 // Parameter and gradient handling shared by the FFN modules: named parameters in SPEC.md's names,
 // float32 gradients accumulated by backward, state dicts that validate fully before changing anything.
 import { Device, DeviceLike } from '../device'
-import { checkInt, fail, show } from '../errors'
+import { fail, show } from '../errors'
 import { DType, Tensor, checkDType, randn, zeros } from '../tensor'
+import { arg, device, dtype, int, optional } from '../validate'
 import { LoadOptions, LoadResult, checkNames, loadInto, strictOf } from './state'
 
 export interface ModuleOptions {
@@ -19,6 +20,9 @@ export interface ParamSpec {
   shape: number[]
   init: 'normal' | 'ones'
 }
+
+/** The option checks every module shares (see lib/validate.ts). */
+export const MODULE_OPTIONS = { device: optional(device), dtype: optional(dtype<DType>(['float32', 'bfloat16'])), seed: optional(int(0)) }
 
 export const INIT_STD = 0.02
 
@@ -52,7 +56,7 @@ export class Module {
   protected constructor(specs: ParamSpec[], opts: ModuleOptions) {
     this.device = Device.get(opts.device)
     this.dtype = checkDType('dtype', opts.dtype ?? 'float32', ['float32', 'bfloat16'])
-    this.seed = checkInt('seed', opts.seed ?? 0)
+    this.seed = arg('seed', opts.seed ?? 0, int())
     this.specs = specs
     try {
       specs.forEach((s, i) => {

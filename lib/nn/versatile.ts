@@ -1,10 +1,11 @@
 // VersatileFFN (SPEC.md): a width path over N virtual experts (slices of the shared FFN, top-K routed)
 // and a depth path that reuses the whole FFN up to L times, mixed per token by λ = (L − loops)/L.
-import { checkInt, checkNumber, fail, show } from '../errors'
+import { fail, show } from '../errors'
 import { Tensor, seedWords } from '../tensor'
 import { native } from '../binding'
-import { BackwardOptions, FFNForwardOptions, NORM_EPS, alloc as empty, checkRecord } from './ffn'
-import { Module, ModuleOptions } from './module'
+import { BackwardOptions, FFNForwardOptions, FFN_FORWARD_OPTIONS, NORM_EPS, alloc as empty, checkRecord } from './ffn'
+import { MODULE_OPTIONS, Module, ModuleOptions } from './module'
+import { arg, bool, checkOptions, int, number, optional } from '../validate'
 
 export interface VersatileFFNOptions extends ModuleOptions {
   dModel: number
@@ -66,9 +67,25 @@ export interface VersatileBackwardOptions extends BackwardOptions {
   auxGrad?: number
 }
 
-/** τ(step) = max(5·0.99984^step, 0.1) */
+/** τ(step) = max(5·0.99984^step, 0.1); step is an integer >= 0. */
 export function gumbelTemperature(step: number): number {
+  arg('step', step, int(0))
   return Math.max(5.0 * Math.pow(0.99984, step), 0.1)
+}
+
+const VERSATILE_OPTIONS = {
+  ...MODULE_OPTIONS, dModel: int(1), hidden: int(1), experts: int(1), topK: int(1), maxDepth: int(1),
+  expertHidden: optional(int(1)), balanceLossWeight: optional(number({ min: 0 })),
+}
+
+/** @internal checks how N experts of K per token fit in hidden I; returns the expert width E */
+export function checkVersatileSizes(I: number, N: number, K: number, expertHidden: number | undefined): number {
+  if (K > N) fail('ERR_ARGUMENT', `topK: expected at most experts (${N}), got ${K}`)
+  if (N > I) fail('ERR_ARGUMENT', `experts: expected at most hidden (${I}) experts, got ${N}`)
+  const E = arg('expertHidden', expertHidden ?? Math.floor(I / N), int(1))
+  if (E * N > I)
+    fail('ERR_ARGUMENT', `expertHidden: experts·expertHidden must not exceed hidden (slices may not overlap): ${N}·${E} = ${N * E} > ${I}`)
+  return E
 }
 
 export class VersatileFFN extends Module {
@@ -81,19 +98,11 @@ export class VersatileFFN extends Module {
   readonly balanceLossWeight: number
 
   constructor(opts: VersatileFFNOptions) {
-    if (typeof opts !== 'object' || opts === null) fail('ERR_ARGUMENT', `opts: expected an options object, got ${show(opts)}`)
-    const D = checkInt('dModel', opts.dModel, 1)
-    const I = checkInt('hidden', opts.hidden, 1)
-    const N = checkInt('experts', opts.experts, 1)
-    const K = checkInt('topK', opts.topK, 1)
-    if (K > N) fail('ERR_ARGUMENT', `topK: expected at most experts (${N}), got ${K}`)
-    const L = checkInt('maxDepth', opts.maxDepth, 1)
-    if (N > I) fail('ERR_ARGUMENT', `experts: expected at most hidden (${I}) experts, got ${N}`)
-    const E = checkInt('expertHidden', opts.expertHidden ?? Math.floor(I / N), 1)
-    if (E * N > I)
-      fail('ERR_ARGUMENT', `expertHidden: experts·expertHidden must not exceed hidden (slices may not overlap): ${N}·${E} = ${N * E} > ${I}`)
-    const alpha = checkNumber('balanceLossWeight', opts.balanceLossWeight ?? 1e-5)
-    if (alpha < 0) fail('ERR_ARGUMENT', `balanceLossWeight: expected >= 0, got ${alpha}`)
+    if (opts === undefined) fail('ERR_ARGUMENT', 'opts: expected an options object, got undefined')
+    const o = checkOptions('opts', opts, VERSATILE_OPTIONS, ['dModel', 'hidden', 'experts', 'topK', 'maxDepth'])
+    const D = o.dModel!, I = o.hidden!, N = o.experts!, K = o.topK!, L = o.maxDepth!
+    const E = checkVersatileSizes(I, N, K, o.expertHidden)
+    const alpha = o.balanceLossWeight ?? 1e-5
     super(
       [
         { name: 'ff_norm.weight', shape: [D], init: 'ones' },
@@ -131,16 +140,13 @@ export class VersatileFFN extends Module {
   forward(x: Tensor, opts?: { train?: false }): VersatileOutput
   forward(x: Tensor, opts: FFNForwardOptions & { train: true }): VersatileRecord
   forward(x: Tensor, opts: FFNForwardOptions = {}): VersatileOutput | VersatileRecord {
-    if (typeof opts !== 'object' || opts === null) fail('ERR_ARGUMENT', `opts: expected an options object, got ${show(opts)}`)
-    const train = opts.train ?? false
-    if (typeof train !== 'boolean') fail('ERR_ARGUMENT', `train: expected a boolean, got ${show(train)}`)
+    const o = checkOptions('opts', opts, FFN_FORWARD_OPTIONS)
+    const train = o.train ?? false
     let step = 0, noise = false, seed: [number, number] = [0, 0]
     if (train) {
-      step = checkInt('step', opts.step ?? 0)
-      const nz = opts.noise ?? 'gumbel'
-      if (nz !== 'gumbel' && nz !== 'none') fail('ERR_ARGUMENT', `noise: expected 'gumbel' or 'none', got ${show(nz)}`)
-      noise = nz === 'gumbel'
-      seed = seedWords(opts.seed ?? ((BigInt(this.seed) * 0x9e3779b97f4a7c15n + BigInt(step)) & ((1n << 64n) - 1n)))
+      step = o.step ?? 0
+      noise = (o.noise ?? 'gumbel') === 'gumbel'
+      seed = seedWords(o.seed ?? ((BigInt(this.seed) * 0x9e3779b97f4a7c15n + BigInt(step)) & ((1n << 64n) - 1n)))
     }
     const xc = this.input('x', x, this.dModel)
     const T = xc.shape[0], D = this.dModel, I = this.hidden, N = this.experts, K = this.topK, L = this.maxDepth, E = this.expertHidden
@@ -181,8 +187,9 @@ export class VersatileFFN extends Module {
 
   /** dy [T, dModel] -> dx; accumulates all five gradients (the balance loss's included, scaled by auxGrad). */
   backward(tr: VersatileRecord, dy: Tensor, opts: VersatileBackwardOptions = {}): Tensor {
+    const o = checkOptions('opts', opts, { retain: optional(bool), auxGrad: optional(number()) })
     const s = checkRecord<Saved>(tr, this)
-    const auxGrad = checkNumber('auxGrad', opts.auxGrad ?? 1)
+    const auxGrad = o.auxGrad ?? 1
     const dyc = this.input('dy', dy, this.dModel)
     if (dyc.shape[0] !== s.x.shape[0]) {
       dyc.dispose()
@@ -204,7 +211,7 @@ export class VersatileFFN extends Module {
       saved: s.t, tau: s.tau, auxGrad,
     })
     dyc.dispose()
-    if (!opts.retain) tr.dispose()
+    if (!o.retain) tr.dispose()
     return dx
   }
 }

@@ -1,10 +1,12 @@
 // AdamW with decoupled weight decay, global gradient-norm clipping, the cosine-with-warmup
 // learning-rate schedule and SPEC.md's training defaults; trainStep runs one full step in order.
 import { native } from '../binding'
-import { ErrorCode, VffnError, checkInt, checkNumber, fail, show } from '../errors'
+import { ErrorCode, VffnError, fail, show } from '../errors'
 import { adamwStep, gradNorm } from '../lm_ops'
 import { Tensor, zeros } from '../tensor'
-import type { TransformerLM } from '../nn/model'
+import { TransformerLM } from '../nn/model'
+import { checkTensor } from '../ops'
+import { Check, INT32, arg, checkOptions, custom, func, instance, int, number, object, oneOf, optional, string } from '../validate'
 
 export { gumbelTemperature } from '../nn/versatile'
 
@@ -17,9 +19,15 @@ export interface CosineSchedule {
   minRatio?: number
 }
 
+const SCHEDULE = object(
+  { lr: number({ min: 0 }), warmupSteps: int(0), totalSteps: int(0), minRatio: optional(number({ min: 0, max: 1 })) },
+  ['lr', 'warmupSteps', 'totalSteps'],
+)
+
 /** Linear warmup over warmupSteps to lr, then cosine decay to minRatio·lr at totalSteps (held after). step is 0-based. */
 export function cosineLR(step: number, s: CosineSchedule): number {
-  checkInt('step', step, 0)
+  arg('step', step, int(0))
+  arg('schedule', s, SCHEDULE)
   const floor = (s.minRatio ?? 0.1) * s.lr
   if (step < s.warmupSteps) return (s.lr * (step + 1)) / s.warmupSteps
   const span = Math.max(1, s.totalSteps - s.warmupSteps)
@@ -47,6 +55,26 @@ interface Slot {
   decay: boolean
 }
 
+const unit = number({ min: 0, exclusiveMax: 1 })
+const ADAMW_OPTIONS = {
+  lr: optional(number({ min: 0 })),
+  betas: optional(custom<[number, number]>('[beta1, beta2], each in [0, 1)', (name, v) => {
+    if (!Array.isArray(v) || v.length !== 2) fail('ERR_ARGUMENT', `${name}: expected [beta1, beta2], each in [0, 1), got ${show(v)}`)
+    return [unit(`${name}[0]`, v[0]), unit(`${name}[1]`, v[1])]
+  })),
+  eps: optional(number({ exclusiveMin: 0 })), weightDecay: optional(number({ min: 0 })), maxGradNorm: optional(number({ min: 0 })),
+  decays: optional(func as Check<(name: string) => boolean>),
+}
+// a Map of name -> Tensor (what model.parameters() and model.gradients() return)
+const tensorMap = (label: string) => custom<Map<string, Tensor>>(`a Map of ${label} by name`, (name, v) => {
+  if (!(v instanceof Map)) fail('ERR_ARGUMENT', `${name}: expected a Map of ${label} by name (e.g. model.parameters()), got ${show(v)}`)
+  for (const [k, t] of v) {
+    string(`${name} key`, k)
+    checkTensor(`${name}.get(${show(k)})`, t)
+  }
+  return v as Map<string, Tensor>
+})
+
 export class AdamW {
   lr: number
   readonly betas: [number, number]
@@ -59,24 +87,27 @@ export class AdamW {
 
   /** params and grads by name (live tensors updated in place), e.g. model.parameters(), model.gradients(). */
   constructor(params: Map<string, Tensor>, grads: Map<string, Tensor>, opts: AdamWOptions = {}) {
-    this.lr = checkNumber('lr', opts.lr ?? 1e-3)
-    this.betas = opts.betas ?? [0.9, 0.95]
-    this.betas.forEach((b, i) => {
-      checkNumber(`betas[${i}]`, b)
-      if (b < 0 || b >= 1) fail('ERR_ARGUMENT', `betas[${i}]: expected [0, 1), got ${b}`)
-    })
-    this.eps = checkNumber('eps', opts.eps ?? 1e-8)
-    this.weightDecay = checkNumber('weightDecay', opts.weightDecay ?? 0.1)
-    this.maxGradNorm = checkNumber('maxGradNorm', opts.maxGradNorm ?? 1.0)
-    const decays = opts.decays ?? ((n: string) => !/(^|\.)(attn_norm|ff_norm|ln_f)\.weight$/.test(n))
-    // every pair is checked before any moment is allocated, so a bad one strands nothing
-    const checked = [...params].map(([name, param]) => {
+    arg('params', params, tensorMap('parameters'))
+    arg('grads', grads, tensorMap('gradients'))
+    const o = checkOptions('opts', opts, ADAMW_OPTIONS)
+    if (params.size === 0) fail('ERR_ARGUMENT', 'params: expected at least one parameter, got an empty Map')
+    this.lr = o.lr ?? 1e-3
+    this.betas = o.betas ?? [0.9, 0.95]
+    this.eps = o.eps ?? 1e-8
+    this.weightDecay = o.weightDecay ?? 0.1
+    this.maxGradNorm = o.maxGradNorm ?? 1.0
+    const decays = o.decays ?? ((n: string) => !/(^|\.)(attn_norm|ff_norm|ln_f)\.weight$/.test(n))
+    // every pair is checked (and the user's decays() asked) before any moment buffer is allocated
+    for (const [name, param] of params) {
       const grad = grads.get(name)
       if (!grad) fail('ERR_ARGUMENT', `grads: missing the gradient of ${show(name)}`)
       if (param.dtype !== 'float32') fail('ERR_DTYPE', `${name}: AdamW updates float32 parameters, got ${param.dtype}`)
+      if (grad.dtype !== 'float32') fail('ERR_DTYPE', `grads.get(${show(name)}): expected float32, got ${grad.dtype}`)
       if (grad.size !== param.size) fail('ERR_SHAPE', `${name}: gradient shape ${show(grad.shape)} differs from ${show(param.shape)}`)
-      return [name, param, grad, decays(name)] as const
-    })
+      if (!param.isContiguous || !grad.isContiguous) fail('ERR_ARGUMENT', `${name}: AdamW updates contiguous parameters and gradients`)
+      if (String(grad.device) !== String(param.device)) fail('ERR_DEVICE', `grads.get(${show(name)}): expected a tensor on ${param.device}, got one on ${grad.device}`)
+    }
+    const decay = new Map([...params.keys()].map((n) => [n, decays(n)]))
     const made: Tensor[] = []
     const moment = (p: Tensor) => {
       const z = zeros(p.shape, { device: p.device })
@@ -84,7 +115,7 @@ export class AdamW {
       return z
     }
     try {
-      this.slots = checked.map(([name, param, grad, decay]) => [name, { param, grad, m: moment(param), v: moment(param), decay }])
+      this.slots = [...params].map(([name, param]) => [name, { param, grad: grads.get(name)!, m: moment(param), v: moment(param), decay: decay.get(name)! }])
     } catch (e) {
       // out of memory part way: free the moments made so far
       for (const t of made) t.dispose()
@@ -94,6 +125,7 @@ export class AdamW {
 
   /** Whether `name` gets weight decay. */
   decays(name: string): boolean {
+    arg('name', name, string)
     const s = this.slots.find(([n]) => n === name)
     if (!s) fail('ERR_ARGUMENT', `name: no parameter ${show(name)}`)
     return s[1].decay
@@ -116,7 +148,7 @@ export class AdamW {
 
   /** @internal the update and a promise of its outcome */
   _update(lr = this.lr): { norm: Tensor; status: Promise<StepStatus> } {
-    checkNumber('lr', lr)
+    arg('lr', lr, number({ min: 0 }))
     const norm = gradNorm(this.slots.map(([, s]) => s.grad), this.maxGradNorm)
     this.step++
     for (const [, s] of this.slots)
@@ -132,6 +164,11 @@ export class AdamW {
       return { ok: false, error: e instanceof VffnError ? e : new VffnError('ERR_INTERNAL', String(e)) }
     })
     return { norm, status }
+  }
+
+  /** @internal whether this optimizer updates exactly these parameters (the same tensors under the same names) */
+  _updates(params: Map<string, Tensor>): boolean {
+    return this.slots.length === params.size && this.slots.every(([n, s]) => params.get(n) === s.param)
   }
 
   dispose(): void {
@@ -175,7 +212,18 @@ export interface TrainStepResult {
  * the work and returns at once; await result.loss.data() to read the loss, and result.status to
  * learn whether the step applied. A step with a failed op changes nothing (see AdamW.update).
  */
+const TRAIN_STEP_OPTIONS = { schedule: optional(SCHEDULE), noise: optional(oneOf(['gumbel', 'none'] as const)), ignoreIndex: optional(INT32) }
+
 export function trainStep(model: TransformerLM, opt: AdamW, tokens: Tensor, targets: Tensor, opts: TrainStepOptions = {}): TrainStepResult {
+  // every argument is checked before any work is queued
+  arg('model', model, instance(TransformerLM))
+  arg('opt', opt, instance(AdamW))
+  if (!opt._updates(model.parameters())) fail('ERR_ARGUMENT', "opt: this optimizer updates another model's parameters; build it from model.parameters()")
+  checkOptions('opts', opts, TRAIN_STEP_OPTIONS)
+  checkTensor('tokens', tokens, { ndim: 2, dtypes: ['int32'] })
+  checkTensor('targets', targets, { ndim: 2, dtypes: ['int32'] })
+  if (targets.shape.join() !== tokens.shape.join()) fail('ERR_SHAPE', `targets: expected ${show(tokens.shape)} (the shape of tokens), got ${show(targets.shape)}`)
+  if (String(targets.device) !== String(tokens.device)) fail('ERR_DEVICE', `targets: expected a tensor on ${tokens.device}, got one on ${targets.device}`)
   const step = opt.step
   const lr = opts.schedule ? cosineLR(step, opts.schedule) : opt.lr
   model.zeroGrad()
