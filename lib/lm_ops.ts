@@ -10,7 +10,7 @@ import { INT32, arg, bool, checkOptions, int, number, object, optional } from '.
 
 const F32 = ['float32'] as const
 
-/** out[t] = weight[tokens[t]]: tokens int32 [T], weight [V, D] (float32 or bfloat16) -> float32 [T, D]. Ids outside [0, V) reject the next wait. */
+/** out[t] = weight[tokens[t]]: tokens int32 [T], weight [V, D] (float32 or bfloat16) -> float32 [T, D]. An id outside [0, V) fails the op: the output (and what is computed from it) rejects its waits with ERR_ARGUMENT. */
 export function embedding(weight: Tensor, tokens: Tensor, out?: Tensor): Tensor {
   checkTensor('weight', weight, { ndim: 2, dtypes: ['float32', 'bfloat16'] })
   checkTensor('tokens', tokens, { ndim: 1, dtypes: ['int32'] })

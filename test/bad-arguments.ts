@@ -281,7 +281,11 @@ const ROWS: Row[] = [
     fn: 'TransformerLM.save', make: () => { const m = lm(); return { call: (p, o) => m.save(p, o), args: [ckpt, {}] } },
     params: [{ name: 'path', bad: [...str, ['a missing folder', join(dir, 'no-such-folder', 'x.safetensors')]] }, opts({ dtype: oneOf('bfloat'), metadata: [...objectBad.slice(1, 4), ['a number value', { a: 1 }]] })],
   },
-  { fn: 'TransformerLM.load', make: () => { const m = lm(); return { call: (p) => m.load(p), args: [ckpt] } }, params: [{ name: 'path', bad: [...str, ['a missing file', join(dir, 'no-such-file.safetensors')]] }] },
+  { fn: 'TransformerLM.load', make: () => { const m = lm(); return { call: (p, o) => m.load(p, o), args: [ckpt, {}] } }, params: [{ name: 'path', bad: [...str, ['a missing file', join(dir, 'no-such-file.safetensors')]] }, opts({ strict: bool })] },
+  {
+    fn: 'TransformerLM.fromFile', make: () => ({ call: (p, o) => TransformerLM.fromFile(p, o), args: [ckpt, {}] }),
+    params: [{ name: 'path', bad: [...str, ['a missing file', join(dir, 'no-such-file.safetensors')]] }, opts({ device: oneOf('cpu:0'), dtype: oneOf('bfloat') })],
+  },
   {
     fn: 'TransformerLM.loadStateDict', make: () => { const m = lm(); return { call: (sd, o) => m.loadStateDict(sd, o), args: [m.stateDict(), {}] } },
     params: [{ name: 'stateDict', bad: [['null', null], ['a string', 'x'], ['a number', 1], ['an array', []]] }, opts({ strict: bool })],
@@ -332,7 +336,7 @@ const NO_ARGUMENTS = new Set([
   'TransformerLM.parameters', 'TransformerLM.gradients', 'TransformerLM.numParameters', 'TransformerLM.zeroGrad', 'TransformerLM.stateDict', 'TransformerLM.dispose',
   'AdamW.dispose', 'Device',
   // private helpers (TypeScript keeps them on the prototype)
-  'VersatileFFN.args', 'TransformerLM.addOwn', 'TransformerLM.needFloat32', 'TransformerLM.checkTokens', 'CausalSelfAttention.project',
+  'VersatileFFN.args', 'TransformerLM.addOwn', 'TransformerLM.grad', 'TransformerLM.checkBackward', 'TransformerLM.loadTensors', 'TransformerLM.needFloat32', 'TransformerLM.checkTokens', 'CausalSelfAttention.project',
 ])
 
 t.test('every exported function, class and method has a row', async (t) => {

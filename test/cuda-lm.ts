@@ -1,7 +1,7 @@
 // the language-model ops on CUDA against the CPU ops on fresh random data: embedding, rotary,
 // attention, cross-entropy, gradient norm, AdamW, axpy. without a GPU every test skips and says why.
 import t, { Test } from 'tap'
-import { cuda, tensor, Tensor } from '../lib/index'
+import { cuda, matmul, tensor, Tensor } from '../lib/index'
 import { embedding, embeddingBackward, rope, attention, attentionBackward, crossEntropy, crossEntropyBackward, gradNorm, adamwStep, axpy } from '../lib/index'
 
 const SKIP = cuda.available() ? false : `no GPU here, CUDA ops cannot run: ${cuda.reason()}`
@@ -48,8 +48,14 @@ t.test('embedding forward/backward, bad ids rejected', { skip: SKIP }, async (t)
   embeddingBackward(dd, cu(g), cu(ids))
   await close(t, dd, dc, TOL, 'scatter-add (repeated ids meet in atomics)')
   const bad = tensor(Int32Array.from([1, V]), [2], { dtype: 'int32', device: 'cuda' })
-  embedding(cu(w), bad)
-  await t.rejects(bad.device.sync(), { code: 'ERR_ARGUMENT', message: /id 37 at position 1/ }, 'an id outside the vocabulary rejects the next wait')
+  const wc = cu(w)
+  const out = embedding(wc, bad)
+  const down = matmul(out, wc, { transposeB: true })
+  const fine = embedding(wc, cu(ids))
+  await bad.device.sync() // the device is fine: the failure belongs to the op's outputs
+  await t.rejects(out.data(), { code: 'ERR_ARGUMENT', message: /op 'embedding_forward' failed: tokens: id 37 at position 1/ }, 'an id outside the vocabulary fails the op\'s output')
+  await t.rejects(down.data(), { code: 'ERR_ARGUMENT', message: /id 37/ }, 'and what is computed from it')
+  await close(t, fine, embedding(w, ids), 0, 'a later op on the same device is unaffected')
 })
 
 t.test('rope forward and inverse', { skip: SKIP }, async (t) => {

@@ -72,8 +72,15 @@ export class CausalSelfAttention {
     // an inference-only (bfloat16) model passes empty [0] stand-ins for the gradients
     const grad = (shape: number[]) => custom<Tensor>(`a float32 Tensor of shape [${shape.join(', ')}] or [0]`, (n, v) =>
       checkTensor(n, v).size === 0 ? (v as Tensor) : shaped(shape)(n, v))
-    arg('grads', grads, object({ 'att_proj.weight': grad([3 * D, D]), 'attn_out.weight': grad([D, D]) }, ['att_proj.weight', 'attn_out.weight']))
-    checkSameDevice(params['att_proj.weight'], { 'params.attn_out.weight': params['attn_out.weight'], 'grads.att_proj.weight': grads['att_proj.weight'], 'grads.attn_out.weight': grads['attn_out.weight'] })
+    // a model passes getters that allocate the gradients on first use (backward): reading them here
+    // would allocate them for every inference model, so those are the model's to check
+    const lazy = typeof grads === 'object' && grads !== null &&
+      (['att_proj.weight', 'attn_out.weight'] as const).every((k) => typeof Object.getOwnPropertyDescriptor(grads, k)?.get === 'function')
+    if (lazy) checkSameDevice(params['att_proj.weight'], { 'params.attn_out.weight': params['attn_out.weight'] })
+    else {
+      arg('grads', grads, object({ 'att_proj.weight': grad([3 * D, D]), 'attn_out.weight': grad([D, D]) }, ['att_proj.weight', 'attn_out.weight']))
+      checkSameDevice(params['att_proj.weight'], { 'params.attn_out.weight': params['attn_out.weight'], 'grads.att_proj.weight': grads['att_proj.weight'], 'grads.attn_out.weight': grads['attn_out.weight'] })
+    }
     this.dModel = dModel
     this.nHeads = nHeads
     this.params = params

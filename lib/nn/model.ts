@@ -286,8 +286,9 @@ export class TransformerLM {
   }
 
   /**
-   * tokens int32 [B, S] -> logits [B, S, vocabSize]. Ids outside [0, vocabSize) reject the next
-   * wait with ERR_ARGUMENT. In training (train: true) the output also carries what backward needs.
+   * tokens int32 [B, S] -> logits [B, S, vocabSize]. An id outside [0, vocabSize) fails the
+   * embedding: the logits (and everything computed from them) reject their waits with
+   * ERR_ARGUMENT; nothing else is affected. In training (train: true) the output also carries what backward needs.
    */
   forward(tokens: Tensor, opts: ForwardOptions = {}): LMOutput {
     const [B, S] = this.checkTokens(tokens)
@@ -435,7 +436,7 @@ export class TransformerLM {
    * model lacks are skipped and returned in `ignored`.
    */
   loadStateDict(sd: Record<string, Tensor | Float32Array>, opts: LoadOptions = {}): LoadResult {
-    if (typeof sd !== 'object' || sd === null || Array.isArray(sd)) fail('ERR_ARGUMENT', `state dict: expected an object, got ${show(sd)}`)
+    if (typeof sd !== 'object' || sd === null || Array.isArray(sd)) fail('ERR_ARGUMENT', `stateDict: expected an object of tensors, got ${show(sd)}`)
     const strict = strictOf(opts)
     const params = [...this.parameters()]
     const ignored = checkNames('state dict', params.map(([n, p]) => [n, p.shape]), Object.keys(sd), strict, 'tensor')
@@ -499,10 +500,9 @@ export class TransformerLM {
    * ERR_ARGUMENT when the file has no such metadata or the config has unknown or missing keys.
    */
   static async fromFile(path: string, opts: FromFileOptions = {}): Promise<TransformerLM> {
-    if (typeof opts !== 'object' || opts === null) fail('ERR_ARGUMENT', `opts: expected an options object, got ${show(opts)}`)
+    arg('path', path, string)
+    checkOptions('opts', opts, { device: optional(deviceCheck), dtype: optional(dtypeCheck(['float32', 'bfloat16'])) })
     const device = Device.get(opts.device)
-    if (opts.dtype !== undefined && opts.dtype !== 'float32' && opts.dtype !== 'bfloat16')
-      fail('ERR_DTYPE', `dtype: expected 'float32' or 'bfloat16', got ${show(opts.dtype)}`)
     const { tensors, metadata } = await loadSafetensors(path)
     const source = show(path)
     const cfg = parseConfig(metadata[CONFIG_KEY], source)

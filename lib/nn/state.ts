@@ -1,8 +1,9 @@
 // State dicts load all or nothing: every name and value is checked, and every source staged,
 // before the first parameter changes, so a bad entry anywhere leaves the module as it was.
 import { Device } from '../device'
-import { checkBool, fail, show } from '../errors'
+import { fail, show } from '../errors'
 import { Tensor, tensor } from '../tensor'
+import { bool, checkOptions, optional } from '../validate'
 
 /** Options of loadStateDict and TransformerLM.load. */
 export interface LoadOptions {
@@ -27,9 +28,8 @@ const plural = (n: number, word: string) => (n === 1 ? word : `${n} ${word}s`)
 
 /** @internal reads `{ strict }` (default true) */
 export function strictOf(opts: unknown): boolean {
-  if (typeof opts !== 'object' || opts === null) fail('ERR_ARGUMENT', `opts: expected an options object, got ${show(opts)}`)
-  const s = (opts as LoadOptions).strict
-  return s === undefined ? true : checkBool('strict', s)
+  const o = checkOptions('opts', opts as LoadOptions | undefined, { strict: optional(bool) })
+  return o.strict ?? true
 }
 
 /**
