@@ -24,3 +24,5 @@ export type { AdamWOptions, CosineSchedule, StepStatus, TrainStepOptions, TrainS
 export { saveSafetensors, loadSafetensors, parseSafetensors, MAX_HEADER_BYTES } from './io/safetensors'
 export type { SaveOptions, StoredTensor } from './io/safetensors'
 export { embedding, embeddingBackward, rope, attention, attentionBackward, crossEntropy, crossEntropyBackward, gradNorm, adamwStep, axpy } from './lm_ops'
+export { kvWrite, pagedAttention, ropeRows, sample } from './lm_ops'
+export type { SampleResult } from './lm_ops'
