@@ -62,6 +62,8 @@ export interface ForwardOptions {
   caches?: KVCache[]
   /** inference only: logits of the last position of each sequence ([B, 1, V]), sparing the head's work on the rest */
   lastOnly?: boolean
+  /** @internal the micro-batch of an accumulated step: each draws its own Gumbel noise (0: the step's own) */
+  noiseStream?: number
 }
 
 export interface LMOutput {
@@ -127,7 +129,7 @@ const cachesArg = (D: number) => custom<KVCache[]>('the caches of newCaches()', 
   arrayOf(kvCacheArg(D), 1)(n, v)
   return v as KVCache[]
 })
-const LM_FORWARD_OPTIONS = { train: optional(bool), step: optional(int(0)), noise: optional(oneOf(['gumbel', 'none'] as const)), lastOnly: optional(bool) }
+const LM_FORWARD_OPTIONS = { train: optional(bool), step: optional(int(0)), noise: optional(oneOf(['gumbel', 'none'] as const)), lastOnly: optional(bool), noiseStream: optional(int(0)) }
 const SAVE_OPTIONS = { dtype: optional(dtypeCheck(['float32', 'bfloat16'] as const)), metadata: optional(stringRecord) }
 
 export class TransformerLM {
@@ -310,7 +312,9 @@ export class TransformerLM {
     const stats: unknown[] = []
     const aux: unknown[] = []
     this.blocks.forEach((blk, i) => {
-      const r = blk.forward(x, B, S, { train, step, noise: opts.noise ?? 'gumbel', seed: deriveSeed(this.config.seed, 3 + i, step), cache: caches?.[i] })
+      const layerSeed = deriveSeed(this.config.seed, 3 + i, step)
+      const seed = o.noiseStream ? deriveSeed(layerSeed, o.noiseStream) : layerSeed
+      const r = blk.forward(x, B, S, { train, step, noise: opts.noise ?? 'gumbel', seed, cache: caches?.[i] })
       stats.push(r.stats)
       aux.push(r.auxLoss)
       if (r.saved) saved.push(r.saved)
@@ -363,14 +367,16 @@ export class TransformerLM {
   }
 
   /**
-   * Backward of loss(out, targets) scaled by dloss: accumulates every gradient. Overwrites
-   * out.logits with their gradient (saves a [B*S, V] buffer) and releases the saved values.
+   * Backward of loss(out, targets) scaled by dloss, plus auxGrad (default 1) times each layer's
+   * balance loss: accumulates every gradient. Overwrites out.logits with their gradient (saves a
+   * [B*S, V] buffer) and releases the saved values.
    */
-  backward(out: LMOutput, dloss = 1): void {
+  backward(out: LMOutput, dloss = 1, opts: { auxGrad?: number } = {}): void {
     arg('out', out, object({}, [], true))
     const s = out._saved
     if (!s || !s.lse || !s.targets) fail('ERR_ARGUMENT', 'out: backward needs a training output whose loss was computed')
     arg('dloss', dloss, number())
+    const auxGrad = checkOptions('opts', opts, { auxGrad: optional(number()) }).auxGrad ?? 1
     this.checkBackward(out)
     const V = this.config.vocabSize
     const logits2 = out.logits.reshape([s.B * s.S, V])
@@ -382,7 +388,7 @@ export class TransformerLM {
     let dx = rmsnormBackward(dxfn, s.xf, lnf.param, s.rstd, this.grad('transformer.ln_f.weight'))
     for (const t of [logits2, dxfn, s.xfn, s.rstd, s.lse, s.xf]) t.dispose()
     for (let i = this.blocks.length - 1; i >= 0; i--) {
-      const next = this.blocks[i].backward(s.blocks[i], dx)
+      const next = this.blocks[i].backward(s.blocks[i], dx, { auxGrad })
       dx.dispose()
       dx = next
     }
