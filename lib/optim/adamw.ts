@@ -85,6 +85,8 @@ export class AdamW {
   /** number of steps taken */
   step = 0
   private readonly slots: [string, Slot][]
+  // the statuses of updates not yet known to have applied or failed
+  private readonly pending = new Set<Promise<StepStatus>>()
 
   /** params and grads by name (live tensors updated in place), e.g. model.parameters(), model.gradients(). */
   constructor(params: Map<string, Tensor>, grads: Map<string, Tensor>, opts: AdamWOptions = {}) {
@@ -156,7 +158,7 @@ export class AdamW {
       adamwStep(s.param, s.grad, s.m, s.v, {
         lr, beta1: this.betas[0], beta2: this.betas[1], eps: this.eps, weightDecay: s.decay ? this.weightDecay : 0, step: this.step,
       }, norm)
-    const status = native.failed(norm).then((f): StepStatus => {
+    const status: Promise<StepStatus> = native.failed(norm).then((f): StepStatus => {
       if (!f) return { ok: true }
       this.step-- // the update changed nothing: it does not count
       return { ok: false, error: new VffnError(f.code as ErrorCode, f.message) }
@@ -164,6 +166,8 @@ export class AdamW {
       this.step-- // the device failed for good before the update could run
       return { ok: false, error: e instanceof VffnError ? e : new VffnError('ERR_INTERNAL', String(e)) }
     })
+    this.pending.add(status)
+    void status.then(() => this.pending.delete(status))
     return { norm, status }
   }
 
@@ -193,22 +197,32 @@ export class AdamW {
    * mismatch it throws a VffnError and nothing changes. Sets step and lr, and copies the moments.
    */
   loadStateDict(state: AdamWState): void {
-    const st = arg('state', state, ADAMW_STATE) as AdamWState
+    const st = this._checkState(state, 'state')
+    const dev = this.slots[0][1].param.device
+    loadInto('state.m', this.slots.map(([n, s]) => [n, s.m]), st.m, dev)
+    loadInto('state.v', this.slots.map(([n, s]) => [n, s.v]), st.v, dev)
+    this.step = st.step
+    this.lr = st.lr
+  }
+
+  /** @internal checks a state against this optimizer (see loadStateDict) without changing anything; `label` names it in errors */
+  _checkState(state: AdamWState, label: string): AdamWState {
+    const st = arg(label, state, ADAMW_STATE) as AdamWState
     const names = this.slots.map(([n]) => n)
     const want: [string, readonly number[]][] = this.slots.map(([n, s]) => [n, s.param.shape])
     const mine: Record<string, unknown> = { betas: this.betas, eps: this.eps, weightDecay: this.weightDecay, maxGradNorm: this.maxGradNorm }
     for (const k of ['betas', 'eps', 'weightDecay', 'maxGradNorm'] as const)
       if (show(st[k]) !== show(mine[k]))
-        fail('ERR_ARGUMENT', `state.${k}: the state was saved with ${k} ${show(st[k])}, this optimizer has ${show(mine[k])}; build the optimizer with the saved hyperparameters`)
+        fail('ERR_ARGUMENT', `${label}.${k}: the state was saved with ${k} ${show(st[k])}, this optimizer has ${show(mine[k])}; build the optimizer with the saved hyperparameters`)
     const decayed = names.filter((n) => this.slots.find(([k]) => k === n)![1].decay)
     const unknownDecay = st.decays.filter((n) => !names.includes(n))
     if (unknownDecay.length || show([...st.decays].sort()) !== show([...decayed].sort()))
-      fail('ERR_ARGUMENT', `state.decays: the state decays ${show(st.decays.length)} parameters${unknownDecay.length ? ` (unknown: ${unknownDecay.map(show).join(', ')})` : ''}, this optimizer decays ${decayed.length} others; build it with the same decays()`)
+      fail('ERR_ARGUMENT', `${label}.decays: the state decays ${show(st.decays.length)} parameters${unknownDecay.length ? ` (unknown: ${unknownDecay.map(show).join(', ')})` : ''}, this optimizer decays ${decayed.length} others; build it with the same decays()`)
     for (const which of ['m', 'v'] as const) {
-      checkNames(`state.${which}`, want, Object.keys(st[which]), true, 'moment')
+      checkNames(`${label}.${which}`, want, Object.keys(st[which]), true, 'moment')
       for (const [n, s] of this.slots) {
         const x = st[which][n]
-        const where = `state.${which}.${n}`
+        const where = `${label}.${which}.${n}`
         if (x instanceof Float32Array) {
           if (x.length !== s.param.size) fail('ERR_SHAPE', `${where}: expected ${s.param.size} values (shape ${show(s.param.shape)}), got ${x.length}`)
         } else if (x instanceof Tensor) {
@@ -219,11 +233,13 @@ export class AdamW {
         } else fail('ERR_ARGUMENT', `${where}: expected a Tensor or Float32Array, got ${show(x)}`)
       }
     }
-    const dev = this.slots[0][1].param.device
-    loadInto('state.m', this.slots.map(([n, s]) => [n, s.m]), st.m, dev)
-    loadInto('state.v', this.slots.map(([n, s]) => [n, s.v]), st.v, dev)
-    this.step = st.step
-    this.lr = st.lr
+    return st
+  }
+
+  /** @internal resolves to the step count as of the updates queued so far, once those still pending have applied or failed */
+  _settledStep(): Promise<number> {
+    const step = this.step
+    return Promise.all([...this.pending]).then((sts) => step - sts.filter((x) => !x.ok).length)
   }
 
   /** @internal whether this optimizer updates exactly these parameters (the same tensors under the same names) */
