@@ -14,6 +14,7 @@ export type { VersatileFFNOptions, VersatileOutput, VersatileRecord, VersatileSt
 export type { ModuleOptions } from './nn/module'
 export { TransformerLM, CONFIGS } from './nn/model'
 export type { TransformerLMOptions, ForwardOptions, FromFileOptions, LMOutput } from './nn/model'
+export type { FromDenseOptions } from './nn/from_dense'
 export type { LoadOptions, LoadResult } from './nn/state'
 export { TransformerBlock } from './nn/block'
 export { CausalSelfAttention } from './nn/attention'

@@ -9,6 +9,7 @@ import { MAX_ELEMENTS, Tensor, full, randn, zeros } from '../tensor'
 import { CausalSelfAttention, KVCache, checkHeads, kvCache, kvCacheArg } from './attention'
 import { BlockSaved, FFNModule, TransformerBlock, rmsnorm, rmsnormBackward } from './block'
 import { createFFN } from './model_ffn'
+import { FromDenseOptions, fromDense } from './from_dense'
 import { generate, GenerateOptions } from './generate'
 import { CONFIG_KEY, configJSON, parseConfig } from './model_config'
 import { LoadOptions, LoadResult, checkNames, loadInto, strictOf } from './state'
@@ -498,6 +499,26 @@ export class TransformerLM {
     }
     loadInto(source, params, sd, this.device)
     return { ignored }
+  }
+
+  /**
+   * Continued pretraining from a dense model, as the paper trains: a VersatileFFN model with the
+   * dense model's sizes whose embedding, attention, norms, FFN weights (ff_norm, ff_proj, ff_out:
+   * the shared FFN the virtual experts slice and the loops reuse) and head are copies of the
+   * dense model's (a path to a checkpoint that save() wrote, or a dense TransformerLM), and whose
+   * router and loop head get SPEC.md's init (normal 0.02 truncated at 3σ, from `seed`).
+   *
+   * Its first forward equals the dense model's with each block's F replaced by VersatileFFN over
+   * the same weights: with h the block's post-attention state (the dense model's, exactly),
+   * `y = (1 − λ)·F^(c+1)(h) + λ·(h + Σ_k w_k·FFN_{e_k}(h))` where `c = argmax(W_depth·h)`,
+   * `λ = (L − 1 − c)/L`, and the experts e_k and weights w_k are the top-K softmax of `W_router·h`;
+   * F^j is the dense F applied j times and FFN_e its expert slice. With maxDepth 1 (λ = 0) it is the
+   * dense model's forward. Rejects with ERR_ARGUMENT when the source is not dense or a checkpoint
+   * lacks the config metadata, and ERR_SHAPE when its tensors or the sizes given in opts differ from
+   * its config; nothing is allocated before those checks pass.
+   */
+  static fromDense(source: string | TransformerLM, opts: FromDenseOptions = {}): Promise<TransformerLM> {
+    return fromDense(TransformerLM, source, opts)
   }
 
   /**
