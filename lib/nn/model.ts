@@ -30,6 +30,10 @@ export interface TransformerLMOptions {
   topK?: number
   maxDepth?: number
   expertHidden?: number
+  /**
+   * α of each VersatileFFN layer's load-balancing loss, part of trainStep's objective; default
+   * 1e-5 (the paper's text; the authors' released config uses 5e-5), 0 disables it
+   */
   balanceLossWeight?: number
   device?: DeviceLike
   /** parameter dtype: 'float32' (default, trains) or 'bfloat16' (inference only; activations float32) */
