@@ -10,7 +10,7 @@ import {
   AdamW, CausalSelfAttention, DenseFFN, Device, Tensor, TransformerBlock, TransformerLM, VersatileFFN, VffnError,
   adamwStep, attention, kvWrite, pagedAttention, ropeRows, sample, attentionBackward, axpy, cosineLR, crossEntropy, crossEntropyBackward, device, embedding,
   embeddingBackward, empty, full, gradNorm, gumbelTemperature, loadSafetensors, matmul, parseSafetensors, randn, rope,
-  saveSafetensors, setNumThreads, getNumThreads, tensor, trainStep, zeros,
+  saveSafetensors, setNumThreads, getNumThreads, tensor, trainStep, zeros, saveCheckpoint, loadCheckpoint,
 } from '../lib/index'
 
 type Bad = [label: string, value: unknown]
@@ -75,6 +75,8 @@ const block = () => new TransformerBlock(attn(), new VersatileFFN(ffnOpts), full
 const dir = tmpdir()
 const ckpt = join(dir, `vffn-bad-args-${process.pid}.safetensors`)
 t.teardown(() => unlinkSync(ckpt))
+const trainCkpt = join(dir, `vffn-bad-args-train-${process.pid}.safetensors`)
+t.teardown(() => unlinkSync(trainCkpt))
 
 const FFN_FWD = { train: bool, step: int(), noise: oneOf('gumbell'), seed }
 const LM_OPTS: Record<string, Bad[]> = {
@@ -267,8 +269,8 @@ const ROWS: Row[] = [
     params: [{ name: 'x', bad: tens() }, { name: 'B', bad: int(1) }, { name: 'S', bad: int(1) }, opts({ ...FFN_FWD, cache: objectBad })],
   },
   {
-    fn: 'TransformerBlock.backward', make: () => { const b = block(); return { call: (s, dy) => b.backward(s, dy), args: [b.forward(f([6, 8]), 2, 3, { train: true }).saved, f([6, 8], 2)] } },
-    params: [{ name: 'saved', bad: objectBad }, { name: 'dy', bad: tens(['a misshapen dy', f([5, 8])]) }],
+    fn: 'TransformerBlock.backward', make: () => { const b = block(); return { call: (s, dy, o) => b.backward(s, dy, o), args: [b.forward(f([6, 8]), 2, 3, { train: true }).saved, f([6, 8], 2), {}] } },
+    params: [{ name: 'saved', bad: objectBad }, { name: 'dy', bad: tens(['a misshapen dy', f([5, 8])]) }, opts({ auxGrad: num() })],
   },
   {
     fn: 'TransformerLM', make: () => ({ call: (o) => new TransformerLM(o), args: [{ ...lmOpts }] }),
@@ -289,9 +291,9 @@ const ROWS: Row[] = [
       const m = lm()
       const out = m.forward(ids([1, 2, 3, 4], [2, 2]), { train: true })
       m.loss(out, ids([2, 3, 4, 5], [2, 2]))
-      return { call: (o, d) => m.backward(o, d), args: [out, 1] }
+      return { call: (o, d, op) => m.backward(o, d, op), args: [out, 1, {}] }
     },
-    params: [{ name: 'out', bad: objectBad }, { name: 'dloss', bad: num() }],
+    params: [{ name: 'out', bad: objectBad }, { name: 'dloss', bad: num() }, opts({ auxGrad: num() })],
   },
   { fn: 'TransformerLM.newCaches', make: () => { const m = lm(); return { call: (b, n) => m.newCaches(b, n), args: [2, 8] } }, params: [{ name: 'batch', bad: int(1) }, { name: 'maxLen', bad: int(1, 8) }] },
   {
@@ -335,8 +337,46 @@ const ROWS: Row[] = [
     },
     params: [
       { name: 'model', bad: objectBad }, { name: 'opt', bad: [...objectBad, ['another model\'s optimizer', (() => { const o = lm(); return new AdamW(o.parameters(), o.gradients()) })()]] },
-      { name: 'tokens', bad: tens(['a float tensor', f([2, 2])]) }, { name: 'targets', bad: tens(['a misshapen targets', ids([1, 2])]) },
-      opts({ schedule: [...objectBad, ['a schedule with lr -1', { lr: -1, warmupSteps: 0, totalSteps: 1 }]], noise: oneOf('gumbel '), ignoreIndex: int(-(2 ** 31), 2 ** 31 - 1) }),
+      { name: 'tokens', bad: tens(['a float tensor', f([2, 2])]) }, { name: 'targets', bad: tens(['a misshapen targets', ids([1, 2])], ['a short Int32Array', new Int32Array(3)]) },
+      opts({ schedule: [...objectBad, ['a schedule with lr -1', { lr: -1, warmupSteps: 0, totalSteps: 1 }]], noise: oneOf('gumbel '), ignoreIndex: int(-(2 ** 31), 2 ** 31 - 1), accumulate: [...int(1), ['a non-divisor of the batch', 3]] }),
+    ],
+  },
+  {
+    fn: 'AdamW.loadStateDict', make: () => { const m = lm(); const o = new AdamW(m.parameters(), m.gradients()); return { call: (st) => o.loadStateDict(st), args: [o.stateDict()] } },
+    params: [{
+      name: 'state', bad: objectBad, options: {
+        step: int(), lr: num({ min: 0 }), eps: [...num({ exclusiveMin: 0 }), ['another eps', 1e-7]], weightDecay: [...num({ min: 0 }), ['another decay', 0.2]], maxGradNorm: [...num({ min: 0 }), ['another clip', 2]],
+        betas: [...objectBad.slice(0, 3), ['[1, 0.9]', [1, 0.9]], ['other betas', [0.9, 0.999]]], decays: [['null', null], ['a string', 'x'], ['[1]', [1]], ['an unknown name', ['nope']]],
+        m: [['null', null], ['a string', 'x'], ['an array', []], ['a Map', new Map()], ['no moments', {}]], v: [['null', null], ['a number', 1], ['no moments', {}]],
+      },
+    }],
+  },
+  {
+    fn: 'TransformerLM.fromDense', make: () => { const d = new TransformerLM({ ...lmOpts, ffn: 'dense' }); return { call: (src, o) => TransformerLM.fromDense(src, o), args: [d, {}] } },
+    params: [
+      { name: 'source', bad: [['null', null], ['a number', 1], ['an object', {}], ['a versatile model', lm()]] },
+      opts({
+        ffn: oneOf('versatil'), experts: [...int(1), ['more than hidden', 17]], topK: [...int(1), ['more than experts', 9]], maxDepth: int(1), expertHidden: [...int(1), ['too wide', 3]],
+        balanceLossWeight: num({ min: 0 }), seed: int(), maxSeqLen: int(1), device: dev,
+        vocabSize: [...int(1), ['another size', 12]], dModel: [...int(1), ['another size', 16]], nLayers: [...int(1), ['another size', 2]], nHeads: [...int(1), ['another size', 4]], hidden: [...int(1), ['another size', 32]],
+      }),
+    ],
+  },
+  {
+    fn: 'saveCheckpoint', make: () => { const m = lm(); const o = new AdamW(m.parameters(), m.gradients()); return { call: (p, op) => saveCheckpoint(p, op), args: [trainCkpt, { model: m, optimizer: o }] } },
+    params: [
+      { name: 'path', bad: [...str, ['a missing folder', join(dir, 'no-such-folder', 'x.safetensors')]] },
+      opts({
+        model: [...objectBad, ['a Tensor', f([2])]], optimizer: [...objectBad, ['another model\'s optimizer', (() => { const o = lm(); return new AdamW(o.parameters(), o.gradients()) })()]],
+        schedule: [...objectBad, ['a schedule with lr -1', { lr: -1, warmupSteps: 0, totalSteps: 1 }]], extra: [['NaN', NaN], ['Infinity', Infinity], ['a function', () => 1], ['a Map', new Map()], ['a bigint', 1n], ['a nested NaN', { a: [NaN] }]],
+      }),
+    ],
+  },
+  {
+    fn: 'loadCheckpoint', make: () => { const m = lm(); const o = new AdamW(m.parameters(), m.gradients()); return { call: (p, op) => loadCheckpoint(p, op), args: [trainCkpt, { model: m, optimizer: o }] } },
+    params: [
+      { name: 'path', bad: [...str, ['a missing file', join(dir, 'no-such-file.safetensors')]] },
+      opts({ model: [...objectBad, ['a dense model', new TransformerLM({ ...lmOpts, ffn: 'dense' })]], optimizer: [...objectBad, ['another model\'s optimizer', (() => { const o = lm(); return new AdamW(o.parameters(), o.gradients()) })()]] }),
     ],
   },
   {
@@ -358,7 +398,7 @@ const NO_ARGUMENTS = new Set([
   'DenseFFN.parameters', 'DenseFFN.namedParameters', 'DenseFFN.zeroGrad', 'DenseFFN.stateDict', 'DenseFFN.dispose',
   'VersatileFFN.parameters', 'VersatileFFN.namedParameters', 'VersatileFFN.zeroGrad', 'VersatileFFN.stateDict', 'VersatileFFN.dispose', 'VersatileFFN.loadStateDict',
   'TransformerLM.parameters', 'TransformerLM.gradients', 'TransformerLM.numParameters', 'TransformerLM.zeroGrad', 'TransformerLM.stateDict', 'TransformerLM.dispose',
-  'AdamW.dispose', 'Device',
+  'AdamW.dispose', 'AdamW.stateDict', 'Device',
   // private helpers (TypeScript keeps them on the prototype)
   'VersatileFFN.args', 'TransformerLM.addOwn', 'TransformerLM.grad', 'TransformerLM.checkBackward', 'TransformerLM.loadTensors', 'TransformerLM.needFloat32', 'TransformerLM.checkTokens', 'CausalSelfAttention.project',
 ])
