@@ -4,7 +4,7 @@ import * as fs from 'fs'
 import { Device } from '../device'
 import { fail, show } from '../errors'
 import { Tensor, tensor } from '../tensor'
-import { arg, arrayOf, checkOptions, custom, device, int, object, oneOf, optional, string } from '../validate'
+import { arg, arrayOf, check, checkOptions, custom, device, int, object, oneOf, optional, string } from '../validate'
 import { TokenFileInfo, openTokenFile, readTokens } from './formats'
 
 /** Options of {@link TokenDataset.open}. */
@@ -233,6 +233,7 @@ export class TokenLoader {
 
   /** @internal use dataset.loader(opts) */
   constructor(private readonly dataset: TokenDataset, opts: LoaderOptions) {
+    arg('dataset', dataset, check<TokenDataset>('a TokenDataset', (v) => v instanceof TokenDataset))
     const o = checkOptions('opts', opts, LOADER_OPTIONS, ['batchSize', 'seqLen'])
     this.batchSize = o.batchSize!
     this.seqLen = o.seqLen!
