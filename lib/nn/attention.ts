@@ -1,4 +1,4 @@
-// Causal multi-head self-attention as SPEC.md fixes it: fused att_proj [3D, D] -> q | k | v,
+// Causal multi-head self-attention as docs/SPEC.md fixes it: fused att_proj [3D, D] -> q | k | v,
 // rotary on q and k (non-interleaved, theta 10000, position = index in the sequence), causal
 // softmax(q k^T / sqrt(D/H)) v, then attn_out [D, D]. No biases. Optional KV cache for decoding.
 import { fail, show } from '../errors'

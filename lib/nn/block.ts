@@ -1,4 +1,4 @@
-// The OLMo-style pre-norm transformer block of SPEC.md: h = x + Attn(attn_norm(x)), out = FFN(h),
+// The OLMo-style pre-norm transformer block of docs/SPEC.md: h = x + Attn(attn_norm(x)), out = FFN(h),
 // where FFN is the dense F or VersatileFFN (both include their residual). Rows are tokens [B*S, D].
 import { native } from '../binding'
 import { fail } from '../errors'

@@ -1,4 +1,4 @@
-// The dense SwiGLU FFN of SPEC.md with its residual, the baseline VersatileFFN is measured against:
+// The dense SwiGLU FFN of docs/SPEC.md with its residual, the baseline VersatileFFN is measured against:
 // F(x) = x + W_out · (silu(W_gate · n(x)) ⊙ (W_up · n(x))).
 import { native } from '../binding'
 import { fail, show } from '../errors'

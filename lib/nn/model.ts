@@ -1,5 +1,5 @@
 // TransformerLM: token embedding, blocks of attention + DenseFFN or VersatileFFN, final RMSNorm
-// and an untied output head, with SPEC.md's parameter names (OLMo's), so checkpoints interoperate.
+// and an untied output head, with docs/SPEC.md's parameter names (OLMo's), so checkpoints interoperate.
 import { Device, DeviceLike } from '../device'
 import { VffnError, fail, show } from '../errors'
 import { StoredTensor, loadSafetensors, saveSafetensors } from '../io/safetensors'
@@ -154,7 +154,7 @@ export class TransformerLM {
     this.blocks = []
     try {
       let k = 0
-      // SPEC.md init: normal(0, 0.02) truncated at 3 sigma for matrices, norm gains at 1
+      // docs/SPEC.md init: normal(0, 0.02) truncated at 3 sigma for matrices, norm gains at 1
       const mat = (name: string, shape: number[]) => this.addOwn(name, randn(shape, { std: 0.02, truncate: 3, seed: deriveSeed(seed, 1, k++), device: dev, dtype }))
       const gain = (name: string) => this.addOwn(name, full([dModel], 1, { device: dev, dtype }))
       const grad = (name: string) => this.grad(name)
@@ -212,7 +212,7 @@ export class TransformerLM {
     return { ...c, ...overrides }
   }
 
-  /** Every parameter by its SPEC.md name (live tensors: optimizers update them in place). */
+  /** Every parameter by its docs/SPEC.md name (live tensors: optimizers update them in place). */
   parameters(): Map<string, Tensor> {
     const out = new Map<string, Tensor>()
     out.set('transformer.wte.weight', this.own.get('transformer.wte.weight')!.param)
@@ -469,7 +469,7 @@ export class TransformerLM {
   }
 
   /**
-   * Loads a safetensors file with SPEC.md's names (F32 or BF16). The file must follow the format
+   * Loads a safetensors file with docs/SPEC.md's names (F32 or BF16). The file must follow the format
    * strictly (see parseSafetensors) and hold every parameter with its shape; ERR_ARGUMENT names
    * every missing tensor and (strict, the default) every tensor the model lacks, ERR_SHAPE a
    * misshapen one; on error nothing changes. Resolves to `{ ignored }`: with `strict: false`,

@@ -1,4 +1,4 @@
-// Parameter and gradient handling shared by the FFN modules: named parameters in SPEC.md's names,
+// Parameter and gradient handling shared by the FFN modules: named parameters in docs/SPEC.md's names,
 // float32 gradients accumulated by backward, state dicts that validate fully before changing anything.
 import { Device, DeviceLike } from '../device'
 import { fail, show } from '../errors'
@@ -35,7 +35,7 @@ export class Module {
   readonly device: Device
   readonly dtype: DType
   readonly seed: number
-  /** Parameters by SPEC.md name. */
+  /** Parameters by docs/SPEC.md name. */
   readonly params: Record<string, Tensor> = {}
   private readonly specs: ParamSpec[]
   private _grads: Record<string, Tensor> | undefined
@@ -74,12 +74,12 @@ export class Module {
     }
   }
 
-  /** The parameter tensors, in SPEC.md's order. */
+  /** The parameter tensors, in docs/SPEC.md's order. */
   parameters(): Tensor[] {
     return this.specs.map((s) => this.params[s.name])
   }
 
-  /** [name, parameter] pairs, in SPEC.md's order. */
+  /** [name, parameter] pairs, in docs/SPEC.md's order. */
   namedParameters(): [string, Tensor][] {
     return this.specs.map((s) => [s.name, this.params[s.name]])
   }

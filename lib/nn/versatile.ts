@@ -1,4 +1,4 @@
-// VersatileFFN (SPEC.md): a width path over N virtual experts (slices of the shared FFN, top-K routed)
+// VersatileFFN (docs/SPEC.md): a width path over N virtual experts (slices of the shared FFN, top-K routed)
 // and a depth path that reuses the whole FFN up to L times, mixed per token by λ = (L − loops)/L.
 import { fail, show } from '../errors'
 import { Tensor, seedWords } from '../tensor'
