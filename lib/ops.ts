@@ -1,6 +1,6 @@
 import { native } from './binding'
 import { fail, show } from './errors'
-import { Tensor, empty } from './tensor'
+import { FloatDType, Tensor, empty } from './tensor'
 import { Check, bool, checkOptions, custom, number, optional } from './validate'
 
 /** @internal checks a tensor argument: alive, a Tensor, optionally of given dtypes and ndim */
@@ -51,7 +51,7 @@ const MATMUL_OPTIONS = {
   out: optional(tensorArg({ ndim: 2, dtypes: ['float32', 'bfloat16'] })),
 }
 
-export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
+export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor<FloatDType> {
   checkTensor('a', a, { ndim: 2, dtypes: ['float32', 'bfloat16'] })
   checkTensor('b', b, { ndim: 2, dtypes: ['float32', 'bfloat16'] })
   const o = checkOptions('opts', opts, MATMUL_OPTIONS)
@@ -80,7 +80,7 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
     if (ownA) A.dispose()
     if (ownB) B.dispose()
   }
-  return c
+  return c as Tensor<FloatDType>
 }
 
 /**

@@ -13,7 +13,7 @@ import { generate, GenerateOptions } from './generate'
 import { CONFIG_KEY, configJSON, parseConfig } from './model_config'
 import { LoadOptions, LoadResult, checkNames, loadInto, strictOf } from './state'
 import { checkVersatileSizes } from './versatile'
-import type { VersatileFFN } from './versatile'
+import type { VersatileFFN, VersatileStats } from './versatile'
 import { arg, arrayOf, bool, checkOptions, custom, device as deviceCheck, dtype as dtypeCheck, int, number, object, oneOf, optional, string, stringRecord, INT32 } from '../validate'
 
 export interface TransformerLMOptions {
@@ -66,11 +66,14 @@ export interface ForwardOptions {
 
 export interface LMOutput {
   /** [B, S, vocabSize] */
-  logits: Tensor
-  /** per-layer FFN statistics (routing, loop counts: VersatileStats tensors; dispose() them when done) */
-  stats: unknown[]
-  /** per-layer balance losses (training) */
-  auxLoss: unknown[]
+  logits: Tensor<'float32'>
+  /**
+   * Per-layer FFN statistics: VersatileStats (routing, loop counts, λ) for a VersatileFFN layer,
+   * undefined for a dense one. dispose() (or the output's dispose()) frees them.
+   */
+  stats: (VersatileStats | undefined)[]
+  /** Per-layer balance losses ([1] float32) in training with VersatileFFN layers; undefined otherwise. */
+  auxLoss: (Tensor | undefined)[]
   /** @internal what backward needs */
   _saved?: Saved
   /**
@@ -91,13 +94,13 @@ function releaseSaved(s: Saved): void {
   }
 }
 
-function lmOutput(logits: Tensor, stats: unknown[], auxLoss: unknown[], saved?: Saved): LMOutput {
+function lmOutput(logits: Tensor, stats: LMOutput['stats'], auxLoss: LMOutput['auxLoss'], saved?: Saved): LMOutput {
   const out: LMOutput = {
-    logits, stats, auxLoss, _saved: saved,
+    logits: logits as Tensor<'float32'>, stats, auxLoss, _saved: saved,
     dispose() {
       logits.dispose()
-      for (const s of stats) (s as { dispose?: () => void } | undefined)?.dispose?.()
-      for (const a of auxLoss) if (a instanceof Tensor) a.dispose()
+      for (const s of stats) s?.dispose()
+      for (const a of auxLoss) a?.dispose()
       if (out._saved) releaseSaved(out._saved)
       out._saved = undefined
     },
@@ -307,12 +310,14 @@ export class TransformerLM {
     tc.dispose()
     let x = embedding(this.own.get('transformer.wte.weight')!.param, flat)
     const saved: BlockSaved[] = []
-    const stats: unknown[] = []
-    const aux: unknown[] = []
+    const stats: LMOutput['stats'] = []
+    const aux: LMOutput['auxLoss'] = []
     this.blocks.forEach((blk, i) => {
       const r = blk.forward(x, B, S, { train, step, noise: opts.noise ?? 'gumbel', seed: deriveSeed(this.config.seed, 3 + i, step), cache: caches?.[i] })
-      stats.push(r.stats)
-      aux.push(r.auxLoss)
+      // a dense FFN's stats are an empty object: the layer has no routing to report
+      const st = r.stats as Partial<VersatileStats> | undefined
+      stats.push(st?.loops ? (st as VersatileStats) : undefined)
+      aux.push(r.auxLoss instanceof Tensor ? r.auxLoss : undefined)
       if (r.saved) saved.push(r.saved)
       else x.dispose()
       x = r.y
