@@ -25,6 +25,7 @@ export function checkSameDevice(ref: Tensor, others: Record<string, Tensor | und
     if (t && t.device !== ref.device) fail('ERR_DEVICE', `${name}: expected a tensor on ${ref.device}, got one on ${t.device}`)
 }
 
+/** Options of matmul: transposes, scaling, and an output to write (or accumulate) into. */
 export interface MatmulOptions {
   transposeA?: boolean
   transposeB?: boolean
@@ -51,6 +52,11 @@ const MATMUL_OPTIONS = {
   out: optional(tensorArg({ ndim: 2, dtypes: ['float32', 'bfloat16'] })),
 }
 
+/**
+ * `out = alpha · op(a) · op(b) + beta · out`, op the transpose where asked; a and b 2-D float32 or
+ * bfloat16 on one device (views and transposed views are read without copies). Returns `out`, or a
+ * new float32 tensor. A non-zero beta needs `out`.
+ */
 export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor<FloatDType> {
   checkTensor('a', a, { ndim: 2, dtypes: ['float32', 'bfloat16'] })
   checkTensor('b', b, { ndim: 2, dtypes: ['float32', 'bfloat16'] })

@@ -274,7 +274,8 @@ export class Tensor<D extends DType = DType> {
   }
 }
 
-type Nested = number | Nested[]
+/** Values as a (nested) array of numbers: `[[1, 2], [3, 4]]`. */
+export type Nested = number | Nested[]
 
 function flatten(data: Nested[], shape: number[], depth = 0, out: number[] = []): number[] {
   if (depth === 0) {

@@ -9,8 +9,10 @@ import { Tensor } from '../tensor'
 import { scanHeaderTokens } from './json_scan'
 import { arg, checkOptions, dtype, instance, optional, string, stringRecord } from '../validate'
 
+/** The safetensors dtypes this package reads and writes. */
 export type SafetensorsDType = 'F32' | 'BF16'
 
+/** A tensor as a safetensors file stores it: dtype, shape and bytes. */
 export interface StoredTensor {
   dtype: SafetensorsDType
   shape: number[]
@@ -20,6 +22,7 @@ export interface StoredTensor {
   raw?: Uint16Array
 }
 
+/** Options of saveSafetensors. */
 export interface SaveOptions {
   /** dtype of every tensor in the file. Default 'float32'. */
   dtype?: 'float32' | 'bfloat16'

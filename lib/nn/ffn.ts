@@ -25,6 +25,7 @@ export interface DenseFFNOptions extends ModuleOptions {
   hidden?: number
 }
 
+/** Options of forward for both FFN modules. */
 export interface FFNForwardOptions {
   train?: boolean
   /** accepted for API symmetry with VersatileFFN; the dense FFN has no noise or schedule */
@@ -40,9 +41,11 @@ export interface DenseFFNRecord {
   stats: Record<string, never>
   auxLoss?: undefined
   /** @internal */ _saved?: { owner: DenseFFN; x: Tensor; rstd: Tensor; h: Tensor; shape: readonly number[] }
+  /** frees the saved values (y stays) */
   dispose(): void
 }
 
+/** Options of backward for both FFN modules. */
 export interface BackwardOptions {
   /** keep the record's saved tensors after backward (to call backward again). Default false. */
   retain?: boolean
@@ -62,6 +65,10 @@ export function checkRecord<S extends { owner: unknown }>(tr: unknown, owner: un
 export const FFN_FORWARD_OPTIONS = { train: optional(bool), step: optional(int(0)), noise: optional(oneOf(['gumbel', 'none'] as const)), seed: optional(seed64) }
 const DENSE_OPTIONS = { ...MODULE_OPTIONS, dModel: int(1), hidden: optional(int(1)) }
 
+/**
+ * The dense SwiGLU FFN with its residual, `x + W_out·(silu(W_gate·n(x)) ⊙ W_up·n(x))` (docs/SPEC.md):
+ * the baseline VersatileFFN is compared with. Same API as VersatileFFN, three parameters.
+ */
 export class DenseFFN extends Module {
   readonly dModel: number
   readonly hidden: number

@@ -16,6 +16,7 @@ import { checkVersatileSizes } from './versatile'
 import type { VersatileFFN, VersatileStats } from './versatile'
 import { arg, arrayOf, bool, checkOptions, custom, device as deviceCheck, dtype as dtypeCheck, int, number, object, oneOf, optional, string, stringRecord, INT32 } from '../validate'
 
+/** The model's shape and options (see TransformerLM.config for the named shapes). */
 export interface TransformerLMOptions {
   vocabSize: number
   dModel: number
@@ -53,6 +54,7 @@ export interface FromFileOptions {
   dtype?: 'float32' | 'bfloat16'
 }
 
+/** Options of TransformerLM.forward. */
 export interface ForwardOptions {
   train?: boolean
   /** training step (drives the Gumbel temperature schedule) */
@@ -64,6 +66,7 @@ export interface ForwardOptions {
   lastOnly?: boolean
 }
 
+/** What TransformerLM.forward returns; dispose() it when done (backward consumes a training output's saved values). */
 export interface LMOutput {
   /** [B, S, vocabSize] */
   logits: Tensor<'float32'>
@@ -133,6 +136,11 @@ const cachesArg = (D: number) => custom<KVCache[]>('the caches of newCaches()', 
 const LM_FORWARD_OPTIONS = { train: optional(bool), step: optional(int(0)), noise: optional(oneOf(['gumbel', 'none'] as const)), lastOnly: optional(bool) }
 const SAVE_OPTIONS = { dtype: optional(dtypeCheck(['float32', 'bfloat16'] as const)), metadata: optional(stringRecord) }
 
+/**
+ * An OLMo-style pre-norm decoder (docs/SPEC.md): embedding, blocks of rotary causal attention and a
+ * DenseFFN or VersatileFFN, a final norm and an untied head. Training: forward, loss, backward, or
+ * trainStep; inference: forward and generate; checkpoints: save, load, fromFile.
+ */
 export class TransformerLM {
   readonly config: Required<Omit<TransformerLMOptions, 'device' | 'expertHidden' | 'balanceLossWeight'>> & { expertHidden?: number; balanceLossWeight?: number }
   readonly device: Device
@@ -260,6 +268,7 @@ export class TransformerLM {
     return !NORM_NAMES.test(name)
   }
 
+  /** Number of parameter values (elements). */
   numParameters(): number {
     let n = 0
     for (const t of this.parameters().values()) n += t.size
@@ -271,6 +280,7 @@ export class TransformerLM {
       fail('ERR_DTYPE', `${what}: a bfloat16 model runs inference only; train a float32 model (its bfloat16 checkpoint loads either way)`)
   }
 
+  /** Sets every gradient to zero. */
   zeroGrad(): void {
     const grads = this.gradients()
     // check all first: a disposed gradient must not leave the others half cleared

@@ -6,6 +6,7 @@ import { DType, FloatDType, Tensor, checkDType, randn, zeros } from '../tensor'
 import { arg, device, dtype, int, optional } from '../validate'
 import { LoadOptions, LoadResult, checkNames, loadInto, strictOf } from './state'
 
+/** Options every module takes: where its parameters live, their dtype, and the seed of their init. */
 export interface ModuleOptions {
   device?: DeviceLike
   /** Weight dtype: 'float32' (default) or 'bfloat16'. Activations and gradients are float32. */

@@ -69,6 +69,7 @@ export interface VersatileRecord extends VersatileOutput {
   dispose(): void
 }
 
+/** Options of VersatileFFN.backward. */
 export interface VersatileBackwardOptions extends BackwardOptions {
   /** d(total loss)/d(auxLoss); default 1 (the balance loss is part of the objective) */
   auxGrad?: number
@@ -95,6 +96,11 @@ export function checkVersatileSizes(I: number, N: number, K: number, expertHidde
   return E
 }
 
+/**
+ * VersatileFFN (docs/SPEC.md): one SwiGLU FFN reused in width, as N top-K routed virtual experts
+ * (slices of its weights), and in depth, up to L loops with per-token early exit, fused per token
+ * by λ = (L − loops)/L. Holds its five parameters and their gradients; forward and backward are explicit.
+ */
 export class VersatileFFN extends Module {
   readonly dModel: number
   readonly hidden: number
