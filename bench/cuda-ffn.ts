@@ -1,7 +1,7 @@
 // CUDA VersatileFFN against our dense FFN and against PyTorch running the straightforward
 // algorithm (bench/torch_cuda.py) on the same GPU: paper 354M shapes (D=1024, I=4096, N=8, K=2,
 // L=4), bfloat16 weights, T from 4096 to 16384. Inference forward and training step (fwd+bwd).
-// "ideal" is the ratio of SPEC.md's FLOP counts: the time VersatileFFN would take at the dense
+// "ideal" is the ratio of docs/SPEC.md's FLOP counts: the time VersatileFFN would take at the dense
 // FFN's FLOP rate in the same run.
 //   node bench/cuda-ffn.js [--tokens 4096,8192,16384] [--json]
 import { DenseFFN, Tensor, VersatileFFN, randn } from '../lib/index'

@@ -1,5 +1,5 @@
 // CPU benchmark of the dense FFN and VersatileFFN at the paper's 354M shapes (D=1024, I=4096,
-// N=8, K=2, L=4): time (median), GFLOP/s on the FLOPs actually done (SPEC.md's accounting), the
+// N=8, K=2, L=4): time (median), GFLOP/s on the FLOPs actually done (docs/SPEC.md's accounting), the
 // ratio to ideal (those FLOPs at the dense FFN's GFLOP/s in the same run), peak training memory.
 //   npx ts-node --transpile-only bench/ffn.ts [--threads 2] [--tokens 256,1024] [--reps 5] [--dtype float32|bfloat16] [--json]
 import { execFileSync } from 'node:child_process'

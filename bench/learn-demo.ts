@@ -21,7 +21,7 @@ const SEQ = arg('seq', 8) as number
 const P = arg('p', 7) as number
 const BATCH = arg('batch', 64) as number
 const OUT = arg('out', 'bench/out/learn-demo.svg') as string
-// 'gumbel' (SPEC.md training) or 'none' (deterministic loop choice in training)
+// 'gumbel' (docs/SPEC.md training) or 'none' (deterministic loop choice in training)
 const NOISE = arg('noise', 'gumbel') as 'gumbel' | 'none'
 // seed of both models' weights and of the training batches
 const SEED = arg('seed', 7) as number

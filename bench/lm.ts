@@ -74,7 +74,7 @@ async function main() {
   const md = await modelRun('dense'), mv = await modelRun('versatile')
   rows.push({ what: `model train step, ${layers} layers`, dense: md.t, versatile: mv.t, ratio_wall: mv.t.s / md.t.s, ratio_cpu: mv.t.cpu / md.t.cpu, dense_params: md.params, versatile_params: mv.params })
   say(`model, ${layers} layers (${(md.params / 1e6).toFixed(1)}M / ${(mv.params / 1e6).toFixed(1)}M params), train step:  dense ${fmt(md.t)}   versatile ${fmt(mv.t)}   versatile/dense time ${(mv.t.s / md.t.s).toFixed(2)}x (CPU ${(mv.t.cpu / md.t.cpu).toFixed(2)}x)`)
-  // SPEC.md accounting: a training step is ~3x the forward; the FFN forward costs 6·D·I (dense)
+  // docs/SPEC.md accounting: a training step is ~3x the forward; the FFN forward costs 6·D·I (dense)
   // and 6·D·I·L + 6·D·E·K (versatile) per token, so the FFN alone predicts this ratio
   const D = cfg.dModel, I = cfg.hidden, E = I / 8
   const attn = 8 * D * D + 2 * S * D // projections 2·4D², scores and values over S/2 keys on average

@@ -1,6 +1,6 @@
 """The PyTorch yardsticks of the CUDA benchmarks (bench/cuda-gemm.ts, bench/cuda-ffn.ts), on the
 same GPU, in bfloat16, timed with CUDA events (median of reps, after warm-up). Prints one JSON
-line. Written from SPEC.md; the VersatileFFN here is the straightforward algorithm: a Python loop
+line. Written from docs/SPEC.md; the VersatileFFN here is the straightforward algorithm: a Python loop
 over experts with the slices copied, every token run to the batch's deepest loop at inference.
 
     python3 bench/torch_cuda.py gemm --shapes 4096x8192x1024,4096x1024x4096

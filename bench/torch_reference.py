@@ -27,7 +27,7 @@ class TorchVersatileFFN(torch.nn.Module):
         super().__init__()
         torch.manual_seed(seed)
 
-        def init(*shape):  # SPEC.md: normal, std 0.02, truncated at 3 sigma
+        def init(*shape):  # docs/SPEC.md: normal, std 0.02, truncated at 3 sigma
             return torch.nn.Parameter(torch.nn.init.trunc_normal_(torch.empty(*shape), std=0.02, a=-0.06, b=0.06))
 
         self.ff_norm = torch.nn.Parameter(torch.ones(D))

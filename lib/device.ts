@@ -1,6 +1,7 @@
 import { native } from './binding'
 import { fail, show } from './errors'
 
+/** A Device or its name: 'cpu', 'cuda' (= 'cuda:0') or 'cuda:N'. */
 export type DeviceLike = Device | string
 
 /** A compute device: 'cpu' or 'cuda:N'. Each owns an ordered stream of work. */
@@ -15,6 +16,7 @@ export class Device {
     return this.type === 'cpu' ? 0 : 1
   }
 
+  /** The device's name: 'cpu' or 'cuda:N'. */
   toString(): string {
     return this.type === 'cpu' ? 'cpu' : `cuda:${this.index}`
   }
@@ -59,18 +61,22 @@ export class Device {
   }
 }
 
+/** The Device for a name (default 'cpu'); ERR_DEVICE for an unknown name, ERR_CUDA_UNAVAILABLE without CUDA. */
 export function device(d: DeviceLike = 'cpu'): Device {
   return Device.get(d)
 }
 
 /** CUDA availability. On a machine without a driver or GPU `available()` is false and `reason()` says why. */
 export const cuda = {
+  /** True when the CUDA library loaded and found a driver and at least one GPU. */
   available(): boolean {
     return native.cudaInfo().available
   },
+  /** Why CUDA is unavailable (empty when it is available). */
   reason(): string {
     return native.cudaInfo().reason
   },
+  /** Number of CUDA devices (0 without CUDA). */
   deviceCount(): number {
     return native.cudaInfo().count
   },
@@ -83,6 +89,7 @@ export function setNumThreads(n: number): void {
   native.threads(n)
 }
 
+/** Threads each CPU op uses (see setNumThreads). */
 export function getNumThreads(): number {
   return native.threads()
 }

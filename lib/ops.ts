@@ -1,6 +1,6 @@
 import { native } from './binding'
 import { fail, show } from './errors'
-import { Tensor, empty } from './tensor'
+import { FloatDType, Tensor, empty } from './tensor'
 import { Check, bool, checkOptions, custom, number, optional } from './validate'
 
 /** @internal checks a tensor argument: alive, a Tensor, optionally of given dtypes and ndim */
@@ -25,6 +25,7 @@ export function checkSameDevice(ref: Tensor, others: Record<string, Tensor | und
     if (t && t.device !== ref.device) fail('ERR_DEVICE', `${name}: expected a tensor on ${ref.device}, got one on ${t.device}`)
 }
 
+/** Options of matmul: transposes, scaling, and an output to write (or accumulate) into. */
 export interface MatmulOptions {
   transposeA?: boolean
   transposeB?: boolean
@@ -51,7 +52,12 @@ const MATMUL_OPTIONS = {
   out: optional(tensorArg({ ndim: 2, dtypes: ['float32', 'bfloat16'] })),
 }
 
-export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
+/**
+ * `out = alpha · op(a) · op(b) + beta · out`, op the transpose where asked; a and b 2-D float32 or
+ * bfloat16 on one device (views and transposed views are read without copies). Returns `out`, or a
+ * new float32 tensor. A non-zero beta needs `out`.
+ */
+export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor<FloatDType> {
   checkTensor('a', a, { ndim: 2, dtypes: ['float32', 'bfloat16'] })
   checkTensor('b', b, { ndim: 2, dtypes: ['float32', 'bfloat16'] })
   const o = checkOptions('opts', opts, MATMUL_OPTIONS)
@@ -80,7 +86,7 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
     if (ownA) A.dispose()
     if (ownB) B.dispose()
   }
-  return c
+  return c as Tensor<FloatDType>
 }
 
 /**

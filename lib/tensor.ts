@@ -1,10 +1,19 @@
+import { inspect } from 'node:util'
 import type { Storage } from '../binding'
 import { native } from './binding'
 import { Device, DeviceLike } from './device'
 import { fail, show } from './errors'
 import { INT32, arg, checkOptions, device, dtype as dtypeOf, instance, number, optional, seed64 } from './validate'
 
+/** Element types: float32, bfloat16 (stored as 16 bits, read back as float32) and int32 (token ids). */
 export type DType = 'float32' | 'bfloat16' | 'int32'
+/** The floating-point dtypes. */
+export type FloatDType = 'float32' | 'bfloat16'
+/**
+ * What `data()` resolves with for a tensor of dtype D: Int32Array for int32, Float32Array for the
+ * float dtypes, and the union when the dtype is not known statically.
+ */
+export type TensorValues<D extends DType> = [D] extends ['int32'] ? Int32Array : [D] extends [FloatDType] ? Float32Array : Float32Array | Int32Array
 const DTYPES: Record<DType, { code: number; size: number }> = {
   float32: { code: 0, size: 4 },
   bfloat16: { code: 1, size: 2 },
@@ -14,17 +23,22 @@ const MAX_DIMS = 6
 /** Most elements one tensor may hold (2^50: its bytes stay exact doubles and within what the allocator takes). */
 export const MAX_ELEMENTS = 2 ** 50
 
+/** Where a new tensor lives and its element type. */
 export interface TensorOptions {
+  /** element type; default float32 (int32 for Int32Array data) */
   dtype?: DType
+  /** default 'cpu' */
   device?: DeviceLike
 }
 
+/** @internal checks a dtype argument */
 export function checkDType(name: string, d: unknown, allowed: readonly DType[] = ['float32', 'bfloat16', 'int32']): DType {
   if (typeof d !== 'string' || !(allowed as readonly string[]).includes(d))
     fail('ERR_DTYPE', `${name}: expected ${allowed.map((a) => `'${a}'`).join(' or ')}, got ${show(d)}`)
   return d as DType
 }
 
+/** @internal checks a shape argument */
 export function checkShape(name: string, shape: unknown): number[] {
   if (!Array.isArray(shape) || shape.length > MAX_DIMS)
     fail('ERR_SHAPE', `${name}: expected an array of at most ${MAX_DIMS} sizes, got ${show(shape)}`)
@@ -54,21 +68,29 @@ const numelOf = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1)
  * return at once; `await t.data()` waits for the values. Views (rows, cols, slice, reshape, T)
  * share memory with their source; each tensor holds its own reference, so disposing one never
  * invalidates another, and memory is freed once nothing (no tensor, no queued op) holds it.
+ *
+ * The type parameter is the dtype when it is known statically (`tensor(new Int32Array(...))` is a
+ * `Tensor<'int32'>`), so `data()` resolves with the matching typed array; a plain `Tensor` has
+ * any dtype.
  */
-export class Tensor {
+export class Tensor<D extends DType = DType> {
   /** @internal native storage handle */
   _h: Storage
   /** @internal native dtype code */
   readonly _dt: number
+  /** Size of each dimension. */
   readonly shape: readonly number[]
+  /** Distance between neighbours along each dimension, in elements (views may be non-contiguous). */
   readonly strides: readonly number[]
   /** Offset of element [0, ..., 0] in its storage, in elements. */
   readonly offset: number
-  readonly dtype: DType
+  /** Element type. */
+  readonly dtype: D
+  /** The device whose memory holds the values. */
   readonly device: Device
 
   /** @internal use tensor(), zeros(), randn() or empty() */
-  constructor(h: Storage, dtype: DType, device: Device, shape: readonly number[], strides: readonly number[], offset: number) {
+  constructor(h: Storage, dtype: D, device: Device, shape: readonly number[], strides: readonly number[], offset: number) {
     this._h = h
     this.dtype = dtype
     this._dt = DTYPES[dtype].code
@@ -83,12 +105,13 @@ export class Tensor {
   }
 
   /** @internal allocates an uninitialised contiguous tensor */
-  static _alloc(shape: readonly number[], dtype: DType, device: Device): Tensor {
+  static _alloc<E extends DType>(shape: readonly number[], dtype: E, device: Device): Tensor<E> {
     const bytes = numelOf(shape) * DTYPES[dtype].size
     const h = native.alloc(device.code, device.index, bytes)
-    return new Tensor(h, dtype, device, shape, contiguousStrides(shape), 0)
+    return new Tensor<E>(h, dtype, device, shape, contiguousStrides(shape), 0)
   }
 
+  /** Number of dimensions. */
   get ndim(): number {
     return this.shape.length
   }
@@ -96,9 +119,11 @@ export class Tensor {
   get size(): number {
     return numelOf(this.shape)
   }
+  /** True once dispose() has dropped this tensor's memory. */
   get disposed(): boolean {
     return !this._h.alive
   }
+  /** True when the elements lie in row-major order without gaps. */
   get isContiguous(): boolean {
     let s = 1
     for (let i = this.shape.length - 1; i >= 0; i--) {
@@ -114,9 +139,18 @@ export class Tensor {
     return this
   }
 
-  /** Resolves with the values in row-major order (Int32Array for int32, else Float32Array). */
-  data(): Promise<Float32Array> {
+  /**
+   * Resolves with the values in row-major order: an Int32Array for int32, else a Float32Array
+   * (bfloat16 widened). Typed by the dtype when it is known; see also floatData() and intData().
+   */
+  data(): Promise<TensorValues<D>> {
     this._check()
+    return native.read(this) as Promise<TensorValues<D>>
+  }
+  /** Resolves with float values (float32, or bfloat16 widened); ERR_DTYPE for an int32 tensor. */
+  async floatData(): Promise<Float32Array> {
+    this._check()
+    if (this.dtype === 'int32') fail('ERR_DTYPE', 'tensor: floatData() needs a float32 or bfloat16 tensor, got int32')
     return native.read(this) as Promise<Float32Array>
   }
   /** Resolves with int32 values; only for int32 tensors. */
@@ -133,6 +167,8 @@ export class Tensor {
   }
 
   /** A new contiguous tensor with this one's values on `device`, converted to `dtype` if given. */
+  to(device: DeviceLike): Tensor<D>
+  to<E extends DType>(device: DeviceLike, dtype: E): Tensor<E>
   to(device: DeviceLike, dtype: DType = this.dtype): Tensor {
     this._check()
     const dev = Device.get(device)
@@ -144,22 +180,22 @@ export class Tensor {
     return out
   }
   /** A new tensor converted to `dtype` on the same device (bfloat16 rounds to nearest even). */
-  astype(dtype: DType): Tensor {
+  astype<E extends DType>(dtype: E): Tensor<E> {
     return this.to(this.device, dtype)
   }
   /** A copy with its own memory. */
-  clone(): Tensor {
+  clone(): Tensor<D> {
     return this.to(this.device)
   }
   /** This tensor if contiguous (as a new handle on the same memory), else a contiguous copy. */
-  contiguous(): Tensor {
+  contiguous(): Tensor<D> {
     this._check()
     if (!this.isContiguous) return this.clone()
     return new Tensor(this._h.share(), this.dtype, this.device, this.shape, this.strides, this.offset)
   }
 
   /** A view of indices [start, end) along `dim`; no copy. */
-  slice(dim: number, start: number, end: number = this.shape[dim]): Tensor {
+  slice(dim: number, start: number, end: number = this.shape[dim]): Tensor<D> {
     this._check()
     if (!Number.isInteger(dim) || dim < 0 || dim >= this.ndim)
       fail('ERR_ARGUMENT', `dim: expected 0..${this.ndim - 1}, got ${show(dim)}`)
@@ -171,15 +207,15 @@ export class Tensor {
     return new Tensor(this._h.share(), this.dtype, this.device, shape, this.strides, this.offset + start * this.strides[dim])
   }
   /** Rows [start, end) of the first dimension; no copy. */
-  rows(start: number, end?: number): Tensor {
+  rows(start: number, end?: number): Tensor<D> {
     return this.slice(0, start, end)
   }
   /** Columns [start, end) of the last dimension; no copy. */
-  cols(start: number, end?: number): Tensor {
+  cols(start: number, end?: number): Tensor<D> {
     return this.slice(this.ndim - 1, start, end)
   }
   /** The same elements in another shape (one size may be -1); a view when contiguous, else a copy. */
-  reshape(shape: readonly number[]): Tensor {
+  reshape(shape: readonly number[]): Tensor<D> {
     this._check()
     if (!Array.isArray(shape) || shape.length > MAX_DIMS || shape.some((d) => !Number.isInteger(d) || d < -1) || shape.filter((d) => d === -1).length > 1)
       fail('ERR_SHAPE', `shape: expected an array of at most ${MAX_DIMS} non-negative integer sizes (one may be -1), got ${show(shape)}`)
@@ -199,7 +235,7 @@ export class Tensor {
     return out
   }
   /** The transpose of a 2-D tensor as a view (matmul reads it without copying). */
-  get T(): Tensor {
+  get T(): Tensor<D> {
     this._check()
     if (this.ndim !== 2) fail('ERR_SHAPE', `tensor: T needs a 2-D tensor, got ${this.ndim} dimensions`)
     return new Tensor(this._h.share(), this.dtype, this.device, [this.shape[1], this.shape[0]], [this.strides[1], this.strides[0]], this.offset)
@@ -227,12 +263,22 @@ export class Tensor {
     this._h.release()
   }
 
+  /**
+   * What console.log and util.inspect show: `Tensor(float32 [2, 3] cpu)`, with ", disposed" once
+   * disposed. The values need a wait, so they are not shown: `await t.data()` reads them.
+   */
+  [inspect.custom](): string {
+    return `Tensor(${this.dtype} ${show(this.shape)} ${this.device}${this.disposed ? ', disposed' : ''})`
+  }
+
+  /** `Tensor([2, 3], float32, cpu)`. */
   toString(): string {
     return `Tensor(${show(this.shape)}, ${this.dtype}, ${this.device})`
   }
 }
 
-type Nested = number | Nested[]
+/** Values as a (nested) array of numbers: `[[1, 2], [3, 4]]`. */
+export type Nested = number | Nested[]
 
 function flatten(data: Nested[], shape: number[], depth = 0, out: number[] = []): number[] {
   if (depth === 0) {
@@ -256,7 +302,7 @@ function flatten(data: Nested[], shape: number[], depth = 0, out: number[] = [])
 
 const TENSOR_OPTIONS = { dtype: optional(dtypeOf<DType>(['float32', 'bfloat16', 'int32'])), device: optional(device) }
 const RANDN_OPTIONS = {
-  dtype: optional(dtypeOf<DType>(['float32', 'bfloat16'])), device: optional(device), seed: optional(seed64),
+  dtype: optional(dtypeOf<FloatDType>(['float32', 'bfloat16'])), device: optional(device), seed: optional(seed64),
   mean: optional(number()), std: optional(number({ min: 0 })), truncate: optional(number({ min: 0 })),
 }
 
@@ -272,6 +318,10 @@ export function checkFillValue(value: unknown, dt: DType, name = 'value'): numbe
  * (shape inferred). Float32Array/number data becomes float32 unless `dtype` says otherwise;
  * Int32Array becomes int32. int32 values must be integers in [-2^31, 2^31 - 1].
  */
+export function tensor<E extends DType>(data: Float32Array | Int32Array | Nested[], shape: readonly number[] | undefined, opts: TensorOptions & { dtype: E }): Tensor<E>
+export function tensor(data: Int32Array, shape?: readonly number[], opts?: TensorOptions & { dtype?: undefined }): Tensor<'int32'>
+export function tensor(data: Float32Array | Nested[], shape?: readonly number[], opts?: TensorOptions & { dtype?: undefined }): Tensor<'float32'>
+export function tensor(data: Float32Array | Int32Array | Nested[], shape?: readonly number[], opts?: TensorOptions): Tensor
 export function tensor(data: Float32Array | Int32Array | Nested[], shape?: readonly number[], opts: TensorOptions = {}): Tensor {
   const o = checkOptions('opts', opts, TENSOR_OPTIONS)
   const dev = o.device ?? Device.get('cpu')
@@ -310,6 +360,9 @@ export function tensor(data: Float32Array | Int32Array | Nested[], shape?: reado
 }
 
 /** An uninitialised tensor (its values are whatever the memory held). */
+export function empty<E extends DType>(shape: readonly number[], opts: TensorOptions & { dtype: E }): Tensor<E>
+export function empty(shape: readonly number[], opts?: TensorOptions & { dtype?: undefined }): Tensor<'float32'>
+export function empty(shape: readonly number[], opts?: TensorOptions): Tensor
 export function empty(shape: readonly number[], opts: TensorOptions = {}): Tensor {
   const s = checkShape('shape', shape)
   const o = checkOptions('opts', opts, TENSOR_OPTIONS)
@@ -317,20 +370,32 @@ export function empty(shape: readonly number[], opts: TensorOptions = {}): Tenso
 }
 
 /** A tensor filled with `value` (for int32, an integer in [-2^31, 2^31 - 1]). */
+export function full<E extends DType>(shape: readonly number[], value: number, opts: TensorOptions & { dtype: E }): Tensor<E>
+export function full(shape: readonly number[], value: number, opts?: TensorOptions & { dtype?: undefined }): Tensor<'float32'>
+export function full(shape: readonly number[], value: number, opts?: TensorOptions): Tensor
 export function full(shape: readonly number[], value: number, opts: TensorOptions = {}): Tensor {
   checkShape('shape', shape)
   checkFillValue(value, checkOptions('opts', opts, TENSOR_OPTIONS).dtype ?? 'float32')
   return empty(shape, opts).fill_(value)
 }
 
+export function zeros<E extends DType>(shape: readonly number[], opts: TensorOptions & { dtype: E }): Tensor<E>
+export function zeros(shape: readonly number[], opts?: TensorOptions & { dtype?: undefined }): Tensor<'float32'>
+export function zeros(shape: readonly number[], opts?: TensorOptions): Tensor
+/** A tensor of zeros. */
 export function zeros(shape: readonly number[], opts: TensorOptions = {}): Tensor {
   return full(shape, 0, opts)
 }
 
+/** Options of randn: a float dtype, the seed and the distribution. */
 export interface RandnOptions extends TensorOptions {
+  /** 'float32' (default) or 'bfloat16' */
+  dtype?: FloatDType
   /** 64-bit seed (number up to 2^53, or bigint). Default 0. */
   seed?: number | bigint
+  /** Default 0. */
   mean?: number
+  /** Default 1. */
   std?: number
   /**
    * Redraw values beyond `truncate` standard deviations (0 = no truncation). Truncation must be
@@ -343,16 +408,20 @@ export interface RandnOptions extends TensorOptions {
 /** Smallest non-zero `truncate`: 1000 draws all miss [-0.1, 0.1] with probability (1 - 0.0797)^1000 < 1e-36. */
 export const MIN_TRUNCATE = 0.1
 
+/** @internal splits a 64-bit seed into its (low, high) words */
 export function seedWords(seed: number | bigint, name = 'seed'): [number, number] {
   const s = seed64(name, seed)
   return [Number(s & 0xffffffffn), Number(s >> 32n)]
 }
 
 /** Normal random values from Philox (identical for the same seed on every device and thread count). */
-export function randn(shape: readonly number[], opts: RandnOptions = {}): Tensor {
+export function randn<E extends FloatDType>(shape: readonly number[], opts: RandnOptions & { dtype: E }): Tensor<E>
+export function randn(shape: readonly number[], opts?: RandnOptions & { dtype?: undefined }): Tensor<'float32'>
+export function randn(shape: readonly number[], opts?: RandnOptions): Tensor<FloatDType>
+export function randn(shape: readonly number[], opts: RandnOptions = {}): Tensor<FloatDType> {
   const s = checkShape('shape', shape)
   const o = checkOptions('opts', opts, RANDN_OPTIONS)
-  const dtype = o.dtype ?? 'float32'
+  const dtype: FloatDType = o.dtype ?? 'float32'
   const [lo, hi] = seedWords(o.seed ?? 0)
   const mean = o.mean ?? 0
   const std = o.std ?? 1

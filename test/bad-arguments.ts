@@ -152,6 +152,7 @@ const ROWS: Row[] = [
   { fn: 'Tensor.fill_', make: () => { const x = zeros([2], { dtype: 'int32' }); return { call: (v) => x.fill_(v), args: [-(2 ** 31)] } }, params: [{ name: 'value', bad: int(-(2 ** 31), 2 ** 31 - 1) }] },
   { fn: 'Tensor.copy_', make: () => { const x = zeros([2]); return { call: (s) => x.copy_(s), args: [f([2])] } }, params: [{ name: 'src', bad: tens(['a tensor of 3 elements', zeros([3])], ['an int32 tensor', zeros([2], { dtype: 'int32' })]) }] },
   { fn: 'Tensor.intData', make: () => { const x = zeros([2], { dtype: 'int32' }); return { call: () => x.intData(), args: [] } }, params: [] },
+  { fn: 'Tensor.floatData', make: () => { const x = zeros([2]); return { call: () => x.floatData(), args: [] } }, params: [] },
   { fn: 'Tensor.rawData', make: () => { const x = zeros([2], { dtype: 'bfloat16' }); return { call: () => x.rawData(), args: [] } }, params: [] },
   {
     fn: 'matmul', make: () => ({ call: matmul, args: [f([2, 3]), f([3, 4]), {}] }),

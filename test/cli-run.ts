@@ -1,4 +1,4 @@
-// A tiny real bench run: the JSON schema, positive numbers, and FLOP counts equal to SPEC.md's
+// A tiny real bench run: the JSON schema, positive numbers, and FLOP counts equal to docs/SPEC.md's
 // accounting recomputed here from the shapes and the loop counts (forced, so known in advance).
 import t from 'tap'
 import * as fs from 'fs'
@@ -22,7 +22,7 @@ function options(argv: string[]) {
 }
 const quiet = { write: () => undefined, isTTY: false }
 
-// SPEC.md, written out again: per token 6·D·I per loop, 6·D·E·K for the width path
+// docs/SPEC.md, written out again: per token 6·D·I per loop, 6·D·E·K for the width path
 const loopF = 6 * D * I
 const widthF = 6 * D * E * K
 
@@ -64,7 +64,7 @@ t.test('JSON schema and positive numbers', async (t) => {
   t.match(svg, /authors\.forward/)
 })
 
-t.test('FLOP counts follow SPEC.md for every case, with depth fixed at 2 loops', async (t) => {
+t.test('FLOP counts follow docs/SPEC.md for every case, with depth fixed at 2 loops', async (t) => {
   const r = await collect(options(['--device', 'cpu', '--depth', 'fixed:2', ...SHAPE, ...FAST]), quiet)
   const c = Object.fromEntries(r.cases.map((x) => [x.name, x]))
   t.equal(c['dense.forward'].flops, T * loopF)

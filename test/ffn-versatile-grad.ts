@@ -1,7 +1,7 @@
 // VersatileFFN gradients on CPU: x and all five weights against float64 central differences of the
 // reference loss Σ⟨G, y⟩ + aux, with noise off and with seeded Gumbel noise. The loop choice and
 // top-K are piecewise constant, so the differenced function is the straight-through surrogate of
-// SPEC.md (h − stopgrad(p) + p, p held at its base value in the stop-gradient): its derivative is
+// docs/SPEC.md (h − stopgrad(p) + p, p held at its base value in the stop-gradient): its derivative is
 // exactly the gradient backward must return. The straight-through terms are also checked against
 // their closed form.
 import t from 'tap'

@@ -29,7 +29,7 @@ t.test('float32 and bfloat16 round trips', async (t) => {
   const b = new TransformerLM({ ...opts, seed: 2 })
   await b.load(f32)
   const sa = await snapshot(a), sb = await snapshot(b)
-  t.equal(sb.size, 3 + 2 * 8, 'every SPEC.md name')
+  t.equal(sb.size, 3 + 2 * 8, 'every docs/SPEC.md name')
   for (const [n, v] of sa) if (!bits(v).equals(bits(sb.get(n)!))) t.fail(`${n} differs after a float32 round trip`)
   const toks = tensor(Int32Array.from([1, 5, 7, 3]), [1, 4], { dtype: 'int32' })
   t.same(Array.from(await b.forward(toks).logits.data()), Array.from(await a.forward(toks).logits.data()), 'same logits')

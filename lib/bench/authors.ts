@@ -18,7 +18,7 @@ import { Tensor, empty, tensor, zeros } from '../tensor'
 /** Rows per block of the block-diagonal scaling: its cost, 2·ROWS·D per row, stays small next to 6·D·E. */
 const ROWS = 16
 
-/** o_e = floor(e·(I − E)/(N − 1)) (SPEC.md), o_0 = 0 when N = 1. */
+/** o_e = floor(e·(I − E)/(N − 1)) (docs/SPEC.md), o_0 = 0 when N = 1. */
 export function expertOffset(e: number, N: number, I: number, E: number): number {
   return N <= 1 ? 0 : Math.floor((e * (I - E)) / (N - 1))
 }

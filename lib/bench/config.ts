@@ -1,4 +1,4 @@
-// Benchmark shapes and SPEC.md's FLOP accounting.
+// Benchmark shapes and docs/SPEC.md's FLOP accounting.
 // D model width, I SwiGLU intermediate, N virtual experts, K experts per token, E expert width,
 // L maximum depth, T tokens.
 
@@ -16,7 +16,7 @@ export type ConfigName = 'small' | 'tiny' | '354m' | '720m' | '1.21b'
 type BaseShape = Omit<Shape, 'expertHidden'> & { tokens: number }
 
 /**
- * The paper's FFN shapes (SPEC.md), plus `small` (the default: large enough that per-call overheads
+ * The paper's FFN shapes (docs/SPEC.md), plus `small` (the default: large enough that per-call overheads
  * do not hide what early exit buys, a few seconds on two cores) and `tiny` (for quick checks).
  */
 export const CONFIGS: Record<ConfigName, BaseShape> = {
@@ -49,8 +49,8 @@ export function paramCount(s: Shape, versatile: boolean): number {
   return versatile ? dense + s.experts * s.dModel + s.maxDepth * s.dModel : dense
 }
 
-// ---- FLOP accounting (SPEC.md). One multiply-add = 2 FLOPs; a SwiGLU FFN of width W costs 6·D·W per token.
-// SPEC.md fixes forward FLOPs only; backward is counted as twice the forward FLOPs of the work it has to
+// ---- FLOP accounting (docs/SPEC.md). One multiply-add = 2 FLOPs; a SwiGLU FFN of width W costs 6·D·W per token.
+// docs/SPEC.md fixes forward FLOPs only; backward is counted as twice the forward FLOPs of the work it has to
 // redo (the usual 2x for the two gradient GEMMs per forward GEMM).
 
 export function flopsDenseForward(s: Shape, tokens: number): number {
@@ -83,7 +83,7 @@ export function flopsVersatileForward(s: Shape, loops: ArrayLike<number>, lambda
 
 /**
  * VersatileFFN training step: forward 6·D·I·L + 6·D·E·K per token (all loops, always the width path);
- * backward walks each token back from its own depth only (SPEC.md: loops beyond it get no gradient),
+ * backward walks each token back from its own depth only (docs/SPEC.md: loops beyond it get no gradient),
  * 2·6·D·I·loops_t, and through the width path where λ_t > 0 (λ scales its gradient; a token at the
  * last loop, λ = 0, is skipped), 2·6·D·E·K.
  */

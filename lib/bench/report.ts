@@ -11,7 +11,7 @@ export interface CaseResult {
   minMs: number
   maxMs: number
   samplesMs: number[]
-  /** FLOPs one run actually does (SPEC.md accounting, per-token loops and λ from the run's stats). */
+  /** FLOPs one run actually does (docs/SPEC.md accounting, per-token loops and λ from the run's stats). */
   flops: number
   /** FLOPs the result needs: equals `flops` except for authors.forward, which does more than VersatileFFN needs. */
   usefulFlops: number
@@ -148,7 +148,7 @@ export function renderTable(r: BenchReport): string {
   lines.push(
     `x dense: median time / the dense case of the same kind (forward: dense.forward, train: dense.train).`,
     `x ideal: median time / (FLOPs the result needs at dense's ${rate}); 1.0 = no overhead for routing or early exit.`,
-    `FLOPs per SPEC.md from each run's per-token loops and lambda; backward counted as 2x the forward work it redoes.`,
+    `FLOPs per docs/SPEC.md from each run's per-token loops and lambda; backward counted as 2x the forward work it redoes.`,
     `total ${r.totalSeconds.toFixed(1)} s`,
   )
   return lines.join('\n') + '\n'

@@ -9,8 +9,10 @@ import { Tensor } from '../tensor'
 import { scanHeaderTokens } from './json_scan'
 import { arg, checkOptions, dtype, instance, optional, string, stringRecord } from '../validate'
 
+/** The safetensors dtypes this package reads and writes. */
 export type SafetensorsDType = 'F32' | 'BF16'
 
+/** A tensor as a safetensors file stores it: dtype, shape and bytes. */
 export interface StoredTensor {
   dtype: SafetensorsDType
   shape: number[]
@@ -20,6 +22,7 @@ export interface StoredTensor {
   raw?: Uint16Array
 }
 
+/** Options of saveSafetensors. */
 export interface SaveOptions {
   /** dtype of every tensor in the file. Default 'float32'. */
   dtype?: 'float32' | 'bfloat16'
@@ -49,7 +52,7 @@ export async function saveSafetensors(path: string, tensors: Record<string, Tens
   // start every read before awaiting any, so the stream runs them back to back
   const reads = names.map((n) => {
     const t = tensors[n]
-    if (dtype === 'float32') return t.data()
+    if (dtype === 'float32') return t.floatData()
     const b = t.dtype === 'bfloat16' ? t : t.astype('bfloat16')
     const r = b.rawData()
     if (b !== t) b.dispose()

@@ -1,4 +1,4 @@
-// Causal multi-head self-attention as SPEC.md fixes it: fused att_proj [3D, D] -> q | k | v,
+// Causal multi-head self-attention as docs/SPEC.md fixes it: fused att_proj [3D, D] -> q | k | v,
 // rotary on q and k (non-interleaved, theta 10000, position = index in the sequence), causal
 // softmax(q k^T / sqrt(D/H)) v, then attn_out [D, D]. No biases. Optional KV cache for decoding.
 import { fail, show } from '../errors'
@@ -7,6 +7,7 @@ import { checkSameDevice, checkTensor, matmul, reshapeFree } from '../ops'
 import { Tensor, empty } from '../tensor'
 import { Check, arg, custom, int, object } from '../validate'
 
+/** Keys and values of the positions decoded so far, one per layer (made by generate). */
 export interface KVCache {
   /** [B, maxLen, D] roped keys; positions [0, length) are filled */
   k: Tensor
@@ -14,6 +15,7 @@ export interface KVCache {
   length: number
 }
 
+/** What an attention forward in training keeps for backward. */
 export interface AttentionSaved {
   B: number
   S: number
@@ -59,6 +61,7 @@ export const kvCacheArg = (D: number): Check<KVCache> => custom('a KVCache from 
 
 const ATT_SAVED = object({ B: int(1), S: int(1), xn: custom('a Tensor', checkTensor), qkv: custom('a Tensor', checkTensor), att: custom('a Tensor', checkTensor), lse: custom('a Tensor', checkTensor) }, ['B', 'S', 'xn', 'qkv', 'att', 'lse'], true)
 
+/** Multi-head causal self-attention with rotary positions: `att_proj.weight` [3D, D] (q, k, v) and `attn_out.weight` [D, D]. */
 export class CausalSelfAttention {
   readonly dModel: number
   readonly nHeads: number

@@ -1,4 +1,4 @@
-// The OLMo-style pre-norm transformer block of SPEC.md: h = x + Attn(attn_norm(x)), out = FFN(h),
+// The OLMo-style pre-norm transformer block of docs/SPEC.md: h = x + Attn(attn_norm(x)), out = FFN(h),
 // where FFN is the dense F or VersatileFFN (both include their residual). Rows are tokens [B*S, D].
 import { native } from '../binding'
 import { fail } from '../errors'
@@ -30,13 +30,19 @@ export function rmsnormBackward(dout: Tensor, x: Tensor, w: Tensor, rstd: Tensor
 /** What a block needs from its FFN: the module API of DenseFFN and VersatileFFN. */
 export interface FFNModule {
   readonly grads: Record<string, Tensor>
+  /** the parameters by name */
   stateDict(): Record<string, Tensor>
+  /** copies values into the parameters */
   loadStateDict(sd: Record<string, Tensor | Float32Array>): void
+  /** x [T, D] -> y (with the residual) */
   forward(x: Tensor, opts: Record<string, unknown>): { y: Tensor; auxLoss?: unknown; stats?: unknown }
+  /** dy -> dx, accumulating the gradients */
   backward(saved: never, dy: Tensor): Tensor
+  /** frees parameters and gradients */
   dispose(): void
 }
 
+/** Options of TransformerBlock.forward. */
 export interface BlockForwardOptions {
   train?: boolean
   step?: number
@@ -45,6 +51,7 @@ export interface BlockForwardOptions {
   cache?: KVCache
 }
 
+/** What a block's training forward keeps for backward. */
 export interface BlockSaved {
   x: Tensor
   rstd: Tensor
@@ -57,6 +64,7 @@ const ANY_TENSOR = custom('a Tensor', (n, v) => checkTensor(n, v))
 // a block's record: what forward(train: true) returned as `saved`
 const BLOCK_SAVED = object({ x: ANY_TENSOR, rstd: ANY_TENSOR, attn: object({}, [], true) }, ['x', 'rstd', 'attn'], true)
 
+/** One pre-norm block: `h = x + Attn(n(x))`, then `FFN(h)` (the FFN includes its residual). */
 export class TransformerBlock {
   readonly attn: CausalSelfAttention
   readonly ffn: FFNModule

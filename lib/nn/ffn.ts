@@ -1,8 +1,8 @@
-// The dense SwiGLU FFN of SPEC.md with its residual, the baseline VersatileFFN is measured against:
+// The dense SwiGLU FFN of docs/SPEC.md with its residual, the baseline VersatileFFN is measured against:
 // F(x) = x + W_out · (silu(W_gate · n(x)) ⊙ (W_up · n(x))).
 import { native } from '../binding'
 import { fail, show } from '../errors'
-import { Tensor, TensorOptions, empty, full } from '../tensor'
+import { DType, Tensor, TensorOptions, empty, full } from '../tensor'
 import { MODULE_OPTIONS, Module, ModuleOptions } from './module'
 import { bool, checkOptions, int, oneOf, optional, seed64 } from '../validate'
 
@@ -11,15 +11,21 @@ export const NORM_EPS = 1e-6
 /** @internal test hook: when set, outputs and saved values start as NaN (so unwritten memory shows) */
 export const _ffnTestHooks = { poison: false }
 /** @internal allocates an output of an FFN op */
-export const alloc = (shape: number[], opts: TensorOptions): Tensor =>
-  _ffnTestHooks.poison ? full(shape, opts.dtype === 'int32' ? -7 : NaN, opts) : empty(shape, opts)
+export const alloc = <E extends DType = 'float32'>(shape: number[], opts: TensorOptions & { dtype?: E }): Tensor<E> =>
+  (_ffnTestHooks.poison ? full(shape, opts.dtype === 'int32' ? -7 : NaN, opts) : empty(shape, opts)) as Tensor<E>
 
+/** Default SwiGLU intermediate size for a model width D: 4·D, the paper's ratio (I = 4D in every config). */
+export const defaultHidden = (dModel: number): number => 4 * dModel
+
+/** Options of DenseFFN. */
 export interface DenseFFNOptions extends ModuleOptions {
+  /** model width D */
   dModel: number
-  /** SwiGLU intermediate size I */
-  hidden: number
+  /** SwiGLU intermediate size I; default 4·dModel */
+  hidden?: number
 }
 
+/** Options of forward for both FFN modules. */
 export interface FFNForwardOptions {
   train?: boolean
   /** accepted for API symmetry with VersatileFFN; the dense FFN has no noise or schedule */
@@ -30,13 +36,16 @@ export interface FFNForwardOptions {
 
 /** What a training forward keeps for backward; dispose() frees it (backward does unless retain). */
 export interface DenseFFNRecord {
-  y: Tensor
+  /** float32, the input's shape */
+  y: Tensor<'float32'>
   stats: Record<string, never>
   auxLoss?: undefined
-  /** @internal */ _saved?: { owner: DenseFFN; x: Tensor; rstd: Tensor; h: Tensor }
+  /** @internal */ _saved?: { owner: DenseFFN; x: Tensor; rstd: Tensor; h: Tensor; shape: readonly number[] }
+  /** frees the saved values (y stays) */
   dispose(): void
 }
 
+/** Options of backward for both FFN modules. */
 export interface BackwardOptions {
   /** keep the record's saved tensors after backward (to call backward again). Default false. */
   retain?: boolean
@@ -54,17 +63,21 @@ export function checkRecord<S extends { owner: unknown }>(tr: unknown, owner: un
 
 /** The forward options both FFN modules take (the dense FFN ignores all but `train`). */
 export const FFN_FORWARD_OPTIONS = { train: optional(bool), step: optional(int(0)), noise: optional(oneOf(['gumbel', 'none'] as const)), seed: optional(seed64) }
-const DENSE_OPTIONS = { ...MODULE_OPTIONS, dModel: int(1), hidden: int(1) }
+const DENSE_OPTIONS = { ...MODULE_OPTIONS, dModel: int(1), hidden: optional(int(1)) }
 
+/**
+ * The dense SwiGLU FFN with its residual, `x + W_out·(silu(W_gate·n(x)) ⊙ W_up·n(x))` (docs/SPEC.md):
+ * the baseline VersatileFFN is compared with. Same API as VersatileFFN, three parameters.
+ */
 export class DenseFFN extends Module {
   readonly dModel: number
   readonly hidden: number
 
   constructor(opts: DenseFFNOptions) {
     if (opts === undefined) fail('ERR_ARGUMENT', 'opts: expected an options object, got undefined')
-    const o = checkOptions('opts', opts, DENSE_OPTIONS, ['dModel', 'hidden'])
+    const o = checkOptions('opts', opts, DENSE_OPTIONS, ['dModel'])
     const D = o.dModel!
-    const I = o.hidden!
+    const I = o.hidden ?? defaultHidden(D)
     super(
       [
         { name: 'ff_norm.weight', shape: [D], init: 'ones' },
@@ -77,10 +90,13 @@ export class DenseFFN extends Module {
     this.hidden = I
   }
 
-  /** x [T, dModel] float32 -> y [T, dModel]; in training also what backward needs. */
-  forward(x: Tensor, opts?: { train?: false }): { y: Tensor; stats: Record<string, never> }
+  /**
+   * x [..., dModel] float32 (any leading shape, e.g. batch × sequence) -> y of the same shape;
+   * in training also what backward needs.
+   */
+  forward(x: Tensor, opts?: { train?: false }): { y: Tensor<'float32'>; stats: Record<string, never> }
   forward(x: Tensor, opts: FFNForwardOptions & { train: true }): DenseFFNRecord
-  forward(x: Tensor, opts: FFNForwardOptions = {}): DenseFFNRecord | { y: Tensor; stats: Record<string, never> } {
+  forward(x: Tensor, opts: FFNForwardOptions = {}): DenseFFNRecord | { y: Tensor<'float32'>; stats: Record<string, never> } {
     const train = checkOptions('opts', opts, FFN_FORWARD_OPTIONS).train ?? false
     const xc = this.input('x', x, this.dModel)
     const T = xc.shape[0]
@@ -89,15 +105,15 @@ export class DenseFFN extends Module {
     if (!train) {
       native.ffnForward(y, xc, p['ff_norm.weight'], p['ff_proj.weight'], p['ff_out.weight'], null, null, NORM_EPS)
       xc.dispose()
-      return { y, stats: {} }
+      return { y: this.output(y, x.shape), stats: {} }
     }
     const rstd = alloc([T], { device: this.device })
     const h = alloc([T, 2 * this.hidden], { device: this.device })
     native.ffnForward(y, xc, p['ff_norm.weight'], p['ff_proj.weight'], p['ff_out.weight'], rstd, h, NORM_EPS)
     const rec: DenseFFNRecord = {
-      y,
+      y: this.output(y, x.shape),
       stats: {},
-      _saved: { owner: this, x: xc, rstd, h },
+      _saved: { owner: this, x: xc, rstd, h, shape: x.shape },
       dispose() {
         const s = rec._saved
         rec._saved = undefined
@@ -107,14 +123,14 @@ export class DenseFFN extends Module {
     return rec
   }
 
-  /** dy [T, dModel] -> dx; accumulates into grads. Frees the record's saved values unless retain. */
+  /** dy (the shape of y) -> dx (the shape of x); accumulates into grads. Frees the record's saved values unless retain. */
   backward(tr: DenseFFNRecord, dy: Tensor, opts: BackwardOptions = {}): Tensor {
     const retain = checkOptions('opts', opts, { retain: optional(bool) }).retain ?? false
     const s = checkRecord<NonNullable<DenseFFNRecord['_saved']>>(tr, this)
     const dyc = this.input('dy', dy, this.dModel)
-    if (dyc.shape[0] !== s.x.shape[0]) {
+    if (dy.shape.join() !== s.shape.join()) {
       dyc.dispose()
-      fail('ERR_SHAPE', `dy: expected shape ${show(s.x.shape)}, got ${show(dy.shape)}`)
+      fail('ERR_SHAPE', `dy: expected shape ${show(s.shape)}, got ${show(dy.shape)}`)
     }
     const p = this.params
     const g = this.grads
@@ -123,6 +139,6 @@ export class DenseFFN extends Module {
       p['ff_norm.weight'], p['ff_proj.weight'], p['ff_out.weight'], s.rstd, s.h, NORM_EPS)
     dyc.dispose()
     if (!retain) tr.dispose()
-    return dx
+    return this.output(dx, s.shape)
   }
 }

@@ -6,6 +6,7 @@ import { tensor } from '../tensor'
 import { INT32, checkOptions, int, number, optional } from '../validate'
 import type { LMOutput, TransformerLM } from './model'
 
+/** Options of TransformerLM.generate: length, sampling (greedy at temperature 0, else temperature and top-k) and seed. */
 export interface GenerateOptions {
   /** tokens to add per prompt. Default 16. */
   maxNewTokens?: number

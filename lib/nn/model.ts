@@ -1,5 +1,5 @@
 // TransformerLM: token embedding, blocks of attention + DenseFFN or VersatileFFN, final RMSNorm
-// and an untied output head, with SPEC.md's parameter names (OLMo's), so checkpoints interoperate.
+// and an untied output head, with docs/SPEC.md's parameter names (OLMo's), so checkpoints interoperate.
 import { Device, DeviceLike } from '../device'
 import { VffnError, fail, show } from '../errors'
 import { StoredTensor, loadSafetensors, saveSafetensors } from '../io/safetensors'
@@ -14,9 +14,10 @@ import { generate, GenerateOptions } from './generate'
 import { CONFIG_KEY, configJSON, parseConfig } from './model_config'
 import { LoadOptions, LoadResult, checkNames, loadInto, strictOf } from './state'
 import { checkVersatileSizes } from './versatile'
-import type { VersatileFFN } from './versatile'
+import type { VersatileFFN, VersatileStats } from './versatile'
 import { arg, arrayOf, bool, checkOptions, custom, device as deviceCheck, dtype as dtypeCheck, int, number, object, oneOf, optional, string, stringRecord, INT32 } from '../validate'
 
+/** The model's shape and options (see TransformerLM.config for the named shapes). */
 export interface TransformerLMOptions {
   vocabSize: number
   dModel: number
@@ -58,6 +59,7 @@ export interface FromFileOptions {
   dtype?: 'float32' | 'bfloat16'
 }
 
+/** Options of TransformerLM.forward. */
 export interface ForwardOptions {
   train?: boolean
   /** training step (drives the Gumbel temperature schedule) */
@@ -71,13 +73,17 @@ export interface ForwardOptions {
   noiseStream?: number
 }
 
+/** What TransformerLM.forward returns; dispose() it when done (backward consumes a training output's saved values). */
 export interface LMOutput {
   /** [B, S, vocabSize] */
-  logits: Tensor
-  /** per-layer FFN statistics (routing, loop counts: VersatileStats tensors; dispose() them when done) */
-  stats: unknown[]
-  /** per-layer balance losses (training) */
-  auxLoss: unknown[]
+  logits: Tensor<'float32'>
+  /**
+   * Per-layer FFN statistics: VersatileStats (routing, loop counts, λ) for a VersatileFFN layer,
+   * undefined for a dense one. dispose() (or the output's dispose()) frees them.
+   */
+  stats: (VersatileStats | undefined)[]
+  /** Per-layer balance losses ([1] float32) in training with VersatileFFN layers; undefined otherwise. */
+  auxLoss: (Tensor | undefined)[]
   /** @internal what backward needs */
   _saved?: Saved
   /**
@@ -98,13 +104,13 @@ function releaseSaved(s: Saved): void {
   }
 }
 
-function lmOutput(logits: Tensor, stats: unknown[], auxLoss: unknown[], saved?: Saved): LMOutput {
+function lmOutput(logits: Tensor, stats: LMOutput['stats'], auxLoss: LMOutput['auxLoss'], saved?: Saved): LMOutput {
   const out: LMOutput = {
-    logits, stats, auxLoss, _saved: saved,
+    logits: logits as Tensor<'float32'>, stats, auxLoss, _saved: saved,
     dispose() {
       logits.dispose()
-      for (const s of stats) (s as { dispose?: () => void } | undefined)?.dispose?.()
-      for (const a of auxLoss) if (a instanceof Tensor) a.dispose()
+      for (const s of stats) s?.dispose()
+      for (const a of auxLoss) a?.dispose()
       if (out._saved) releaseSaved(out._saved)
       out._saved = undefined
     },
@@ -137,6 +143,11 @@ const cachesArg = (D: number) => custom<KVCache[]>('the caches of newCaches()', 
 const LM_FORWARD_OPTIONS = { train: optional(bool), step: optional(int(0)), noise: optional(oneOf(['gumbel', 'none'] as const)), lastOnly: optional(bool), noiseStream: optional(int(0)) }
 const SAVE_OPTIONS = { dtype: optional(dtypeCheck(['float32', 'bfloat16'] as const)), metadata: optional(stringRecord) }
 
+/**
+ * An OLMo-style pre-norm decoder (docs/SPEC.md): embedding, blocks of rotary causal attention and a
+ * DenseFFN or VersatileFFN, a final norm and an untied head. Training: forward, loss, backward, or
+ * trainStep; inference: forward and generate; checkpoints: save, load, fromFile.
+ */
 export class TransformerLM {
   readonly config: Required<Omit<TransformerLMOptions, 'device' | 'expertHidden' | 'balanceLossWeight'>> & { expertHidden?: number; balanceLossWeight?: number }
   readonly device: Device
@@ -161,7 +172,7 @@ export class TransformerLM {
     this.blocks = []
     try {
       let k = 0
-      // SPEC.md init: normal(0, 0.02) truncated at 3 sigma for matrices, norm gains at 1
+      // docs/SPEC.md init: normal(0, 0.02) truncated at 3 sigma for matrices, norm gains at 1
       const mat = (name: string, shape: number[]) => this.addOwn(name, randn(shape, { std: 0.02, truncate: 3, seed: deriveSeed(seed, 1, k++), device: dev, dtype }))
       const gain = (name: string) => this.addOwn(name, full([dModel], 1, { device: dev, dtype }))
       const grad = (name: string) => this.grad(name)
@@ -219,7 +230,7 @@ export class TransformerLM {
     return { ...c, ...overrides }
   }
 
-  /** Every parameter by its SPEC.md name (live tensors: optimizers update them in place). */
+  /** Every parameter by its docs/SPEC.md name (live tensors: optimizers update them in place). */
   parameters(): Map<string, Tensor> {
     const out = new Map<string, Tensor>()
     out.set('transformer.wte.weight', this.own.get('transformer.wte.weight')!.param)
@@ -264,6 +275,7 @@ export class TransformerLM {
     return !NORM_NAMES.test(name)
   }
 
+  /** Number of parameter values (elements). */
   numParameters(): number {
     let n = 0
     for (const t of this.parameters().values()) n += t.size
@@ -275,6 +287,7 @@ export class TransformerLM {
       fail('ERR_DTYPE', `${what}: a bfloat16 model runs inference only; train a float32 model (its bfloat16 checkpoint loads either way)`)
   }
 
+  /** Sets every gradient to zero. */
   zeroGrad(): void {
     const grads = this.gradients()
     // check all first: a disposed gradient must not leave the others half cleared
@@ -314,14 +327,16 @@ export class TransformerLM {
     tc.dispose()
     let x = embedding(this.own.get('transformer.wte.weight')!.param, flat)
     const saved: BlockSaved[] = []
-    const stats: unknown[] = []
-    const aux: unknown[] = []
+    const stats: LMOutput['stats'] = []
+    const aux: LMOutput['auxLoss'] = []
     this.blocks.forEach((blk, i) => {
       const layerSeed = deriveSeed(this.config.seed, 3 + i, step)
       const seed = o.noiseStream ? deriveSeed(layerSeed, o.noiseStream) : layerSeed
       const r = blk.forward(x, B, S, { train, step, noise: opts.noise ?? 'gumbel', seed, cache: caches?.[i] })
-      stats.push(r.stats)
-      aux.push(r.auxLoss)
+      // a dense FFN's stats are an empty object: the layer has no routing to report
+      const st = r.stats as Partial<VersatileStats> | undefined
+      stats.push(st?.loops ? (st as VersatileStats) : undefined)
+      aux.push(r.auxLoss instanceof Tensor ? r.auxLoss : undefined)
       if (r.saved) saved.push(r.saved)
       else x.dispose()
       x = r.y
@@ -480,7 +495,7 @@ export class TransformerLM {
   }
 
   /**
-   * Loads a safetensors file with SPEC.md's names (F32 or BF16). The file must follow the format
+   * Loads a safetensors file with docs/SPEC.md's names (F32 or BF16). The file must follow the format
    * strictly (see parseSafetensors) and hold every parameter with its shape; ERR_ARGUMENT names
    * every missing tensor and (strict, the default) every tensor the model lacks, ERR_SHAPE a
    * misshapen one; on error nothing changes. Resolves to `{ ignored }`: with `strict: false`,

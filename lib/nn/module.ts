@@ -1,15 +1,16 @@
-// Parameter and gradient handling shared by the FFN modules: named parameters in SPEC.md's names,
+// Parameter and gradient handling shared by the FFN modules: named parameters in docs/SPEC.md's names,
 // float32 gradients accumulated by backward, state dicts that validate fully before changing anything.
 import { Device, DeviceLike } from '../device'
 import { fail, show } from '../errors'
-import { DType, Tensor, checkDType, randn, zeros } from '../tensor'
+import { DType, FloatDType, Tensor, checkDType, randn, zeros } from '../tensor'
 import { arg, device, dtype, int, optional } from '../validate'
 import { LoadOptions, LoadResult, checkNames, loadInto, strictOf } from './state'
 
+/** Options every module takes: where its parameters live, their dtype, and the seed of their init. */
 export interface ModuleOptions {
   device?: DeviceLike
   /** Weight dtype: 'float32' (default) or 'bfloat16'. Activations and gradients are float32. */
-  dtype?: DType
+  dtype?: FloatDType
   /** Seed of the initial weights (and the default Gumbel noise seed). Default 0. */
   seed?: number
 }
@@ -33,9 +34,11 @@ const MASK64 = (1n << 64n) - 1n
 /** Base of DenseFFN and VersatileFFN: parameters, gradients, state dicts. */
 export class Module {
   readonly device: Device
-  readonly dtype: DType
+  /** Weight dtype. */
+  readonly dtype: FloatDType
+  /** Seed of the initial weights. */
   readonly seed: number
-  /** Parameters by SPEC.md name. */
+  /** Parameters by docs/SPEC.md name. */
   readonly params: Record<string, Tensor> = {}
   private readonly specs: ParamSpec[]
   private _grads: Record<string, Tensor> | undefined
@@ -55,7 +58,7 @@ export class Module {
 
   protected constructor(specs: ParamSpec[], opts: ModuleOptions) {
     this.device = Device.get(opts.device)
-    this.dtype = checkDType('dtype', opts.dtype ?? 'float32', ['float32', 'bfloat16'])
+    this.dtype = checkDType('dtype', opts.dtype ?? 'float32', ['float32', 'bfloat16']) as FloatDType
     this.seed = arg('seed', opts.seed ?? 0, int())
     this.specs = specs
     try {
@@ -74,12 +77,12 @@ export class Module {
     }
   }
 
-  /** The parameter tensors, in SPEC.md's order. */
+  /** The parameter tensors, in docs/SPEC.md's order. */
   parameters(): Tensor[] {
     return this.specs.map((s) => this.params[s.name])
   }
 
-  /** [name, parameter] pairs, in SPEC.md's order. */
+  /** [name, parameter] pairs, in docs/SPEC.md's order. */
   namedParameters(): [string, Tensor][] {
     return this.specs.map((s) => [s.name, this.params[s.name]])
   }
@@ -117,14 +120,29 @@ export class Module {
     for (const t of [...Object.values(this.params), ...Object.values(this._grads ?? {})]) t.dispose()
   }
 
-  /** @internal checks an activation [T, width]: float32 on this device; returns a contiguous handle */
+  /**
+   * @internal checks an activation [..., width] (leading sizes >= 1): float32 on this device;
+   * returns a contiguous [T, width] handle, T the product of the leading sizes
+   */
   protected input(name: string, x: unknown, width: number): Tensor {
     if (!(x instanceof Tensor)) fail('ERR_ARGUMENT', `${name}: expected a Tensor, got ${show(x)}`)
     x._check(name)
-    if (x.ndim !== 2 || x.shape[1] !== width || x.shape[0] < 1)
-      fail('ERR_SHAPE', `${name}: expected shape [T >= 1, ${width}], got ${show(x.shape)}`)
+    if (x.ndim < 2 || x.shape[x.ndim - 1] !== width || x.shape.slice(0, -1).some((s) => s < 1))
+      fail('ERR_SHAPE', `${name}: expected shape [..., ${width}] with every leading size >= 1, got ${show(x.shape)}`)
     if (x.dtype !== 'float32') fail('ERR_DTYPE', `${name}: expected float32, got ${x.dtype}`)
     if (!sameDevice(x.device, this.device)) fail('ERR_DEVICE', `${name}: expected a tensor on ${this.device}, got one on ${x.device}`)
-    return x.contiguous()
+    const c = x.contiguous()
+    if (x.ndim === 2) return c
+    const flat = c.reshape([c.size / width, width])
+    c.dispose()
+    return flat
+  }
+
+  /** @internal gives a [T, width] result the caller's leading shape (a view; drops the flat handle) */
+  protected output<E extends DType>(t: Tensor<E>, shape: readonly number[]): Tensor<E> {
+    if (shape.length === 2) return t
+    const r = t.reshape(shape)
+    t.dispose()
+    return r
   }
 }

@@ -1,22 +1,24 @@
-// VersatileFFN (SPEC.md): a width path over N virtual experts (slices of the shared FFN, top-K routed)
+// VersatileFFN (docs/SPEC.md): a width path over N virtual experts (slices of the shared FFN, top-K routed)
 // and a depth path that reuses the whole FFN up to L times, mixed per token by λ = (L − loops)/L.
 import { fail, show } from '../errors'
 import { Tensor, seedWords } from '../tensor'
 import { native } from '../binding'
-import { BackwardOptions, FFNForwardOptions, FFN_FORWARD_OPTIONS, NORM_EPS, alloc as empty, checkRecord } from './ffn'
+import { BackwardOptions, FFNForwardOptions, FFN_FORWARD_OPTIONS, NORM_EPS, alloc as empty, checkRecord, defaultHidden } from './ffn'
 import { MODULE_OPTIONS, Module, ModuleOptions } from './module'
 import { arg, bool, checkOptions, int, number, optional } from '../validate'
 
+/** Options of VersatileFFN; only dModel is required, the rest default to the paper's choices. */
 export interface VersatileFFNOptions extends ModuleOptions {
+  /** model width D */
   dModel: number
-  /** SwiGLU intermediate size I */
-  hidden: number
-  /** virtual experts N (paper: 8) */
-  experts: number
-  /** experts per token K (paper: 2) */
-  topK: number
-  /** maximum loops L (paper: 4) */
-  maxDepth: number
+  /** SwiGLU intermediate size I; default 4·dModel */
+  hidden?: number
+  /** virtual experts N; default 8 (the paper's) */
+  experts?: number
+  /** experts per token K; default 2 */
+  topK?: number
+  /** maximum loops L; default 4 */
+  maxDepth?: number
   /** expert width E; default floor(I/N); E·N must not exceed I */
   expertHidden?: number
   /** α of the load-balancing loss; default 1e-5 (the paper's text; the authors' released config uses 5e-5), 0 disables it */
@@ -26,27 +28,32 @@ export interface VersatileFFNOptions extends ModuleOptions {
 /** Routing and depth per token, as tensors on the module's device. */
 export interface VersatileStats {
   /** [T] int32: loops run (c+1) */
-  loops: Tensor
+  loops: Tensor<'int32'>
   /** [T] float32: λ = (L − loops)/L */
-  lambda: Tensor
+  lambda: Tensor<'float32'>
   /** [T, K] int32: chosen experts, by descending router logit */
-  experts: Tensor
+  experts: Tensor<'int32'>
   /** [T, K] float32: routing weights (softmax over the chosen K) */
-  weights: Tensor
+  weights: Tensor<'float32'>
   /** [N] int32: (token, slot) assignments per expert over all T tokens (at inference tokens with λ = 0 skip the width path) */
-  expertCounts: Tensor
+  expertCounts: Tensor<'int32'>
   /** frees the stats tensors */
   dispose(): void
 }
 
+/** What VersatileFFN.forward returns at inference. */
 export interface VersatileOutput {
-  y: Tensor
+  /** float32, the input's shape */
+  y: Tensor<'float32'>
+  /** routing and depth of every token */
   stats: VersatileStats
 }
 
 interface Saved {
   owner: VersatileFFN
   x: Tensor
+  /** the caller's input shape [..., D] */
+  shape: readonly number[]
   tau: number
   t: Record<'order' | 'depthP' | 'xs' | 'rstd' | 'h' | 'assign' | 'expertStart' | 'widthH' | 'widthO' | 'xWidth' | 'routerP', Tensor>
 }
@@ -54,7 +61,7 @@ interface Saved {
 /** A training forward: output, stats, the balance loss, and what backward needs. */
 export interface VersatileRecord extends VersatileOutput {
   /** [1] float32: α·N·Σ_e f_e·P_e (0 when α = 0) */
-  auxLoss: Tensor
+  auxLoss: Tensor<'float32'>
   /** Gumbel temperature used, τ(step) = max(5·0.99984^step, 0.1) */
   tau: number
   /** @internal */ _saved?: Saved
@@ -62,6 +69,7 @@ export interface VersatileRecord extends VersatileOutput {
   dispose(): void
 }
 
+/** Options of VersatileFFN.backward. */
 export interface VersatileBackwardOptions extends BackwardOptions {
   /** d(total loss)/d(auxLoss); default 1 (the balance loss is part of the objective) */
   auxGrad?: number
@@ -74,7 +82,7 @@ export function gumbelTemperature(step: number): number {
 }
 
 const VERSATILE_OPTIONS = {
-  ...MODULE_OPTIONS, dModel: int(1), hidden: int(1), experts: int(1), topK: int(1), maxDepth: int(1),
+  ...MODULE_OPTIONS, dModel: int(1), hidden: optional(int(1)), experts: optional(int(1)), topK: optional(int(1)), maxDepth: optional(int(1)),
   expertHidden: optional(int(1)), balanceLossWeight: optional(number({ min: 0 })),
 }
 
@@ -88,6 +96,11 @@ export function checkVersatileSizes(I: number, N: number, K: number, expertHidde
   return E
 }
 
+/**
+ * VersatileFFN (docs/SPEC.md): one SwiGLU FFN reused in width, as N top-K routed virtual experts
+ * (slices of its weights), and in depth, up to L loops with per-token early exit, fused per token
+ * by λ = (L − loops)/L. Holds its five parameters and their gradients; forward and backward are explicit.
+ */
 export class VersatileFFN extends Module {
   readonly dModel: number
   readonly hidden: number
@@ -99,8 +112,8 @@ export class VersatileFFN extends Module {
 
   constructor(opts: VersatileFFNOptions) {
     if (opts === undefined) fail('ERR_ARGUMENT', 'opts: expected an options object, got undefined')
-    const o = checkOptions('opts', opts, VERSATILE_OPTIONS, ['dModel', 'hidden', 'experts', 'topK', 'maxDepth'])
-    const D = o.dModel!, I = o.hidden!, N = o.experts!, K = o.topK!, L = o.maxDepth!
+    const o = checkOptions('opts', opts, VERSATILE_OPTIONS, ['dModel'])
+    const D = o.dModel!, I = o.hidden ?? defaultHidden(D), N = o.experts ?? 8, K = o.topK ?? 2, L = o.maxDepth ?? 4
     const E = checkVersatileSizes(I, N, K, o.expertHidden)
     const alpha = o.balanceLossWeight ?? 1e-5
     super(
@@ -133,7 +146,8 @@ export class VersatileFFN extends Module {
   }
 
   /**
-   * x [T, dModel] float32 -> y. Inference: each token runs argmax-many loops and stops (early exit).
+   * x [..., dModel] float32 (any leading shape, e.g. batch × sequence) -> y of the same shape;
+   * stats are per token in row-major order ([T], [T, K], T = the product of the leading sizes). Inference: each token runs argmax-many loops and stops (early exit).
    * Training: all loops and the width path run; `noise` 'gumbel' (default) or 'none'; `seed` the
    * Philox key of the noise (default derived from the module's seed and `step`).
    */
@@ -165,7 +179,7 @@ export class VersatileFFN extends Module {
       native.versatileForward({ ...this.args(xc), ...outs, train: false, noise: false, seedLo: 0, seedHi: 0, tau })
       xc.dispose()
       aux.dispose()
-      return { y, stats }
+      return { y: this.output(y, x.shape), stats }
     }
     const t: Saved['t'] = {
       order: empty([T], i32), depthP: empty([T, L], dev), xs: empty([L + 1, T, D], dev), rstd: empty([L, T], dev),
@@ -174,8 +188,8 @@ export class VersatileFFN extends Module {
     }
     native.versatileForward({ ...this.args(xc), ...outs, saved: t, train: true, noise, seedLo: seed[0], seedHi: seed[1], tau })
     const rec: VersatileRecord = {
-      y, stats, auxLoss: aux, tau,
-      _saved: { owner: this, x: xc, tau, t },
+      y: this.output(y, x.shape), stats, auxLoss: aux, tau,
+      _saved: { owner: this, x: xc, shape: x.shape, tau, t },
       dispose() {
         const s = rec._saved
         rec._saved = undefined
@@ -185,15 +199,15 @@ export class VersatileFFN extends Module {
     return rec
   }
 
-  /** dy [T, dModel] -> dx; accumulates all five gradients (the balance loss's included, scaled by auxGrad). */
+  /** dy (the shape of y) -> dx (the shape of x); accumulates all five gradients (the balance loss's included, scaled by auxGrad). */
   backward(tr: VersatileRecord, dy: Tensor, opts: VersatileBackwardOptions = {}): Tensor {
     const o = checkOptions('opts', opts, { retain: optional(bool), auxGrad: optional(number()) })
     const s = checkRecord<Saved>(tr, this)
     const auxGrad = o.auxGrad ?? 1
     const dyc = this.input('dy', dy, this.dModel)
-    if (dyc.shape[0] !== s.x.shape[0]) {
+    if (dy.shape.join() !== s.shape.join()) {
       dyc.dispose()
-      fail('ERR_SHAPE', `dy: expected shape ${show(s.x.shape)}, got ${show(dy.shape)}`)
+      fail('ERR_SHAPE', `dy: expected shape ${show(s.shape)}, got ${show(dy.shape)}`)
     }
     for (const [k, v] of Object.entries(tr.stats))
       if (v instanceof Tensor && v.disposed) {
@@ -212,6 +226,6 @@ export class VersatileFFN extends Module {
     })
     dyc.dispose()
     if (!o.retain) tr.dispose()
-    return dx
+    return this.output(dx, s.shape)
   }
 }

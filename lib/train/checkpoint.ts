@@ -99,7 +99,7 @@ export async function saveCheckpoint(path: string, opts: SaveCheckpointOptions):
   }
   // the reads are queued before anything is awaited, so they see exactly the ops queued before this call
   const names = Object.keys(tensors).sort()
-  const reads = names.map((n) => ({ name: n, shape: tensors[n].shape, data: tensors[n].data() }))
+  const reads = names.map((n) => ({ name: n, shape: tensors[n].shape, data: tensors[n].floatData() }))
   for (const r of reads) r.data.catch(() => undefined) // a failed read rejects in _saveReads, never unhandled while we wait
   const hyper = { lr: st.lr, betas: st.betas, eps: st.eps, weightDecay: st.weightDecay, maxGradNorm: st.maxGradNorm, decays: st.decays }
   // everything the caller passed is captured now: they may change it while the file is written

@@ -1,4 +1,4 @@
-// float64 references of SPEC.md's FFN math, written plainly (loops over tokens, experts and loops,
+// float64 references of docs/SPEC.md's FFN math, written plainly (loops over tokens, experts and loops,
 // every loop run and then selected) and independent of the kernels. Matrices are row-major arrays.
 import { _native } from '../../lib/index'
 
@@ -65,7 +65,7 @@ export function matvec(W: Vec, x: Vec, rows: number): Vec {
   return out
 }
 
-/** Gumbel noise as SPEC.md fixes it: Philox counter (t, j/4, 0, 0), word j mod 4 */
+/** Gumbel noise as docs/SPEC.md fixes it: Philox counter (t, j/4, 0, 0), word j mod 4 */
 export function gumbel(seed: bigint, t: number, j: number): number {
   const lo = Number(seed & 0xffffffffn), hi = Number(seed >> 32n)
   const words = _native.philox(t, Math.floor(j / 4), 0, 0, lo, hi)
@@ -81,7 +81,7 @@ export interface TokenResult {
 /**
  * One token of VersatileFFN. noise: g per loop logit (training), or null (inference argmax).
  * p0 (training surrogate): the straight-through value h − stopgrad(p) + p with p0 the stopped p,
- * so finite differences of the result give SPEC.md's straight-through gradient.
+ * so finite differences of the result give docs/SPEC.md's straight-through gradient.
  */
 export function versatileToken(x: Vec, w: Weights, cfg: VCfg, train: boolean, g: number[] | null, tau: number, p0?: number[]): TokenResult {
   const { N, K, L, E } = cfg
