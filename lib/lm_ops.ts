@@ -59,6 +59,7 @@ export function rope(x: Tensor, heads: number, posOffset = 0, opts: { theta?: nu
   else native.ropeForward(x, heads, posOffset, theta)
 }
 
+/** The output of attention and what its backward needs. */
 export interface AttentionResult {
   out: Tensor
   /** [B, H, Sq] log-sum-exp of each query's scores (saved for backward) */
@@ -85,6 +86,12 @@ function checkQKV(q: Tensor, k: Tensor, v: Tensor, heads: number, qOffset: numbe
  */
 const ATTENTION_OPTIONS = { qOffset: optional(int(0)), scale: optional(number()), out: optional(tensorArg({ ndim: 3, dtypes: F32 })) }
 
+/**
+ * Causal multi-head softmax attention: q [B, Sq, H*hd], k and v [B, Sk, H*hd] (row views allowed),
+ * query s at position qOffset + s sees keys 0..qOffset + s (qOffset = Sk - Sq when decoding with a
+ * cache). Returns out [B, Sq, H*hd] (or writes `out`) and the log-sum-exp [B, H, Sq]; no Sq × Sk
+ * matrix is stored. scale defaults to 1/sqrt(hd).
+ */
 export function attention(q: Tensor, k: Tensor, v: Tensor, heads: number, opts: { qOffset?: number; scale?: number; out?: Tensor } = {}): AttentionResult {
   const o = checkOptions('opts', opts, ATTENTION_OPTIONS)
   const qOffset = o.qOffset ?? 0
@@ -122,6 +129,7 @@ export function attentionBackward(
   native.attentionBackward(grads.dq, grads.dk, grads.dv, dout, q, k, v, out, lse, heads, qOffset, scale)
 }
 
+/** The mean loss [1] and each row's log-sum-exp [T] (saved for backward). */
 export interface CrossEntropyResult {
   /** [1] mean loss over counted tokens */
   loss: Tensor
@@ -185,6 +193,7 @@ export function gradNorm(grads: readonly Tensor[], maxNorm = 0): Tensor {
   return out
 }
 
+/** The hyperparameters of one AdamW update (see adamwStep); step is 1-based and drives the bias correction. */
 export interface AdamWHyper {
   lr: number
   beta1: number

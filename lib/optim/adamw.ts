@@ -11,6 +11,7 @@ import { checkNames, loadInto } from '../nn/state'
 
 export { gumbelTemperature } from '../nn/versatile'
 
+/** A learning-rate schedule: linear warmup to `lr`, then cosine decay to minRatio·lr (see cosineLR). */
 export interface CosineSchedule {
   /** peak learning rate */
   lr: number
@@ -36,6 +37,7 @@ export function cosineLR(step: number, s: CosineSchedule): number {
   return floor + (s.lr - floor) * 0.5 * (1 + Math.cos(Math.PI * p))
 }
 
+/** AdamW's hyperparameters; defaults follow docs/SPEC.md's training defaults (lr 1e-3, betas [0.9, 0.95], eps 1e-8). */
 export interface AdamWOptions {
   lr?: number
   betas?: [number, number]
@@ -76,6 +78,11 @@ const tensorMap = (label: string) => custom<Map<string, Tensor>>(`a Map of ${lab
   return v as Map<string, Tensor>
 })
 
+/**
+ * AdamW with decoupled weight decay and global gradient-norm clipping over a set of named
+ * parameters and their gradients (usually model.parameters() and model.gradients()). Moments are
+ * float32 tensors on each parameter's device. update() is all or nothing (see its description).
+ */
 export class AdamW {
   lr: number
   readonly betas: [number, number]
@@ -247,6 +254,7 @@ export class AdamW {
     return this.slots.length === params.size && this.slots.every(([n, s]) => params.get(n) === s.param)
   }
 
+  /** Frees the moments; the optimizer is unusable afterwards. */
   dispose(): void {
     for (const [, s] of this.slots) {
       s.m.dispose()
@@ -284,6 +292,7 @@ const ADAMW_STATE = object({
 /** The outcome of an optimizer update: applied, or failed with the error of the op that failed first. */
 export type StepStatus = { ok: true } | { ok: false; error: VffnError }
 
+/** Options of one trainStep. */
 export interface TrainStepOptions {
   /** learning-rate schedule; without it the optimizer's lr is used */
   schedule?: CosineSchedule
@@ -297,6 +306,7 @@ export interface TrainStepOptions {
   accumulate?: number
 }
 
+/** What trainStep queued: its loss and gradient norm (tensors to read), the rate used, the balance losses, and its status. */
 export interface TrainStepResult {
   /** [1] mean cross-entropy over the counted targets of the whole batch */
   loss: Tensor

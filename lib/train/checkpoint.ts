@@ -20,6 +20,7 @@ const V = 'optimizer.v.'
 /** A JSON value: null, a boolean, a finite number, a string, or arrays and plain objects of them. */
 export type JSONValue = null | boolean | number | string | JSONValue[] | { [key: string]: JSONValue }
 
+/** What saveCheckpoint writes: the model, its optimizer, and (optionally) the schedule and any JSON-able `extra` such as a data position. */
 export interface SaveCheckpointOptions {
   model: TransformerLM
   /** the model's optimizer (built from model.parameters()) */
@@ -30,6 +31,7 @@ export interface SaveCheckpointOptions {
   extra?: JSONValue
 }
 
+/** Where loadCheckpoint restores: a model built with the checkpoint's config, and the optimizer built from that model. */
 export interface LoadCheckpointOptions {
   /** a model built with the checkpoint's config (its weights are replaced) */
   model: TransformerLM
