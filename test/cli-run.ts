@@ -38,7 +38,7 @@ t.test('JSON schema and positive numbers', async (t) => {
   t.equal(r.device, 'cpu')
   t.type(r.deviceInfo, 'string')
   t.equal(r.threads, 1)
-  t.same(r.config, { name: 'tiny', dModel: D, hidden: I, experts: N, topK: K, maxDepth: L, expertHidden: E, tokens: T, dtype: 'float32', depth: 'uniform', warmup: 1, repeat: 3, seed: 1 })
+  t.same(r.config, { name: 'tiny', label: 'tiny with D=24 I=80 N=4 L=3', dModel: D, hidden: I, experts: N, topK: K, maxDepth: L, expertHidden: E, tokens: T, dtype: 'float32', depth: 'uniform', warmup: 1, repeat: 3, seed: 1 })
   t.same(r.failed, [])
   t.same(r.cases.map((c: { name: string }) => c.name), ['dense.forward', 'dense.train', 'versatile.forward', 'versatile.train', 'loops.forward', 'loops.train', 'authors.forward'])
   for (const c of r.cases) {
@@ -60,7 +60,9 @@ t.test('JSON schema and positive numbers', async (t) => {
   t.ok(byName['versatile.train'].peakActivationBytes >= T * L * 2 * I * 4, `versatile.train keeps every loop's h: ${byName['versatile.train'].peakActivationBytes}`)
   const svg = fs.readFileSync(chart, 'utf8')
   t.match(svg, /^<svg xmlns="http:\/\/www.w3.org\/2000\/svg"/)
-  t.equal(svg.match(/<rect /g)?.length, 1 + 7, 'background and one bar per case')
+  t.equal(svg.match(/<rect /g)?.length, 1 + 4 + 7, 'background, the colour legend and one bar per case')
+  t.match(svg, /inference forward[\s\S]*training step/, 'forward and training cases in two panels')
+  t.match(svg, /x ideal/, 'bars say their ratio to ideal')
   t.match(svg, /authors\.forward/)
 })
 

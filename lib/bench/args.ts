@@ -1,3 +1,5 @@
+import * as fs from 'fs'
+import * as path from 'path'
 import { CASE_HELP, CASE_NAMES, CONFIGS, CaseName, ConfigName, DepthMode, Shape, depthName } from './config'
 
 /** A mistake in the command line: printed with a pointer to --help, exit code 2. */
@@ -14,6 +16,8 @@ export interface BenchOptions {
   /** 'cpu', 'cuda' or 'cuda:N'; undefined = CUDA when available, else CPU. */
   device?: string
   config: ConfigName
+  /** the config's name, with the sizes given on the command line that differ from it */
+  configLabel: string
   shape: Shape
   tokens: number
   dtype: BenchDType
@@ -149,12 +153,28 @@ export function parseBenchArgs(argv: readonly string[]): Parsed {
     throw new UsageError(`--device: expected cpu, cuda or cuda:N, got ${JSON.stringify(device)}`)
   const chart = get('chart')
   if (chart !== undefined && chart === '') throw new UsageError('--chart: expected a file name')
+  // checked before the run, not after minutes of measuring
+  if (chart !== undefined) {
+    const dir = path.dirname(path.resolve(chart))
+    if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw new UsageError(`--chart: the folder ${JSON.stringify(dir)} does not exist`)
+    try {
+      fs.accessSync(dir, fs.constants.W_OK)
+    } catch {
+      throw new UsageError(`--chart: the folder ${JSON.stringify(dir)} is not writable`)
+    }
+  }
+  // the header names the config and every size that differs from it
+  const changed = ([['D', dModel, base.dModel], ['I', hidden, base.hidden], ['N', experts, base.experts], ['K', topK, base.topK], ['L', maxDepth, base.maxDepth]] as const)
+    .filter(([, v, b]) => v !== b)
+    .map(([k, v]) => `${k}=${v}`)
+  const configLabel = changed.length ? `${config} with ${changed.join(' ')}` : config
 
   return {
     help: false,
     options: {
       device,
       config,
+      configLabel,
       shape: { dModel, hidden, experts, topK, maxDepth, expertHidden },
       tokens: dim('tokens', base.tokens),
       dtype: oneOf('dtype', get('dtype') ?? 'float32', ['float32', 'bfloat16'] as const),

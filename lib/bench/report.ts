@@ -40,7 +40,10 @@ export interface BenchReport {
   deviceInfo: string
   threads: number | null
   config: {
+    /** the config's name */
     name: string
+    /** the name with the sizes given on the command line that differ from the config ("tiny with D=100") */
+    label: string
     dModel: number
     hidden: number
     experts: number
@@ -60,8 +63,8 @@ export interface BenchReport {
   totalSeconds: number
 }
 
-export function configOf(name: string, s: Shape, tokens: number, dtype: string, depth: DepthMode, warmup: number, repeat: number, seed: number): BenchReport['config'] {
-  return { name, ...s, tokens, dtype, depth: depthName(depth), warmup, repeat, seed }
+export function configOf(name: string, s: Shape, tokens: number, dtype: string, depth: DepthMode, warmup: number, repeat: number, seed: number, label = name): BenchReport['config'] {
+  return { name, label, ...s, tokens, dtype, depth: depthName(depth), warmup, repeat, seed }
 }
 
 export function median(xs: readonly number[]): number {
@@ -120,7 +123,7 @@ export function renderTable(r: BenchReport): string {
   ])
   const lines = [
     `versatile-ffn bench on ${r.deviceInfo}`,
-    `config ${r.config.name}: ${shapeLine(r)}; ${r.config.warmup} warm-up + ${r.config.repeat} timed runs per case`,
+    `config ${r.config.label ?? r.config.name}: ${shapeLine(r)}; ${r.config.warmup} warm-up + ${r.config.repeat} timed runs per case`,
     '',
     pad([head, ...rows], head.map((_, j) => j > 0)),
     '',
@@ -148,6 +151,8 @@ export function renderTable(r: BenchReport): string {
   lines.push(
     `x dense: median time / the dense case of the same kind (forward: dense.forward, train: dense.train).`,
     `x ideal: median time / (FLOPs the result needs at dense's ${rate}); 1.0 = no overhead for routing or early exit.`,
+    `  It assumes time grows with FLOPs. At small sizes dense's time is mostly fixed per-call cost, the ideal then`,
+    `  overstates every case's time and x ideal falls below 1: read it where dense runs near its FLOP rate.`,
     `FLOPs per docs/SPEC.md from each run's per-token loops and lambda; backward counted as 2x the forward work it redoes.`,
     `total ${r.totalSeconds.toFixed(1)} s`,
   )

@@ -162,7 +162,7 @@ export async function collect(opts: BenchOptions, progressSink: ProgressSink): P
     device: dev.toString(),
     deviceInfo,
     threads,
-    config: configOf(opts.config, opts.shape, opts.tokens, opts.dtype, opts.depth, opts.warmup, opts.repeat, opts.seed),
+    config: configOf(opts.config, opts.shape, opts.tokens, opts.dtype, opts.depth, opts.warmup, opts.repeat, opts.seed, opts.configLabel),
     cases,
     failed,
     totalSeconds: (performance.now() - t0) / 1000,
