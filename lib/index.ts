@@ -24,3 +24,6 @@ export type { AdamWOptions, CosineSchedule, StepStatus, TrainStepOptions, TrainS
 export { saveSafetensors, loadSafetensors, parseSafetensors, MAX_HEADER_BYTES } from './io/safetensors'
 export type { SaveOptions, StoredTensor } from './io/safetensors'
 export { embedding, embeddingBackward, rope, attention, attentionBackward, crossEntropy, crossEntropyBackward, gradNorm, adamwStep, axpy } from './lm_ops'
+export { GenerationEngine } from './serve/engine'
+export type { EngineOptions, RequestOptions, EngineStats } from './serve/engine'
+export { GenerationRequest } from './serve/request'

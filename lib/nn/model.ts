@@ -418,7 +418,7 @@ export class TransformerLM {
     return this.blocks.map(() => kvCache(batch, maxLen, this.config.dModel, this.device))
   }
 
-  /** Continues each prompt (equal lengths) by up to maxNewTokens tokens; see GenerateOptions. */
+  /** Continues each prompt (any lengths) by up to maxNewTokens tokens through a GenerationEngine sized for the call; see GenerateOptions. */
   generate(prompts: readonly (readonly number[] | Int32Array)[], opts: GenerateOptions = {}): Promise<Int32Array[]> {
     return generate(this, prompts, opts)
   }
