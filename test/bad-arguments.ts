@@ -7,7 +7,7 @@ import { tmpdir } from 'os'
 import { join } from 'path'
 import * as lib from '../lib/index'
 import {
-  AdamW, CausalSelfAttention, DenseFFN, Device, Tensor, TransformerBlock, TransformerLM, VersatileFFN, VffnError,
+  AdamW, CausalSelfAttention, DenseFFN, Device, GenerationEngine, Tensor, TransformerBlock, TransformerLM, VersatileFFN, VffnError,
   adamwStep, attention, attentionBackward, axpy, cosineLR, crossEntropy, crossEntropyBackward, device, embedding,
   embeddingBackward, empty, full, gradNorm, gumbelTemperature, loadSafetensors, matmul, parseSafetensors, randn, rope,
   saveSafetensors, setNumThreads, getNumThreads, tensor, trainStep, zeros,
@@ -76,6 +76,7 @@ const dir = tmpdir()
 const ckpt = join(dir, `vffn-bad-args-${process.pid}.safetensors`)
 t.teardown(() => unlinkSync(ckpt))
 
+const STOP_TOKENS: Bad[] = [['null', null], ['a string', 'x'], ['a number', 1], ['an object', {}], ['[1.5]', [1.5]], ['[2^31]', [2 ** 31]], ['[null]', [null]]]
 const FFN_FWD = { train: bool, step: int(), noise: oneOf('gumbell'), seed }
 const LM_OPTS: Record<string, Bad[]> = {
   vocabSize: int(1), dModel: int(2), nLayers: int(1), nHeads: int(1), hidden: int(1), maxSeqLen: int(1), ffn: oneOf('dens'),
@@ -273,10 +274,33 @@ const ROWS: Row[] = [
   {
     fn: 'TransformerLM.generate', make: () => { const m = lm(); return { call: (p, o) => m.generate(p, o), args: [[[1, 2]], { maxNewTokens: 2 }] } },
     params: [
-      { name: 'prompts', bad: [...objectBad, ['[null]', [null]], ['[[null]]', [[null]]], ['[[1.5]]', [[1.5]]], ['[[NaN]]', [[NaN]]], ['[[-1]]', [[-1]]], ['[[2^53]]', [[2 ** 53]]], ['[[]]', [[]]], ['ragged prompts', [[1], [1, 2]]]] },
-      opts({ maxNewTokens: int(), temperature: num({ min: 0 }), topK: int(), seed: [...int(0, 2 ** 32 - 1), ['a bigint', 1n]], stopToken: int(-(2 ** 31), 2 ** 31 - 1) }),
+      { name: 'prompts', bad: [...objectBad, ['[null]', [null]], ['[[null]]', [[null]]], ['[[1.5]]', [[1.5]]], ['[[NaN]]', [[NaN]]], ['[[-1]]', [[-1]]], ['[[2^53]]', [[2 ** 53]]], ['[[]]', [[]]], ['[[1], []]', [[1], []]], ['an id outside the vocabulary', [[1], [11]]]] },
+      opts({
+        maxNewTokens: [...int(), ['over maxSeqLen', 7]], temperature: num({ min: 0 }), topK: int(), topP: [...num({ exclusiveMin: 0 }), ['above 1', 1.5]],
+        seed: [...int(0, 2 ** 32 - 1), ['a bigint', 1n]], stopToken: int(-(2 ** 31), 2 ** 31 - 1), stopTokens: STOP_TOKENS,
+      }),
     ],
   },
+  {
+    fn: 'GenerationEngine', make: () => { const m = lm(); return { call: (mm, o) => new GenerationEngine(mm, o), args: [m, { maxBatch: 2 }] } },
+    params: [
+      { name: 'model', bad: [...objectBad, ['a VersatileFFN', new VersatileFFN(ffnOpts)]] },
+      opts({ maxBatch: int(1, 65536), maxTokens: int(1, 2 ** 31 - 1), blockSize: int(1, 4096), prefillChunk: int(1, 1 << 20) }),
+    ],
+  },
+  {
+    // a request never throws: a bad one is a request that has already failed, so its result rejects
+    fn: 'GenerationEngine.generate', make: () => { const e = new GenerationEngine(lm(), { maxBatch: 2 }); return { call: (p, o) => e.generate(p, o).result, args: [[1, 2], { maxNewTokens: 2 }] } },
+    params: [
+      { name: 'prompt', bad: [...objectBad.filter(([l]) => l !== 'an array'), ['[]', []], ['[null]', [null]], ['[1.5]', [1.5]], ['[NaN]', [NaN]], ['[-1]', [-1]], ['[2^53]', [2 ** 53]], ['an id outside the vocabulary', [1, 11]], ['a Float32Array', new Float32Array(2)]] },
+      opts({
+        maxNewTokens: [...int(), ['over maxSeqLen', 7]], temperature: num({ min: 0 }), topK: int(), topP: [...num({ exclusiveMin: 0 }), ['above 1', 1.5]],
+        seed: [...int(0, 2 ** 32 - 1), ['a bigint', 1n]], stopTokens: STOP_TOKENS,
+        signal: [['null', null], ['an object', {}], ['a string', 'x'], ['an AbortController', new AbortController()], ['a function', () => 1]],
+      }),
+    ],
+  },
+  { fn: 'GenerationEngine.close', make: () => { const e = new GenerationEngine(lm(), { maxBatch: 1 }); return { call: (o) => e.close(o), args: [{}] } }, params: [opts({ cancel: bool })] },
   {
     fn: 'TransformerLM.save', make: () => { const m = lm(); return { call: (p, o) => m.save(p, o), args: [ckpt, {}] } },
     params: [{ name: 'path', bad: [...str, ['a missing folder', join(dir, 'no-such-folder', 'x.safetensors')]] }, opts({ dtype: oneOf('bfloat'), metadata: [...objectBad.slice(1, 4), ['a number value', { a: 1 }]] })],
@@ -334,9 +358,11 @@ const NO_ARGUMENTS = new Set([
   'DenseFFN.parameters', 'DenseFFN.namedParameters', 'DenseFFN.zeroGrad', 'DenseFFN.stateDict', 'DenseFFN.dispose',
   'VersatileFFN.parameters', 'VersatileFFN.namedParameters', 'VersatileFFN.zeroGrad', 'VersatileFFN.stateDict', 'VersatileFFN.dispose', 'VersatileFFN.loadStateDict',
   'TransformerLM.parameters', 'TransformerLM.gradients', 'TransformerLM.numParameters', 'TransformerLM.zeroGrad', 'TransformerLM.stateDict', 'TransformerLM.dispose',
-  'AdamW.dispose', 'Device',
+  'AdamW.dispose', 'Device', 'GenerationEngine.stats',
+  'GenerationRequest', // constructed only by GenerationEngine.generate
   // private helpers (TypeScript keeps them on the prototype)
   'VersatileFFN.args', 'TransformerLM.addOwn', 'TransformerLM.grad', 'TransformerLM.checkBackward', 'TransformerLM.loadTensors', 'TransformerLM.needFloat32', 'TransformerLM.checkTokens', 'CausalSelfAttention.project',
+  'GenerationEngine.abort', 'GenerationEngine.kick', 'GenerationEngine.release', 'GenerationEngine.admit', 'GenerationEngine.loop', 'GenerationEngine.step', 'GenerationRequest.notify',
 ])
 
 t.test('every exported function, class and method has a row', async (t) => {
