@@ -56,8 +56,9 @@ export interface Binding {
   // ---- language-model ops (native/core/lm_args.h) ----
   embeddingForward(out: NativeTensor, weight: NativeTensor, tokens: NativeTensor): void
   embeddingBackward(dweight: NativeTensor, dout: NativeTensor, tokens: NativeTensor): void
-  ropeForward(x: NativeTensor, heads: number, posOffset: number, theta: number): void
-  ropeBackward(x: NativeTensor, heads: number, posOffset: number, theta: number): void
+  /** starts (int32 [B]) puts row b's token s at starts[b] + s instead of posOffset + s. */
+  ropeForward(x: NativeTensor, heads: number, posOffset: number, theta: number, starts?: NativeTensor | null): void
+  ropeBackward(x: NativeTensor, heads: number, posOffset: number, theta: number, starts?: NativeTensor | null): void
   attentionForward(out: NativeTensor, lse: NativeTensor, q: NativeTensor, k: NativeTensor, v: NativeTensor,
                    heads: number, qOffset: number, scale: number): void
   attentionBackward(dq: NativeTensor, dk: NativeTensor, dv: NativeTensor, dout: NativeTensor, q: NativeTensor, k: NativeTensor,
@@ -69,6 +70,12 @@ export interface Binding {
   adamwStep(param: NativeTensor, m: NativeTensor, v: NativeTensor, grad: NativeTensor, clip: NativeTensor | null,
             lr: number, beta1: number, beta2: number, eps: number, weightDecay: number, step: number): void
   axpy(y: NativeTensor, x: NativeTensor, alpha: number): void
+
+  // ---- serving (native/core/lm_args.h): a paged KV cache, sampling on the device ----
+  kvWrite(kPool: NativeTensor, vPool: NativeTensor, k: NativeTensor, v: NativeTensor, slots: NativeTensor): void
+  pagedAttention(out: NativeTensor, q: NativeTensor, kPool: NativeTensor, vPool: NativeTensor, blockTable: NativeTensor,
+                 lens: NativeTensor, heads: number, scale: number): void
+  sample(ids: NativeTensor, logprobs: NativeTensor, logits: NativeTensor, params: NativeTensor): void
 
   /** Resolves (in stream order) with null when the tensor's values are valid, else with the failure it carries. */
   failed(t: NativeTensor): Promise<null | { op: string; code: string; message: string }>

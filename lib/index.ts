@@ -27,3 +27,5 @@ export { embedding, embeddingBackward, rope, attention, attentionBackward, cross
 export { GenerationEngine } from './serve/engine'
 export type { EngineOptions, RequestOptions, EngineStats } from './serve/engine'
 export { GenerationRequest } from './serve/request'
+export { kvWrite, pagedAttention, ropeRows, sample } from './lm_ops'
+export type { SampleResult } from './lm_ops'

@@ -8,7 +8,7 @@ import { join } from 'path'
 import * as lib from '../lib/index'
 import {
   AdamW, CausalSelfAttention, DenseFFN, Device, GenerationEngine, Tensor, TransformerBlock, TransformerLM, VersatileFFN, VffnError,
-  adamwStep, attention, attentionBackward, axpy, cosineLR, crossEntropy, crossEntropyBackward, device, embedding,
+  adamwStep, attention, kvWrite, pagedAttention, ropeRows, sample, attentionBackward, axpy, cosineLR, crossEntropy, crossEntropyBackward, device, embedding,
   embeddingBackward, empty, full, gradNorm, gumbelTemperature, loadSafetensors, matmul, parseSafetensors, randn, rope,
   saveSafetensors, setNumThreads, getNumThreads, tensor, trainStep, zeros,
 } from '../lib/index'
@@ -195,6 +195,30 @@ const ROWS: Row[] = [
       { name: 'h', bad: objectBad, options: { lr: num({ min: 0 }), beta1: num({ min: 0 }), beta2: [...num({ min: 0 }), ['1', 1]], eps: num({ exclusiveMin: 0 }), weightDecay: num({ min: 0 }), step: int(1) } },
       { name: 'clip', bad: tens() },
     ],
+  },
+  {
+    fn: 'kvWrite', make: () => ({ call: kvWrite, args: [f([2, 2, 8]), f([2, 2, 8], 2), f([3, 8], 3), f([3, 8], 4), ids([0, 1, 3])] }),
+    params: [
+      { name: 'kPool', bad: tens(['a 2-D pool', f([4, 8])]) }, { name: 'vPool', bad: tens(['a pool of another shape', f([2, 3, 8])]) },
+      { name: 'k', bad: tens(['rows of another width', f([3, 4])]) }, { name: 'v', bad: tens(['another shape than k', f([2, 8])]) },
+      { name: 'slots', bad: tens(['a float tensor', f([3])], ['too few slots', ids([0, 1])]) },
+    ],
+  },
+  {
+    fn: 'pagedAttention', make: () => ({ call: pagedAttention, args: [f([2, 1, 8]), f([2, 2, 8], 2), f([2, 2, 8], 3), ids([0, 1, 1, 0], [2, 2]), ids([1, 3]), 2, {}] }),
+    params: [
+      { name: 'q', bad: tens(['rows of another width', f([2, 1, 4])]) }, { name: 'kPool', bad: tens() }, { name: 'vPool', bad: tens() },
+      { name: 'blockTable', bad: tens(['a float tensor', f([2, 2])], ['one row', ids([0, 1], [1, 2])]) }, { name: 'lens', bad: tens(['three lengths', ids([1, 1, 1])]) },
+      { name: 'heads', bad: int(1) }, opts({ scale: num() }),
+    ],
+  },
+  {
+    fn: 'ropeRows', make: () => ({ call: ropeRows, args: [f([2, 2, 8]), 2, ids([0, 5]), {}] }),
+    params: [{ name: 'x', bad: tens(['a 2-D tensor', f([2, 8])]) }, { name: 'heads', bad: int(1) }, { name: 'starts', bad: tens(['one start', ids([0])]) }, opts({ theta: num({ exclusiveMin: 0 }) })],
+  },
+  {
+    fn: 'sample', make: () => ({ call: sample, args: [f([2, 5]), tensor(Float32Array.from([0, 0, 1, 0, 1, 2, 0.9, 0.5]), [2, 4])] }),
+    params: [{ name: 'logits', bad: tens(['a 1-D tensor', f([5])]) }, { name: 'params', bad: tens(['three columns', f([2, 3])]) }],
   },
   { fn: 'axpy', make: () => ({ call: axpy, args: [zeros([3]), f([3]), 1] }), params: [{ name: 'y', bad: tens() }, { name: 'x', bad: tens(['a tensor of 2 elements', f([2])]) }, { name: 'alpha', bad: num() }] },
   {

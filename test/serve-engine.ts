@@ -38,6 +38,8 @@ function pick(row: Float32Array, o: RequestOptions, u: number): number {
     while (n < kept.length && c < P) c += p[n++]
     kept = kept.slice(0, Math.max(n, 1))
   }
+  // the draw walks the kept ids in ascending id order
+  kept.sort((a, b) => a - b)
   const p = prob(kept)
   let c = 0
   for (let i = 0; i < kept.length; i++) if ((c += p[i]) > u) return kept[i]
@@ -51,7 +53,8 @@ async function reference(m: TransformerLM, prompt: number[], o: RequestOptions):
     const r = m.forward(tensor(Int32Array.from(seq), [1, seq.length], { dtype: 'int32' }))
     const all = await r.logits.data()
     r.dispose()
-    const id = pick(all.subarray((seq.length - 1) * V, seq.length * V), o, u())
+    // u as the float32 params carry it, below 1
+    const id = pick(all.subarray((seq.length - 1) * V, seq.length * V), o, Math.min(Math.fround(u()), 1 - 2 ** -24))
     out.push(id)
     seq.push(id)
     if (o.stopTokens?.includes(id)) break
@@ -158,21 +161,22 @@ t.test('FIFO admission when the budget is full: nothing overtakes, every request
   // 7 blocks of 8: A takes 6, B needs 6 and waits, C needs 1 and would fit but waits behind B
   const e = new GenerationEngine(m, { maxBatch: 8, maxTokens: 56, blockSize: 8 })
   const firsts: string[] = []
+  let seen: { running: number; waiting: number } | undefined
   const go = (name: string, p: number[], n: number) => {
     const r = e.generate(p, { maxNewTokens: n })
     void (async () => {
       for await (const _ of r) {
         firsts.push(name)
+        // A's first token: A still holds its blocks for 5 more tokens
+        if (name === 'A') seen = { running: e.stats().running, waiting: e.stats().waiting }
         break
       }
     })()
     return r
   }
   const A = go('A', prompt(40, 1), 6), B = go('B', prompt(40, 2), 6), C = go('C', prompt(4, 3), 4)
-  await new Promise((r) => setImmediate(r))
-  await new Promise((r) => setImmediate(r))
-  t.same({ running: e.stats().running, waiting: e.stats().waiting }, { running: 1, waiting: 2 }, 'B and C wait while A holds the blocks B needs')
   const got = await Promise.all([A.result, B.result, C.result])
+  t.same(seen, { running: 1, waiting: 2 }, 'B and C wait while A holds the blocks B needs')
   t.same(firsts, ['A', 'B', 'C'], 'first tokens in arrival order')
   t.same(got.map((g) => g.length), [6, 6, 4], 'every request completes')
   const over = e.generate(prompt(60, 1), { maxNewTokens: 4 })

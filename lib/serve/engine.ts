@@ -56,6 +56,12 @@ export interface EngineStats {
   steps: number
 }
 
+/** @internal u as the float32 params carry it: rounding may not reach 1 (sample needs u < 1) */
+export function uniform32(u: number): number {
+  const f = Math.fround(u)
+  return f < 1 ? f : 1 - 2 ** -24
+}
+
 const ENGINE_OPTIONS = { maxBatch: optional(int(1, 65536)), maxTokens: optional(int(1, 2 ** 31 - 1)), blockSize: optional(int(1, 4096)), prefillChunk: optional(int(1, 1 << 20)) }
 const SIGNAL = check<AbortSignal>('an AbortSignal', (v) => typeof AbortSignal !== 'undefined' && v instanceof AbortSignal)
 const REQUEST_OPTIONS = {
@@ -239,7 +245,7 @@ export class GenerationEngine {
     const params = new Float32Array(4 * sampled.length)
     sampled.forEach((r, i) => {
       const p = r._plan!
-      params.set([p.temperature, p.topK, p.topP, p.rand()], 4 * i)
+      params.set([p.temperature, p.topK, p.topP, uniform32(p.rand())], 4 * i)
     })
     let ids: Int32Array | undefined, logprobs: Float32Array | undefined
     this.steps++

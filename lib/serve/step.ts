@@ -99,18 +99,27 @@ export function runStep(model: TransformerLM, pool: KVPool, rows: readonly StepR
     writeKV(kPool, vPool, k, v, slots)
     k.dispose()
     v.dispose()
-    const att = empty([T, D], dev)
+    // one group (all decoding, or one prompt chunk): its output already is the [T, D] rows
+    const att = gs.length === 1 ? undefined : empty([T, D], dev)
+    let single: Tensor | undefined
     for (const g of gs) {
       const q = view(g, 0, D)
       const o = attendPaged(q, kPool, vPool, g.table, g.lens, H)
+      q.dispose()
+      if (!att) {
+        single = reshapeFree(o, [T, D])
+        continue
+      }
       const dst = att.rows(g.at, g.at + g.B * g.S)
       dst.copy_(o)
-      for (const z of [q, o, dst]) z.dispose()
+      dst.dispose()
+      o.dispose()
     }
     qkv.dispose()
+    const a = (att ?? single)!
     const h = x.clone()
-    matmul(att, blk.attn.params['attn_out.weight'], { transposeB: true, out: h, alpha: 1, beta: 1 })
-    att.dispose()
+    matmul(a, blk.attn.params['attn_out.weight'], { transposeB: true, out: h, alpha: 1, beta: 1 })
+    a.dispose()
     x.dispose()
     const f = blk.ffn.forward(h, { train: false })
     h.dispose()

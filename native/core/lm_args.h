@@ -26,11 +26,14 @@ struct EmbeddingBackwardArgs {
 // head h of token s at position pos = pos_offset + s: for i < hd/2, angle = pos * theta^(-2i/hd),
 // (a, b) = (x[i], x[i + hd/2]) -> (a cos - b sin, b cos + a sin) ("rotate half", non-interleaved).
 // backward applies the inverse rotation to the gradient.
+// starts (int32 [B], may have data == nullptr): row b's token s sits at starts[b] + s instead
+// (ragged batches when serving).
 struct RopeArgs {
   View x;
   int64_t heads;
   int64_t pos_offset;
   float theta;
+  View starts;
 };
 
 // attention_forward: causal multi-head softmax attention, no T x T matrix stored.
@@ -94,6 +97,41 @@ struct AdamWArgs {
   View grad, clip;
   float lr, beta1, beta2, eps, weight_decay;
   int64_t step;
+};
+
+// ---- serving: a paged KV cache and sampling on the device ----
+// a pool holds NB blocks of BS token rows: k_pool, v_pool [NB, BS, D]; flat slot s is row s % BS of
+// block s / BS.
+
+// kv_write: k_pool[slot[t]] = k[t], v_pool[slot[t]] = v[t] for k, v [T, D] (rows may be strided,
+// last stride 1), slots int32 [T]. a slot outside [0, NB*BS) fails before anything is written.
+struct KvWriteArgs {
+  View k_pool, v_pool;
+  View k, v, slots;
+};
+
+// paged_attention: causal attention of q [B, Sq, H*hd] over each sequence's keys in the pool.
+// block_table int32 [B, MB]: sequence b's key j is at flat slot block_table[b, j / BS] * BS + j % BS;
+// lens int32 [B]: sequence b has lens[b] keys (this step's included); query s is at position
+// lens[b] - Sq + s and sees keys 0..that position. out [B, Sq, H*hd]. inference only. a length
+// outside [Sq, MB*BS] or a needed block outside [0, NB) fails before anything is written.
+struct PagedAttentionArgs {
+  View out;
+  View q, k_pool, v_pool, block_table, lens;
+  int64_t heads;
+  float scale;
+};
+
+// sample: one id per row of logits [B, V] with params float32 [B, 4] = (temperature, top_k, top_p,
+// u): temperature 0 is argmax (ties: lowest id). otherwise z = logits / temperature; the kept set
+// is the top_k largest z (0: all; ties broken by lower id), then, when top_p < 1, the shortest
+// prefix of those in descending z whose softmax mass reaches top_p (at least one); weights
+// w = exp(z - max z) over the kept set, r = u * sum(w), and the id is the first kept id in
+// ascending id order whose running sum of w exceeds r (the last kept id if none). in double.
+// ids int32 [B]; logprobs float32 [B] = log_softmax(logits)[id] (temperature 1, unfiltered).
+struct SampleArgs {
+  View ids, logprobs;
+  View logits, params;
 };
 
 // axpy: y += alpha * x, same element count, both contiguous (residual gradients, accumulation)

@@ -22,4 +22,8 @@ void adamw_step(const AdamWArgs& a);
 
 void axpy(const AxpyArgs& a);
 
+void kv_write(const KvWriteArgs& a);
+void paged_attention(const PagedAttentionArgs& a);
+void sample(const SampleArgs& a);
+
 }  // namespace vffn::cpu

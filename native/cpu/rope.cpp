@@ -20,7 +20,7 @@ void rope_apply(const RopeArgs& a, float sign) {
     std::vector<float> c(static_cast<size_t>(half)), s(static_cast<size_t>(half));
     for (int64_t r = b0; r < e0; r++) {
       int64_t bi = r / S, si = r % S;
-      double pos = double(a.pos_offset + si);
+      double pos = double((a.starts.data ? int64_t(a.starts.ptr<int32_t>()[bi]) : a.pos_offset) + si);
       for (int64_t i = 0; i < half; i++) {
         double ang = pos * inv[size_t(i)];
         c[size_t(i)] = float(std::cos(ang));

@@ -8,12 +8,13 @@ namespace vffn::cuda {
 namespace {
 
 __global__ void rope_kernel(float* x, int64_t B, int64_t S, int64_t H, int64_t hd, int64_t sb, int64_t ss,
-                            int64_t pos_offset, double theta, float sign) {
+                            int64_t pos_offset, const int32_t* starts, double theta, float sign) {
   const int64_t half = hd / 2, total = B * S * H * half;
   for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total; idx += int64_t(gridDim.x) * blockDim.x) {
     const int64_t i = idx % half, h = (idx / half) % H, r = idx / (half * H), b = r / S, s = r % S;
     // reduced to [-π, π] in double, where the fast float sin/cos are accurate to ~1e-6
-    double ang = fmod(double(pos_offset + s) * pow(theta, -2.0 * double(i) / double(hd)), 6.283185307179586);
+    const int64_t pos = (starts ? int64_t(starts[b]) : pos_offset) + s;  // per-row starts when serving
+    double ang = fmod(double(pos) * pow(theta, -2.0 * double(i) / double(hd)), 6.283185307179586);
     if (ang > 3.141592653589793) ang -= 6.283185307179586;
     float sn, c;
     sincosf(float(ang), &sn, &c);
@@ -33,7 +34,8 @@ void rope(int dev, const RopeArgs& a, float sign) {
   const int64_t n = B * S * H * (hd / 2);
   if (n == 0) return;
   rope_kernel<<<blocks_for(n, 256, 1u << 20), 256, 0, st>>>(a.x.ptr<float>(), B, S, H, hd, a.x.stride[0], a.x.stride[1],
-                                                            a.pos_offset, double(a.theta), sign);
+                                                            a.pos_offset, a.starts.data ? a.starts.ptr<int32_t>() : nullptr,
+                                                            double(a.theta), sign);
   check_launch("rope");
 }
 

@@ -79,7 +79,7 @@ Napi::Value EmbeddingBackward(const Napi::CallbackInfo& info) {
   });
 }
 
-// ropeForward / ropeBackward(x [B, S, H*hd] in place, heads, posOffset, theta)
+// ropeForward / ropeBackward(x [B, S, H*hd] in place, heads, posOffset, theta, starts int32 [B] | null)
 Napi::Value Rope(const Napi::CallbackInfo& info, bool backward) {
   return guard(info, [&]() -> Napi::Value {
     TensorArg x = tensor_arg(info[0], "x");
@@ -89,10 +89,16 @@ Napi::Value Rope(const Napi::CallbackInfo& info, bool backward) {
     if (H < 1 || x.meta.shape[2] % (2 * H) != 0)
       fail("ERR_SHAPE", "x: the last dimension " + to_string(x.meta.shape[2]) + " must split into " + to_string(H) + " heads of even size");
     if (off < 0) fail("ERR_ARGUMENT", "posOffset: expected >= 0");
+    bool rows = info.Length() > 4 && !info[4].IsNull() && !info[4].IsUndefined();
+    TensorArg starts = rows ? tensor_arg(info[4], "starts") : TensorArg{};
+    if (rows) {
+      need(starts, "starts", 1, I32), need_contiguous(starts, "starts"), same_device(x, {&starts});
+      if (starts.meta.shape[0] != x.meta.shape[0]) fail("ERR_SHAPE", "starts: expected one start per row of x");
+    }
     Device* dev = x.device;
     const char* op = backward ? "rope_backward" : "rope_forward";
-    enqueue(dev, op, Io().inout(x), [x, H, off, theta, dev, backward, op] {
-      RopeArgs a{x.view(), H, off, theta};
+    enqueue(dev, op, Io().inout(x).in(starts), [x, H, off, theta, dev, backward, op, rows, starts] {
+      RopeArgs a{x.view(), H, off, theta, rows ? starts.view() : View{}};
       if (dev->type != kCPU) return cuda_call(dev, op, &a);
       backward ? cpu::rope_backward(a) : cpu::rope_forward(a);
     });

@@ -1,0 +1,156 @@
+// serving kernels on CPU: writes into a paged KV cache, causal attention over it with per-sequence
+// lengths, and sampling that returns only ids. NB blocks of BS rows, D = H*hd columns; B sequences
+// of Sq queries; V vocabulary ids.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "../core/error.h"
+#include "lm.h"
+#include "pool.h"
+
+namespace vffn::cpu {
+
+void kv_write(const KvWriteArgs& a) {
+  const int64_t NB = a.k_pool.shape[0], BS = a.k_pool.shape[1], D = a.k_pool.shape[2], T = a.k.shape[0];
+  const int32_t* slot = a.slots.ptr<int32_t>();
+  // every slot is checked before any row is written: a failed op leaves the pool as it was
+  for (int64_t t = 0; t < T; t++)
+    if (slot[t] < 0 || slot[t] >= NB * BS)
+      fail("ERR_ARGUMENT", "slots: slot " + std::to_string(slot[t]) + " at position " + std::to_string(t) +
+                               " is outside the pool [0, " + std::to_string(NB * BS) + ")");
+  for (int64_t t = 0; t < T; t++) {
+    int64_t b = slot[t] / BS, r = slot[t] % BS;
+    std::memcpy(a.k_pool.ptr<float>() + b * a.k_pool.stride[0] + r * a.k_pool.stride[1], a.k.ptr<float>() + t * a.k.stride[0],
+                size_t(D) * sizeof(float));
+    std::memcpy(a.v_pool.ptr<float>() + b * a.v_pool.stride[0] + r * a.v_pool.stride[1], a.v.ptr<float>() + t * a.v.stride[0],
+                size_t(D) * sizeof(float));
+  }
+}
+
+void paged_attention(const PagedAttentionArgs& a) {
+  const int64_t B = a.q.shape[0], Sq = a.q.shape[1], H = a.heads, hd = a.q.shape[2] / H;
+  const int64_t NB = a.k_pool.shape[0], BS = a.k_pool.shape[1], MB = a.block_table.shape[1];
+  const int32_t* lens = a.lens.ptr<int32_t>();
+  const int32_t* table = a.block_table.ptr<int32_t>();
+  const int64_t lt = a.block_table.stride[0];
+  for (int64_t b = 0; b < B; b++) {
+    if (lens[b] < Sq || lens[b] > MB * BS)
+      fail("ERR_ARGUMENT", "lens: sequence " + std::to_string(b) + " has length " + std::to_string(lens[b]) + ", expected " +
+                               std::to_string(Sq) + ".." + std::to_string(MB * BS));
+    for (int64_t j = 0; j < (lens[b] + BS - 1) / BS; j++)
+      if (table[b * lt + j] < 0 || table[b * lt + j] >= NB)
+        fail("ERR_ARGUMENT", "blockTable: block " + std::to_string(table[b * lt + j]) + " of sequence " + std::to_string(b) +
+                                 " is outside the pool [0, " + std::to_string(NB) + ")");
+  }
+  const float scale = a.scale;
+  // one task per (sequence, head, query): each walks its keys once with an online softmax
+  parallel_for(B * H * Sq, 4, [&](int64_t r0, int64_t r1, int) {
+    std::vector<float> acc(static_cast<size_t>(hd));
+    for (int64_t r = r0; r < r1; r++) {
+      const int64_t b = r / (H * Sq), h = (r / Sq) % H, s = r % Sq;
+      const int64_t pos = lens[b] - Sq + s;
+      const float* q = a.q.ptr<float>() + b * a.q.stride[0] + s * a.q.stride[1] + h * hd;
+      std::fill(acc.begin(), acc.end(), 0.f);
+      float m = -std::numeric_limits<float>::infinity(), l = 0.f;
+      for (int64_t j = 0; j <= pos; j++) {
+        const int64_t blk = table[b * lt + j / BS], row = j % BS;
+        const float* k = a.k_pool.ptr<float>() + blk * a.k_pool.stride[0] + row * a.k_pool.stride[1] + h * hd;
+        const float* v = a.v_pool.ptr<float>() + blk * a.v_pool.stride[0] + row * a.v_pool.stride[1] + h * hd;
+        float dot = 0.f;
+        for (int64_t c = 0; c < hd; c++) dot += q[c] * k[c];
+        dot *= scale;
+        if (dot > m) {
+          const float alpha = std::exp(m - dot);  // exp(-inf) = 0 for the first key
+          for (int64_t c = 0; c < hd; c++) acc[size_t(c)] *= alpha;
+          l *= alpha;
+          m = dot;
+        }
+        const float p = std::exp(dot - m);
+        l += p;
+        for (int64_t c = 0; c < hd; c++) acc[size_t(c)] += p * v[c];
+      }
+      float* o = a.out.ptr<float>() + b * a.out.stride[0] + s * a.out.stride[1] + h * hd;
+      const float inv = 1.f / l;
+      for (int64_t c = 0; c < hd; c++) o[c] = acc[size_t(c)] * inv;
+    }
+  });
+}
+
+namespace {
+// the id of one row by SampleArgs' rule
+int32_t sample_row(const float* x, int64_t V, double temp, int64_t top_k, double top_p, double u, std::vector<int32_t>& ids) {
+  if (temp == 0.0) {
+    int64_t best = 0;
+    for (int64_t j = 1; j < V; j++)
+      if (x[j] > x[best]) best = j;
+    return int32_t(best);
+  }
+  const double inv_t = 1.0 / temp;
+  auto z = [&](int32_t j) { return double(x[j]) * inv_t; };
+  auto before = [&](int32_t i, int32_t j) { return z(i) > z(j) || (z(i) == z(j) && i < j); };  // descending z, then id
+  ids.resize(size_t(V));
+  std::iota(ids.begin(), ids.end(), 0);
+  size_t kept = size_t(V);
+  if (top_k > 0 && top_k < V) {
+    std::nth_element(ids.begin(), ids.begin() + top_k - 1, ids.end(), before);
+    kept = size_t(top_k);
+  }
+  double mx = -std::numeric_limits<double>::infinity();
+  for (size_t i = 0; i < kept; i++) mx = std::max(mx, z(ids[i]));
+  if (top_p < 1.0) {
+    std::sort(ids.begin(), ids.begin() + std::ptrdiff_t(kept), before);
+    double total = 0.0;
+    for (size_t i = 0; i < kept; i++) total += std::exp(z(ids[i]) - mx);
+    double run = 0.0;
+    size_t n = 0;
+    while (n < kept) {
+      run += std::exp(z(ids[n]) - mx);
+      n++;
+      if (run >= top_p * total) break;
+    }
+    kept = n;
+  }
+  std::sort(ids.begin(), ids.begin() + std::ptrdiff_t(kept));
+  double total = 0.0;
+  for (size_t i = 0; i < kept; i++) total += std::exp(z(ids[i]) - mx);
+  const double r = u * total;
+  double run = 0.0;
+  for (size_t i = 0; i < kept; i++) {
+    run += std::exp(z(ids[i]) - mx);
+    if (run > r) return ids[i];
+  }
+  return ids[kept - 1];
+}
+}  // namespace
+
+void sample(const SampleArgs& a) {
+  const int64_t B = a.logits.shape[0], V = a.logits.shape[1];
+  for (int64_t b = 0; b < B; b++) {
+    const float* p = a.params.ptr<float>() + b * a.params.stride[0];
+    const double temp = p[0], top_k = p[1], top_p = p[2], u = p[3];
+    if (!(temp >= 0.0) || !std::isfinite(temp) || !(top_k >= 0.0) || top_k != std::floor(top_k) || !(top_p > 0.0 && top_p <= 1.0) ||
+        !(u >= 0.0 && u < 1.0))
+      fail("ERR_ARGUMENT", "params: row " + std::to_string(b) +
+                               " needs temperature >= 0, an integer top_k >= 0, top_p in (0, 1] and u in [0, 1)");
+  }
+  parallel_for(B, 1, [&](int64_t b0, int64_t b1, int) {
+    std::vector<int32_t> ids;
+    for (int64_t b = b0; b < b1; b++) {
+      const float* x = a.logits.ptr<float>() + b * a.logits.stride[0];
+      const float* p = a.params.ptr<float>() + b * a.params.stride[0];
+      const int32_t id = sample_row(x, V, p[0], int64_t(p[1]), p[2], p[3], ids);
+      double mx = -std::numeric_limits<double>::infinity(), sum = 0.0;
+      for (int64_t j = 0; j < V; j++) mx = std::max(mx, double(x[j]));
+      for (int64_t j = 0; j < V; j++) sum += std::exp(double(x[j]) - mx);
+      a.ids.ptr<int32_t>()[b * a.ids.stride[0]] = id;
+      a.logprobs.ptr<float>()[b * a.logprobs.stride[0]] = float(double(x[id]) - mx - std::log(sum));
+    }
+  });
+}
+
+}  // namespace vffn::cpu
