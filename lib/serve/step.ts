@@ -8,7 +8,7 @@ import { Tensor, empty, tensor } from '../tensor'
 import { ROPE_THETA } from '../nn/attention'
 import { rmsnorm } from '../nn/block'
 import type { TransformerLM } from '../nn/model'
-import { attendPaged, ropeAt, writeKV } from './kernels'
+import { kvWrite, pagedAttention, ropeRows } from '../serve_ops'
 import type { KVPool } from './pool'
 
 /** @internal one sequence's part of a step */
@@ -30,8 +30,12 @@ interface Group {
   S: number
   starts: Int32Array
   lens: Int32Array
+  /** [B, widest block table] */
   table: Int32Array
 }
+
+// the index arrays of one step as int32 tensors, made once and read by every layer
+const ints = (a: Int32Array, shape: number[], device: TransformerLM['device']) => tensor(a, shape, { dtype: 'int32', device })
 
 // rows of equal length share one rotary and one attention call
 function groups(rows: readonly StepRow[]): Group[] {
@@ -78,6 +82,10 @@ export function runStep(model: TransformerLM, pool: KVPool, rows: readonly StepR
   const tok = tensor(ids, [T], { dtype: 'int32', ...dev })
   let x = embedding(params.get('transformer.wte.weight')!, tok)
   tok.dispose()
+  const slotsT = ints(slots, [T], model.device)
+  const gt = gs.map((g) => ({
+    starts: ints(g.starts, [g.B], model.device), lens: ints(g.lens, [g.B], model.device), table: ints(g.table, [g.B, g.table.length / g.B], model.device),
+  }))
   model.blocks.forEach((blk, i) => {
     const { k: kPool, v: vPool } = pool.layers[i]
     const { out: xn } = rmsnorm(x, blk.normWeight, false)
@@ -90,21 +98,21 @@ export function runStep(model: TransformerLM, pool: KVPool, rows: readonly StepR
       v3.dispose()
       return out
     }
-    for (const g of gs) {
+    gs.forEach((g, j) => {
       const qk = view(g, 0, 2 * D)
-      ropeAt(qk, 2 * H, g.starts, ROPE_THETA)
+      ropeRows(qk, 2 * H, gt[j].starts, { theta: ROPE_THETA })
       qk.dispose()
-    }
+    })
     const k = qkv.cols(D, 2 * D), v = qkv.cols(2 * D, 3 * D)
-    writeKV(kPool, vPool, k, v, slots)
+    kvWrite(kPool, vPool, k, v, slotsT)
     k.dispose()
     v.dispose()
     // one group (all decoding, or one prompt chunk): its output already is the [T, D] rows
     const att = gs.length === 1 ? undefined : empty([T, D], dev)
     let single: Tensor | undefined
-    for (const g of gs) {
+    for (const [j, g] of gs.entries()) {
       const q = view(g, 0, D)
-      const o = attendPaged(q, kPool, vPool, g.table, g.lens, H)
+      const o = pagedAttention(q, kPool, vPool, gt[j].table, gt[j].lens, H)
       q.dispose()
       if (!att) {
         single = reshapeFree(o, [T, D])
@@ -126,6 +134,8 @@ export function runStep(model: TransformerLM, pool: KVPool, rows: readonly StepR
     ;(f.stats as { dispose?: () => void } | undefined)?.dispose?.()
     x = f.y
   })
+  slotsT.dispose()
+  for (const g of gt) for (const z of Object.values(g)) z.dispose()
   const { out: xf } = rmsnorm(x, params.get('transformer.ln_f.weight')!, false)
   x.dispose()
   if (picks.length === 0) {
