@@ -17,7 +17,6 @@ export type { TransformerLMOptions, ForwardOptions, FromFileOptions, LMOutput } 
 export type { LoadOptions, LoadResult } from './nn/state'
 export { TransformerBlock } from './nn/block'
 export { CausalSelfAttention } from './nn/attention'
-export type { KVCache } from './nn/attention'
 export type { GenerateOptions } from './nn/generate'
 export { AdamW, cosineLR, trainStep } from './optim/adamw'
 export type { AdamWOptions, CosineSchedule, StepStatus, TrainStepOptions, TrainStepResult } from './optim/adamw'

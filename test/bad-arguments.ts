@@ -265,7 +265,7 @@ const ROWS: Row[] = [
   },
   {
     fn: 'TransformerBlock.forward', make: () => { const b = block(); return { call: (x, B, S, o) => b.forward(x, B, S, o), args: [f([6, 8]), 2, 3, { train: true }] } },
-    params: [{ name: 'x', bad: tens() }, { name: 'B', bad: int(1) }, { name: 'S', bad: int(1) }, opts({ ...FFN_FWD, cache: objectBad })],
+    params: [{ name: 'x', bad: tens() }, { name: 'B', bad: int(1) }, { name: 'S', bad: int(1) }, opts(FFN_FWD)],
   },
   {
     fn: 'TransformerBlock.backward', make: () => { const b = block(); return { call: (s, dy) => b.backward(s, dy), args: [b.forward(f([6, 8]), 2, 3, { train: true }).saved, f([6, 8], 2)] } },
@@ -279,7 +279,7 @@ const ROWS: Row[] = [
   { fn: 'TransformerLM.decays', make: () => ({ call: TransformerLM.decays, args: ['transformer.ln_f.weight'] }), params: [{ name: 'name', bad: str }] },
   {
     fn: 'TransformerLM.forward', make: () => { const m = lm(); return { call: (x, o) => m.forward(x, o), args: [ids([1, 2, 3, 4], [2, 2]), {}] } },
-    params: [{ name: 'tokens', bad: tens(['a float tensor', f([2, 2])], ['a 1-D tensor', ids([1, 2])]) }, opts({ train: bool, step: int(), noise: oneOf('none!'), caches: [...objectBad, ['an empty array', []]], lastOnly: bool })],
+    params: [{ name: 'tokens', bad: tens(['a float tensor', f([2, 2])], ['a 1-D tensor', ids([1, 2])]) }, opts({ train: bool, step: int(), noise: oneOf('none!'), lastOnly: bool })],
   },
   {
     fn: 'TransformerLM.loss', make: () => { const m = lm(); return { call: (o, y, i) => m.loss(o, y, i), args: [m.forward(ids([1, 2, 3, 4], [2, 2]), { train: true }), ids([2, 3, 4, 5], [2, 2]), -100] } },
@@ -294,7 +294,6 @@ const ROWS: Row[] = [
     },
     params: [{ name: 'out', bad: objectBad }, { name: 'dloss', bad: num() }],
   },
-  { fn: 'TransformerLM.newCaches', make: () => { const m = lm(); return { call: (b, n) => m.newCaches(b, n), args: [2, 8] } }, params: [{ name: 'batch', bad: int(1) }, { name: 'maxLen', bad: int(1, 8) }] },
   {
     fn: 'TransformerLM.generate', make: () => { const m = lm(); return { call: (p, o) => m.generate(p, o), args: [[[1, 2]], { maxNewTokens: 2 }] } },
     params: [

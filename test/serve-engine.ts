@@ -7,6 +7,16 @@ import { GenerationEngine, GenerationRequest, RequestOptions, TransformerLM, Vff
 
 const cfg = { ...TransformerLM.config('tiny'), nLayers: 2, maxSeqLen: 64, seed: 3 }
 const live = () => device('cpu').memory().live
+// each test frees its model, so no model of an earlier one is collected during a later one's measurement
+const own = (t: { teardown(f: () => void): void }, m: TransformerLM) => {
+  t.teardown(() => m.dispose())
+  return m
+}
+// the baseline: collect what earlier tests dropped without disposing, and let queued work finish
+const settle = async () => {
+  ;(globalThis as { gc?: () => void }).gc?.()
+  await device('cpu').sync()
+}
 
 // mulberry32, written out again: the reference draws the request's uniforms itself
 function draws(seed: number): () => number {
@@ -81,7 +91,7 @@ const MIXED: [number[], RequestOptions][] = [
 
 for (const ffn of ['versatile', 'dense'] as const) {
   t.test(`${ffn}: alone equals the full-forward reference; batched (arriving at different steps) equals alone`, async (t) => {
-    const m = new TransformerLM({ ...cfg, ffn })
+    const m = own(t, new TransformerLM({ ...cfg, ffn }))
     const solo: number[][] = []
     for (const [p, o] of MIXED) solo.push(await alone(m, p, o))
     for (const [i, [p, o]] of MIXED.entries()) t.same(solo[i], await reference(m, p, o), `request ${i} alone = the reference (${o.temperature ? 'sampled' : 'greedy'}, prompt ${p.length})`)
@@ -103,7 +113,7 @@ for (const ffn of ['versatile', 'dense'] as const) {
 }
 
 t.test('streaming, stop tokens, model.generate over the engine with ragged prompts', async (t) => {
-  const m = new TransformerLM({ ...cfg, ffn: 'versatile' })
+  const m = own(t, new TransformerLM({ ...cfg, ffn: 'versatile' }))
   const e = new GenerationEngine(m, { maxBatch: 8, maxTokens: 256 })
   const base = await e.generate(prompt(4, 7), { maxNewTokens: 10, temperature: 1, seed: 5 }).result
   const stop = base[3]
@@ -126,10 +136,10 @@ t.test('streaming, stop tokens, model.generate over the engine with ragged promp
 })
 
 t.test('abort mid-stream stops the request and frees its cache; others go on', async (t) => {
-  const m = new TransformerLM({ ...cfg, ffn: 'versatile' })
+  const m = own(t, new TransformerLM({ ...cfg, ffn: 'versatile' }))
   const other = await alone(m, prompt(6, 2), { maxNewTokens: 20 })
   // after a first run: lazily grown native scratch is not the engine's
-  await device('cpu').sync()
+  await settle()
   const before = live()
   const e = new GenerationEngine(m, { maxBatch: 4, maxTokens: 128 })
   const ac = new AbortController()
@@ -157,7 +167,7 @@ t.test('abort mid-stream stops the request and frees its cache; others go on', a
 })
 
 t.test('FIFO admission when the budget is full: nothing overtakes, every request completes', async (t) => {
-  const m = new TransformerLM({ ...cfg, ffn: 'dense' })
+  const m = own(t, new TransformerLM({ ...cfg, ffn: 'dense' }))
   // 7 blocks of 8: A takes 6, B needs 6 and waits, C needs 1 and would fit but waits behind B
   const e = new GenerationEngine(m, { maxBatch: 8, maxTokens: 56, blockSize: 8 })
   const firsts: string[] = []
@@ -185,7 +195,7 @@ t.test('FIFO admission when the budget is full: nothing overtakes, every request
 })
 
 t.test('chunked prefill: a long prompt delays a running stream by one chunk per step', async (t) => {
-  const m = new TransformerLM({ ...cfg, ffn: 'versatile' })
+  const m = own(t, new TransformerLM({ ...cfg, ffn: 'versatile' }))
   const e = new GenerationEngine(m, { maxBatch: 4, maxTokens: 256, prefillChunk: 8 })
   const run = e.generate(prompt(2, 1), { maxNewTokens: 30 })
   let during = 0, long: GenerationRequest | undefined
@@ -200,7 +210,7 @@ t.test('chunked prefill: a long prompt delays a running stream by one chunk per 
 })
 
 t.test('bad requests fail alone with a code; the engine and other requests go on', async (t) => {
-  const m = new TransformerLM({ ...cfg, ffn: 'versatile' })
+  const m = own(t, new TransformerLM({ ...cfg, ffn: 'versatile' }))
   const e = new GenerationEngine(m, { maxBatch: 4, maxTokens: 128 })
   const want = await alone(m, prompt(4, 1), { maxNewTokens: 8, temperature: 1, seed: 2 })
   const good = e.generate(prompt(4, 1), { maxNewTokens: 8, temperature: 1, seed: 2 })
@@ -228,9 +238,9 @@ t.test('bad requests fail alone with a code; the engine and other requests go on
 })
 
 t.test('close: drains by default, cancel rejects with ERR_CLOSED, refuses new requests', async (t) => {
-  const m = new TransformerLM({ ...cfg, ffn: 'dense' })
+  const m = own(t, new TransformerLM({ ...cfg, ffn: 'dense' }))
   await alone(m, [1, 2], { maxNewTokens: 2 })
-  await device('cpu').sync()
+  await settle()
   const before = live()
   const e = new GenerationEngine(m, { maxBatch: 2, maxTokens: 128 })
   const rs = [1, 2, 3].map((s) => e.generate(prompt(3, s), { maxNewTokens: 6 }))
@@ -248,10 +258,10 @@ t.test('close: drains by default, cancel rejects with ERR_CLOSED, refuses new re
 })
 
 t.test('many short requests through one engine: no memory growth; timers run while streams do', async (t) => {
-  const m = new TransformerLM({ ...cfg, ffn: 'versatile' })
+  const m = own(t, new TransformerLM({ ...cfg, ffn: 'versatile' }))
   const e = new GenerationEngine(m, { maxBatch: 8, maxTokens: 256 })
   await e.generate([1, 2], { maxNewTokens: 2 }).result
-  await device('cpu').sync()
+  await settle()
   const start = live()
   let ticks = 0
   const timer = setInterval(() => ticks++, 1)

@@ -7,7 +7,7 @@ import { TransformerLM } from '../nn/model'
 import { INT32, arrayOf, bool, check, checkOptions, custom, int, number, optional } from '../validate'
 import { sampleRows } from './kernels'
 import { KVPool } from './pool'
-import { GenerationRequest, RequestPlan, mulberry32 } from './request'
+import { GenerationRequest, mulberry32 } from './request'
 import { StepRow, runStep } from './step'
 
 /** Options of a GenerationEngine. */

@@ -125,12 +125,11 @@ export function runStep(model: TransformerLM, pool: KVPool, rows: readonly StepR
     }
     qkv.dispose()
     const a = (att ?? single)!
-    const h = x.clone()
-    matmul(a, blk.attn.params['attn_out.weight'], { transposeB: true, out: h, alpha: 1, beta: 1 })
+    // x is this step's own: the residual sum goes into it in place
+    matmul(a, blk.attn.params['attn_out.weight'], { transposeB: true, out: x, alpha: 1, beta: 1 })
     a.dispose()
+    const f = blk.ffn.forward(x, { train: false })
     x.dispose()
-    const f = blk.ffn.forward(h, { train: false })
-    h.dispose()
     ;(f.stats as { dispose?: () => void } | undefined)?.dispose?.()
     x = f.y
   })
