@@ -8,6 +8,8 @@ export declare class Storage {
   release(): void
   /** A new handle on the same memory. */
   share(): Storage
+  /** Fixes this handle's view (dtype code, offset, shape, strides), checked against the memory once; ops then read it from the handle. */
+  setView(dtype: number, offset: number, shape: readonly number[], strides: readonly number[]): void
   readonly bytes: number
   readonly alive: boolean
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// The package's command line: `versatile-ffn bench [options]`.
+// The package's command line: `versatile-ffn bench [options]`, `versatile-ffn tokenize ...`.
 import * as fs from 'fs'
 import { HELP, UsageError, parseBenchArgs } from './bench/args'
 
@@ -13,6 +13,7 @@ const USAGE = `Usage: versatile-ffn <command> [options]
 Commands:
   bench      time VersatileFFN against the dense FFN and baselines (see: versatile-ffn bench --help)
   bench serve  the generation engine under concurrent requests (see: versatile-ffn bench serve --help)
+  tokenize   text files to llm.c token files with GPT-2's BPE (see: versatile-ffn tokenize --help)
 
 Options:
   -h, --help     this text
@@ -31,6 +32,7 @@ export async function main(argv: readonly string[], io: CliIO = process): Promis
     io.stdout.write(`${pkg.version}\n`)
     return 0
   }
+  if (cmd === 'tokenize') return tokenize(rest, io)
   if (cmd !== 'bench') {
     io.stderr.write(`versatile-ffn: unknown command ${JSON.stringify(cmd)}\n\n${USAGE}`)
     return 2
@@ -84,6 +86,31 @@ async function serve(argv: readonly string[], io: CliIO): Promise<number> {
   } catch (e) {
     const err = e as { code?: string; message?: string }
     io.stderr.write(`versatile-ffn bench serve: ${err.code ? `${err.code}: ` : ''}${err.message ?? String(e)}\n`)
+    return 1
+  }
+}
+
+async function tokenize(argv: readonly string[], io: CliIO): Promise<number> {
+  // loaded here so that the bench command never touches the data code
+  const { parseTokenizeArgs, runTokenize, TOKENIZE_HELP } = await import('./data/tokenize')
+  let parsed
+  try {
+    parsed = parseTokenizeArgs(argv)
+  } catch (e) {
+    if (!(e instanceof UsageError)) throw e
+    io.stderr.write(`versatile-ffn tokenize: ${e.message}\n(see versatile-ffn tokenize --help)\n`)
+    return 2
+  }
+  if (parsed.help) {
+    io.stdout.write(TOKENIZE_HELP)
+    return 0
+  }
+  try {
+    runTokenize(parsed.options, io)
+    return 0
+  } catch (e) {
+    const err = e as { code?: string; message?: string }
+    io.stderr.write(`versatile-ffn tokenize: ${err.code ? `${err.code}: ` : ''}${err.message ?? String(e)}\n`)
     return 1
   }
 }

@@ -116,7 +116,8 @@ export interface SampleResult {
  * mass reaches topP (at least one id); with weights w = exp(z - max z) over the kept ids and
  * r = u · Σw, the id is the first kept id in ascending id order whose running sum of w exceeds r.
  * Computed in double. A row with temperature < 0, a fractional or negative topK, topP outside
- * (0, 1] or u outside [0, 1) fails the op (ERR_ARGUMENT).
+ * (0, 1] or u outside [0, 1) fails the op (ERR_ARGUMENT). On CUDA the rows are sampled on the CPU
+ * for now (the logits are copied there; the same rule, so the same ids), and the results moved back.
  */
 export function sample(logits: Tensor, params: Tensor): SampleResult {
   checkTensor('logits', logits, { ndim: 2, dtypes: F32 })
@@ -125,6 +126,16 @@ export function sample(logits: Tensor, params: Tensor): SampleResult {
   if (V < 1) fail('ERR_SHAPE', `logits: expected at least one id per row, got ${show(logits.shape)}`)
   if (params.shape[0] !== B || params.shape[1] !== 4) fail('ERR_SHAPE', `params: expected [${B}, 4] (temperature, topK, topP, u per row), got ${show(params.shape)}`)
   checkSameDevice(logits, { params })
+  if (logits.device.type !== 'cpu') {
+    const [lc, pc] = [logits.to('cpu'), params.to('cpu')]
+    const r = sample(lc, pc)
+    lc.dispose()
+    pc.dispose()
+    const out = { ids: r.ids.to(logits.device), logprobs: r.logprobs.to(logits.device) }
+    r.ids.dispose()
+    r.logprobs.dispose()
+    return out
+  }
   const ids = empty([B], { dtype: 'int32', device: logits.device })
   const logprobs = empty([B], { device: logits.device })
   try {

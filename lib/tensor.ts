@@ -77,7 +77,8 @@ export class Tensor {
     this.strides = Object.freeze([...strides])
     this.offset = offset
     // what native code reads (storage, dtype, shape, strides, offset) can't be changed afterwards:
-    // a view's bounds are checked against its storage once, from these fields
+    // the handle checks the view against its storage once, here, and ops read it from the handle
+    h.setView(this._dt, offset, this.shape, this.strides)
     Object.freeze(this)
   }
 
@@ -191,9 +192,11 @@ export class Tensor {
     }
     checkShape('shape', s)
     if (numelOf(s) !== this.size) fail('ERR_SHAPE', `shape: cannot reshape ${show(this.shape)} (${this.size} elements) into ${show(shape)}`)
-    const src = this.isContiguous ? this : this.clone()
-    const h = src === this ? this._h.share() : src._h
-    return new Tensor(h, this.dtype, this.device, s, contiguousStrides(s), src.offset)
+    if (this.isContiguous) return new Tensor(this._h.share(), this.dtype, this.device, s, contiguousStrides(s), this.offset)
+    const src = this.clone()
+    const out = new Tensor(src._h.share(), this.dtype, this.device, s, contiguousStrides(s), src.offset)
+    src.dispose()
+    return out
   }
   /** The transpose of a 2-D tensor as a view (matmul reads it without copying). */
   get T(): Tensor {

@@ -56,14 +56,32 @@ export async function saveSafetensors(path: string, tensors: Record<string, Tens
     return r
   })
   const datas = await Promise.all(reads)
+  await writeEntries(path, names.map((n, i) => ({ name: n, shape: tensors[n].shape, dtype: dtype === 'float32' ? 'F32' : 'BF16', data: datas[i] })), opts.metadata)
+}
+
+/**
+ * @internal Writes tensors whose reads the caller queued already (so they see exactly the ops
+ * queued before it), in the given order, to `path`; float32 values only. Rejects with
+ * ERR_ARGUMENT naming `path` when its folder does not exist.
+ */
+export async function _saveReads(path: string, entries: { name: string; shape: readonly number[]; data: Promise<Float32Array> }[], metadata?: Record<string, string>): Promise<void> {
+  const all = Promise.all(entries.map((e) => e.data))
+  all.catch(() => undefined) // a failed read still rejects below, when awaited; never unhandled
+  const dir = await fs.stat(dirname(path)).catch(() => undefined)
+  if (!dir?.isDirectory()) fail('ERR_ARGUMENT', `path: cannot write ${show(path)}: the folder ${show(dirname(path))} does not exist`)
+  const datas = await all
+  await writeEntries(path, entries.map((e, i) => ({ name: e.name, shape: e.shape, dtype: 'F32' as const, data: datas[i] })), metadata)
+}
+
+async function writeEntries(path: string, entries: { name: string; shape: readonly number[]; dtype: SafetensorsDType; data: Float32Array | Uint16Array }[], metadata?: Record<string, string>): Promise<void> {
   const header: Record<string, unknown> = {}
-  if (opts.metadata) header.__metadata__ = opts.metadata
+  if (metadata) header.__metadata__ = metadata
   let off = 0
-  names.forEach((n, i) => {
-    const bytes = datas[i].byteLength
-    header[n] = { dtype: dtype === 'float32' ? 'F32' : 'BF16', shape: [...tensors[n].shape], data_offsets: [off, off + bytes] }
+  for (const e of entries) {
+    const bytes = e.data.byteLength
+    header[e.name] = { dtype: e.dtype, shape: [...e.shape], data_offsets: [off, off + bytes] }
     off += bytes
-  })
+  }
   let json = JSON.stringify(header)
   const pad = (ALIGN - ((Buffer.byteLength(json) + 8) % ALIGN)) % ALIGN
   json += ' '.repeat(pad)
@@ -72,7 +90,7 @@ export async function saveSafetensors(path: string, tensors: Record<string, Tens
   out.writeBigUInt64LE(BigInt(hb.length), 0)
   hb.copy(out, 8)
   let p = 8 + hb.length
-  for (const d of datas) {
+  for (const { data: d } of entries) {
     // typed arrays hold host-endian values; x64 and arm64 are little-endian as the format wants
     Buffer.from(d.buffer, d.byteOffset, d.byteLength).copy(out, p)
     p += d.byteLength

@@ -8,7 +8,7 @@ import { AttentionSaved, CausalSelfAttention, shaped } from './attention'
 import { DenseFFN, FFN_FORWARD_OPTIONS } from './ffn'
 import { VersatileFFN } from './versatile'
 import { checkSameDevice, checkTensor } from '../ops'
-import { arg, check, checkOptions, custom, func, instance, int, object } from '../validate'
+import { arg, check, checkOptions, custom, func, instance, int, number, object, optional } from '../validate'
 
 const EPS = 1e-6
 
@@ -112,11 +112,13 @@ export class TransformerBlock {
     return { y: f.y, auxLoss: f.auxLoss, stats: f.stats, saved: { x, rstd: rstd!, attn: a, ffn: f } }
   }
 
-  /** dy [B*S, D] -> dx; accumulates every weight gradient of the block. */
-  backward(saved: BlockSaved, dy: Tensor): Tensor {
+  /** dy [B*S, D] -> dx; accumulates every weight gradient of the block (a VersatileFFN's balance loss scaled by auxGrad, default 1). */
+  backward(saved: BlockSaved, dy: Tensor, opts: { auxGrad?: number } = {}): Tensor {
     arg('saved', saved, BLOCK_SAVED)
     arg('dy', dy, shaped(saved.x.shape))
-    const dh = this.ffn.backward(saved.ffn as never, dy)
+    const auxGrad = checkOptions('opts', opts, { auxGrad: optional(number()) }).auxGrad ?? 1
+    // the dense FFN has no balance loss to scale
+    const dh = this.ffn instanceof VersatileFFN ? this.ffn.backward(saved.ffn as never, dy, { auxGrad }) : this.ffn.backward(saved.ffn as never, dy)
     const dxn = this.attn.backward(saved.attn, dh)
     const dx = rmsnormBackward(dxn, saved.x, this.normWeight, saved.rstd, this.normGrad)
     axpy(dx, dh)

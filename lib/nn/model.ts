@@ -9,6 +9,7 @@ import { Tensor, full, randn, zeros } from '../tensor'
 import { CausalSelfAttention, checkHeads } from './attention'
 import { BlockSaved, FFNModule, TransformerBlock, rmsnorm, rmsnormBackward } from './block'
 import { createFFN } from './model_ffn'
+import { FromDenseOptions, fromDense } from './from_dense'
 import { generate, GenerateOptions } from './generate'
 import { CONFIG_KEY, configJSON, parseConfig } from './model_config'
 import { LoadOptions, LoadResult, checkNames, loadInto, strictOf } from './state'
@@ -29,6 +30,10 @@ export interface TransformerLMOptions {
   topK?: number
   maxDepth?: number
   expertHidden?: number
+  /**
+   * α of each VersatileFFN layer's load-balancing loss, part of trainStep's objective; default
+   * 1e-5 (the paper's text; the authors' released config uses 5e-5), 0 disables it
+   */
   balanceLossWeight?: number
   device?: DeviceLike
   /** parameter dtype: 'float32' (default, trains) or 'bfloat16' (inference only; activations float32) */
@@ -60,6 +65,8 @@ export interface ForwardOptions {
   noise?: 'gumbel' | 'none'
   /** inference only: logits of the last position of each sequence ([B, 1, V]), sparing the head's work on the rest */
   lastOnly?: boolean
+  /** @internal the micro-batch of an accumulated step: each draws its own Gumbel noise (0: the step's own) */
+  noiseStream?: number
 }
 
 export interface LMOutput {
@@ -120,7 +127,7 @@ const LM_OPTIONS = {
   dtype: optional(dtypeCheck(['float32', 'bfloat16'] as const)), seed: optional(int(0)),
 }
 const LM_REQUIRED = ['vocabSize', 'dModel', 'nLayers', 'nHeads', 'hidden'] as const
-const LM_FORWARD_OPTIONS = { train: optional(bool), step: optional(int(0)), noise: optional(oneOf(['gumbel', 'none'] as const)), lastOnly: optional(bool) }
+const LM_FORWARD_OPTIONS = { train: optional(bool), step: optional(int(0)), noise: optional(oneOf(['gumbel', 'none'] as const)), lastOnly: optional(bool), noiseStream: optional(int(0)) }
 const SAVE_OPTIONS = { dtype: optional(dtypeCheck(['float32', 'bfloat16'] as const)), metadata: optional(stringRecord) }
 
 export class TransformerLM {
@@ -298,7 +305,9 @@ export class TransformerLM {
     const stats: unknown[] = []
     const aux: unknown[] = []
     this.blocks.forEach((blk, i) => {
-      const r = blk.forward(x, B, S, { train, step, noise: opts.noise ?? 'gumbel', seed: deriveSeed(this.config.seed, 3 + i, step) })
+      const layerSeed = deriveSeed(this.config.seed, 3 + i, step)
+      const seed = o.noiseStream ? deriveSeed(layerSeed, o.noiseStream) : layerSeed
+      const r = blk.forward(x, B, S, { train, step, noise: opts.noise ?? 'gumbel', seed })
       stats.push(r.stats)
       aux.push(r.auxLoss)
       if (r.saved) saved.push(r.saved)
@@ -351,14 +360,16 @@ export class TransformerLM {
   }
 
   /**
-   * Backward of loss(out, targets) scaled by dloss: accumulates every gradient. Overwrites
-   * out.logits with their gradient (saves a [B*S, V] buffer) and releases the saved values.
+   * Backward of loss(out, targets) scaled by dloss, plus auxGrad (default 1) times each layer's
+   * balance loss: accumulates every gradient. Overwrites out.logits with their gradient (saves a
+   * [B*S, V] buffer) and releases the saved values.
    */
-  backward(out: LMOutput, dloss = 1): void {
+  backward(out: LMOutput, dloss = 1, opts: { auxGrad?: number } = {}): void {
     arg('out', out, object({}, [], true))
     const s = out._saved
     if (!s || !s.lse || !s.targets) fail('ERR_ARGUMENT', 'out: backward needs a training output whose loss was computed')
     arg('dloss', dloss, number())
+    const auxGrad = checkOptions('opts', opts, { auxGrad: optional(number()) }).auxGrad ?? 1
     this.checkBackward(out)
     const V = this.config.vocabSize
     const logits2 = out.logits.reshape([s.B * s.S, V])
@@ -370,7 +381,7 @@ export class TransformerLM {
     let dx = rmsnormBackward(dxfn, s.xf, lnf.param, s.rstd, this.grad('transformer.ln_f.weight'))
     for (const t of [logits2, dxfn, s.xfn, s.rstd, s.lse, s.xf]) t.dispose()
     for (let i = this.blocks.length - 1; i >= 0; i--) {
-      const next = this.blocks[i].backward(s.blocks[i], dx)
+      const next = this.blocks[i].backward(s.blocks[i], dx, { auxGrad })
       dx.dispose()
       dx = next
     }
@@ -471,6 +482,26 @@ export class TransformerLM {
     }
     loadInto(source, params, sd, this.device)
     return { ignored }
+  }
+
+  /**
+   * Continued pretraining from a dense model, as the paper trains: a VersatileFFN model with the
+   * dense model's sizes whose embedding, attention, norms, FFN weights (ff_norm, ff_proj, ff_out:
+   * the shared FFN the virtual experts slice and the loops reuse) and head are copies of the
+   * dense model's (a path to a checkpoint that save() wrote, or a dense TransformerLM), and whose
+   * router and loop head get SPEC.md's init (normal 0.02 truncated at 3σ, from `seed`).
+   *
+   * Its first forward equals the dense model's with each block's F replaced by VersatileFFN over
+   * the same weights: with h the block's post-attention state (the dense model's, exactly),
+   * `y = (1 − λ)·F^(c+1)(h) + λ·(h + Σ_k w_k·FFN_{e_k}(h))` where `c = argmax(W_depth·h)`,
+   * `λ = (L − 1 − c)/L`, and the experts e_k and weights w_k are the top-K softmax of `W_router·h`;
+   * F^j is the dense F applied j times and FFN_e its expert slice. With maxDepth 1 (λ = 0) it is the
+   * dense model's forward. Rejects with ERR_ARGUMENT when the source is not dense or a checkpoint
+   * lacks the config metadata, and ERR_SHAPE when its tensors or the sizes given in opts differ from
+   * its config; nothing is allocated before those checks pass.
+   */
+  static fromDense(source: string | TransformerLM, opts: FromDenseOptions = {}): Promise<TransformerLM> {
+    return fromDense(TransformerLM, source, opts)
   }
 
   /**

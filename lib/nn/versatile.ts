@@ -19,7 +19,7 @@ export interface VersatileFFNOptions extends ModuleOptions {
   maxDepth: number
   /** expert width E; default floor(I/N); E·N must not exceed I */
   expertHidden?: number
-  /** α of the load-balancing loss; default 1e-5, 0 disables it */
+  /** α of the load-balancing loss; default 1e-5 (the paper's text; the authors' released config uses 5e-5), 0 disables it */
   balanceLossWeight?: number
 }
 

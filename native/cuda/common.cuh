@@ -117,7 +117,7 @@ void gemm(int dev, const View& c, const View& a, const View& b, bool trans_a, bo
 // the same kernel with what the FFN layers fuse into it. sizes are upper bounds when rows come
 // from device memory (m_limit, row groups); views give pointer, dtype and leading dimension.
 struct GemmSpec {
-  enum Mode { Store = 0, Glu = 1, ScatterAdd = 2 };
+  enum Mode { Store = 0, Glu = 1 };
   struct Operand {
     View v;              // stored matrix: a is [M,K] or, trans, [K,M]; b is [K,N] or, trans, [N,K]
     bool trans = false;
@@ -129,10 +129,8 @@ struct GemmSpec {
   int64_t M = 0, N = 0, K = 0;  // Glu: N counts pair columns
   Operand a, b;
   View c;  // Glu: the activation silu(gate)·up [M, N]
-  float alpha = 1.f, beta = 0.f;  // Store: beta == 0 never reads c; ScatterAdd: beta unused
+  float alpha = 1.f, beta = 0.f;  // Store: beta == 0 never reads c
   int mode = Store;
-  const int* out_rows = nullptr;     // ScatterAdd: c row of logical row i (null: i)
-  const float* out_scale = nullptr;  // ScatterAdd: factor of logical row i (null: 1)
   float* h = nullptr;                // Glu: pre-activations, up at [i, j], gate at [i, N + j] (null: not kept)
   int64_t h_ld = 0;
   bool c_slice_rows = false, c_slice_cols = false;  // add o_g to c's row / column

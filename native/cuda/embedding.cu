@@ -1,7 +1,11 @@
 // token embedding on CUDA: gather rows of wte (forward), scatter-add into them (backward).
+// backward is deterministic: positions are stably sorted by id (radix sort), and one thread per
+// (id, column) sums its tokens' gradients in token order, so every run gives the same bits.
 // T tokens, D width, V vocabulary rows. an id outside [0, V) must fail before anything is written
 // (lm_args.h): checked on the device, the op's kernel skips when flagged, and the op's worker
 // reads the flag back and fails (common.cuh: finish_index_check).
+#include <cub/device/device_radix_sort.cuh>
+
 #include "../core/lm_args.h"
 #include "common.cuh"
 
@@ -30,16 +34,43 @@ __global__ void embedding_forward_kernel(int64_t T, int64_t D, const int32_t* id
   }
 }
 
-// float32 atomics: repeated ids add in an unspecified order (last-bit differences from the CPU's
-// token-order sum); a per-column loop in token order would leave the GPU nearly idle
-__global__ void embedding_backward_kernel(int64_t T, int64_t D, const int32_t* ids, const float* g, int64_t ldg,
-                                          float* dw, int64_t ldw, const int32_t* bad) {
+// sorted[s], tok[s]: the ids in ascending order and their positions (in token order among equal
+// ids). the thread of (s, j) where a run of equal ids starts sums the run's column j, in order
+__global__ void embedding_backward_kernel(int64_t T, int64_t D, const int32_t* sorted, const int32_t* tok,
+                                          const float* g, int64_t ldg, float* dw, int64_t ldw, const int32_t* bad) {
   if (*bad != kNoBadIndex) return;
   const int64_t total = T * D;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t t = i / D, j = i - t * D;
-    atomicAdd(dw + int64_t(ids[t]) * ldw + j, g[t * ldg + j]);
+    const int64_t s = i / D, j = i - s * D;
+    const int32_t id = sorted[s];
+    if (s > 0 && sorted[s - 1] == id) continue;
+    float v = 0.f;
+    for (int64_t r = s; r < T && sorted[r] == id; r++) v += g[int64_t(tok[r]) * ldg + j];
+    dw[int64_t(id) * ldw + j] += v;
   }
+}
+
+__global__ void iota_kernel(int64_t n, int32_t* out) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) out[i] = int32_t(i);
+}
+
+// ids sorted stably with their positions; only the bits below V matter (bad ids are flagged
+// and their kernel skips, whatever order they land in)
+void sort_ids(int dev, int64_t T, int64_t V, const int32_t* ids, int32_t* sorted, int32_t* tok) {
+  cudaStream_t st = stream(dev);
+  require(T <= INT_MAX, "embedding_backward: more than 2^31 tokens");
+  Scratch pos(dev, size_t(T) * 4);
+  iota_kernel<<<blocks_for(T, 256, 1u << 30), 256, 0, st>>>(T, pos.as<int32_t>());
+  check_launch("embedding_backward");
+  int bits = 1;
+  while (bits < 31 && (int64_t(1) << bits) < V) bits++;
+  size_t temp_bytes = 0;
+  check(cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, ids, sorted, pos.as<int32_t>(), tok, int(T), 0, bits, st),
+        "embedding_backward sort");
+  Scratch temp(dev, std::max<size_t>(temp_bytes, 1));
+  check(cub::DeviceRadixSort::SortPairs(temp.ptr, temp_bytes, ids, sorted, pos.as<int32_t>(), tok, int(T), 0, bits, st),
+        "embedding_backward sort");
 }
 
 // the check, then `op` (which must skip its writes when bad[0] is set), then the check read back
@@ -93,10 +124,12 @@ VFFN_CUDA_EXPORT int vffn_cuda_embedding_backward(int dev, const void* args) {
             "embedding_backward: float32 dweight and dout, contiguous int32 tokens");
     const int64_t T = a.tokens.numel(), D = a.dweight.shape[1], V = a.dweight.shape[0];
     with_checked_ids(dev, a.tokens, V, [&](const int32_t* bad) {
-      if (T * D)
-        embedding_backward_kernel<<<blocks_for(T * D, 256, 1u << 20), 256, 0, stream(dev)>>>(
-            T, D, a.tokens.ptr<int32_t>(), a.dout.ptr<float>(), a.dout.stride[0], a.dweight.ptr<float>(),
-            a.dweight.stride[0], bad);
+      if (T * D == 0) return;
+      Scratch sorted(dev, size_t(T) * 4), tok(dev, size_t(T) * 4);
+      sort_ids(dev, T, V, a.tokens.ptr<int32_t>(), sorted.as<int32_t>(), tok.as<int32_t>());
+      embedding_backward_kernel<<<blocks_for(T * D, 256, 1u << 20), 256, 0, stream(dev)>>>(
+          T, D, sorted.as<int32_t>(), tok.as<int32_t>(), a.dout.ptr<float>(), a.dout.stride[0], a.dweight.ptr<float>(),
+          a.dweight.stride[0], bad);
       check_launch("embedding_backward");
     });
   });

@@ -1,7 +1,8 @@
 // GEMM on tensor cores: c[M,N] = alpha * op(a)[M,K] * op(b)[K,N] + beta * c, float32 accumulate,
 // plus what the FFN layers fuse into it (see GemmSpec in common.cuh): a row gather on a, the
-// SwiGLU epilogue, scatter-add with a per-row scale, expert slices as offsets into shared
-// matrices, groups of rows or of K read from device memory, and a device-side row count.
+// SwiGLU epilogue, expert slices as offsets into shared matrices, groups of rows or of K read
+// from device memory, and a device-side row count. every output element is written by one
+// thread (no atomics), so results are the same bits on every run.
 // block tile 128x128, 8 warps of 64x32, K in 64-byte slices, two shared-memory stages.
 // both operands land in shared memory K-contiguous ("[row][k]") whatever their layout, so one
 // fragment path serves every transpose:
@@ -52,10 +53,8 @@ struct Out {
   char* c;
   int64_t ldc;
   int dtype;
-  int mode;  // GemmSpec::Store, Glu, ScatterAdd
+  int mode;  // GemmSpec::Store, Glu
   float alpha, beta;
-  const int* rows;     // scatter-add: output row of logical row i (null: i)
-  const float* scale;  // scatter-add: factor of logical row i (null: 1)
   float* h;            // glu: pre-activations [up | gate] (null: not kept)
   int64_t ldh;
   int slice_rows, slice_cols;
@@ -133,7 +132,10 @@ struct Loader {
     // a chunk read from global memory: 16 bytes of the tile's own type, 8 (bf16 widened to
     // float) or 32 (float rounded to bf16)
     const int64_t vb = int64_t(Tile<S>::V) * es;
-    vec = op.vec_ok && (reinterpret_cast<uintptr_t>(base) % uintptr_t(vb) == 0);
+    // per tile: an MN-major operand's chunks start at row0 + a multiple of V, and row groups
+    // start tiles at any row, so the tile's first row must be aligned too
+    const uintptr_t first = reinterpret_cast<uintptr_t>(base) + (kcontig ? 0 : uintptr_t(row0) * uintptr_t(es));
+    vec = op.vec_ok && (first % uintptr_t(vb) == 0);
     if (!kcontig) return;
 #pragma unroll
     for (int i = 0; i < CHUNKS; i++) {
@@ -355,7 +357,7 @@ __global__ void __launch_bounds__(THREADS, kAsync ? 2 : 1) gemm_kernel(const Pro
 #pragma unroll
       for (int q = 0; q < 4; q++) acc[i][j][q] = 0.f;
 
-  const int nk = (K + BK - 1) / BK;
+  const int nk = K / BK + (K % BK != 0);  // K + BK - 1 would overflow near INT_MAX
   Chunk16 ra[Tile<S>::CHUNKS], rb[Tile<S>::CHUNKS];
   if (nk > 0) {
     if constexpr (kAsync) {
@@ -421,20 +423,14 @@ __global__ void __launch_bounds__(THREADS, kAsync ? 2 : 1) gemm_kernel(const Pro
         }
         continue;
       }
-      const int64_t orow = (out.mode == GemmSpec::ScatterAdd && out.rows) ? out.rows[row] : row;
-      const float scale = out.alpha * ((out.mode == GemmSpec::ScatterAdd && out.scale) ? out.scale[row] : 1.f);
 #pragma unroll
       for (int ni = 0; ni < 4; ni++) {
         const int col = n0 + wn * 32 + ni * 8 + lc + (q & 1);
         if (col >= pr.N) continue;
-        const int64_t at = orow * out.ldc + col;
-        float v = scale * acc[mi][ni][q];
-        if (out.mode == GemmSpec::ScatterAdd) {
-          atomicAdd(reinterpret_cast<float*>(c) + at, v);
-        } else {
-          if (out.beta != 0.f) v += out.beta * load_f(c, out.dtype, at);  // beta == 0 never reads c (NaN-safe)
-          store_f(c, out.dtype, at, v);
-        }
+        const int64_t at = int64_t(row) * out.ldc + col;
+        float v = out.alpha * acc[mi][ni][q];
+        if (out.beta != 0.f) v += out.beta * load_f(c, out.dtype, at);  // beta == 0 never reads c (NaN-safe)
+        store_f(c, out.dtype, at, v);
       }
     }
 }
@@ -462,12 +458,13 @@ void gemm_ex(int dev, const GemmSpec& s) {
   require_matrix(A.v, "a");
   require_matrix(B.v, "b");
   require_matrix(s.c, "c");
-  require(s.M <= INT_MAX && s.N <= INT_MAX && s.K <= INT_MAX, "gemm: sizes beyond 2^31");
+  // K + one slice must fit an int: the tile loop's k offsets run one slice past K
+  require(s.M <= INT_MAX && s.N <= INT_MAX && s.K <= INT_MAX - 64, "gemm: sizes beyond 2^31");
   require(!A.gather || !A.trans, "gemm: a row gather needs a K-contiguous a");
   require(!B.gather && !A.glu_gate, "gemm: gather on a only, SwiGLU tiles on b only");
   require(!B.glu_gate || (B.trans && s.mode == GemmSpec::Glu), "gemm: SwiGLU tiles need a K-contiguous b");
   require(s.mode != GemmSpec::Glu || B.glu_gate > 0, "gemm: the SwiGLU epilogue needs SwiGLU tiles");
-  require(s.mode != GemmSpec::ScatterAdd || s.c.dtype == F32, "gemm: scatter-add accumulates into float32 only");
+  require(s.mode == GemmSpec::Store || s.mode == GemmSpec::Glu, "gemm: unknown epilogue");
   require(!s.seg_start || s.seg_count >= 1, "gemm: groups need a count");
   cudaStream_t st = stream(dev);
   if (s.M == 0 || s.N == 0) return;
@@ -478,8 +475,8 @@ void gemm_ex(int dev, const GemmSpec& s) {
   // stored layouts: a is [M,K] (K-contiguous) or [K,M]; b is [N,K] (K-contiguous) or [K,N]
   pr.a = operand(A, !A.trans, tb);
   pr.b = operand(B, B.trans, tb);
-  pr.out = Out{static_cast<char*>(s.c.data), ld_of(s.c), s.c.dtype, s.mode, s.alpha, s.beta, s.out_rows,
-               s.out_scale, s.h, s.h_ld, s.c_slice_rows, s.c_slice_cols};
+  pr.out = Out{static_cast<char*>(s.c.data), ld_of(s.c), s.c.dtype, s.mode, s.alpha, s.beta, s.h, s.h_ld,
+               s.c_slice_rows, s.c_slice_cols};
   pr.seg = Seg{s.seg_start, s.seg_count, s.seg_over_k, s.slice_I, s.slice_E};
   pr.M = int(s.M);
   pr.N = int(s.N);

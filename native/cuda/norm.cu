@@ -1,6 +1,9 @@
 // RMSNorm on CUDA, forward and backward, float32 math (SPEC.md: n = x·rstd ⊙ w, eps 1e-6).
-// one warp per row; the weight gradient is a column sum over rows, split into row chunks that
-// meet in float32 atomics (order-dependent in the last bits; the CPU sums serially).
+// one warp per row; the weight gradient is a column sum over rows: fixed row chunks each sum in
+// row order, then one pass adds the chunks in chunk order, so every run gives the same bits.
+#include <algorithm>
+#include <climits>
+
 #include "../core/ffn_args.h"
 #include "ffn.cuh"
 
@@ -54,18 +57,27 @@ __global__ void rmsnorm_backward_kernel(int64_t M, int D, const float* dn, int64
   }
 }
 
-constexpr int kWeightRows = 256;  // rows per block of the weight gradient
+constexpr int kWeightRows = 256;      // rows per chunk of the weight gradient, at least
+constexpr int kMaxWeightChunks = 1024;  // chunks (grid y) at most: long inputs get longer chunks
 
-// dw_j += Σ_rows dn_j x_j r: blockIdx.y picks a chunk of rows, threads own columns
-__global__ void rmsnorm_weight_grad_kernel(int64_t M, int D, const float* dn, int64_t ldd, const float* x, int64_t ldx,
-                                           const float* rstd, float* dw, const int* m_limit) {
+// part[c][j] = Σ over chunk c's rows of dn_j x_j r, in row order: blockIdx.y picks the chunk
+__global__ void rmsnorm_weight_part_kernel(int64_t M, int D, const float* dn, int64_t ldd, const float* x, int64_t ldx,
+                                           const float* rstd, int64_t chunk, float* part, const int* m_limit) {
   const int j = blockIdx.x * blockDim.x + threadIdx.x;
-  const int64_t rows = live_rows(M, m_limit), r0 = int64_t(blockIdx.y) * kWeightRows;
-  if (j >= D || r0 >= rows) return;
-  const int64_t r1 = min(rows, r0 + kWeightRows);
+  if (j >= D) return;
+  const int64_t rows = live_rows(M, m_limit), r0 = int64_t(blockIdx.y) * chunk, r1 = min(rows, r0 + chunk);
   float s = 0.f;
   for (int64_t i = r0; i < r1; i++) s += dn[i * ldd + j] * x[i * ldx + j] * rstd[i];
-  atomicAdd(dw + j, s);
+  part[int64_t(blockIdx.y) * D + j] = s;  // 0 for chunks past the live rows
+}
+
+// dw_j += Σ_c part[c][j], chunks in order
+__global__ void rmsnorm_weight_sum_kernel(int D, int chunks, const float* part, float* dw) {
+  const int j = blockIdx.x * blockDim.x + threadIdx.x;
+  if (j >= D) return;
+  float s = 0.f;
+  for (int c = 0; c < chunks; c++) s += part[int64_t(c) * D + j];
+  dw[j] += s;
 }
 
 }  // namespace
@@ -83,11 +95,18 @@ void rmsnorm_rows_backward(int dev, int64_t M, int64_t D, const float* dn, int64
                            const View& w, const float* rstd, float* dx, int64_t lddx, bool accumulate, float* dw,
                            const int* m_limit) {
   cudaStream_t st = stream(dev);
-  if (M == 0) return;
-  // the weight gradient first: dx may alias dn
+  if (M == 0 || D == 0) return;  // D = 0: nothing to write, and an empty grid is a launch error
+  require(D <= INT_MAX - 256, "rmsnorm_backward: rows wider than 2^31");
+  // the weight gradient first: dx may alias dn. the chunking depends on M alone (not on the
+  // device-side row count), so the sum order is the same on every run
   if (dw) {
-    dim3 grid(unsigned((D + 255) / 256), unsigned((M + kWeightRows - 1) / kWeightRows));
-    rmsnorm_weight_grad_kernel<<<grid, 256, 0, st>>>(M, int(D), dn, ldd, x, ldx, rstd, dw, m_limit);
+    const int64_t chunks = std::min<int64_t>((M + kWeightRows - 1) / kWeightRows, kMaxWeightChunks);
+    const int64_t chunk = (M + chunks - 1) / chunks;
+    Scratch part(dev, size_t(chunks * D) * sizeof(float));
+    const unsigned gx = unsigned((D + 255) / 256);
+    rmsnorm_weight_part_kernel<<<dim3(gx, unsigned(chunks)), 256, 0, st>>>(M, int(D), dn, ldd, x, ldx, rstd, chunk,
+                                                                          part.as<float>(), m_limit);
+    rmsnorm_weight_sum_kernel<<<gx, 256, 0, st>>>(int(D), int(chunks), part.as<float>(), dw);
     check_launch("rmsnorm_backward");
   }
   rmsnorm_backward_kernel<<<blocks_for(M, kRowsPerBlock, 1u << 30), 32 * kRowsPerBlock, 0, st>>>(

@@ -2,9 +2,13 @@
 // caching allocator, copies, synchronisation) and the shared helpers of common.cuh.
 // linked against the static CUDA runtime only: without a driver, cudaGetDeviceCount returns an
 // error (35, insufficient driver) and init reports it as text instead of crashing.
+// VFFN_CUDA_ALLOC=exact (for compute-sanitizer runs): every block is cudaMalloc'd at exactly the
+// bytes asked and cudaFree'd on release, so an overrun or a read of a freed block is visible.
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <unordered_map>
@@ -34,6 +38,7 @@ std::once_flag g_init_once;
 int g_init_status = VFFN_E_UNAVAILABLE;
 std::string g_init_error;
 int g_count = 0;
+bool g_exact = false;  // VFFN_CUDA_ALLOC=exact: no size classes, no cache
 std::vector<std::unique_ptr<DeviceState>>* g_devices = nullptr;
 
 std::string cuda_text(cudaError_t e) {
@@ -71,6 +76,14 @@ void release_cache(DeviceState& s) {
 }
 
 void init_once() {
+  if (const char* mode = std::getenv("VFFN_CUDA_ALLOC")) {
+    g_exact = std::strcmp(mode, "exact") == 0;
+    if (!g_exact && std::strcmp(mode, "caching") != 0 && *mode) {
+      g_init_error = std::string("VFFN_CUDA_ALLOC must be 'exact' or 'caching', got '") + mode + "'";
+      g_init_status = VFFN_E_UNAVAILABLE;
+      return;
+    }
+  }
   int count = 0;
   cudaError_t e = cudaGetDeviceCount(&count);
   if (e == cudaErrorNoDevice) {
@@ -151,7 +164,8 @@ int sm_count(int dev) {
 void* alloc(int dev, size_t bytes) {
   DeviceState& s = state(dev);
   stream(dev);
-  size_t cls = size_class(bytes);
+  // exact mode: the sanitizer sees the block as asked (a zero-byte block still gets an address)
+  size_t cls = g_exact ? std::max<size_t>(bytes, 1) : size_class(bytes);
   std::lock_guard<std::mutex> lk(s.mu);
   auto it = s.cached.find(cls);
   if (it != s.cached.end() && !it->second.empty()) {
@@ -189,6 +203,16 @@ void release(int dev, void* p) {
   std::lock_guard<std::mutex> lk(s.mu);
   auto it = s.live.find(p);
   if (it == s.live.end()) raise(VFFN_E_ARGUMENT, "free: pointer not allocated by this device's allocator");
+  if (g_exact) {
+    // kernels queued before the free may still read the block: drain the stream, then hand it back
+    const size_t bytes = it->second;
+    s.live_bytes -= bytes;
+    s.live.erase(it);
+    // no raise: Scratch frees from destructors, and a failed stream shows at the next op's check
+    if (cudaStreamSynchronize(s.stream.load()) == cudaSuccess) cudaFree(p);
+    cudaGetLastError();
+    return;
+  }
   // stream order makes immediate reuse safe: whatever is queued next runs after every reader
   s.cached[it->second].push_back(p);
   s.cached_bytes += it->second;

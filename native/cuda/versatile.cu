@@ -2,8 +2,9 @@
 // routing and both orderings happen on the device, and every launch covers an upper bound
 // (T rows, T·K positions, N groups) whose live part blocks read from device memory.
 // width path: one grouped GEMM pair over the expert-sorted positions; the first gathers its rows
-// of the shared norm in the tile loads and applies SwiGLU in its epilogue, the second either
-// stores FFN_e(x) (training keeps it) or scatter-adds λ·w·FFN_e(x) into y (inference).
+// of the shared norm in the tile loads and applies SwiGLU in its epilogue, the second stores
+// FFN_e(x) per position; each token then gathers its own K positions in k order (no atomics:
+// the same bits on every run).
 // depth path: tokens sorted by loop count, descending; loop j runs over the prefix [0, m[j]) in
 // place at inference; training runs every loop for every token (backward needs all x^(j)) and
 // backward walks the prefixes in reverse.
@@ -30,14 +31,36 @@ __global__ void combine_kernel(int64_t T, int D, int K, const float* x, const fl
   }
 }
 
-// inference: y = (1 − λ)·x_depth + λ·x; the width GEMM then adds λ·w·FFN_e(x)
-__global__ void fuse_base_kernel(int64_t T, int D, const float* x, const float* X, const int32_t* pos,
-                                 const float* lambda, float* y) {
+// inference: y = (1 − λ)·x_depth + λ·x + Σ_k λ·w_k·o[slot(t,k)] (scale = λ·w); tokens at depth L
+// (λ = 0) have no width positions
+__global__ void fuse_kernel(int64_t T, int D, int K, const float* x, const float* X, const int32_t* pos,
+                            const float* lambda, const float* wo, const int32_t* slot, const float* scale, float* y) {
   const int64_t total = T * D;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t t = i / D, j = i - t * D;
     const float lam = lambda[t], xd = X[int64_t(pos[t]) * D + j];
-    y[i] = lam == 0.f ? xd : (1.f - lam) * xd + lam * x[i];
+    if (lam == 0.f) {
+      y[i] = xd;
+      continue;
+    }
+    float v = (1.f - lam) * xd + lam * x[i];
+    for (int k = 0; k < K; k++) {
+      const int64_t p = slot[t * K + k];
+      v += scale[p] * wo[p * D + j];
+    }
+    y[i] = v;
+  }
+}
+
+// dn[s] = Σ_k part[slot(order[s], k)], k in order: the width path's norm gradient by sorted row
+__global__ void gather_positions_kernel(int64_t T, int D, int K, const int32_t* order, const int32_t* slot,
+                                        const float* part, float* dn) {
+  const int64_t total = T * D;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t s = i / D, j = i - s * D, t = order[s];
+    float v = 0.f;
+    for (int k = 0; k < K; k++) v += part[int64_t(slot[t * K + k]) * D + j];
+    dn[i] = v;
   }
 }
 
@@ -276,13 +299,12 @@ void versatile_forward(int dev, const VersatileForwardArgs& a) {
                                                    sv.x_width.ptr<float>(), y);
     check_launch("versatile fusion");
   } else {
-    fuse_base_kernel<<<grid_for(T * D), 256, 0, st>>>(T, int(D), x, X, pos.as<int32_t>(), lambda, y);
-    check_launch("versatile fusion");
-    w2.c = rows_view(y, T, D, D);
-    w2.mode = GemmSpec::ScatterAdd;
-    w2.out_rows = tok.as<int32_t>();
-    w2.out_scale = scale.as<float>();
+    Scratch wo(dev, size_t(P * D) * 4);
+    w2.c = rows_view(wo.as<float>(), P, D, D);
     gemm_ex(dev, w2);
+    fuse_kernel<<<grid_for(T * D), 256, 0, st>>>(T, int(D), int(K), x, X, pos.as<int32_t>(), lambda, wo.as<float>(),
+                                                slot.as<int32_t>(), scale.as<float>(), y);
+    check_launch("versatile fusion");
   }
 }
 
@@ -351,7 +373,7 @@ void versatile_backward(int dev, const VersatileBackwardArgs& a) {
   gw.seg_over_k = true;
   gemm_ex(dev, gw);
   gather_rows(dev, P, D, ng.as<float>(), n0.as<float>(), rows.as<int32_t>());
-  check(cudaMemsetAsync(dn.ptr, 0, size_t(T * D) * 4, st), "versatile_backward");
+  float* dnp = dO.as<float>();  // dO is read for the last time above: now dn by position, [P, D]
   for (int half = 0; half < 2; half++) {  // up rows o_e.., gate rows I + o_e..
     GemmSpec gp;  // dW_proj[slice_e] += dhᵀ · n[rows]
     gp.M = E, gp.N = D, gp.K = P;
@@ -364,18 +386,20 @@ void versatile_backward(int dev, const VersatileBackwardArgs& a) {
     width_groups(gp, start, s);
     gp.seg_over_k = true;
     gemm_ex(dev, gp);
-    GemmSpec gn;  // dn[rows[p]] += dh_p · W_proj[slice_e] (W_proj stored [2I, D] = [K, N])
+    GemmSpec gn;  // dnp[p] (+)= dh_p · W_proj[slice_e] (W_proj stored [2I, D] = [K, N]); up, then gate
     gn.M = P, gn.N = D, gn.K = E;
     gn.a.v = rows_view(dh.as<float>() + half * E, P, E, 2 * E);
     gn.b.v = offset_rows(a.proj_w, half * I);
     gn.b.slice_k = true;
-    gn.c = rows_view(dn.as<float>(), T, D, D);
-    gn.mode = GemmSpec::ScatterAdd;
-    gn.out_rows = rows.as<int32_t>();
+    gn.c = rows_view(dnp, P, D, D);
+    gn.beta = float(half);
     gn.bf16_math = true;
     width_groups(gn, start, s);
     gemm_ex(dev, gn);
   }
+  gather_positions_kernel<<<grid_for(T * D), 256, 0, st>>>(T, int(D), int(K), order, slot.as<int32_t>(), dnp,
+                                                          dn.as<float>());
+  check_launch("versatile width backward");
 
   Scratch dr(dev, size_t(T * N) * 4);
   router_grad_kernel<<<blocks_for(T, 128, 1u << 30), 128, 0, st>>>(T, int(N), int(K), a.experts.ptr<int32_t>(), weights,

@@ -71,17 +71,19 @@ Device* device_arg(const Napi::Value& type, const Napi::Value& index) {
 }
 
 TensorArg tensor_arg(const Napi::Value& v, const char* name) {
-  if (!v.IsObject()) fail("ERR_ARGUMENT", std::string(name) + ": expected a Tensor");
-  Napi::Object o = v.As<Napi::Object>();
-  Napi::Value h = o.Get("_h");
-  if (!h.IsObject() || !h.As<Napi::Object>().InstanceOf(StorageWrap::constructor(v.Env()).Value()))
-    fail("ERR_ARGUMENT", std::string(name) + ": expected a Tensor");
-  StorageWrap* sw = StorageWrap::Unwrap(h.As<Napi::Object>());
+  StorageWrap* sw = StorageWrap::of(v);
+  if (!sw) fail("ERR_ARGUMENT", std::string(name) + ": expected a Tensor");
   if (!sw->storage) fail("ERR_DISPOSED", std::string(name) + ": tensor has been disposed");
   TensorArg t;
   t.storage = sw->storage;
   t.device = sw->storage->device;
   t.name = name;
+  if (sw->viewed) {  // checked when the Tensor was made
+    t.meta = sw->meta;
+    t.offset = sw->offset;
+    return t;
+  }
+  Napi::Object o = v.As<Napi::Object>();
   t.offset = int_arg(o.Get("offset"), name);
   int64_t dt = int_arg(o.Get("_dt"), name);
   if (dt != F32 && dt != BF16 && dt != I32) fail("ERR_ARGUMENT", std::string(name) + ": malformed Tensor (dtype)");

@@ -94,10 +94,10 @@ Napi::Value Sample(const Napi::CallbackInfo& info) {
     need(ids.meta.shape[0] == B && lp.meta.shape[0] == B, "ERR_SHAPE", "ids: expected one id (and logprob) per row of logits");
     need(params.meta.shape[0] == B && params.meta.shape[1] == 4, "ERR_SHAPE", "params: expected [B, 4]");
     one_device(x, {&ids, &lp, &params});
-    Device* dev = x.device;
-    enqueue(dev, "sample", Io().out(ids).out(lp).in(x).in(params), [=] {
-      SampleArgs a{ids.view(), lp.view(), x.view(), params.view()};
-      dev->type == kCPU ? cpu::sample(a) : cuda_call(dev, "sample", &a);
+    // lib/serve_ops.ts samples CUDA logits on the CPU until the backend has the op
+    need(x.device->type == kCPU, "ERR_DEVICE", "logits: the sample op runs on the CPU");
+    enqueue(x.device, "sample", Io().out(ids).out(lp).in(x).in(params), [=] {
+      cpu::sample(SampleArgs{ids.view(), lp.view(), x.view(), params.view()});
     });
     return info.Env().Undefined();
   });

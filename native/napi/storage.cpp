@@ -35,6 +35,9 @@ struct PendingWait {
 // per-env state, touched on that env's JS thread only (but `link`, which workers share)
 struct EnvData {
   Napi::FunctionReference storage_ctor;
+  // ["_h"]: the key interned once (looking a name up costs more than the op); an array because
+  // Node-API 8 keeps references to objects only
+  Napi::ObjectReference key_h;
   std::shared_ptr<EnvLink> link;
   std::unordered_map<uint64_t, PendingWait> pending;
   uint64_t next_id = 1;
@@ -110,10 +113,51 @@ void StorageWrap::Init(Napi::Env env, Napi::Object exports) {
   Napi::Function f = DefineClass(env, "Storage",
                                  {InstanceMethod("release", &StorageWrap::Release),
                                   InstanceMethod("share", &StorageWrap::Share),
+                                  InstanceMethod("setView", &StorageWrap::SetView),
                                   InstanceAccessor("bytes", &StorageWrap::Bytes, nullptr),
                                   InstanceAccessor("alive", &StorageWrap::Alive, nullptr)});
   constructor(env) = Napi::Persistent(f);
+  Napi::Array keys = Napi::Array::New(env, 1);
+  keys.Set(uint32_t(0), Napi::String::New(env, "_h"));
+  env_data(env)->key_h = Napi::Persistent(keys.As<Napi::Object>());
   exports.Set("Storage", f);
+}
+
+namespace {
+// marks objects made by this addon's Storage class (cheaper than instanceof, and per process)
+const napi_type_tag kStorageTag = {0x7666666e5f737467ULL, 0x2d73746f72616765ULL};
+}  // namespace
+
+StorageWrap* StorageWrap::of(const Napi::Value& v) {
+  if (!v.IsObject()) return nullptr;
+  napi_env env = v.Env();
+  napi_value key, h;
+  if (napi_get_element(env, env_data(v.Env())->key_h.Value(), 0, &key) != napi_ok) return nullptr;
+  if (napi_get_property(env, v, key, &h) != napi_ok) return nullptr;
+  bool tagged = false;
+  napi_valuetype t;
+  if (napi_typeof(env, h, &t) != napi_ok || t != napi_object) return nullptr;
+  if (napi_check_object_type_tag(env, h, &kStorageTag, &tagged) != napi_ok || !tagged) return nullptr;
+  return Unwrap(Napi::Object(env, h));
+}
+
+// setView(dtype, offset, shape, strides): once, when a Tensor takes this handle
+Napi::Value StorageWrap::SetView(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    if (viewed) fail("ERR_ARGUMENT", "tensor: this handle already has a view");
+    if (!storage) fail("ERR_DISPOSED", "tensor has been disposed");
+    Napi::Object o = Napi::Object::New(info.Env());
+    o.Set("_h", info.This());
+    o.Set("_dt", info[0]);
+    o.Set("offset", info[1]);
+    o.Set("shape", info[2]);
+    o.Set("strides", info[3]);
+    TensorArg t = tensor_arg(o, "tensor");  // every check of the slow path, once
+    meta = t.meta;
+    offset = t.offset;
+    viewed = true;
+    return info.Env().Undefined();
+  });
 }
 
 Napi::Object StorageWrap::New(Napi::Env env, StoragePtr s) {
@@ -122,7 +166,9 @@ Napi::Object StorageWrap::New(Napi::Env env, StoragePtr s) {
   return o;
 }
 
-StorageWrap::StorageWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<StorageWrap>(info) {}
+StorageWrap::StorageWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<StorageWrap>(info) {
+  napi_type_tag_object(info.Env(), info.This(), &kStorageTag);
+}
 
 Napi::Value StorageWrap::Release(const Napi::CallbackInfo& info) {
   storage.reset();

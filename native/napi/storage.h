@@ -16,8 +16,16 @@ class StorageWrap : public Napi::ObjectWrap<StorageWrap> {
   static Napi::Object New(Napi::Env env, StoragePtr s);
   explicit StorageWrap(const Napi::CallbackInfo& info);
   StoragePtr storage;
+  // the tensor's view, checked once against the storage when the Tensor is made (setView), so ops
+  // read it without touching the JS object's fields; immutable once set
+  bool viewed = false;
+  int64_t offset = 0;
+  View meta;
+  // the handle of a lib/ Tensor object `o` (its `_h`), or null when `o` holds none
+  static StorageWrap* of(const Napi::Value& o);
 
  private:
+  Napi::Value SetView(const Napi::CallbackInfo& info);
   Napi::Value Release(const Napi::CallbackInfo& info);
   Napi::Value Share(const Napi::CallbackInfo& info);
   Napi::Value Bytes(const Napi::CallbackInfo& info);
