@@ -3,6 +3,7 @@
 // a plain reference over the full forward; abort, stop tokens, close, FIFO admission, chunked
 // prefill, bad requests failing alone, and memory back to baseline.
 import t from 'tap'
+import { getEventListeners } from 'events'
 import { GenerationEngine, GenerationRequest, RequestOptions, TransformerLM, VffnError, device, tensor } from '../lib/index'
 
 const cfg = { ...TransformerLM.config('tiny'), nLayers: 2, maxSeqLen: 64, seed: 3 }
@@ -13,8 +14,12 @@ const own = (t: { teardown(f: () => void): void }, m: TransformerLM) => {
   return m
 }
 // the baseline: collect what earlier tests dropped without disposing, and let queued work finish
+// (finalizers of collected tensors run in a later task, hence the turn of the event loop between)
 const settle = async () => {
-  ;(globalThis as { gc?: () => void }).gc?.()
+  const gc = (globalThis as { gc?: () => void }).gc
+  gc?.()
+  await new Promise((r) => setImmediate(r))
+  gc?.()
   await device('cpu').sync()
 }
 
@@ -161,8 +166,14 @@ t.test('abort mid-stream stops the request and frees its cache; others go on', a
   ac2.abort()
   await t.rejects(queued.result, { code: 'ERR_ABORTED' })
   await full.result
+  // a finished request lets go of its signal, so a long-lived one does not keep it reachable
+  const ac3 = new AbortController()
+  const finished = e.generate(prompt(2, 5), { maxNewTokens: 3, signal: ac3.signal })
+  t.equal(getEventListeners(ac3.signal, 'abort').length, 1, 'a running request listens to its signal')
+  await finished.result
+  t.equal(getEventListeners(ac3.signal, 'abort').length, 0, 'a finished one no longer does')
   await e.close()
-  await device('cpu').sync()
+  await settle()
   t.equal(live(), before, 'memory back to baseline after close')
 })
 
@@ -253,7 +264,7 @@ t.test('close: drains by default, cancel rejects with ERR_CLOSED, refuses new re
   await e2.close({ cancel: true })
   await t.rejects(a.result, { code: 'ERR_CLOSED' }, 'the running one')
   await t.rejects(b.result, { code: 'ERR_CLOSED' }, 'the waiting one')
-  await device('cpu').sync()
+  await settle()
   t.equal(live(), before, 'both pools freed')
 })
 
@@ -271,7 +282,7 @@ t.test('many short requests through one engine: no memory growth; timers run whi
     for (const r of await Promise.all(rs.map((x) => x.result))) made += r.length
   }
   clearInterval(timer)
-  await device('cpu').sync()
+  await settle()
   t.equal(made, 360, 'every token made')
   t.equal(live(), start, 'live memory unchanged after 120 requests')
   t.equal(e.stats().usedBlocks, 0)

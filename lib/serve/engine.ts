@@ -14,7 +14,7 @@ import { StepRow, runStep } from './step'
 export interface EngineOptions {
   /** most requests admitted at once (decoding or prefilling). Default 32. */
   maxBatch?: number
-  /** the KV budget in tokens, summed over admitted requests; the pool holds ceil(maxTokens / blockSize) blocks. Default maxBatch * maxSeqLen. */
+  /** the KV budget in tokens, summed over admitted requests; the pool holds ceil(maxTokens / blockSize) blocks. Default min(maxBatch * maxSeqLen, 16384). */
   maxTokens?: number
   /** tokens per KV block. Default 16. */
   blockSize?: number
@@ -107,7 +107,8 @@ export class GenerationEngine {
     this.model = model
     this.maxBatch = o.maxBatch ?? 32
     this.blockSize = o.blockSize ?? 16
-    this.maxTokens = o.maxTokens ?? this.maxBatch * model.config.maxSeqLen
+    // a full maxSeqLen for every slot would be gigabytes at the paper's sizes
+    this.maxTokens = o.maxTokens ?? Math.min(this.maxBatch * model.config.maxSeqLen, 16384)
     this.prefillChunk = o.prefillChunk ?? 64
     this.pool = new KVPool(model.blocks.length, model.config.dModel, this.maxTokens, this.blockSize, model.device)
   }
@@ -142,7 +143,13 @@ export class GenerationEngine {
         req._finish()
         return req
       }
-      o.signal?.addEventListener('abort', () => this.abort(req, new VffnError('ERR_ABORTED', 'signal: the request was aborted')), { once: true })
+      const signal = o.signal
+      if (signal) {
+        const onAbort = () => this.abort(req, new VffnError('ERR_ABORTED', 'signal: the request was aborted'))
+        signal.addEventListener('abort', onAbort, { once: true })
+        // a long-lived signal must not keep finished requests (and this engine) reachable
+        req._onDone = () => signal.removeEventListener('abort', onAbort)
+      }
     } catch (e) {
       req._finish(e instanceof VffnError ? e : new VffnError('ERR_INTERNAL', String(e)))
       return req

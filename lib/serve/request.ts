@@ -47,6 +47,8 @@ export class GenerationRequest implements AsyncIterable<number> {
   _phase: 'waiting' | 'prefill' | 'decode' | 'done' = 'waiting'
   /** @internal why the request must stop at the next step (abort or close) */
   _stop?: VffnError
+  /** @internal run once when the request finishes (drops its abort listener) */
+  _onDone?: () => void
   private error?: VffnError
   private wake: (() => void)[] = []
   private settle!: { resolve: (v: Int32Array) => void; reject: (e: unknown) => void }
@@ -77,6 +79,8 @@ export class GenerationRequest implements AsyncIterable<number> {
     if (this._phase === 'done') return
     this._phase = 'done'
     this.error = err
+    this._onDone?.()
+    this._onDone = undefined
     if (err) this.settle.reject(err)
     else this.settle.resolve(Int32Array.from(this.tokens))
     this.notify()
