@@ -12,6 +12,7 @@ const USAGE = `Usage: versatile-ffn <command> [options]
 
 Commands:
   bench      time VersatileFFN against the dense FFN and baselines (see: versatile-ffn bench --help)
+  bench serve  the generation engine under concurrent requests (see: versatile-ffn bench serve --help)
   tokenize   text files to llm.c token files with GPT-2's BPE (see: versatile-ffn tokenize --help)
 
 Options:
@@ -36,6 +37,7 @@ export async function main(argv: readonly string[], io: CliIO = process): Promis
     io.stderr.write(`versatile-ffn: unknown command ${JSON.stringify(cmd)}\n\n${USAGE}`)
     return 2
   }
+  if (rest[0] === 'serve') return serve(rest.slice(1), io)
   let parsed
   try {
     parsed = parseBenchArgs(rest)
@@ -58,6 +60,32 @@ export async function main(argv: readonly string[], io: CliIO = process): Promis
   } catch (e) {
     const err = e as { code?: string; message?: string }
     io.stderr.write(`versatile-ffn bench: ${err.code ? `${err.code}: ` : ''}${err.message ?? String(e)}\n`)
+    return 1
+  }
+}
+
+async function serve(argv: readonly string[], io: CliIO): Promise<number> {
+  const { SERVE_HELP, parseServeArgs, runServeBench } = await import('./bench/serve')
+  let parsed
+  try {
+    parsed = parseServeArgs(argv)
+  } catch (e) {
+    if (e instanceof UsageError) {
+      io.stderr.write(`versatile-ffn bench serve: ${e.message}\n(see versatile-ffn bench serve --help)\n`)
+      return 2
+    }
+    throw e
+  }
+  if (parsed.help) {
+    io.stdout.write(SERVE_HELP)
+    return 0
+  }
+  try {
+    await runServeBench(parsed.options, io)
+    return 0
+  } catch (e) {
+    const err = e as { code?: string; message?: string }
+    io.stderr.write(`versatile-ffn bench serve: ${err.code ? `${err.code}: ` : ''}${err.message ?? String(e)}\n`)
     return 1
   }
 }

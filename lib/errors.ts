@@ -10,6 +10,10 @@ export type ErrorCode =
   | 'ERR_UNSUPPORTED'
   | 'ERR_CUDA'
   | 'ERR_INTERNAL'
+  /** a generation request stopped by its AbortSignal */
+  | 'ERR_ABORTED'
+  /** a generation request refused or stopped because its engine was closed */
+  | 'ERR_CLOSED'
 
 /** Every error the library throws: an Error with a stable `code`. */
 export class VffnError extends Error {

@@ -7,7 +7,7 @@ import { tmpdir } from 'os'
 import { join } from 'path'
 import * as lib from '../lib/index'
 import {
-  AdamW, CausalSelfAttention, DenseFFN, Device, Tensor, TransformerBlock, TransformerLM, VersatileFFN, VffnError,
+  AdamW, CausalSelfAttention, DenseFFN, Device, GenerationEngine, Tensor, TransformerBlock, TransformerLM, VersatileFFN, VffnError,
   adamwStep, attention, kvWrite, pagedAttention, ropeRows, sample, attentionBackward, axpy, cosineLR, crossEntropy, crossEntropyBackward, device, embedding,
   embeddingBackward, empty, full, gradNorm, gumbelTemperature, loadSafetensors, matmul, parseSafetensors, randn, rope,
   saveSafetensors, setNumThreads, getNumThreads, tensor, trainStep, zeros, saveCheckpoint, loadCheckpoint, TokenDataset, TokenLoader, GPT2Tokenizer, evaluate,
@@ -92,6 +92,7 @@ const LOADER: Record<string, Bad[]> = {
   batchSize: int(1, 1 << 20), seqLen: int(1, 1 << 24), order: oneOf('shufle'), seed: int(0, 2 ** 32 - 1), rank: int(0, 1 << 20), worldSize: int(1, 1 << 20), device: dev,
 }
 
+const STOP_TOKENS: Bad[] = [['null', null], ['a string', 'x'], ['a number', 1], ['an object', {}], ['[1.5]', [1.5]], ['[2^31]', [2 ** 31]], ['[null]', [null]]]
 const FFN_FWD = { train: bool, step: int(), noise: oneOf('gumbell'), seed }
 const LM_OPTS: Record<string, Bad[]> = {
   vocabSize: int(1), dModel: int(2), nLayers: int(1), nHeads: int(1), hidden: int(1), maxSeqLen: int(1), ffn: oneOf('dens'),
@@ -281,7 +282,7 @@ const ROWS: Row[] = [
   },
   {
     fn: 'TransformerBlock.forward', make: () => { const b = block(); return { call: (x, B, S, o) => b.forward(x, B, S, o), args: [f([6, 8]), 2, 3, { train: true }] } },
-    params: [{ name: 'x', bad: tens() }, { name: 'B', bad: int(1) }, { name: 'S', bad: int(1) }, opts({ ...FFN_FWD, cache: objectBad })],
+    params: [{ name: 'x', bad: tens() }, { name: 'B', bad: int(1) }, { name: 'S', bad: int(1) }, opts(FFN_FWD)],
   },
   {
     fn: 'TransformerBlock.backward', make: () => { const b = block(); return { call: (s, dy, o) => b.backward(s, dy, o), args: [b.forward(f([6, 8]), 2, 3, { train: true }).saved, f([6, 8], 2), {}] } },
@@ -295,7 +296,7 @@ const ROWS: Row[] = [
   { fn: 'TransformerLM.decays', make: () => ({ call: TransformerLM.decays, args: ['transformer.ln_f.weight'] }), params: [{ name: 'name', bad: str }] },
   {
     fn: 'TransformerLM.forward', make: () => { const m = lm(); return { call: (x, o) => m.forward(x, o), args: [ids([1, 2, 3, 4], [2, 2]), {}] } },
-    params: [{ name: 'tokens', bad: tens(['a float tensor', f([2, 2])], ['a 1-D tensor', ids([1, 2])]) }, opts({ train: bool, step: int(), noise: oneOf('none!'), caches: [...objectBad, ['an empty array', []]], lastOnly: bool })],
+    params: [{ name: 'tokens', bad: tens(['a float tensor', f([2, 2])], ['a 1-D tensor', ids([1, 2])]) }, opts({ train: bool, step: int(), noise: oneOf('none!'), lastOnly: bool })],
   },
   {
     fn: 'TransformerLM.loss', make: () => { const m = lm(); return { call: (o, y, i) => m.loss(o, y, i), args: [m.forward(ids([1, 2, 3, 4], [2, 2]), { train: true }), ids([2, 3, 4, 5], [2, 2]), -100] } },
@@ -310,14 +311,36 @@ const ROWS: Row[] = [
     },
     params: [{ name: 'out', bad: objectBad }, { name: 'dloss', bad: num() }, opts({ auxGrad: num() })],
   },
-  { fn: 'TransformerLM.newCaches', make: () => { const m = lm(); return { call: (b, n) => m.newCaches(b, n), args: [2, 8] } }, params: [{ name: 'batch', bad: int(1) }, { name: 'maxLen', bad: int(1, 8) }] },
   {
     fn: 'TransformerLM.generate', make: () => { const m = lm(); return { call: (p, o) => m.generate(p, o), args: [[[1, 2]], { maxNewTokens: 2 }] } },
     params: [
-      { name: 'prompts', bad: [...objectBad, ['[null]', [null]], ['[[null]]', [[null]]], ['[[1.5]]', [[1.5]]], ['[[NaN]]', [[NaN]]], ['[[-1]]', [[-1]]], ['[[2^53]]', [[2 ** 53]]], ['[[]]', [[]]], ['ragged prompts', [[1], [1, 2]]]] },
-      opts({ maxNewTokens: int(), temperature: num({ min: 0 }), topK: int(), seed: [...int(0, 2 ** 32 - 1), ['a bigint', 1n]], stopToken: int(-(2 ** 31), 2 ** 31 - 1) }),
+      { name: 'prompts', bad: [...objectBad, ['[null]', [null]], ['[[null]]', [[null]]], ['[[1.5]]', [[1.5]]], ['[[NaN]]', [[NaN]]], ['[[-1]]', [[-1]]], ['[[2^53]]', [[2 ** 53]]], ['[[]]', [[]]], ['[[1], []]', [[1], []]], ['an id outside the vocabulary', [[1], [11]]]] },
+      opts({
+        maxNewTokens: [...int(), ['over maxSeqLen', 7]], temperature: num({ min: 0 }), topK: int(), topP: [...num({ exclusiveMin: 0 }), ['above 1', 1.5]],
+        seed: [...int(0, 2 ** 32 - 1), ['a bigint', 1n]], stopToken: int(-(2 ** 31), 2 ** 31 - 1), stopTokens: STOP_TOKENS,
+      }),
     ],
   },
+  {
+    fn: 'GenerationEngine', make: () => { const m = lm(); return { call: (mm, o) => new GenerationEngine(mm, o), args: [m, { maxBatch: 2 }] } },
+    params: [
+      { name: 'model', bad: [...objectBad, ['a VersatileFFN', new VersatileFFN(ffnOpts)]] },
+      opts({ maxBatch: int(1, 65536), maxTokens: int(1, 2 ** 31 - 1), blockSize: int(1, 4096), prefillChunk: int(1, 1 << 20) }),
+    ],
+  },
+  {
+    // a request never throws: a bad one is a request that has already failed, so its result rejects
+    fn: 'GenerationEngine.generate', make: () => { const e = new GenerationEngine(lm(), { maxBatch: 2 }); return { call: (p, o) => e.generate(p, o).result, args: [[1, 2], { maxNewTokens: 2 }] } },
+    params: [
+      { name: 'prompt', bad: [...objectBad.filter(([l]) => l !== 'an array'), ['[]', []], ['[null]', [null]], ['[1.5]', [1.5]], ['[NaN]', [NaN]], ['[-1]', [-1]], ['[2^53]', [2 ** 53]], ['an id outside the vocabulary', [1, 11]], ['a Float32Array', new Float32Array(2)]] },
+      opts({
+        maxNewTokens: [...int(), ['over maxSeqLen', 7]], temperature: num({ min: 0 }), topK: int(), topP: [...num({ exclusiveMin: 0 }), ['above 1', 1.5]],
+        seed: [...int(0, 2 ** 32 - 1), ['a bigint', 1n]], stopTokens: STOP_TOKENS,
+        signal: [['null', null], ['an object', {}], ['a string', 'x'], ['an AbortController', new AbortController()], ['a function', () => 1]],
+      }),
+    ],
+  },
+  { fn: 'GenerationEngine.close', make: () => { const e = new GenerationEngine(lm(), { maxBatch: 1 }); return { call: (o) => e.close(o), args: [{}] } }, params: [opts({ cancel: bool })] },
   {
     fn: 'TransformerLM.save', make: () => { const m = lm(); return { call: (p, o) => m.save(p, o), args: [ckpt, {}] } },
     params: [{ name: 'path', bad: [...str, ['a missing folder', join(dir, 'no-such-folder', 'x.safetensors')]] }, opts({ dtype: oneOf('bfloat'), metadata: [...objectBad.slice(1, 4), ['a number value', { a: 1 }]] })],
@@ -434,12 +457,14 @@ const NO_ARGUMENTS = new Set([
   'DenseFFN.parameters', 'DenseFFN.namedParameters', 'DenseFFN.zeroGrad', 'DenseFFN.stateDict', 'DenseFFN.dispose',
   'VersatileFFN.parameters', 'VersatileFFN.namedParameters', 'VersatileFFN.zeroGrad', 'VersatileFFN.stateDict', 'VersatileFFN.dispose', 'VersatileFFN.loadStateDict',
   'TransformerLM.parameters', 'TransformerLM.gradients', 'TransformerLM.numParameters', 'TransformerLM.zeroGrad', 'TransformerLM.stateDict', 'TransformerLM.dispose',
-  'AdamW.dispose', 'AdamW.stateDict', 'Device',
+  'AdamW.dispose', 'AdamW.stateDict', 'Device', 'GenerationEngine.stats',
+  'GenerationRequest', // constructed only by GenerationEngine.generate
   'TokenDataset', 'TokenDataset.scan', 'TokenDataset.close', // TokenDataset: constructed by TokenDataset.open
   'TokenLoader.next', 'TokenLoader.nextArrays', 'TokenLoader.position', 'GPT2Tokenizer', 'GPT2Tokenizer.available',
   'TokenDataset.readInto', 'TokenDataset.live', 'TokenDataset.fileAt', 'TokenLoader.windowAt',
   // private helpers (TypeScript keeps them on the prototype)
   'VersatileFFN.args', 'TransformerLM.addOwn', 'TransformerLM.grad', 'TransformerLM.checkBackward', 'TransformerLM.loadTensors', 'TransformerLM.needFloat32', 'TransformerLM.checkTokens', 'CausalSelfAttention.project',
+  'GenerationEngine.abort', 'GenerationEngine.kick', 'GenerationEngine.release', 'GenerationEngine.admit', 'GenerationEngine.loop', 'GenerationEngine.step', 'GenerationRequest.notify',
 ])
 
 t.test('every exported function, class and method has a row', async (t) => {

@@ -92,7 +92,7 @@ for (const ffn of ['versatile', 'dense'] as const) {
     m.dispose()
   })
 
-  t.test(`${ffn}: inference forward, lastOnly, cached decoding and generate leave nothing live`, async (t) => {
+  t.test(`${ffn}: inference forward, lastOnly and generate (the engine's paged decoding) leave nothing live`, async (t) => {
     const m = new TransformerLM(tiny(ffn))
     const x = ids(0)
     const start = await live()
@@ -106,22 +106,6 @@ for (const ffn of ['versatile', 'dense'] as const) {
     })
     t.same(shape, [B, 1, 32], 'lastOnly gives one row of logits per sequence')
     atBaseline(t, last, start, 'forward with lastOnly')
-    const cached = await cycles(50, () => {
-      const caches = m.newCaches(B, S)
-      const prompt = x.slice(1, 0, S - 2)
-      disposeOutput(m.forward(prompt, { caches }))
-      for (let s = S - 2; s < S; s++) {
-        const next = x.slice(1, s, s + 1)
-        disposeOutput(m.forward(next, { caches, lastOnly: true }))
-        next.dispose()
-      }
-      prompt.dispose()
-      for (const c of caches) {
-        c.k.dispose()
-        c.v.dispose()
-      }
-    })
-    atBaseline(t, cached, start, 'forward with KV caches (prefill, then one token at a time)')
     let made = 0
     const gen = await cycles(50, async () => {
       const out = await m.generate([[1, 2, 3], [4, 5, 6]], { maxNewTokens: 4, temperature: 0.8, seed: 2 })

@@ -7,14 +7,6 @@ import { checkSameDevice, checkTensor, matmul, reshapeFree } from '../ops'
 import { Tensor, empty } from '../tensor'
 import { Check, arg, custom, int, object } from '../validate'
 
-/** Keys and values of the positions decoded so far, one per layer (made by generate). */
-export interface KVCache {
-  /** [B, maxLen, D] roped keys; positions [0, length) are filled */
-  k: Tensor
-  v: Tensor
-  length: number
-}
-
 /** What an attention forward in training keeps for backward. */
 export interface AttentionSaved {
   B: number
@@ -46,18 +38,6 @@ export function checkHeads(dModel: number, nHeads: number): void {
   if (dModel % nHeads !== 0 || (dModel / nHeads) % 2 !== 0)
     fail('ERR_ARGUMENT', `nHeads: dModel ${dModel} must split into ${nHeads} heads of even size, got head size ${dModel / nHeads}`)
 }
-
-const F32_3D = custom('a float32 Tensor with 3 dimensions', (n, t) => checkTensor(n, t, { ndim: 3, dtypes: ['float32'] }))
-const CACHE = object({ k: F32_3D, v: F32_3D, length: int(0) }, ['k', 'v', 'length'])
-
-/** @internal checks a KV cache of width D: k and v [B, maxLen, D], 0 <= length <= maxLen */
-export const kvCacheArg = (D: number): Check<KVCache> => custom('a KVCache from newCaches()', (name, v) => {
-  CACHE(name, v)
-  const c = v as KVCache
-  if (c.k.shape[2] !== D || c.v.shape.join() !== c.k.shape.join() || c.length > c.k.shape[1])
-    fail('ERR_SHAPE', `${name}: expected k and v of shape [B, maxLen, ${D}] and length <= maxLen, got ${show(c.k.shape)}, ${show(c.v.shape)}, length ${c.length}`)
-  return c
-})
 
 const ATT_SAVED = object({ B: int(1), S: int(1), xn: custom('a Tensor', checkTensor), qkv: custom('a Tensor', checkTensor), att: custom('a Tensor', checkTensor), lse: custom('a Tensor', checkTensor) }, ['B', 'S', 'xn', 'qkv', 'att', 'lse'], true)
 
@@ -102,43 +82,24 @@ export class CausalSelfAttention {
 
   /**
    * xn: normalized input [B*S, D]. Adds attn_out(attention) into `residual` [B*S, D] in place
-   * (residual += ...). With a cache, the S new tokens sit at positions cache.length.. and their
-   * keys and values are appended. Returns what backward needs (no cache in training).
+   * (residual += ...). Returns what backward needs.
    */
-  forward(xn: Tensor, B: number, S: number, residual: Tensor, cache?: KVCache): AttentionSaved {
+  forward(xn: Tensor, B: number, S: number, residual: Tensor): AttentionSaved {
     const D = this.dModel
     arg('B', B, int(1))
     arg('S', S, int(1))
     arg('xn', xn, shaped([B * S, D]))
     arg('residual', residual, shaped([B * S, D]))
-    if (cache !== undefined && arg('cache', cache, kvCacheArg(D)).k.shape[0] !== B)
-      fail('ERR_SHAPE', `cache: expected a cache for ${B} sequences, got one for ${cache.k.shape[0]}`)
-    checkSameDevice(this.params['att_proj.weight'], { xn, residual, 'cache.k': cache?.k })
-    const off = cache ? cache.length : 0
-    if (cache && off + S > cache.k.shape[1])
-      fail('ERR_SHAPE', `tokens: the cache holds ${cache.k.shape[1]} positions, ${off} used, ${S} more asked`)
-    const qkv = this.project(xn, B, S, off)
-    const q = qkv.slice(2, 0, D)
-    let k = qkv.slice(2, D, 2 * D), v = qkv.slice(2, 2 * D, 3 * D)
-    if (cache) {
-      // each view holds its own reference to the cache: release it once the copy is queued
-      for (const [dst, src] of [[cache.k, k], [cache.v, v]] as const) {
-        const at = dst.slice(1, off, off + S)
-        at.copy_(src)
-        at.dispose()
-        src.dispose()
-      }
-      k = cache.k.slice(1, 0, off + S)
-      v = cache.v.slice(1, 0, off + S)
-    }
-    const { out: att, lse } = attention(q, k, v, this.nHeads, { qOffset: off })
+    checkSameDevice(this.params['att_proj.weight'], { xn, residual })
+    const qkv = this.project(xn, B, S, 0)
+    const q = qkv.slice(2, 0, D), k = qkv.slice(2, D, 2 * D), v = qkv.slice(2, 2 * D, 3 * D)
+    const { out: att, lse } = attention(q, k, v, this.nHeads)
     const att2 = att.reshape([B * S, D])
     matmul(att2, this.params['attn_out.weight'], { transposeB: true, out: residual, alpha: 1, beta: 1 })
     att2.dispose()
     q.dispose()
     k.dispose()
     v.dispose()
-    if (cache) cache.length = off + S
     return { B, S, xn, qkv, att, lse }
   }
 
@@ -164,12 +125,4 @@ export class CausalSelfAttention {
     for (const t of [att2, datt, dqkv, q, k, v, dq, dk, dv, dqkv2]) t.dispose()
     return dxn
   }
-}
-
-/** An empty KV cache for `batch` sequences of up to maxLen tokens. */
-export function kvCache(batch: number, maxLen: number, dModel: number, device: Tensor['device']): KVCache {
-  arg('batch', batch, int(1))
-  arg('maxLen', maxLen, int(1))
-  if (!Number.isInteger(dModel)) fail('ERR_ARGUMENT', `dModel: expected an integer, got ${show(dModel)}`)
-  return { k: empty([batch, maxLen, dModel], { device }), v: empty([batch, maxLen, dModel], { device }), length: 0 }
 }

@@ -4,7 +4,7 @@ import { native } from '../binding'
 import { fail } from '../errors'
 import { axpy } from '../lm_ops'
 import { Tensor, empty, zeros } from '../tensor'
-import { AttentionSaved, CausalSelfAttention, KVCache, kvCacheArg, shaped } from './attention'
+import { AttentionSaved, CausalSelfAttention, shaped } from './attention'
 import { DenseFFN, FFN_FORWARD_OPTIONS } from './ffn'
 import { VersatileFFN } from './versatile'
 import { checkSameDevice, checkTensor } from '../ops'
@@ -48,7 +48,6 @@ export interface BlockForwardOptions {
   step?: number
   noise?: 'gumbel' | 'none'
   seed?: number | bigint
-  cache?: KVCache
 }
 
 /** What a block's training forward keeps for backward. */
@@ -104,12 +103,11 @@ export class TransformerBlock {
     arg('S', S, int(1))
     arg('x', x, shaped([B * S, D]))
     checkSameDevice(this.normWeight, { x })
-    const o = checkOptions('opts', opts, { ...FFN_FORWARD_OPTIONS, cache: optional(kvCacheArg(D)) })
+    const o = checkOptions('opts', opts, FFN_FORWARD_OPTIONS)
     const train = o.train ?? false
-    if (train && opts.cache) fail('ERR_ARGUMENT', 'cache: a KV cache is for inference only (train: false)')
     const { out: xn, rstd } = rmsnorm(x, this.normWeight, train)
     const h = x.clone()
-    const a = this.attn.forward(xn, B, S, h, opts.cache)
+    const a = this.attn.forward(xn, B, S, h)
     const f = train
       ? this.ffn.forward(h, { train: true, step: opts.step ?? 0, noise: opts.noise ?? 'gumbel', seed: opts.seed ?? 0 })
       : this.ffn.forward(h, { train: false })

@@ -5,8 +5,8 @@ import { VffnError, fail, show } from '../errors'
 import { StoredTensor, loadSafetensors, saveSafetensors } from '../io/safetensors'
 import { crossEntropy, crossEntropyBackward, embedding, embeddingBackward, zero_ } from '../lm_ops'
 import { checkTensor, matmul, reshapeFree } from '../ops'
-import { MAX_ELEMENTS, Tensor, full, randn, zeros } from '../tensor'
-import { CausalSelfAttention, KVCache, checkHeads, kvCache, kvCacheArg } from './attention'
+import { Tensor, full, randn, zeros } from '../tensor'
+import { CausalSelfAttention, checkHeads } from './attention'
 import { BlockSaved, FFNModule, TransformerBlock, rmsnorm, rmsnormBackward } from './block'
 import { createFFN } from './model_ffn'
 import { FromDenseOptions, fromDense } from './from_dense'
@@ -65,8 +65,6 @@ export interface ForwardOptions {
   /** training step (drives the Gumbel temperature schedule) */
   step?: number
   noise?: 'gumbel' | 'none'
-  /** @internal per-layer caches for incremental decoding */
-  caches?: KVCache[]
   /** inference only: logits of the last position of each sequence ([B, 1, V]), sparing the head's work on the rest */
   lastOnly?: boolean
   /** @internal the micro-batch of an accumulated step: each draws its own Gumbel noise (0: the step's own) */
@@ -135,11 +133,6 @@ const LM_OPTIONS = {
   dtype: optional(dtypeCheck(['float32', 'bfloat16'] as const)), seed: optional(int(0)),
 }
 const LM_REQUIRED = ['vocabSize', 'dModel', 'nLayers', 'nHeads', 'hidden'] as const
-// the caches themselves, not parsed copies: forward advances their length
-const cachesArg = (D: number) => custom<KVCache[]>('the caches of newCaches()', (n, v) => {
-  arrayOf(kvCacheArg(D), 1)(n, v)
-  return v as KVCache[]
-})
 const LM_FORWARD_OPTIONS = { train: optional(bool), step: optional(int(0)), noise: optional(oneOf(['gumbel', 'none'] as const)), lastOnly: optional(bool), noiseStream: optional(int(0)) }
 const SAVE_OPTIONS = { dtype: optional(dtypeCheck(['float32', 'bfloat16'] as const)), metadata: optional(stringRecord) }
 
@@ -312,16 +305,11 @@ export class TransformerLM {
    */
   forward(tokens: Tensor, opts: ForwardOptions = {}): LMOutput {
     const [B, S] = this.checkTokens(tokens)
-    const o = checkOptions('opts', opts, { ...LM_FORWARD_OPTIONS, caches: optional(cachesArg(this.config.dModel)) })
+    const o = checkOptions('opts', opts, LM_FORWARD_OPTIONS)
     const train = o.train ?? false
     if (train) this.needFloat32('forward(train: true)')
     const step = o.step ?? 0
-    const caches = o.caches
-    if (caches && caches.length !== this.blocks.length) fail('ERR_ARGUMENT', `caches: expected ${this.blocks.length} caches (one per layer), got ${caches.length}`)
-    if (caches && train) fail('ERR_ARGUMENT', 'caches: a KV cache is for inference only (train: false)')
     if (o.lastOnly && train) fail('ERR_ARGUMENT', 'lastOnly: only for inference (train: false)')
-    const off = caches ? caches[0].length : 0
-    if (off + S > this.config.maxSeqLen) fail('ERR_SHAPE', `tokens: position ${off + S - 1} exceeds maxSeqLen ${this.config.maxSeqLen}`)
     const tc = tokens.contiguous()
     const flat = tc.reshape([B * S])
     tc.dispose()
@@ -332,7 +320,7 @@ export class TransformerLM {
     this.blocks.forEach((blk, i) => {
       const layerSeed = deriveSeed(this.config.seed, 3 + i, step)
       const seed = o.noiseStream ? deriveSeed(layerSeed, o.noiseStream) : layerSeed
-      const r = blk.forward(x, B, S, { train, step, noise: opts.noise ?? 'gumbel', seed, cache: caches?.[i] })
+      const r = blk.forward(x, B, S, { train, step, noise: opts.noise ?? 'gumbel', seed })
       // a dense FFN's stats are an empty object: the layer has no routing to report
       const st = r.stats as Partial<VersatileStats> | undefined
       stats.push(st?.loops ? (st as VersatileStats) : undefined)
@@ -435,16 +423,7 @@ export class TransformerLM {
     for (const [n, g] of this.gradients()) g._check(`gradient ${n}`)
   }
 
-  /** Empty per-layer KV caches for `batch` sequences of up to maxLen tokens (default maxSeqLen). */
-  newCaches(batch: number, maxLen = this.config.maxSeqLen): KVCache[] {
-    arg('batch', batch, int(1))
-    arg('maxLen', maxLen, int(1, this.config.maxSeqLen))
-    if (batch * maxLen * this.config.dModel > MAX_ELEMENTS)
-      fail('ERR_ARGUMENT', `batch: ${batch} sequences of ${maxLen} positions need caches of ${batch * maxLen * this.config.dModel} elements, more than a tensor holds (2^50)`)
-    return this.blocks.map(() => kvCache(batch, maxLen, this.config.dModel, this.device))
-  }
-
-  /** Continues each prompt (equal lengths) by up to maxNewTokens tokens; see GenerateOptions. */
+  /** Continues each prompt (any lengths) by up to maxNewTokens tokens through a GenerationEngine sized for the call; see GenerateOptions. */
   generate(prompts: readonly (readonly number[] | Int32Array)[], opts: GenerateOptions = {}): Promise<Int32Array[]> {
     return generate(this, prompts, opts)
   }

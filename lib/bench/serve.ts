@@ -1,0 +1,176 @@
+// `versatile-ffn bench serve`: the GenerationEngine under 1, 8 and 32 concurrent requests, for a
+// VersatileFFN model and a dense one of the same shapes: tokens/s, time to first token,
+// inter-token latency p50/p99 and how late a 5 ms interval timer fires while the streams run.
+import * as fs from 'fs'
+import * as os from 'os'
+import { monitorEventLoopDelay } from 'perf_hooks'
+import { Device, cuda, getNumThreads, setNumThreads } from '../device'
+import { TransformerLM } from '../nn/model'
+import { GenerationEngine } from '../serve/engine'
+import { UsageError } from './args'
+
+export interface ServeBenchOptions {
+  config: 'tiny' | 'small'
+  concurrency: number[]
+  prompt: number
+  newTokens: number
+  ffn: ('versatile' | 'dense')[]
+  device?: string
+  threads?: number
+  json: boolean
+  chart?: string
+}
+
+export const SERVE_HELP = `Usage: versatile-ffn bench serve [options]
+
+Serves C concurrent requests (all arriving at once) through one GenerationEngine and reports, per
+model and C: tokens/s, time to first token, inter-token latency p50/p99, and the p99 lateness of
+a 5 ms interval timer and the event loop's p99 delay while the streams run.
+
+Options:
+  --config tiny|small       model shapes (default small: V=4096 D=256 I=1024 4 layers 8 heads)
+  --concurrency A,B,...     concurrent requests (default 1,8,32)
+  --prompt N                prompt tokens per request (default 32; ragged: N/2..N)
+  --new-tokens N            new tokens per request (default 64)
+  --ffn versatile,dense     models (default both)
+  --device cpu|cuda|cuda:N  (default: cuda when available, else cpu)
+  --threads N               CPU threads per op
+  --json                    print JSON instead of the table
+  --chart FILE              also write an SVG chart of tokens/s
+  -h, --help                this text
+`
+
+/** Parses the arguments after `bench serve`; throws UsageError naming the flag. */
+export function parseServeArgs(argv: readonly string[]): { help: true } | { help: false; options: ServeBenchOptions } {
+  const o: ServeBenchOptions = { config: 'small', concurrency: [1, 8, 32], prompt: 32, newTokens: 64, ffn: ['versatile', 'dense'], json: false }
+  const int = (f: string, v: string | undefined, min: number) => {
+    if (v === undefined || !/^\d+$/.test(v) || Number(v) < min) throw new UsageError(`--${f}: expected an integer >= ${min}, got ${JSON.stringify(v)}`)
+    return Number(v)
+  }
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]
+    if (a === '-h' || a === '--help') return { help: true }
+    if (a === '--json') { o.json = true; continue }
+    const v = argv[++i]
+    if (a === '--config') {
+      if (v !== 'tiny' && v !== 'small') throw new UsageError(`--config: expected tiny or small, got ${JSON.stringify(v)}`)
+      o.config = v
+    } else if (a === '--concurrency') o.concurrency = (v ?? '').split(',').map((x) => int('concurrency', x, 1))
+    else if (a === '--prompt') o.prompt = int('prompt', v, 1)
+    else if (a === '--new-tokens') o.newTokens = int('new-tokens', v, 1)
+    else if (a === '--ffn') {
+      const l = (v ?? '').split(',')
+      for (const f of l) if (f !== 'versatile' && f !== 'dense') throw new UsageError(`--ffn: expected versatile and/or dense, got ${JSON.stringify(f)}`)
+      o.ffn = l as ServeBenchOptions['ffn']
+    } else if (a === '--device') o.device = v
+    else if (a === '--threads') o.threads = int('threads', v, 1)
+    else if (a === '--chart') {
+      if (!v) throw new UsageError('--chart: expected a file name')
+      o.chart = v
+    } else throw new UsageError(`unknown option ${a}`)
+  }
+  return { help: false, options: o }
+}
+
+const q = (xs: number[], p: number) => {
+  if (xs.length === 0) return NaN
+  const s = [...xs].sort((a, b) => a - b)
+  return s[Math.min(s.length - 1, Math.floor(p * s.length))]
+}
+
+export interface ServeCase {
+  ffn: string
+  concurrency: number
+  tokens: number
+  seconds: number
+  tokensPerSecond: number
+  ttftMsP50: number
+  ttftMsP99: number
+  itlMsP50: number
+  itlMsP99: number
+  /** p99 of (gap between ticks of a 5 ms interval timer) - 5 ms */
+  timerLateMsP99: number
+  /** p99 of perf_hooks' event-loop delay histogram */
+  loopDelayMsP99: number
+  steps: number
+}
+
+async function serveCase(model: TransformerLM, ffn: string, C: number, o: ServeBenchOptions): Promise<ServeCase> {
+  const engine = new GenerationEngine(model, { maxBatch: Math.max(C, 1), maxTokens: C * (o.prompt + o.newTokens) + 16 * C })
+  const V = model.config.vocabSize
+  const ttft: number[] = [], itl: number[] = []
+  const gaps: number[] = []
+  let lastTick = performance.now()
+  const timer = setInterval(() => {
+    const now = performance.now()
+    gaps.push(now - lastTick - 5)
+    lastTick = now
+  }, 5)
+  const h = monitorEventLoopDelay({ resolution: 1 })
+  h.enable()
+  const t0 = performance.now()
+  let tokens = 0
+  await Promise.all(Array.from({ length: C }, async (_, i) => {
+    const P = Math.ceil(o.prompt / 2) + (i % Math.ceil(o.prompt / 2 + 1))
+    const prompt = Array.from({ length: Math.min(P, o.prompt) }, (_, j) => (i * 131 + j * 17) % V)
+    const r = engine.generate(prompt, { maxNewTokens: o.newTokens, temperature: i % 2 ? 0.8 : 0, topK: 40, seed: i })
+    let prev = performance.now()
+    let first = true
+    for await (const _ of r) {
+      const now = performance.now()
+      if (first) ttft.push(now - t0)
+      else itl.push(now - prev)
+      first = false
+      prev = now
+      tokens++
+    }
+  }))
+  const seconds = (performance.now() - t0) / 1000
+  h.disable()
+  clearInterval(timer)
+  const steps = engine.stats().steps
+  await engine.close()
+  return {
+    ffn, concurrency: C, tokens, seconds, tokensPerSecond: tokens / seconds, ttftMsP50: q(ttft, 0.5), ttftMsP99: q(ttft, 0.99),
+    itlMsP50: q(itl, 0.5), itlMsP99: q(itl, 0.99), timerLateMsP99: Math.max(0, q(gaps, 0.99)), loopDelayMsP99: h.percentile(99) / 1e6, steps,
+  }
+}
+
+function chart(cases: ServeCase[], title: string): string {
+  const W = 760, row = 26, left = 170, top = 40, max = Math.max(...cases.map((c) => c.tokensPerSecond))
+  const bars = cases.map((c, i) => {
+    const y = top + i * row, w = ((W - left - 90) * c.tokensPerSecond) / max
+    return `<text x="${left - 8}" y="${y + 16}" text-anchor="end">${c.ffn} x${c.concurrency}</text><rect x="${left}" y="${y + 4}" width="${w.toFixed(1)}" height="16" fill="${c.ffn === 'dense' ? '#7f8c8d' : '#2471a3'}"/><text x="${(left + w + 6).toFixed(1)}" y="${y + 16}">${c.tokensPerSecond.toFixed(0)} tok/s</text>`
+  })
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${top + cases.length * row + 20}" font-family="sans-serif" font-size="12"><text x="10" y="20" font-size="14">${title.replace(/&/g, '&amp;').replace(/</g, '&lt;')}</text>${bars.join('')}</svg>\n`
+}
+
+/** Runs the serving benchmark and prints a table (or JSON). */
+export async function runServeBench(o: ServeBenchOptions, io: { stdout: { write(s: string): void } }): Promise<void> {
+  if (o.threads !== undefined) setNumThreads(o.threads)
+  if (o.device?.startsWith('cuda') && !cuda.available()) throw Object.assign(new Error(`--device ${o.device}: CUDA is not available on this machine (${cuda.reason()})`), { code: 'ERR_CUDA_UNAVAILABLE' })
+  const dev = Device.get(o.device ?? (cuda.available() ? 'cuda' : 'cpu'))
+  const cpu = os.cpus()[0]?.model.trim() ?? 'unknown CPU'
+  const head = `versatile-ffn bench serve on ${dev} (${dev.type === 'cpu' ? `${cpu}, ${getNumThreads()} threads` : 'cuda'}), config ${o.config}, prompts ${Math.ceil(o.prompt / 2)}..${o.prompt} tokens, ${o.newTokens} new tokens each, greedy and sampled alternating`
+  const cases: ServeCase[] = []
+  for (const ffn of o.ffn) {
+    const model = new TransformerLM({ ...TransformerLM.config(o.config), ffn, seed: 1, device: dev })
+    await serveCase(model, ffn, 1, { ...o, newTokens: 4 })
+    for (const C of o.concurrency) cases.push(await serveCase(model, ffn, C, o))
+    model.dispose()
+  }
+  if (o.chart) fs.writeFileSync(o.chart, chart(cases, head))
+  if (o.json) {
+    io.stdout.write(JSON.stringify({ device: String(dev), config: o.config, prompt: o.prompt, newTokens: o.newTokens, cases }, null, 2) + '\n')
+    return
+  }
+  const f = (x: number) => (x >= 100 ? x.toFixed(0) : x >= 10 ? x.toFixed(1) : x.toFixed(2))
+  const lines = [head, '', 'model      conc  tokens   tok/s  ttft p50  ttft p99  itl p50  itl p99  timer late p99  loop delay p99  steps',
+    ...cases.map((c) => `${c.ffn.padEnd(10)} ${String(c.concurrency).padStart(4)} ${String(c.tokens).padStart(7)} ${f(c.tokensPerSecond).padStart(7)} ${f(c.ttftMsP50).padStart(9)} ${f(c.ttftMsP99).padStart(9)} ${f(c.itlMsP50).padStart(8)} ${f(c.itlMsP99).padStart(8)} ${f(c.timerLateMsP99).padStart(15)} ${f(c.loopDelayMsP99).padStart(15)} ${String(c.steps).padStart(6)}`)]
+  for (const ffn of o.ffn) {
+    const one = cases.find((c) => c.ffn === ffn && c.concurrency === 1), most = cases.filter((c) => c.ffn === ffn).pop()
+    if (one && most && most !== one) lines.push(`${ffn}: ${most.concurrency} concurrent give ${(most.tokensPerSecond / one.tokensPerSecond).toFixed(2)}x the tokens/s of one at a time`)
+  }
+  lines.push('times in ms; ttft from submission (all requests arrive at once); itl = gap between a request\'s tokens; timer late = how much later than 5 ms a 5 ms interval fired')
+  io.stdout.write(lines.join('\n') + '\n')
+}

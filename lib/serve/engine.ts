@@ -1,0 +1,291 @@
+// GenerationEngine: serves many generation requests on one model with continuous batching.
+// Each step runs every admitted request together (one token for decoding requests, a bounded
+// chunk of prompt for prefilling ones) over a paged KV pool, samples on the device and hands each
+// token to its request. Requests join and leave between steps.
+import { VffnError, fail, show } from '../errors'
+import { TransformerLM } from '../nn/model'
+import { INT32, arrayOf, bool, check, checkOptions, custom, int, number, optional } from '../validate'
+import { sampleRows } from './kernels'
+import { KVPool } from './pool'
+import { GenerationRequest, mulberry32 } from './request'
+import { StepRow, runStep } from './step'
+
+/** Options of a GenerationEngine. */
+export interface EngineOptions {
+  /** most requests admitted at once (decoding or prefilling). Default 32. */
+  maxBatch?: number
+  /** the KV budget in tokens, summed over admitted requests; the pool holds ceil(maxTokens / blockSize) blocks. Default min(maxBatch * maxSeqLen, 16384). */
+  maxTokens?: number
+  /** tokens per KV block. Default 16. */
+  blockSize?: number
+  /** most prompt tokens prefilled per step (summed over requests): bounds how long a new prompt delays running streams. Default 64. */
+  prefillChunk?: number
+}
+
+/** Options of one request. */
+export interface RequestOptions {
+  /** tokens to add. Default 16. */
+  maxNewTokens?: number
+  /** 0 (default) is greedy (ties: lowest id); > 0 samples from softmax(logits / temperature) */
+  temperature?: number
+  /** sample only among the k most likely ids (0 = all). Default 0. */
+  topK?: number
+  /** then only among the most likely ids whose probabilities sum to at least topP (1 = all). Default 1. */
+  topP?: number
+  /** seed of the request's own sampler, an integer in [0, 2^32 - 1]. Default 0. */
+  seed?: number
+  /** stop once one of these ids is emitted (the id is kept) */
+  stopTokens?: readonly number[]
+  /** aborting it stops the request at the next step, frees its cache and rejects it with ERR_ABORTED */
+  signal?: AbortSignal
+}
+
+/** What an engine holds now. */
+export interface EngineStats {
+  /** admitted requests (prefilling or decoding) */
+  running: number
+  /** requests waiting for room, in arrival order */
+  waiting: number
+  blockSize: number
+  /** KV blocks held by admitted requests */
+  usedBlocks: number
+  freeBlocks: number
+  /** bytes of the KV pool (allocated once, at construction) */
+  poolBytes: number
+  /** decode steps run so far */
+  steps: number
+}
+
+/** @internal u as the float32 params carry it: rounding may not reach 1 (sample needs u < 1) */
+export function uniform32(u: number): number {
+  const f = Math.fround(u)
+  return f < 1 ? f : 1 - 2 ** -24
+}
+
+const ENGINE_OPTIONS = { maxBatch: optional(int(1, 65536)), maxTokens: optional(int(1, 2 ** 31 - 1)), blockSize: optional(int(1, 4096)), prefillChunk: optional(int(1, 1 << 20)) }
+const SIGNAL = check<AbortSignal>('an AbortSignal', (v) => typeof AbortSignal !== 'undefined' && v instanceof AbortSignal)
+const REQUEST_OPTIONS = {
+  maxNewTokens: optional(int(0)), temperature: optional(number({ min: 0 })), topK: optional(int(0)),
+  topP: optional(number({ exclusiveMin: 0, max: 1 })), seed: optional(int(0, 2 ** 32 - 1)), stopTokens: optional(arrayOf(INT32)), signal: optional(SIGNAL),
+}
+const CLOSE_OPTIONS = { cancel: optional(bool) }
+const PROMPT = custom<Int32Array>('a non-empty array of token ids or an Int32Array', (name, v) => {
+  if (!Array.isArray(v) && !(v instanceof Int32Array)) fail('ERR_ARGUMENT', `${name}: expected an array of token ids or an Int32Array, got ${show(v)}`)
+  if (v.length === 0) fail('ERR_SHAPE', `${name}: a prompt needs at least one token`)
+  return Int32Array.from(v as ArrayLike<number>, (x, i) => int()(`${name}[${i}]`, x))
+})
+
+/**
+ * Serves generation requests on one model: continuous batching over a paged KV pool, chunked
+ * prefill, sampling on the device, streaming, cancellation.
+ *
+ * Admission: a request is admitted when fewer than maxBatch requests run and the pool has the
+ * blocks for its whole prompt and maxNewTokens (reserved up front, so an admitted request never
+ * waits or is evicted); otherwise it waits. Waiting requests are admitted strictly in arrival
+ * order (FIFO: a small request never overtakes a large one ahead of it, so none starves).
+ * A request larger than the whole budget is refused (ERR_ARGUMENT). A step that fails (out of
+ * memory, ...) fails the admitted requests (their caches share the pool it spoiled); waiting ones
+ * and the engine go on.
+ */
+export class GenerationEngine {
+  readonly model: TransformerLM
+  readonly maxBatch: number
+  readonly maxTokens: number
+  readonly blockSize: number
+  readonly prefillChunk: number
+  private readonly pool: KVPool
+  private readonly waiting: GenerationRequest[] = []
+  private readonly running: GenerationRequest[] = []
+  private looping = false
+  private closed = false
+  private steps = 0
+  private idle: (() => void)[] = []
+
+  constructor(model: TransformerLM, opts: EngineOptions = {}) {
+    if (!(model instanceof TransformerLM)) fail('ERR_ARGUMENT', `model: expected a TransformerLM, got ${show(model)}`)
+    const o = checkOptions('opts', opts, ENGINE_OPTIONS)
+    this.model = model
+    this.maxBatch = o.maxBatch ?? 32
+    this.blockSize = o.blockSize ?? 16
+    // a full maxSeqLen for every slot would be gigabytes at the paper's sizes
+    this.maxTokens = o.maxTokens ?? Math.min(this.maxBatch * model.config.maxSeqLen, 16384)
+    this.prefillChunk = o.prefillChunk ?? 64
+    this.pool = new KVPool(model.blocks.length, model.config.dModel, this.maxTokens, this.blockSize, model.device)
+  }
+
+  /**
+   * Queues a request for `prompt` (token ids, any length up to maxSeqLen - maxNewTokens). Never
+   * throws: a bad prompt or option, an aborted signal or a closed engine gives a request that has
+   * already failed with a VffnError (ERR_ARGUMENT, ERR_SHAPE, ERR_ABORTED, ERR_CLOSED).
+   */
+  generate(prompt: readonly number[] | Int32Array, opts: RequestOptions = {}): GenerationRequest {
+    const req = new GenerationRequest()
+    try {
+      const o = checkOptions('opts', opts, REQUEST_OPTIONS)
+      const p = PROMPT('prompt', prompt)
+      const { vocabSize: V, maxSeqLen } = this.model.config
+      p.forEach((id, i) => {
+        if (id >= V) fail('ERR_ARGUMENT', `prompt[${i}]: token id ${id} is outside the vocabulary [0, ${V})`)
+      })
+      const maxNew = o.maxNewTokens ?? 16
+      if (p.length + maxNew > maxSeqLen) fail('ERR_SHAPE', `maxNewTokens: ${p.length} prompt tokens + ${maxNew} new exceed maxSeqLen ${maxSeqLen}`)
+      // the last new token is never fed back, so it needs no cache
+      const need = this.pool.blocksFor(p.length + Math.max(maxNew - 1, 0))
+      if (need > this.pool.numBlocks)
+        fail('ERR_ARGUMENT', `prompt: ${p.length} prompt tokens + ${maxNew} new need ${need} KV blocks of ${this.blockSize}, more than the whole budget (maxTokens ${this.maxTokens}: ${this.pool.numBlocks} blocks)`)
+      if (o.signal?.aborted) fail('ERR_ABORTED', 'signal: the request was aborted before it started')
+      if (this.closed) fail('ERR_CLOSED', 'generate: the engine is closed')
+      req._plan = {
+        prompt: p, maxNewTokens: maxNew, temperature: o.temperature ?? 0, topK: o.topK ?? 0, topP: o.topP ?? 1,
+        stopTokens: new Set(o.stopTokens ?? []), rand: mulberry32(o.seed ?? 0),
+      }
+      if (maxNew === 0) {
+        req._finish()
+        return req
+      }
+      const signal = o.signal
+      if (signal) {
+        const onAbort = () => this.abort(req, new VffnError('ERR_ABORTED', 'signal: the request was aborted'))
+        signal.addEventListener('abort', onAbort, { once: true })
+        // a long-lived signal must not keep finished requests (and this engine) reachable
+        req._onDone = () => signal.removeEventListener('abort', onAbort)
+      }
+    } catch (e) {
+      req._finish(e instanceof VffnError ? e : new VffnError('ERR_INTERNAL', String(e)))
+      return req
+    }
+    this.waiting.push(req)
+    this.kick()
+    return req
+  }
+
+  /** Requests, blocks and pool bytes now. */
+  stats(): EngineStats {
+    return {
+      running: this.running.length, waiting: this.waiting.length, blockSize: this.blockSize,
+      usedBlocks: this.pool.numBlocks - this.pool.freeBlocks, freeBlocks: this.pool.freeBlocks, poolBytes: this.pool.bytes, steps: this.steps,
+    }
+  }
+
+  /**
+   * Refuses new requests, lets every queued and running one finish (or, with `cancel: true`,
+   * rejects them with ERR_CLOSED at the next step), then frees the KV pool.
+   */
+  async close(opts: { cancel?: boolean } = {}): Promise<void> {
+    const o = checkOptions('opts', opts, CLOSE_OPTIONS)
+    this.closed = true
+    if (o.cancel) {
+      const err = new VffnError('ERR_CLOSED', 'close: the engine was closed with cancel: true')
+      for (const r of [...this.waiting, ...this.running]) this.abort(r, err)
+    }
+    if (this.looping) await new Promise<void>((r) => this.idle.push(r))
+    this.pool.dispose()
+  }
+
+  private abort(req: GenerationRequest, err: VffnError): void {
+    const w = this.waiting.indexOf(req)
+    if (w >= 0) {
+      this.waiting.splice(w, 1)
+      req._finish(err)
+    } else if (req._phase !== 'done') req._stop = err
+  }
+
+  private kick(): void {
+    if (this.looping) return
+    this.looping = true
+    // requests made in the same tick start in the same step
+    setImmediate(() => void this.loop())
+  }
+
+  private release(req: GenerationRequest, err?: VffnError): void {
+    this.pool.release(req._blocks)
+    req._blocks = []
+    this.running.splice(this.running.indexOf(req), 1)
+    req._finish(err)
+  }
+
+  private admit(): void {
+    while (this.waiting.length > 0 && this.running.length < this.maxBatch) {
+      const req = this.waiting[0]
+      const plan = req._plan!
+      const blocks = this.pool.alloc(this.pool.blocksFor(plan.prompt.length + plan.maxNewTokens - 1))
+      if (!blocks) return
+      this.waiting.shift()
+      req._blocks = blocks
+      req._phase = 'prefill'
+      this.running.push(req)
+    }
+  }
+
+  private async loop(): Promise<void> {
+    try {
+      for (;;) {
+        for (const r of [...this.running]) if (r._stop) this.release(r, r._stop)
+        this.admit()
+        if (this.running.length === 0) break
+        await this.step()
+      }
+    } finally {
+      this.looping = false
+      for (const f of this.idle.splice(0)) f()
+    }
+  }
+
+  private async step(): Promise<void> {
+    const rows: StepRow[] = []
+    const owners: GenerationRequest[] = []
+    for (const r of this.running)
+      if (r._phase === 'decode') {
+        rows.push({ tokens: Int32Array.of(r.tokens[r.tokens.length - 1]), start: r._pos, blocks: r._blocks, sample: true })
+        owners.push(r)
+      }
+    let budget = this.prefillChunk
+    for (const r of this.running) {
+      if (r._phase !== 'prefill' || budget === 0) continue
+      const P = r._plan!.prompt.length
+      const n = Math.min(budget, P - r._pos)
+      rows.push({ tokens: r._plan!.prompt.subarray(r._pos, r._pos + n), start: r._pos, blocks: r._blocks, sample: r._pos + n === P })
+      owners.push(r)
+      budget -= n
+    }
+    const sampled = owners.filter((_, i) => rows[i].sample)
+    const params = new Float32Array(4 * sampled.length)
+    sampled.forEach((r, i) => {
+      const p = r._plan!
+      params.set([p.temperature, p.topK, p.topP, uniform32(p.rand())], 4 * i)
+    })
+    let ids: Int32Array | undefined, logprobs: Float32Array | undefined
+    this.steps++
+    try {
+      const logits = runStep(this.model, this.pool, rows)
+      if (logits) {
+        try {
+          ;({ ids, logprobs } = await sampleRows(logits, params))
+        } finally {
+          logits.dispose()
+        }
+      }
+    } catch (e) {
+      // a failed write marks the whole pool: fail every admitted request, make the pool whole again
+      const err = e instanceof VffnError ? e : new VffnError('ERR_INTERNAL', String(e))
+      for (const r of [...this.running]) this.release(r, err)
+      for (const l of this.pool.layers) {
+        l.k.fill_(0)
+        l.v.fill_(0)
+      }
+      return
+    }
+    let s = 0
+    rows.forEach((row, i) => {
+      const r = owners[i]
+      r._pos += row.tokens.length
+      if (!row.sample) return
+      const id = ids![s], lp = logprobs![s++]
+      // an abort during the step drops its token: the request stops now
+      if (r._stop) return
+      r._phase = 'decode'
+      r._push(id, lp)
+      if (r.tokens.length >= r._plan!.maxNewTokens || r._plan!.stopTokens.has(id)) this.release(r)
+    })
+  }
+}
