@@ -5,20 +5,29 @@ import { VffnError } from './errors'
 function load(): Binding {
   // VFFN_ADDON_PATH points at an addon built elsewhere (a second build folder while developing)
   const explicit = process.env.VFFN_ADDON_PATH
-  if (explicit) return require(path.resolve(explicit)) as Binding
   // eslint-disable-next-line @typescript-eslint/no-var-requires
   const gypBuild = require('node-gyp-build') as (dir: string) => Binding
   const root = path.join(__dirname, '..')
   try {
-    return gypBuild(root)
+    return explicit ? (require(path.resolve(explicit)) as Binding) : gypBuild(root)
   } catch (e) {
-    throw new VffnError(
-      'ERR_UNSUPPORTED',
-      `versatile-ffn: no native binary for ${process.platform}-${process.arch} loads here (${(e as Error).message.split('\n')[0]}). ` +
-        'Build one from source: allow the package\'s install script (npm install-scripts approve versatile-ffn) and run ' +
-        '`npm rebuild versatile-ffn --build-from-source`; this needs CMake and a C++17 compiler.',
-    )
+    throw loadFailure((e as Error).message)
   }
+}
+
+/** @internal the error for a native binary that does not load, saying what to do about it */
+export function loadFailure(message: string): VffnError {
+  const why = message.split('\n')[0]
+  // the prebuilt binary is linked against glibc 2.34 and libstdc++ with GLIBCXX_3.4.30 (Debian 12, Ubuntu 22.04)
+  const libc = /GLIBC(XX)?_[0-9.]+/.test(why)
+    ? ' The prebuilt binary needs glibc >= 2.34 and a libstdc++ with GLIBCXX_3.4.30; this system\'s are older, so build from source.'
+    : ''
+  return new VffnError(
+    'ERR_UNSUPPORTED',
+    `versatile-ffn: no native binary for ${process.platform}-${process.arch} loads here (${why}).${libc} ` +
+      'Build one from source: allow the package\'s install script (npm install-scripts approve versatile-ffn) and run ' +
+      '`npm_config_build_from_source=true npm rebuild versatile-ffn`; this needs CMake and a C++17 compiler.',
+  )
 }
 
 /** The raw native module. Every native error becomes a VffnError with the same code. */
