@@ -36,7 +36,7 @@ function relErr(got: Float32Array, want: Float32Array): number {
 }
 
 async function close(t: Test, got: Tensor, want: Tensor, tol: number, what: string) {
-  const e = relErr(await got.data(), await want.data())
+  const e = relErr(await got.floatData(), await want.floatData())
   t.ok(e <= tol, `${what}: relative error ${e.toExponential(2)} <= ${tol} (seed base ${seedCounter})`)
 }
 
@@ -203,7 +203,7 @@ t.test('VersatileFFN forward and backward, edge shapes included', { skip: SKIP }
         // a constant first feature and a large weight on it make one logit win for every token
         for (let i = 0; i < cs.T; i++) xs[i * cs.D] = 4
         const sd: Record<string, Float32Array> = {}
-        for (const [name, p] of c.namedParameters()) sd[name] = await p.data()
+        for (const [name, p] of c.namedParameters()) sd[name] = await p.floatData()
         if (cs.expert !== undefined) sd['expert_gate.weight'][cs.expert * cs.D] = 50
         if (cs.depth !== undefined) sd['depth_predictor.weight'][cs.depth * cs.D] = 50
         c.loadStateDict(sd)
@@ -241,7 +241,7 @@ t.test('a few training steps agree', { skip: SKIP }, async (t) => {
       // plain SGD, on the host so both modules take the same update rule
       const sd: Record<string, Float32Array> = {}
       for (const [name, p] of m.namedParameters()) {
-        const pv = await p.data(), gv = await m.grads[name].data()
+        const pv = await p.floatData(), gv = await m.grads[name].floatData()
         sd[name] = pv.map((v, i) => v - 0.05 * gv[i])
       }
       m.loadStateDict(sd)
