@@ -5,11 +5,12 @@ import { VffnError } from './errors'
 function load(): Binding {
   // VFFN_ADDON_PATH points at an addon built elsewhere (a second build folder while developing)
   const explicit = process.env.VFFN_ADDON_PATH
-  // eslint-disable-next-line @typescript-eslint/no-var-requires
-  const gypBuild = require('node-gyp-build') as (dir: string) => Binding
-  const root = path.join(__dirname, '..')
   try {
-    return explicit ? (require(path.resolve(explicit)) as Binding) : gypBuild(root)
+    if (explicit) return require(path.resolve(explicit)) as Binding
+    // loaded only here: a bundle that names its addon (the GPU check's) carries no node-gyp-build
+    // eslint-disable-next-line @typescript-eslint/no-var-requires
+    const gypBuild = require('node-gyp-build') as (dir: string) => Binding
+    return gypBuild(path.join(__dirname, '..'))
   } catch (e) {
     throw loadFailure((e as Error).message)
   }
