@@ -36,9 +36,12 @@ for (const ffn of ['versatile', 'dense'] as const) {
           x[i * S + s] = ids[start + s]
           y[i * S + s] = ids[start + s + 1]
         }
-      const out = model.forward(tensor(x, [B, S]))
+      // everything made here is disposed: left to the garbage collector, it would be freed during the
+      // next subtest and move that subtest's memory baseline
+      const xt = tensor(x, [B, S]), yt = tensor(y, [B * S])
+      const out = model.forward(xt)
       const logits = out.logits.reshape([B * S, V])
-      const { loss } = crossEntropy(logits, tensor(y, [B * S]))
+      const { loss, lse } = crossEntropy(logits, yt)
       sumCE += (await loss.data())[0] * B * S
       const l = await logits.data()
       for (let k = 0; k < B * S; k++) {
@@ -48,6 +51,7 @@ for (const ffn of ['versatile', 'dense'] as const) {
         for (let v = 0; v < V; v++) z += Math.exp(l[k * V + v] - m)
         sum64 += m + Math.log(z) - l[k * V + y[k]]
       }
+      for (const z of [xt, yt, logits, loss, lse]) z.dispose()
       out.dispose()
     }
     t.equal(r.tokens, batches * B * S)
