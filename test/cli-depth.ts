@@ -1,7 +1,8 @@
 // The bench's forced depth distributions: exact shares, and the crafted loop head picking exactly
 // the encoded loop for every token (checked with a plain float64 argmax, ties to the lower index).
 import t from 'tap'
-import { depthHeadWeight, depthShares, encodeLoops, forcedLoops, rng } from '../lib/bench/depth'
+import { depthHeadWeight, depthShares, encodeLoops, forcedLoops } from '../lib/bench/depth'
+import { mulberry32 } from '../lib/random'
 import { DepthMode } from '../lib/bench/config'
 
 function argmaxLoops(x: Float32Array, w: Float32Array, T: number, D: number, L: number): number[] {
@@ -44,7 +45,7 @@ t.test('shares and exact counts per mode', async (t) => {
 
 t.test('crafted head picks the encoded loop for every token, whatever the other columns hold', async (t) => {
   for (const [T, D, L] of [[97, 5, 4], [40, 2, 1], [33, 7, 16]]) {
-    const r = rng(T * 31 + D)
+    const r = mulberry32(T * 31 + D)
     const x = Float32Array.from({ length: T * D }, () => (r() - 0.5) * 20)
     const loops = forcedLoops({ kind: 'uniform' }, T, L, 5)!
     encodeLoops(x, D, loops)

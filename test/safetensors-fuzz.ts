@@ -6,22 +6,12 @@ import t from 'tap'
 import { promises as fs, writeFileSync } from 'fs'
 import * as path from 'path'
 import { TransformerLM, TransformerLMOptions, VffnError, parseSafetensors } from '../lib/index'
+import { mulberry32 } from '../lib/random' // deterministic, so every run fuzzes the same bytes
 
 const opts: TransformerLMOptions = { vocabSize: 11, dModel: 4, nLayers: 1, nHeads: 2, hidden: 8, maxSeqLen: 4, ffn: 'versatile', experts: 2, topK: 1, maxDepth: 2 }
 const dir = t.testdir({})
 const CODES = new Set(['ERR_SHAPE', 'ERR_DTYPE', 'ERR_DEVICE', 'ERR_DISPOSED', 'ERR_OOM', 'ERR_ARGUMENT', 'ERR_UNSUPPORTED', 'ERR_CUDA', 'ERR_INTERNAL'])
 
-// mulberry32: a small deterministic PRNG, so every run fuzzes the same bytes
-function prng(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let z = a
-    z = Math.imul(z ^ (z >>> 15), z | 1)
-    z ^= z + Math.imul(z ^ (z >>> 7), z | 61)
-    return ((z ^ (z >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 type Bits = Map<string, Buffer>
 async function snapshot(m: TransformerLM): Promise<Bits> {
@@ -56,7 +46,7 @@ t.test('every variant loads exactly or rejects with a code, leaving the model un
   const base = await snapshot(m)
   const baseValues = Object.fromEntries([...m.parameters()].map(([n]) => [n, new Float32Array(base.get(n)!.buffer.slice(0))]))
   const file = path.join(dir, 'case.safetensors')
-  const rand = prng(20260101)
+  const rand = mulberry32(20260101)
   let total = 0
 
   for (const dtype of ['float32', 'bfloat16'] as const) {

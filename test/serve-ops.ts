@@ -3,19 +3,9 @@
 // op), rotary embedding at per-row positions, and sampling on the device (a JS reference of the
 // documented rule on fixed logits: ties, top-k and top-p boundaries, u at the edges).
 import t from 'tap'
+import { mulberry32 } from '../lib/random'
 import { tensor, randn, attention, rope, kvWrite, pagedAttention, ropeRows, sample, Tensor } from '../lib/index'
 
-// mulberry32: deterministic test data
-function rng(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let x = a
-    x = Math.imul(x ^ (x >>> 15), x | 1)
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61)
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296
-  }
-}
 const ints = (a: number[]) => tensor(Int32Array.from(a), [a.length], { dtype: 'int32' })
 const maxDiff = (a: ArrayLike<number>, b: ArrayLike<number>) => {
   let m = 0
@@ -74,7 +64,7 @@ for (const Sq of [1, 3]) {
     const H = 2, hd = 4, D = H * hd, BS = 4, NB = 17, MB = 4
     const lens = [Sq, 5, 13, 16]
     const B = lens.length
-    const r = rng(7 + Sq)
+    const r = mulberry32(7 + Sq)
     // a random permutation of the pool's blocks, handed out to the sequences in turn
     const free = Array.from({ length: NB }, (_, i) => i).sort(() => r() - 0.5)
     const table = lens.map(() => Array.from({ length: MB }, () => free.pop()!))
@@ -158,7 +148,7 @@ function refSample(row: number[], temp: number, topK: number, topP: number, u: n
 }
 
 t.test('sample follows the documented rule on fixed logits (ties, top-k, top-p, u at the edges)', async (t) => {
-  const r = rng(51)
+  const r = mulberry32(51)
   const V = 12
   const base = Array.from({ length: V }, () => Math.fround(r() * 4 - 2))
   const tied = [1, 3, 3, 0.5, 3, -1, 2, 2, 0, 0, 3, 1].map(Math.fround)

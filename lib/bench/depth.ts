@@ -5,21 +5,11 @@
 //   z_j = 2A·j·c_t − A·j² = A·c_t² − A·(j − c_t)²,
 // largest exactly at j = c_t, ahead of the next by at least A. A = 4 keeps every value exact in
 // bfloat16 for L <= 16 and makes Gumbel noise (training) rarely flip the choice.
+import { mulberry32 } from '../random'
 import type { DepthMode } from './config'
 
 const A = 4
 
-/** mulberry32: a small seeded generator for shuffling token order reproducibly. */
-export function rng(seed: number): () => number {
-  let s = seed >>> 0
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0
-    let t = s
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 /** Share of tokens per loop count 1..L for a forced mode. */
 export function depthShares(mode: DepthMode, L: number): number[] {
@@ -56,7 +46,7 @@ export function forcedLoops(mode: DepthMode, tokens: number, L: number, seed: nu
   const loops = new Int32Array(tokens)
   let p = 0
   counts.forEach((n, j) => loops.fill(j + 1, p, (p += n)))
-  const r = rng(seed ^ 0x5bd1e995)
+  const r = mulberry32(seed ^ 0x5bd1e995)
   for (let i = tokens - 1; i > 0; i--) {
     const k = Math.floor(r() * (i + 1))
     const tmp = loops[i]

@@ -1,6 +1,7 @@
 // Token datasets: one or many token files read as one stream by positioned reads (Node has no
 // mmap), so only a window's worth of bytes is ever in memory; loaders cut it into [B, S] batches.
 import * as fs from 'fs'
+import { mulberry32Bits } from '../random'
 import { Device } from '../device'
 import { fail, show } from '../errors'
 import { Tensor, tensor } from '../tensor'
@@ -308,14 +309,7 @@ export class TokenLoader {
 
 /** Fisher–Yates over 0..n-1 with mulberry32 (two draws make a 53-bit uniform, so j is unbiased in practice). */
 function shuffle(n: number, seed: number, epoch: number): Uint32Array {
-  let s = (seed + Math.imul(epoch + 1, 0x9e3779b9)) >>> 0
-  const next = () => {
-    s = (s + 0x6d2b79f5) >>> 0
-    let x = s
-    x = Math.imul(x ^ (x >>> 15), x | 1)
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61)
-    return (x ^ (x >>> 14)) >>> 0
-  }
+  const next = mulberry32Bits(seed + Math.imul(epoch + 1, 0x9e3779b9))
   const p = new Uint32Array(n)
   for (let i = 0; i < n; i++) p[i] = i
   for (let i = n - 1; i > 0; i--) {

@@ -7,7 +7,8 @@ import { TransformerLM } from '../nn/model'
 import { INT32, arrayOf, bool, check, checkOptions, custom, int, number, optional } from '../validate'
 import { sampleRows } from './kernels'
 import { KVPool } from './pool'
-import { GenerationRequest, mulberry32 } from './request'
+import { mulberry32 } from '../random'
+import { GenerationRequest } from './request'
 import { StepRow, runStep } from './step'
 
 /** Options of a GenerationEngine. */

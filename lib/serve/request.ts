@@ -2,18 +2,6 @@
 // the per-request state the scheduler advances. Nothing here touches tensors.
 import { VffnError } from '../errors'
 
-/** mulberry32: a small seeded generator, one per request, so a request's draws are its own. */
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
-
 /** @internal what the scheduler needs of a request, resolved from its options */
 export interface RequestPlan {
   prompt: Int32Array
