@@ -46,28 +46,36 @@ export class CausalSelfAttention {
   readonly dModel: number
   readonly nHeads: number
   readonly params: Record<'att_proj.weight' | 'attn_out.weight', Tensor>
-  readonly grads: Record<'att_proj.weight' | 'attn_out.weight', Tensor>
+  private readonly gradsOf: () => Record<'att_proj.weight' | 'attn_out.weight', Tensor>
 
-  constructor(dModel: number, nHeads: number, params: Record<'att_proj.weight' | 'attn_out.weight', Tensor>, grads: Record<'att_proj.weight' | 'attn_out.weight', Tensor>) {
+  /**
+   * `grads` are the gradients backward accumulates into, or a function that supplies them when
+   * backward first needs them (a model allocates its gradients lazily, as TransformerBlock's normGrad).
+   */
+  constructor(dModel: number, nHeads: number, params: Record<'att_proj.weight' | 'attn_out.weight', Tensor>,
+              grads: Record<'att_proj.weight' | 'attn_out.weight', Tensor> | (() => Record<'att_proj.weight' | 'attn_out.weight', Tensor>)) {
     checkHeads(dModel, nHeads)
     const D = dModel
     arg('params', params, object({ 'att_proj.weight': shaped([3 * D, D], ['float32', 'bfloat16']), 'attn_out.weight': shaped([D, D], ['float32', 'bfloat16']) }, ['att_proj.weight', 'attn_out.weight']))
     // an inference-only (bfloat16) model passes empty [0] stand-ins for the gradients
     const grad = (shape: number[]) => custom<Tensor>(`a float32 Tensor of shape [${shape.join(', ')}] or [0]`, (n, v) =>
       checkTensor(n, v).size === 0 ? (v as Tensor) : shaped(shape)(n, v))
-    // a model passes getters that allocate the gradients on first use (backward): reading them here
-    // would allocate them for every inference model, so those are the model's to check
-    const lazy = typeof grads === 'object' && grads !== null &&
-      (['att_proj.weight', 'attn_out.weight'] as const).every((k) => typeof Object.getOwnPropertyDescriptor(grads, k)?.get === 'function')
-    if (lazy) checkSameDevice(params['att_proj.weight'], { 'params.attn_out.weight': params['attn_out.weight'] })
-    else {
+    if (typeof grads === 'function') {
+      checkSameDevice(params['att_proj.weight'], { 'params.attn_out.weight': params['attn_out.weight'] })
+      this.gradsOf = grads
+    } else {
       arg('grads', grads, object({ 'att_proj.weight': grad([3 * D, D]), 'attn_out.weight': grad([D, D]) }, ['att_proj.weight', 'attn_out.weight']))
       checkSameDevice(params['att_proj.weight'], { 'params.attn_out.weight': params['attn_out.weight'], 'grads.att_proj.weight': grads['att_proj.weight'], 'grads.attn_out.weight': grads['attn_out.weight'] })
+      this.gradsOf = () => grads
     }
     this.dModel = dModel
     this.nHeads = nHeads
     this.params = params
-    this.grads = grads
+  }
+
+  /** The gradients backward accumulates into (supplied on first use when the constructor got a function). */
+  get grads(): Record<'att_proj.weight' | 'attn_out.weight', Tensor> {
+    return this.gradsOf()
   }
 
   /** q|k|v of the normalized rows xn [B*S, D] with rotary applied at positions posOffset.. */

@@ -173,8 +173,8 @@ export class TransformerLM {
       for (let i = 0; i < nLayers; i++) {
         const p = `transformer.blocks.${i}.`
         const attnParams = { 'att_proj.weight': mat(p + 'att_proj.weight', [3 * dModel, dModel]), 'attn_out.weight': mat(p + 'attn_out.weight', [dModel, dModel]) }
-        // getters, so the attention reaches the gradients only when backward runs
-        const attnGrads = { get 'att_proj.weight'() { return grad(p + 'att_proj.weight') }, get 'attn_out.weight'() { return grad(p + 'attn_out.weight') } }
+        // a function, so the attention reaches (and allocates) the gradients only when backward runs
+        const attnGrads = () => ({ 'att_proj.weight': grad(p + 'att_proj.weight'), 'attn_out.weight': grad(p + 'attn_out.weight') })
         const attn = new CausalSelfAttention(dModel, nHeads, attnParams, attnGrads)
         const norm = gain(p + 'attn_norm.weight')
         const f: FFNModule = createFFN(ffn, {
