@@ -241,6 +241,3 @@ export function axpy(y: Tensor, x: Tensor, alpha = 1): void {
 export function zero_(x: Tensor): void {
   checkTensor('x', x).fill_(0)
 }
-
-export { kvWrite, pagedAttention, ropeRows, sample } from './serve_ops'
-export type { SampleResult } from './serve_ops'

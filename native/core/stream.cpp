@@ -26,11 +26,6 @@ uint64_t Stream::enqueue(const char* op, Task fn) {
   return seq;
 }
 
-uint64_t Stream::submitted() const {
-  std::lock_guard<std::mutex> lk(mu_);
-  return next_seq_ - 1;
-}
-
 void Stream::wait(uint64_t seq) {
   std::unique_lock<std::mutex> lk(mu_);
   cv_done_.wait(lk, [&] { return done_seq_ >= seq; });

@@ -30,7 +30,6 @@ class Stream {
   // device failed for good: every later call reports it.
   void set_fatal(const std::string& message);
   bool fatal(std::string* message) const;
-  uint64_t submitted() const;
 
  private:
   void run();

@@ -106,6 +106,11 @@ struct Registrar {
 std::vector<RegisterFn>& registry();
 #define VFFN_REGISTER(fn) static ::vffn::napi::Registrar vffn_registrar_##fn(fn)
 
+// throws `code` with `msg` unless ok (the entry points' memory-safety checks)
+inline void need(bool ok, const char* code, const std::string& msg) {
+  if (!ok) fail(code, msg);
+}
+
 // small argument readers
 int64_t int_arg(const Napi::Value& v, const char* name);
 double num_arg(const Napi::Value& v, const char* name);

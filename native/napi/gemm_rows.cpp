@@ -9,9 +9,6 @@ namespace vffn::napi {
 
 namespace {
 
-void need(bool ok, const char* code, const std::string& msg) {
-  if (!ok) fail(code, msg);
-}
 
 Napi::Value GemmRows(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {

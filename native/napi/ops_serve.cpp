@@ -13,9 +13,6 @@ namespace {
 
 using std::to_string;
 
-void need(bool ok, const char* code, const std::string& msg) {
-  if (!ok) fail(code, msg);
-}
 void f32_rows(const TensorArg& t, const char* name, int ndim) {
   need(t.meta.ndim == ndim, "ERR_SHAPE", std::string(name) + ": expected " + to_string(ndim) + " dimensions");
   need(t.meta.dtype == F32, "ERR_DTYPE", std::string(name) + ": expected float32");
