@@ -4,20 +4,12 @@
 import t, { Test } from 'tap'
 import { cuda, tensor, matmul, Tensor, DenseFFN, VersatileFFN } from '../lib/index'
 import { rmsnorm, rmsnormBackward } from '../lib/nn/block'
+import { freshData } from './helpers/fresh'
 import { embedding, embeddingBackward, attention, attentionBackward, crossEntropy, crossEntropyBackward, gradNorm } from '../lib/index'
 
 const SKIP = cuda.available() ? false : `no GPU here, CUDA ops cannot run: ${cuda.reason()}`
-let seed = 9000 + Math.floor(Math.random() * 1e6) // fresh data on every run; printed on failure
-
-function fresh(n: number, scale = 1): Float32Array {
-  let s = (seed++ * 2654435761) >>> 0
-  const out = new Float32Array(n)
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s ^ (s >>> 15), 0x2c1b3c6d) + 0x6d2b79f5) >>> 0
-    out[i] = ((s >>> 8) / 16777216 * 2 - 1) * scale
-  }
-  return out
-}
+const data = freshData(9000) // fresh data on every run; data.seed is printed on failure
+const fresh = data.fresh
 const cu = (x: Tensor) => x.to('cuda')
 
 // the stored bytes of both, compared whole (NaN payloads included); the first differing element is named
@@ -29,7 +21,7 @@ async function sameBits(t: Test, a: Tensor, b: Tensor, what: string) {
   const [x, y] = [await bytes(a), await bytes(b)]
   let at = -1
   if (x.length === y.length) for (let i = 0; i < x.length && at < 0; i++) if (x[i] !== y[i]) at = i
-  t.ok(x.length === y.length && at < 0, `${what}: identical bits on two runs${at >= 0 ? ` (first difference at byte ${at}, seed ${seed})` : ''}`)
+  t.ok(x.length === y.length && at < 0, `${what}: identical bits on two runs${at >= 0 ? ` (first difference at byte ${at}, seed ${data.seed})` : ''}`)
 }
 
 // run make() twice from the same inputs; every named output must match bit for bit

@@ -3,19 +3,11 @@
 import t, { Test } from 'tap'
 import { cuda, matmul, tensor, Tensor } from '../lib/index'
 import { embedding, embeddingBackward, rope, attention, attentionBackward, crossEntropy, crossEntropyBackward, gradNorm, adamwStep, axpy } from '../lib/index'
+import { freshData } from './helpers/fresh'
 
 const SKIP = cuda.available() ? false : `no GPU here, CUDA ops cannot run: ${cuda.reason()}`
-let seed = 5000 + Math.floor(Math.random() * 1e6) // fresh data on every run; printed on failure
-
-function fresh(n: number, scale = 1): Float32Array {
-  let s = (seed++ * 2654435761) >>> 0
-  const out = new Float32Array(n)
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s ^ (s >>> 15), 0x2c1b3c6d) + 0x6d2b79f5) >>> 0
-    out[i] = ((s >>> 8) / 16777216 * 2 - 1) * scale
-  }
-  return out
-}
+const data = freshData(5000) // fresh data on every run; data.seed is printed on failure
+const fresh = data.fresh
 const ints = (n: number, max: number) => Int32Array.from(fresh(n), (v) => Math.floor((v + 1) / 2 * max) % max)
 const cu = (x: Tensor) => x.to('cuda')
 
@@ -28,7 +20,7 @@ async function close(t: Test, got: Tensor, want: Tensor, tol: number, what: stri
     den += w[i] ** 2
   }
   const e = finite ? Math.sqrt(num / Math.max(den, 1e-30)) : Infinity
-  t.ok(e <= tol, `${what}: relative error ${e.toExponential(2)} <= ${tol} (seed ${seed})`)
+  t.ok(e <= tol, `${what}: relative error ${e.toExponential(2)} <= ${tol} (seed ${data.seed})`)
 }
 
 // float32 elementwise and reduction kernels: summation order and fast exp/sin differ from the CPU
