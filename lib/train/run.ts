@@ -202,12 +202,10 @@ export async function runTrain(o: TrainOptions, io: TrainIO, signals: SignalSour
       throw new UsageError(`--stop-at: expected a step after ${step} and before --steps ${settings.steps}, got ${o.stopAt}`)
 
     // the run folder: a fresh log, or the resumed run's log up to its checkpoint
+    const same = resumed && path.resolve(out) === path.resolve(o.resume!)
+    if (resumed && !same && fs.existsSync(path.join(out, LOG_FILE))) throw new UsageError(`--out: ${out} already holds a run (log.jsonl)`)
     fs.mkdirSync(out, { recursive: true })
-    if (resumed) {
-      const same = path.resolve(out) === path.resolve(o.resume!)
-      if (!same && fs.existsSync(path.join(out, LOG_FILE))) throw new UsageError(`--out: ${out} already holds a run (log.jsonl)`)
-      if (fs.existsSync(path.join(o.resume!, LOG_FILE))) keepLogUntil(o.resume!, out, step)
-    }
+    if (resumed && fs.existsSync(path.join(o.resume!, LOG_FILE))) keepLogUntil(o.resume!, out, step)
     const log = new RunLog(out)
     closers.push(() => log.close())
     const versatile = model.config.ffn === 'versatile'
