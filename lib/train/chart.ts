@@ -16,14 +16,16 @@ function esc(s: string): string {
   return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;')
 }
 
-/** Round axis steps: 1, 2 or 5 times a power of ten, about `n` ticks over [lo, hi]. */
-function ticks(lo: number, hi: number, n = 5): number[] {
+/** Round axis ticks: multiples of 1, 2 or 5 times a power of ten, about `n` of them over [lo, hi]. */
+function ticks(lo: number, hi: number, n = 5, past = false): number[] {
   const span = hi - lo || Math.abs(hi) || 1
   const raw = span / n
   const p = 10 ** Math.floor(Math.log10(raw))
   const step = [1, 2, 5, 10].map((m) => m * p).find((s) => s >= raw) ?? 10 * p
   const out: number[] = []
-  for (let t = Math.ceil(lo / step) * step; t <= hi + step * 1e-9; t += step) out.push(+t.toPrecision(12))
+  // past: up to the first tick at or after hi, so the axis ends on a round number
+  const end = past ? Math.ceil(hi / step - 1e-9) * step : hi
+  for (let t = Math.ceil(lo / step) * step; t <= end + step * 1e-9; t += step) out.push(+t.toPrecision(12))
   return out
 }
 
@@ -61,7 +63,7 @@ export function renderLossChart(runs: readonly ChartRun[]): string {
     const x0 = left + p * (panelW + gap)
     const all = data.flatMap((d) => [...d.train, ...d.val].map(xOf)).filter(Number.isFinite)
     const xHi0 = all.length ? Math.max(...all) : 1
-    const xT = ticks(0, xHi0 || 1)
+    const xT = ticks(0, xHi0 || 1, 5, true)
     const xHi = Math.max(xT[xT.length - 1], xHi0 || 1)
     const X = (v: number) => x0 + (v / xHi) * panelW
     const Y = (v: number) => top + panelH - ((v - yLo) / (yHi - yLo)) * panelH
