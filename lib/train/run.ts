@@ -242,9 +242,11 @@ export async function runTrain(o: TrainOptions, io: TrainIO, signals: SignalSour
 
     let stopping: string | undefined
     const onSignal = () => {
-      if (stopping) return
       stopping = 'interrupted'
-      io.stderr.write(`${io.stderr.isTTY ? '\n' : ''}train: interrupted; saving a checkpoint after the current step\n`)
+      // a second Ctrl-C gets the default behaviour: the process ends at once, without a checkpoint
+      signals.off('SIGINT', onSignal)
+      signals.off('SIGTERM', onSignal)
+      io.stderr.write(`${io.stderr.isTTY ? '\n' : ''}train: interrupted; saving a checkpoint after the current step (Ctrl-C again stops at once, without one)\n`)
     }
     signals.on('SIGINT', onSignal)
     signals.on('SIGTERM', onSignal)
