@@ -7,7 +7,7 @@ import * as fs from 'fs'
 import * as os from 'os'
 import * as path from 'path'
 import { spawn, spawnSync } from 'child_process'
-import { loadSafetensors } from '../lib/index'
+import { TransformerLM, cuda, loadSafetensors } from '../lib/index'
 import { main } from '../lib/cli'
 import { writeBin } from './helpers/token-files'
 
@@ -125,6 +125,27 @@ t.test('a run: checkpoint, weights, log and chart; the loss falls; the log follo
   t.equal(svg2.match(/<polyline class="train"/g)?.length, 4, 'two runs, two panels each')
   t.match(svg2, />run</)
   t.match(svg2, />dense</)
+
+  // model.safetensors holds the weights alone, those of the checkpoint
+  const m = await TransformerLM.fromFile(path.join(out, 'model.safetensors'))
+  const ck = await loadSafetensors(path.join(out, 'checkpoint.safetensors'))
+  for (const [n, p] of m.parameters()) t.same(await p.data(), ck.tensors.get(n)!.data, `model.safetensors: ${n}`)
+  m.dispose()
+
+  // continued pretraining from the dense run's folder: a VersatileFFN model over its weights
+  const cont = path.join(dir, 'continued')
+  const f = cli(['train', ...BASE, '--out', cont, '--steps', '3', '--from-dense', dense])
+  t.equal(f.status, 0, f.stderr)
+  const start = readLog(cont)[0] as unknown as { model: { ffn: string; vocabSize: number; dModel: number }; settings: { config: string } }
+  t.equal(start.model.ffn, 'versatile')
+  t.equal(start.settings.config, 'from-dense')
+  const dm = await TransformerLM.fromFile(path.join(dense, 'model.safetensors'))
+  const cm = await TransformerLM.fromFile(path.join(cont, 'model.safetensors'))
+  t.equal(cm.config.dModel, dm.config.dModel)
+  t.ok(cm.numParameters() > dm.numParameters(), 'the router and loop head are added')
+  dm.dispose()
+  cm.dispose()
+  t.ok(trainLines(cont).every((l) => (l.loops as number) >= 1), 'it reports loops')
 })
 
 t.test('--stop-at then --resume gives the same losses and weights as not stopping', async (t) => {
@@ -219,6 +240,7 @@ t.test('bad requests: exit code 2, a message naming the flag or file, nothing wr
     [['train', '--resume', dir], /--resume: .* holds no checkpoint\.safetensors/],
     [['train', '--resume', runDir, '--lr', '1e-2'], /--lr: fixed by the run being resumed/],
     [['train', '--resume', runDir], /--steps: the run is at step 30 already/],
+    ...(cuda.available() ? [] : [[['train', ...BASE, '--device', 'cuda', '--out', fresh()], /--device: CUDA is not available/] as [string[], RegExp]]),
     [['chart'], /expected at least one run folder/],
     [['chart', dir], /no log\.jsonl/],
   ]

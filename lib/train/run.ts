@@ -64,15 +64,17 @@ function setup<T>(what: string, f: () => T): T {
   try {
     return f()
   } catch (e) {
-    if (e instanceof VffnError) throw new UsageError(`${what}: ${e.message}`)
+    if (e instanceof VffnError) throw usage(what, e)
     throw e
   }
 }
+// "--device: device: ..." says the name once
+const usage = (what: string, e: VffnError) => new UsageError(`${what}: ${e.message.replace(new RegExp(`^${what.replace(/^--/, '')}: `), '')}`)
 async function setupAsync<T>(what: string, f: () => Promise<T>): Promise<T> {
   try {
     return await f()
   } catch (e) {
-    if (e instanceof VffnError) throw new UsageError(`${what}: ${e.message}`)
+    if (e instanceof VffnError) throw usage(what, e)
     throw e
   }
 }
