@@ -241,6 +241,7 @@ t.test('bad requests: exit code 2, a message naming the flag or file, nothing wr
     [['train', '--resume', runDir, '--lr', '1e-2'], /--lr: fixed by the run being resumed/],
     [['train', '--resume', runDir], /--steps: the run is at step 30 already/],
     ...(cuda.available() ? [] : [[['train', ...BASE, '--device', 'cuda', '--out', fresh()], /--device: CUDA is not available/] as [string[], RegExp]]),
+    [['train', ...BASE, '--eval-every', '5', '--out', fresh()], /--eval-every: needs --val/],
     [['chart'], /expected at least one run folder/],
     [['chart', dir], /no log\.jsonl/],
   ]

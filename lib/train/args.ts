@@ -233,6 +233,7 @@ export function parseTrainArgs(argv: readonly string[]): { help: true } | { help
     throw new UsageError(`--out: ${out} already holds a run (log.jsonl); continue it with --resume ${out} or choose another folder`)
   const data = files('data', get('data')!)
   const val = get('val') === undefined ? [] : files('val', get('val')!)
+  for (const k of ['eval-every', 'eval-batches']) if (get(k) !== undefined && val.length === 0) throw new UsageError(`--${k}: needs --val, the held-out token file`)
   // a run folder stands for the weights it wrote
   let denseArg = get('from-dense')
   if (denseArg !== undefined && fs.statSync(denseArg, { throwIfNoEntry: false })?.isDirectory()) denseArg = path.join(denseArg, 'model.safetensors')

@@ -289,7 +289,7 @@ export async function runTrain(o: TrainOptions, io: TrainIO, signals: SignalSour
             let sum = 0, n = 0
             for (const micro of r.stats ?? [])
               for (const s of micro)
-                if (s) {
+                if (s?.loops) {
                   const l = await s.loops.data()
                   for (let i = 0; i < l.length; i++) sum += l[i]
                   n += l.length
