@@ -171,6 +171,15 @@ t.test('--stop-at then --resume gives the same losses and weights as not stoppin
   const differ = [...x.tensors].filter(([n, v]) => !Buffer.from(v.data.buffer, v.data.byteOffset, v.data.byteLength).equals(Buffer.from(y.tensors.get(n)!.data.buffer, y.tensors.get(n)!.data.byteOffset, y.tensors.get(n)!.data.byteLength)))
   t.same(differ.map(([n]) => n), [], 'every weight and moment equals the straight run, bit for bit')
   t.same(readLog(split).filter((l) => l.type === 'start').map((l) => [l.step, l.resumed]), [[0, false], [5, true]])
+
+  // a finished run continues with a larger --steps: the schedule is stretched to it from there on
+  const more = cli(['train', '--resume', straight, '--steps', '14'])
+  t.equal(more.status, 0, more.stderr)
+  const ext = trainLines(straight)
+  t.same(ext.map((l) => l.step), Array.from({ length: 14 }, (_, i) => i + 1))
+  t.same(ext.slice(0, 12).map((l) => l.loss), want, 'the first 12 steps are kept')
+  // the run's warmup is a tenth of its first --steps (1 step); the cosine now ends at step 14
+  for (const l of ext.slice(12)) t.ok(Math.abs((l.lr as number) - lrAt(l.step - 1, 3e-3, 1, 14)) < 1e-12, `step ${l.step}: lr ${l.lr}`)
 })
 
 t.test('Ctrl-C saves a checkpoint and exits with 130; resuming continues as if never stopped', async (t) => {
