@@ -147,8 +147,12 @@ export async function runTrain(o: TrainOptions, io: TrainIO, signals: SignalSour
   if (o.resume !== undefined) {
     const file = path.join(o.resume, CHECKPOINT_FILE)
     const meta = readMetadata(file)
-    const tr = meta[TRAINING_KEY] === undefined ? undefined : (JSON.parse(meta[TRAINING_KEY]) as { extra?: RunExtra })
-    const extra = tr?.extra
+    let extra: RunExtra | undefined
+    try {
+      extra = meta[TRAINING_KEY] === undefined ? undefined : (JSON.parse(meta[TRAINING_KEY]) as { extra?: RunExtra }).extra
+    } catch {
+      extra = undefined
+    }
     if (!extra || extra.version !== 1 || !extra.settings || !extra.position)
       throw new UsageError(`--resume: ${file} is not a checkpoint of versatile-ffn train (no run settings in its metadata)`)
     const cfg = setup(`--resume ${file}`, () => parseConfig(meta[CONFIG_KEY], file))
@@ -166,18 +170,26 @@ export async function runTrain(o: TrainOptions, io: TrainIO, signals: SignalSour
   } else settings = o.settings!
   const S = settings.seq, B = settings.batch
 
-  // the model first (its vocabulary checks the data), then the data, then the optimizer
-  const model = await buildModel(settings, device, resumed?.cfg)
-  const V = model.config.vocabSize
-  const closers: (() => void)[] = [() => model.dispose()]
+  const closers: (() => void)[] = []
   const close = () => {
     for (const c of closers.reverse()) c()
   }
   try {
+    // the data is checked against the vocabulary before a large model is allocated, where the
+    // vocabulary is known without building it (not for --from-dense, whose file says it)
+    const knownV = resumed ? resumed.cfg.vocabSize : settings.fromDense ? undefined
+      : settings.vocabSize ?? TransformerLM.config((CONFIG_NAMES[settings.config.toLowerCase()] ?? settings.config) as 'tiny').vocabSize
+    let train = knownV === undefined ? undefined : await openData('data', settings.data, knownV)
+    if (train) closers.push(() => train!.close())
+    const model = await buildModel(settings, device, resumed?.cfg)
+    closers.push(() => model.dispose())
+    const V = model.config.vocabSize
+    if (!train) {
+      train = await openData('data', settings.data, V)
+      closers.push(() => train!.close())
+    }
     if (S > model.config.maxSeqLen) throw new UsageError(`--seq: ${S} exceeds the model's maxSeqLen ${model.config.maxSeqLen}`)
-    const train = await openData('data', settings.data, V)
-    closers.push(() => train.close())
-    const loader: TokenLoader = setup('--seq', () => train.loader({ batchSize: B, seqLen: S, seed: settings.seed, device }))
+    const loader: TokenLoader = setup('--seq', () => train!.loader({ batchSize: B, seqLen: S, seed: settings.seed, device }))
     let val: TokenDataset | undefined
     let evalBatches = 0
     if (settings.val.length) {
