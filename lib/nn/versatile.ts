@@ -119,8 +119,8 @@ export class VersatileFFN extends Module {
     super(
       [
         { name: 'ff_norm.weight', shape: [D], init: 'ones' },
-        { name: 'ff_proj.weight', shape: [2 * I, D], init: 'normal' },
-        { name: 'ff_out.weight', shape: [D, I], init: 'normal' },
+        { name: 'ff_proj.weight', shape: [2 * I, D], init: 'normal', bf16: true },
+        { name: 'ff_out.weight', shape: [D, I], init: 'normal', bf16: true },
         { name: 'expert_gate.weight', shape: [N, D], init: 'normal' },
         { name: 'depth_predictor.weight', shape: [L, D], init: 'normal' },
       ],
@@ -136,7 +136,7 @@ export class VersatileFFN extends Module {
   }
 
   private args(x: Tensor): Record<string, unknown> {
-    const p = this.params
+    const p = this.weights
     return {
       x, normW: p['ff_norm.weight'], projW: p['ff_proj.weight'], outW: p['ff_out.weight'],
       routerW: p['expert_gate.weight'], depthW: p['depth_predictor.weight'],
