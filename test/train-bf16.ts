@@ -93,9 +93,10 @@ for (const ffn of ['versatile', 'dense'] as const) {
       const e = relErr(gB.get(n)!, g)
       if (e > worst) [worst, worstName] = [e, n]
     }
-    // backward reads the SwiGLU pre-activations saved in bfloat16 (relative rounding 2^-9 each);
-    // through silu' and the products that is a few 1e-3 of a gradient's norm, nowhere near 5e-2
-    t.ok(worst <= 5e-2, `gradients within 5e-2 of the float32 ones (worst ${worst.toExponential(2)}, ${worstName})`)
+    // backward reads the SwiGLU pre-activations saved in bfloat16 (relative rounding <= 2^-9 each,
+    // about 2e-3): through silu' and the products a gradient moves by a few 1e-3 of its norm
+    t.ok(worst <= 1e-2, `gradients within 1e-2 of the float32 ones (worst ${worst.toExponential(2)}, ${worstName})`)
+    t.ok(worst > 0, 'and they do differ: backward read the rounded pre-activations')
     const pA = await values(f32.parameters()), pB = await values(mixed.parameters())
     // AdamW's first step moves each weight by about lr·sign(g) (plus decay): the masters agree to
     // float rounding except where a gradient near zero changed sign, which moves a weight by <= 2·lr
@@ -201,7 +202,7 @@ t.test('200 steps of the tiny model in bf16-mixed track the float32 loss curve',
   const curves: number[][] = []
   for (const precision of ['float32', 'bf16-mixed'] as const) {
     const m = new TransformerLM({ ...cfg, precision })
-    const opt = new AdamW(m.parameters(), m.gradients(), { lr: 3e-3 })
+    const opt = new AdamW(m.parameters(), m.gradients(), { lr: 1e-3 })
     const losses: Tensor[] = []
     for (let s = 0; s < 200; s++) {
       const r = trainStep(m, opt, tt, tgt)
@@ -222,15 +223,16 @@ t.test('200 steps of the tiny model in bf16-mixed track the float32 loss curve',
   t.ok(a[199] < 0.5 * a[0], `float32 learns (${a[0].toFixed(3)} -> ${a[199].toFixed(3)})`)
   t.ok(b[199] < 0.5 * b[0], `bf16-mixed learns (${b[0].toFixed(3)} -> ${b[199].toFixed(3)})`)
   // the curves start from the same weights up to bf16 rounding (relative 2^-9), so the first
-  // losses agree closely; later the trajectories drift apart like two seeds of one run, so each
-  // 20-step window's mean is compared: within 0.1 nats or 10%, whichever is larger
+  // losses agree closely; later the rounding of weights and saved pre-activations adds up like a
+  // small change of seed, so each 20-step window's mean is compared: within 0.02 nats or 2%,
+  // whichever is larger (seen: under 1e-3 nats)
   t.ok(Math.abs(a[0] - b[0]) <= 1e-3, `first losses agree: ${a[0].toFixed(5)} vs ${b[0].toFixed(5)}`)
   let worst = 0
   for (let w = 0; w < 10; w++) {
     const mean = (c: number[]) => c.slice(20 * w, 20 * w + 20).reduce((x, y) => x + y, 0) / 20
     const [ma, mb] = [mean(a), mean(b)]
     worst = Math.max(worst, Math.abs(ma - mb))
-    t.ok(Math.abs(ma - mb) <= Math.max(0.1, 0.1 * ma), `steps ${20 * w}..${20 * w + 19}: mean loss ${mb.toFixed(4)} vs float32 ${ma.toFixed(4)}`)
+    t.ok(Math.abs(ma - mb) <= Math.max(0.02, 0.02 * ma), `steps ${20 * w}..${20 * w + 19}: mean loss ${mb.toFixed(4)} vs float32 ${ma.toFixed(4)}`)
   }
   t.comment(`largest window difference ${worst.toFixed(4)} nats`)
 })
@@ -257,6 +259,12 @@ t.test('modules: bf16-mixed DenseFFN and VersatileFFN read bfloat16 copies of ff
     const have = m.namedParameters().filter(([, p]) => computeCopyOf(p)).map(([n]) => n)
     t.same(have, ['ff_proj.weight', 'ff_out.weight'], `${M.name}: copies of the FFN matrices`)
     for (const [, p] of m.namedParameters()) t.equal(p.dtype, 'float32')
+    // the saved SwiGLU pre-activations are bfloat16
+    const rec = m.forward(tensor(Float32Array.from({ length: 24 }, (_, i) => Math.sin(i)), [3, 8]), { train: true }) as unknown as { y: Tensor; _saved: { h?: Tensor; t?: { h: Tensor } }; dispose(): void; stats: { dispose?: () => void } }
+    t.equal((rec._saved.h ?? rec._saved.t!.h).dtype, 'bfloat16', `${M.name}: h saved in bfloat16`)
+    rec.y.dispose()
+    rec.stats.dispose?.()
+    rec.dispose()
     m.dispose()
   }
 })

@@ -108,7 +108,8 @@ export class DenseFFN extends Module {
       return { y: this.output(y, x.shape), stats: {} }
     }
     const rstd = alloc([T], { device: this.device })
-    const h = alloc([T, 2 * this.hidden], { device: this.device })
+    // the SwiGLU pre-activations, the largest saved value, are kept in bfloat16 under bf16-mixed
+    const h = alloc([T, 2 * this.hidden], { device: this.device, dtype: this._savedDType })
     native.ffnForward(y, xc, p['ff_norm.weight'], p['ff_proj.weight'], p['ff_out.weight'], rstd, h, NORM_EPS)
     const rec: DenseFFNRecord = {
       y: this.output(y, x.shape),

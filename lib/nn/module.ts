@@ -59,6 +59,10 @@ export class Module {
   readonly precision: Precision
   /** Parameters by docs/SPEC.md name. */
   readonly params: Record<string, Tensor> = {}
+  /** @internal the dtype of the saved SwiGLU pre-activations: bfloat16 under bf16-mixed */
+  protected get _savedDType(): FloatDType {
+    return this.precision === 'bf16-mixed' ? 'bfloat16' : 'float32'
+  }
   /** @internal what forward and backward read: the bfloat16 copy under bf16-mixed, else the parameter */
   protected readonly weights: Record<string, Tensor> = {}
   private readonly specs: ParamSpec[]

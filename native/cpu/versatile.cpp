@@ -170,11 +170,14 @@ void versatile_forward(const VersatileForwardArgs& a) {
     float* xin = train ? X + (j - 1) * T * D : X;
     float* xout = train ? X + j * T * D : X;
     float* rs = train ? sv.rstd.ptr<float>() + (j - 1) * T : rstd0;
-    float* h = train ? sv.h.ptr<float>() + (j - 1) * T * 2 * I : (hbuf.resize(size_t(M * 2 * I)), hbuf.data());
+    // a bfloat16 saved h (bf16-mixed) is computed in float32 scratch and rounded once
+    bool direct = train && sv.h.dtype == F32;
+    float* h = direct ? sv.h.ptr<float>() + (j - 1) * T * 2 * I : (hbuf.resize(size_t(M * 2 * I)), hbuf.data());
     act.resize(size_t(M * I));
     if (j > 1) rmsnorm_rows(M, D, xin, D, nw.data(), a.eps, n.data(), D, rs);
     if (xout != xin) std::memcpy(xout, xin, size_t(M * D) * sizeof(float));
     ffn_rows_forward(M, D, I, n.data(), xout, a.proj_w, a.out_w, h, act.data());
+    if (train && !direct) save_values(h, sv.h, (j - 1) * T * 2 * I, M * 2 * I);
   }
 
   // fusion: y = (1 − λ)·x_depth + λ·x_width
@@ -273,16 +276,20 @@ void versatile_backward(const VersatileBackwardArgs& a) {
   });
 
   // depth path backward, in place over shrinking prefixes in reverse: a token enters at its own depth
-  std::vector<float> dcur(size_t(T * D));
+  std::vector<float> dcur(size_t(T * D)), hbuf;
   float* dnorm = a.dnorm_w.ptr<float>();
   for (int64_t j = L; j >= 1; j--) {
+    // loop j's pre-activations, widened from bfloat16 (bf16-mixed) over the rows that reach it
+    const float* hj = sv.h.dtype == F32 ? sv.h.ptr<float>() + (j - 1) * T * 2 * I
+                                        : (hbuf.resize(size_t(m[size_t(j)] * 2 * I)),
+                                           load_values(sv.h, (j - 1) * T * 2 * I, m[size_t(j)] * 2 * I, hbuf.data()), hbuf.data());
     for (int64_t s = m[size_t(j + 1)]; s < m[size_t(j)]; s++) {
       int64_t t = order[s];
       float c = 1.f - lambda[t];
       for (int64_t i = 0; i < D; i++) dcur[size_t(s * D + i)] = c * G[t * D + i];
     }
     ffn_rows_backward(m[size_t(j)], D, I, dcur.data(), X + (j - 1) * T * D, sv.rstd.ptr<float>() + (j - 1) * T,
-                      sv.h.ptr<float>() + (j - 1) * T * 2 * I, nw.data(), a.proj_w, a.out_w, dnorm, dproj,
+                      hj, nw.data(), a.proj_w, a.out_w, dnorm, dproj,
                       a.dproj_w.ld(), dout, a.dout_w.ld(), j == 1 ? dn.data() : nullptr);
   }
 

@@ -269,8 +269,10 @@ void versatile_forward(int dev, const VersatileForwardArgs& a) {
   w2.bf16_math = true;
   width_groups(w2, start, s);
 
-  // depth path
+  // depth path; a bfloat16 saved h (bf16-mixed) is written in float32 scratch and rounded once
   Scratch act(dev, size_t(T * I * as));
+  const bool h16 = train && sv.h.dtype == BF16;
+  Scratch hs(dev, h16 ? size_t(T * 2 * I) * 4 : 0);
   for (int64_t j = 1; j <= L; j++) {
     const void* n = j == 1 ? n0.ptr : n1.ptr;
     if (train) {
@@ -279,8 +281,9 @@ void versatile_forward(int dev, const VersatileForwardArgs& a) {
       float* rs = sv.rstd.ptr<float>() + (j - 1) * T;
       if (j > 1) rmsnorm_rows(dev, T, D, xin, D, a.norm_w, a.eps, n1.ptr, adt, D, rs, false, nullptr);
       check(cudaMemcpyAsync(xout, xin, size_t(T * D) * 4, cudaMemcpyDeviceToDevice, st), "versatile_forward");
-      ffn_rows_forward(dev, T, D, I, n, adt, xout, a.proj_w, a.out_w, sv.h.ptr<float>() + (j - 1) * T * 2 * I,
-                       act.ptr, nullptr);
+      ffn_rows_forward(dev, T, D, I, n, adt, xout, a.proj_w, a.out_w,
+                       h16 ? hs.as<float>() : sv.h.ptr<float>() + (j - 1) * T * 2 * I, act.ptr, nullptr);
+      if (h16) save_values(dev, hs.as<float>(), sv.h, (j - 1) * T * 2 * I, T * 2 * I);
     } else {
       // in place over the tokens that still loop: rows [0, m[j]) of the sorted order
       const int32_t* mj = m.as<int32_t>() + j;
@@ -410,11 +413,14 @@ void versatile_backward(int dev, const VersatileBackwardArgs& a) {
 
   // depth path in reverse: a token joins at its own depth; loop j covers rows [0, m[j])
   Scratch dcur(dev, size_t(T * D) * 4);
+  const bool h16 = sv.h.dtype == BF16;  // bf16-mixed: each loop's h widened before its backward
+  Scratch hs(dev, h16 ? size_t(T * 2 * I) * 4 : 0);
   for (int64_t j = L; j >= 1; j--) {
     depth_enter_kernel<<<grid_for(T * D), 256, 0, st>>>(T, int(D), int(j), order, loops, lambda, G, dcur.as<float>());
     check_launch("versatile depth backward");
+    if (h16) load_values(dev, sv.h, (j - 1) * T * 2 * I, T * 2 * I, hs.as<float>());
     ffn_rows_backward(dev, T, D, I, dcur.as<float>(), X + (j - 1) * T * D, sv.rstd.ptr<float>() + (j - 1) * T,
-                      sv.h.ptr<float>() + (j - 1) * T * 2 * I, a.norm_w, a.proj_w, a.out_w, a.dnorm_w.ptr<float>(),
+                      h16 ? hs.as<float>() : sv.h.ptr<float>() + (j - 1) * T * 2 * I, a.norm_w, a.proj_w, a.out_w, a.dnorm_w.ptr<float>(),
                       dproj, ldp, dout, ldo, j == 1 ? dn.as<float>() : nullptr, m.as<int32_t>() + j);
   }
 
