@@ -395,7 +395,7 @@ const ROWS: Row[] = [
       { name: 'source', bad: [['null', null], ['a number', 1], ['an object', {}], ['a versatile model', lm()]] },
       opts({
         ffn: oneOf('versatil'), experts: [...int(1), ['more than hidden', 17]], topK: [...int(1), ['more than experts', 9]], maxDepth: int(1), expertHidden: [...int(1), ['too wide', 3]],
-        balanceLossWeight: num({ min: 0 }), seed: int(), maxSeqLen: int(1), device: dev,
+        balanceLossWeight: num({ min: 0 }), seed: int(), maxSeqLen: int(1), device: dev, precision: oneOf('bf16'),
         vocabSize: [...int(1), ['another size', 12]], dModel: [...int(1), ['another size', 16]], nLayers: [...int(1), ['another size', 2]], nHeads: [...int(1), ['another size', 4]], hidden: [...int(1), ['another size', 32]],
       }),
     ],

@@ -164,7 +164,17 @@ t.test('checkpoints hold the float32 masters; loading refreshes the copies', asy
   const other = new TransformerLM({ ...small, seed: 99, precision: 'bf16-mixed' })
   await other.load(path)
   await copiesMatch(t, other, 'load()')
-  for (const x of [m, back, plain, other]) x.dispose()
+  // continued pretraining in bf16-mixed from a dense model's masters
+  const dense = new TransformerLM({ ...small, ffn: 'dense', precision: 'bf16-mixed' })
+  const dopt = new AdamW(dense.parameters(), dense.gradients(), { lr: 1e-2 })
+  t.same(await trainStep(dense, dopt, tok, ids(B * S, small.vocabSize, 9)).status, { ok: true }, 'a dense bf16-mixed step')
+  const cont = await TransformerLM.fromDense(dense, { precision: 'bf16-mixed', experts: 4, topK: 2, maxDepth: 3 })
+  t.equal(cont.precision, 'bf16-mixed', 'fromDense takes the precision')
+  const shared = (await values(dense.parameters())).get('transformer.blocks.1.ff_proj.weight')!
+  t.equal(maxDiff((await values(cont.parameters())).get('transformer.blocks.1.ff_proj.weight')!, shared), 0, 'and copies the float32 masters')
+  await copiesMatch(t, cont, 'fromDense')
+  for (const x of [m, back, plain, other, dense, cont]) x.dispose()
+  dopt.dispose()
   opt.dispose()
 })
 
