@@ -14,7 +14,7 @@ import { generate, GenerateOptions } from './generate'
 import { CONFIG_KEY, configJSON, parseConfig } from './model_config'
 import { LoadOptions, LoadResult, checkNames, loadInto, strictOf } from './state'
 import { checkVersatileSizes } from './versatile'
-import { PRECISION, Precision, disposeComputeCopy, makeComputeCopy, refreshComputeCopies } from './precision'
+import { PRECISION, Precision, computeCopyOf, disposeComputeCopy, makeComputeCopy, refreshComputeCopies } from './precision'
 import { checkPrecision } from './module'
 import type { VersatileFFN, VersatileStats } from './versatile'
 import { arg, arrayOf, bool, checkOptions, custom, device as deviceCheck, dtype as dtypeCheck, int, number, object, oneOf, optional, string, stringRecord, INT32 } from '../validate'
@@ -260,6 +260,13 @@ export class TransformerLM {
     })
     out.set('transformer.ln_f.weight', this.own.get('transformer.ln_f.weight')!.param)
     out.set('transformer.ff_out.weight', this.own.get('transformer.ff_out.weight')!.param)
+    return out
+  }
+
+  /** @internal what forward reads for each parameter: its bfloat16 compute copy under bf16-mixed, else the parameter itself */
+  _computeWeights(): Map<string, Tensor> {
+    const out = new Map<string, Tensor>()
+    for (const [n, p] of this.parameters()) out.set(n, computeCopyOf(p) ?? p)
     return out
   }
 
