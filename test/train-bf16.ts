@@ -4,7 +4,7 @@ import t, { Test } from 'tap'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { AdamW, DenseFFN, GenerationEngine, Tensor, TransformerLM, TransformerLMOptions, VersatileFFN, adamwStep, device, loadSafetensors, tensor, trainStep, zeros } from '../lib/index'
+import { AdamW, DenseFFN, GenerationEngine, Tensor, TransformerLM, TransformerLMOptions, VersatileFFN, adamwStep, device, loadCheckpoint, loadSafetensors, saveCheckpoint, tensor, trainStep, zeros } from '../lib/index'
 import { computeCopyOf } from '../lib/nn/precision'
 import { mulberry32 } from '../lib/random'
 
@@ -173,8 +173,19 @@ t.test('checkpoints hold the float32 masters; loading refreshes the copies', asy
   const shared = (await values(dense.parameters())).get('transformer.blocks.1.ff_proj.weight')!
   t.equal(maxDiff((await values(cont.parameters())).get('transformer.blocks.1.ff_proj.weight')!, shared), 0, 'and copies the float32 masters')
   await copiesMatch(t, cont, 'fromDense')
-  for (const x of [m, back, plain, other, dense, cont]) x.dispose()
-  dopt.dispose()
+  // a resumable checkpoint: the moments and masters go out, and a bf16-mixed model resumes from them
+  const ck = join(dir, 'run.safetensors')
+  await saveCheckpoint(ck, { model: m, optimizer: opt })
+  const res = new TransformerLM({ ...small, precision: 'bf16-mixed' })
+  const ropt = new AdamW(res.parameters(), res.gradients(), { lr: 1e-2 })
+  await loadCheckpoint(ck, { model: res, optimizer: ropt })
+  t.equal(maxDiff((await values(res.parameters())).get('transformer.ff_out.weight')!, masters.get('transformer.ff_out.weight')!), 0, 'loadCheckpoint restores the masters')
+  await copiesMatch(t, res, 'loadCheckpoint')
+  const next = ids(B * S, small.vocabSize, 20)
+  const [la, lb] = [trainStep(m, opt, tok, next), trainStep(res, ropt, tok, next)]
+  t.equal((await lb.loss.data())[0], (await la.loss.data())[0], 'and the next step\'s loss is the same bit for bit')
+  for (const x of [m, back, plain, other, dense, cont, res]) x.dispose()
+  for (const o of [dopt, ropt]) o.dispose()
   opt.dispose()
 })
 
