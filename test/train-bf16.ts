@@ -230,11 +230,21 @@ t.test('generate on a bf16-mixed model decodes what its forward computes', async
 
 t.test('memory: the copies add two bytes per copied value on top of the float32 masters', async (t) => {
   const dev = device('cpu')
-  const before = dev.memory().live
+  // queued ops hold their operands until they have run, and tensors dropped by earlier tests are
+  // freed when collected: measure with the stream idle, after a collection
+  const live = async () => {
+    for (let i = 0; i < 3; i++) {
+      ;(globalThis as { gc?: () => void }).gc?.()
+      await new Promise((r) => setImmediate(r))
+    }
+    await dev.sync()
+    return dev.memory().live
+  }
+  const before = await live()
   const a = new TransformerLM(small)
-  const f32 = dev.memory().live - before
+  const f32 = (await live()) - before
   const b = new TransformerLM({ ...small, precision: 'bf16-mixed' })
-  const mixed = dev.memory().live - before - f32
+  const mixed = (await live()) - before - f32
   let copied = 0, total = 0
   for (const [, p] of b.parameters()) {
     total += p.size
@@ -243,7 +253,7 @@ t.test('memory: the copies add two bytes per copied value on top of the float32 
   t.equal(f32, 4 * total, `float32 model: ${f32} bytes = 4 per parameter`)
   t.equal(mixed, 4 * total + 2 * copied, `bf16-mixed model: ${mixed} bytes = 4 per parameter + 2 per copied value`)
   b.dispose()
-  t.equal(dev.memory().live - before, f32, 'dispose frees the copies with the masters')
+  t.equal((await live()) - before, f32, 'dispose frees the copies with the masters')
   a.dispose()
 })
 
@@ -299,6 +309,7 @@ t.test('200 steps of the tiny model in bf16-mixed track the float32 loss curve',
 
 t.test('bad precision: a VffnError naming it, nothing allocated', async (t) => {
   const dev = device('cpu')
+  await dev.sync()
   const before = dev.memory().live
   t.throws(() => new TransformerLM({ ...small, precision: 'fp16' as never }), { code: 'ERR_ARGUMENT', message: /precision/ }, 'TransformerLM: unknown precision')
   t.throws(() => new TransformerLM({ ...small, precision: 'bf16-mixed', dtype: 'bfloat16' }), { code: 'ERR_ARGUMENT', message: /precision.*float32/ }, 'TransformerLM: bf16-mixed needs float32 masters')
@@ -322,6 +333,7 @@ t.test('modules: bf16-mixed DenseFFN and VersatileFFN read bfloat16 copies of ff
     // the saved SwiGLU pre-activations are bfloat16
     const rec = m.forward(tensor(Float32Array.from({ length: 24 }, (_, i) => Math.sin(i)), [3, 8]), { train: true }) as unknown as { y: Tensor; _saved: { h?: Tensor; t?: { h: Tensor } }; dispose(): void; stats: { dispose?: () => void } }
     t.equal((rec._saved.h ?? rec._saved.t!.h).dtype, 'bfloat16', `${M.name}: h saved in bfloat16`)
+    if (rec._saved.t) t.equal((rec._saved.t as unknown as { widthH: Tensor }).widthH.dtype, 'bfloat16', `${M.name}: and the width path's pre-activations`)
     rec.y.dispose()
     rec.stats.dispose?.()
     rec.dispose()

@@ -185,7 +185,7 @@ export class VersatileFFN extends Module {
       order: empty([T], i32), depthP: empty([T, L], dev), xs: empty([L + 1, T, D], dev), rstd: empty([L, T], dev),
       // every loop's SwiGLU pre-activations, by far the largest saved value: bfloat16 under bf16-mixed
       h: empty([L, T, 2 * I], { device: this.device, dtype: this._savedDType }), assign: empty([T * K], i32), expertStart: empty([N + 1], i32),
-      widthH: empty([T * K, 2 * E], dev), widthO: empty([T * K, D], dev), xWidth: empty([T, D], dev), routerP: empty([T, N], dev),
+      widthH: empty([T * K, 2 * E], { device: this.device, dtype: this._savedDType }), widthO: empty([T * K, D], dev), xWidth: empty([T, D], dev), routerP: empty([T, N], dev),
     }
     native.versatileForward({ ...this.args(xc), ...outs, saved: t, train: true, noise, seedLo: seed[0], seedHi: seed[1], tau })
     const rec: VersatileRecord = {

@@ -141,7 +141,11 @@ void versatile_forward(const VersatileForwardArgs& a) {
   std::vector<float> obuf, xwbuf;
   float* wo = train ? sv.width_o.ptr<float>() : (obuf.resize(size_t(P * D)), obuf.data());
   float* xw = train ? sv.x_width.ptr<float>() : (xwbuf.resize(size_t(T * D)), xwbuf.data());
-  width_forward(wp, n.data(), a.proj_w, a.out_w, train ? sv.width_h.ptr<float>() : nullptr, wo);
+  // a bfloat16 saved width_h (bf16-mixed) is computed in float32 scratch and rounded once
+  bool wh16 = train && sv.width_h.dtype == BF16;
+  std::vector<float> whbuf(wh16 ? size_t(P * 2 * E) : 0);
+  width_forward(wp, n.data(), a.proj_w, a.out_w, wh16 ? whbuf.data() : train ? sv.width_h.ptr<float>() : nullptr, wo);
+  if (wh16) save_values(whbuf.data(), sv.width_h, 0, P * 2 * E);
   if (train) {
     std::memcpy(sv.assign.ptr<int32_t>(), wp.assign.data(), size_t(P) * sizeof(int32_t));
     std::memcpy(sv.expert_start.ptr<int32_t>(), wp.start.data(), size_t(N + 1) * sizeof(int32_t));
@@ -250,7 +254,11 @@ void versatile_backward(const VersatileBackwardArgs& a) {
   });
   float* dproj = a.dproj_w.ptr<float>();
   float* dout = a.dout_w.ptr<float>();
-  width_backward(wp, G, lambda, weights, n.data(), sv.width_h.ptr<float>(), sv.width_o.ptr<float>(), a.proj_w,
+  std::vector<float> whbuf;
+  const float* wh = sv.width_h.dtype == F32 ? sv.width_h.ptr<float>()
+                                            : (whbuf.resize(size_t(wp.positions() * 2 * E)),
+                                               load_values(sv.width_h, 0, wp.positions() * 2 * E, whbuf.data()), whbuf.data());
+  width_backward(wp, G, lambda, weights, n.data(), wh, sv.width_o.ptr<float>(), a.proj_w,
                  a.out_w, dproj, a.dproj_w.ld(), dout, a.dout_w.ld(), dn.data(), dw.data());
 
   // router: softmax over the chosen K, plus the balance loss through P_e only

@@ -255,11 +255,15 @@ void versatile_forward(int dev, const VersatileForwardArgs& a) {
   w1.b.slice_rows = true;
   w1.c = mat_view(act_w.ptr, adt, P, E, E);
   w1.mode = GemmSpec::Glu;
-  w1.h = train ? sv.width_h.ptr<float>() : nullptr;
+  // a bfloat16 saved width_h (bf16-mixed) is written in float32 scratch and rounded once
+  const bool wh16 = train && sv.width_h.dtype == BF16;
+  Scratch whs(dev, wh16 ? size_t(P * 2 * E) * 4 : 0);
+  w1.h = wh16 ? whs.as<float>() : train ? sv.width_h.ptr<float>() : nullptr;
   w1.h_ld = 2 * E;
   width_groups(w1, start, s);
   w1.bf16_math = true;  // bf16 weights: bf16 tensor cores, activations rounded on load
   gemm_ex(dev, w1);
+  if (wh16) save_values(dev, whs.as<float>(), sv.width_h, 0, P * 2 * E);
   GemmSpec w2;  // FFN_e(x) = act · W_out[:, slice_e]ᵀ
   w2.M = P, w2.N = D, w2.K = E;
   w2.a.v = mat_view(act_w.ptr, adt, P, E, E);
@@ -363,7 +367,11 @@ void versatile_backward(int dev, const VersatileBackwardArgs& a) {
   g.bf16_math = true;
   width_groups(g, start, s);
   gemm_ex(dev, g);
-  swiglu_rows_backward(dev, P, E, da.as<float>(), sv.width_h.ptr<float>(), dh.as<float>(), act_w.as<float>(), nullptr);
+  const bool wh16 = sv.width_h.dtype == BF16;  // bf16-mixed: widened before the SwiGLU backward
+  Scratch whs(dev, wh16 ? size_t(P * 2 * E) * 4 : 0);
+  if (wh16) load_values(dev, sv.width_h, 0, P * 2 * E, whs.as<float>());
+  swiglu_rows_backward(dev, P, E, da.as<float>(), wh16 ? whs.as<float>() : sv.width_h.ptr<float>(), dh.as<float>(),
+                       act_w.as<float>(), nullptr);
   GemmSpec gw;  // dW_out[:, slice_e] += dOᵀ · a over expert e's positions (one grid layer per expert)
   gw.M = D, gw.N = E, gw.K = P;
   gw.a.v = rows_view(dO.as<float>(), P, D, D);
