@@ -70,7 +70,8 @@ export interface Binding {
   /** out [2] = (global L2 norm, clip coefficient for maxNorm) */
   gradNorm(out: NativeTensor, grads: NativeTensor[], maxNorm: number): void
   adamwStep(param: NativeTensor, m: NativeTensor, v: NativeTensor, grad: NativeTensor, clip: NativeTensor | null,
-            lr: number, beta1: number, beta2: number, eps: number, weightDecay: number, step: number): void
+            lr: number, beta1: number, beta2: number, eps: number, weightDecay: number, step: number,
+            copy?: NativeTensor | null): void
   axpy(y: NativeTensor, x: NativeTensor, alpha: number): void
 
   // ---- serving (native/core/lm_args.h): a paged KV cache, sampling on the device ----

@@ -14,6 +14,7 @@ export type { DenseFFNOptions, DenseFFNRecord, FFNForwardOptions, BackwardOption
 export { VersatileFFN, gumbelTemperature } from './nn/versatile'
 export type { VersatileFFNOptions, VersatileOutput, VersatileRecord, VersatileStats, VersatileBackwardOptions } from './nn/versatile'
 export type { ModuleOptions } from './nn/module'
+export type { Precision } from './nn/precision'
 export { TransformerLM, CONFIGS } from './nn/model'
 export type { TransformerLMOptions, ForwardOptions, FromFileOptions, LMOutput } from './nn/model'
 export type { FromDenseOptions } from './nn/from_dense'

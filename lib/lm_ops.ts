@@ -213,17 +213,25 @@ const ADAMW_HYPER = object(
 /**
  * One AdamW update in place (param, m, v float32, contiguous); grad scaled by clip[1] when clip is
  * given, and nothing changes when clip[0] (the global norm) is NaN or infinite (a skipped step).
+ * `copy` (bfloat16, contiguous, the param's size), when given, receives the updated parameter
+ * rounded to nearest even in the same pass (bf16-mixed training's compute copy); a skipped or
+ * failed update leaves it as it was, like the parameter.
  */
-export function adamwStep(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, h: AdamWHyper, clip?: Tensor): void {
+export function adamwStep(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, h: AdamWHyper, clip?: Tensor, copy?: Tensor): void {
   for (const [n, t] of [['param', param], ['grad', grad], ['m', m], ['v', v]] as const) {
     checkTensor(n, t, { dtypes: F32 })
     if (!t.isContiguous) fail('ERR_ARGUMENT', `${n}: expected a contiguous tensor`)
     if (t.size !== param.size) fail('ERR_SHAPE', `${n}: expected ${param.size} elements, got ${t.size}`)
   }
   if (clip !== undefined) checkTensor('clip', clip, { ndim: 1, dtypes: F32 })
-  checkSameDevice(param, { grad, m, v, clip })
+  if (copy !== undefined) {
+    checkTensor('copy', copy, { dtypes: ['bfloat16'] })
+    if (!copy.isContiguous) fail('ERR_ARGUMENT', 'copy: expected a contiguous tensor')
+    if (copy.size !== param.size) fail('ERR_SHAPE', `copy: expected ${param.size} elements, got ${copy.size}`)
+  }
+  checkSameDevice(param, { grad, m, v, clip, copy })
   arg('h', h, ADAMW_HYPER)
-  native.adamwStep(param, m, v, grad, clip ?? null, h.lr, h.beta1, h.beta2, h.eps, h.weightDecay, h.step)
+  native.adamwStep(param, m, v, grad, clip ?? null, h.lr, h.beta1, h.beta2, h.eps, h.weightDecay, h.step, copy ?? null)
 }
 
 /** y += alpha * x in place (both float32, contiguous, same element count). */

@@ -97,7 +97,7 @@ const FFN_FWD = { train: bool, step: int(), noise: oneOf('gumbell'), seed }
 const LM_OPTS: Record<string, Bad[]> = {
   vocabSize: int(1), dModel: int(2), nLayers: int(1), nHeads: int(1), hidden: int(1), maxSeqLen: int(1), ffn: oneOf('dens'),
   experts: int(1), topK: int(1), maxDepth: int(1), expertHidden: int(1), balanceLossWeight: num({ min: 0 }), device: dev,
-  dtype: oneOf('float'), seed: int(),
+  dtype: oneOf('float'), seed: int(), precision: oneOf('bf16'),
 }
 
 const ROWS: Row[] = [
@@ -206,11 +206,11 @@ const ROWS: Row[] = [
   },
   { fn: 'gradNorm', make: () => ({ call: gradNorm, args: [[f([3])], 1] }), params: [{ name: 'grads', bad: [...objectBad, ['an empty array', []], ['[null]', [null]]] }, { name: 'maxNorm', bad: num() }] },
   {
-    fn: 'adamwStep', make: () => ({ call: adamwStep, args: [f([3]), f([3], 2), zeros([3]), zeros([3]), { lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, step: 1 }, undefined] }),
+    fn: 'adamwStep', make: () => ({ call: adamwStep, args: [f([3]), f([3], 2), zeros([3]), zeros([3]), { lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, step: 1 }, undefined, undefined] }),
     params: [
       { name: 'param', bad: tens() }, { name: 'grad', bad: tens() }, { name: 'm', bad: tens() }, { name: 'v', bad: tens() },
       { name: 'h', bad: objectBad, options: { lr: num({ min: 0 }), beta1: num({ min: 0 }), beta2: [...num({ min: 0 }), ['1', 1]], eps: num({ exclusiveMin: 0 }), weightDecay: num({ min: 0 }), step: int(1) } },
-      { name: 'clip', bad: tens() },
+      { name: 'clip', bad: tens() }, { name: 'copy', bad: tens(['a float32 copy', f([3])], ['a copy of 2 elements', zeros([2], { dtype: 'bfloat16' })]) },
     ],
   },
   {
@@ -240,7 +240,7 @@ const ROWS: Row[] = [
   { fn: 'axpy', make: () => ({ call: axpy, args: [zeros([3]), f([3]), 1] }), params: [{ name: 'y', bad: tens() }, { name: 'x', bad: tens(['a tensor of 2 elements', f([2])]) }, { name: 'alpha', bad: num() }] },
   {
     fn: 'DenseFFN', make: () => ({ call: (o) => new DenseFFN(o), args: [{ dModel: 8, hidden: 16 }] }),
-    params: [{ name: 'opts', bad: [...objectBad, ['undefined', undefined]], options: { dModel: int(1), hidden: int(1), device: dev, dtype: oneOf('float'), seed: int() } }],
+    params: [{ name: 'opts', bad: [...objectBad, ['undefined', undefined]], options: { dModel: int(1), hidden: int(1), device: dev, dtype: oneOf('float'), seed: int(), precision: oneOf('bf16') } }],
   },
   { fn: 'DenseFFN.forward', make: () => { const m = new DenseFFN({ dModel: 8, hidden: 16 }); return { call: (x, o) => m.forward(x, o), args: [f([3, 8]), {}] } }, params: [{ name: 'x', bad: tens() }, opts(FFN_FWD)] },
   {
@@ -255,7 +255,7 @@ const ROWS: Row[] = [
     fn: 'VersatileFFN', make: () => ({ call: (o) => new VersatileFFN(o), args: [{ ...ffnOpts }] }),
     params: [{
       name: 'opts', bad: [...objectBad, ['undefined', undefined]],
-      options: { dModel: int(1), hidden: int(1), experts: int(1), topK: int(1), maxDepth: int(1), expertHidden: int(1), balanceLossWeight: num({ min: 0 }), device: dev, dtype: oneOf('float'), seed: int() },
+      options: { dModel: int(1), hidden: int(1), experts: int(1), topK: int(1), maxDepth: int(1), expertHidden: int(1), balanceLossWeight: num({ min: 0 }), device: dev, dtype: oneOf('float'), seed: int(), precision: oneOf('bf16') },
     }],
   },
   { fn: 'VersatileFFN.forward', make: () => { const m = new VersatileFFN(ffnOpts); return { call: (x, o) => m.forward(x, o), args: [f([3, 8]), { train: true }] } }, params: [{ name: 'x', bad: tens() }, opts(FFN_FWD)] },
@@ -348,7 +348,7 @@ const ROWS: Row[] = [
   { fn: 'TransformerLM.load', make: () => { const m = lm(); return { call: (p, o) => m.load(p, o), args: [ckpt, {}] } }, params: [{ name: 'path', bad: [...str, ['a missing file', join(dir, 'no-such-file.safetensors')]] }, opts({ strict: bool })] },
   {
     fn: 'TransformerLM.fromFile', make: () => ({ call: (p, o) => TransformerLM.fromFile(p, o), args: [ckpt, {}] }),
-    params: [{ name: 'path', bad: [...str, ['a missing file', join(dir, 'no-such-file.safetensors')]] }, opts({ device: oneOf('cpu:0'), dtype: oneOf('bfloat') })],
+    params: [{ name: 'path', bad: [...str, ['a missing file', join(dir, 'no-such-file.safetensors')]] }, opts({ device: oneOf('cpu:0'), dtype: oneOf('bfloat'), precision: oneOf('bf16') })],
   },
   {
     fn: 'TransformerLM.loadStateDict', make: () => { const m = lm(); return { call: (sd, o) => m.loadStateDict(sd, o), args: [m.stateDict(), {}] } },
@@ -395,7 +395,7 @@ const ROWS: Row[] = [
       { name: 'source', bad: [['null', null], ['a number', 1], ['an object', {}], ['a versatile model', lm()]] },
       opts({
         ffn: oneOf('versatil'), experts: [...int(1), ['more than hidden', 17]], topK: [...int(1), ['more than experts', 9]], maxDepth: int(1), expertHidden: [...int(1), ['too wide', 3]],
-        balanceLossWeight: num({ min: 0 }), seed: int(), maxSeqLen: int(1), device: dev,
+        balanceLossWeight: num({ min: 0 }), seed: int(), maxSeqLen: int(1), device: dev, precision: oneOf('bf16'),
         vocabSize: [...int(1), ['another size', 12]], dModel: [...int(1), ['another size', 16]], nLayers: [...int(1), ['another size', 2]], nHeads: [...int(1), ['another size', 4]], hidden: [...int(1), ['another size', 32]],
       }),
     ],

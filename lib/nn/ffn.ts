@@ -81,8 +81,8 @@ export class DenseFFN extends Module {
     super(
       [
         { name: 'ff_norm.weight', shape: [D], init: 'ones' },
-        { name: 'ff_proj.weight', shape: [2 * I, D], init: 'normal' },
-        { name: 'ff_out.weight', shape: [D, I], init: 'normal' },
+        { name: 'ff_proj.weight', shape: [2 * I, D], init: 'normal', bf16: true },
+        { name: 'ff_out.weight', shape: [D, I], init: 'normal', bf16: true },
       ],
       opts,
     )
@@ -100,7 +100,7 @@ export class DenseFFN extends Module {
     const train = checkOptions('opts', opts, FFN_FORWARD_OPTIONS).train ?? false
     const xc = this.input('x', x, this.dModel)
     const T = xc.shape[0]
-    const p = this.params
+    const p = this.weights
     const y = alloc([T, this.dModel], { device: this.device })
     if (!train) {
       native.ffnForward(y, xc, p['ff_norm.weight'], p['ff_proj.weight'], p['ff_out.weight'], null, null, NORM_EPS)
@@ -108,7 +108,8 @@ export class DenseFFN extends Module {
       return { y: this.output(y, x.shape), stats: {} }
     }
     const rstd = alloc([T], { device: this.device })
-    const h = alloc([T, 2 * this.hidden], { device: this.device })
+    // the SwiGLU pre-activations, the largest saved value, are kept in bfloat16 under bf16-mixed
+    const h = alloc([T, 2 * this.hidden], { device: this.device, dtype: this._savedDType })
     native.ffnForward(y, xc, p['ff_norm.weight'], p['ff_proj.weight'], p['ff_out.weight'], rstd, h, NORM_EPS)
     const rec: DenseFFNRecord = {
       y: this.output(y, x.shape),
@@ -132,7 +133,7 @@ export class DenseFFN extends Module {
       dyc.dispose()
       fail('ERR_SHAPE', `dy: expected shape ${show(s.shape)}, got ${show(dy.shape)}`)
     }
-    const p = this.params
+    const p = this.weights
     const g = this.grads
     const dx = alloc([...s.x.shape], { device: this.device })
     native.ffnBackward(dx, g['ff_norm.weight'], g['ff_proj.weight'], g['ff_out.weight'], dyc, s.x,

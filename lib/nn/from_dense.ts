@@ -7,6 +7,7 @@ import { StoredTensor, loadSafetensors } from '../io/safetensors'
 import { Tensor } from '../tensor'
 import { CONFIG_KEY, parseConfig } from './model_config'
 import { checkNames } from './state'
+import { PRECISION, Precision } from './precision'
 import type { TransformerLM, TransformerLMOptions } from './model'
 import { checkOptions, device as deviceCheck, int, number, oneOf, optional } from '../validate'
 
@@ -30,6 +31,8 @@ export interface FromDenseOptions {
   maxSeqLen?: number
   /** where the new model lives; default the dense model's device ('cpu' for a file) */
   device?: DeviceLike
+  /** training precision of the new model ('float32', the default, or 'bf16-mixed') */
+  precision?: Precision
   /** when given, each must equal the dense model's size (a guard against loading the wrong file) */
   vocabSize?: number
   dModel?: number
@@ -42,7 +45,7 @@ const SIZES = ['vocabSize', 'dModel', 'nLayers', 'nHeads', 'hidden'] as const
 const FROM_DENSE_OPTIONS = {
   ffn: optional(oneOf(['versatile'] as const)), experts: optional(int(1)), topK: optional(int(1)), maxDepth: optional(int(1)),
   expertHidden: optional(int(1)), balanceLossWeight: optional(number({ min: 0 })), seed: optional(int(0)), maxSeqLen: optional(int(1)),
-  device: optional(deviceCheck), vocabSize: optional(int(1)), dModel: optional(int(1)), nLayers: optional(int(1)), nHeads: optional(int(1)), hidden: optional(int(1)),
+  device: optional(deviceCheck), precision: optional(PRECISION), vocabSize: optional(int(1)), dModel: optional(int(1)), nLayers: optional(int(1)), nHeads: optional(int(1)), hidden: optional(int(1)),
 }
 // the weights a VersatileFFN model has and a dense one lacks
 const NEW = /\.(expert_gate|depth_predictor)\.weight$/
@@ -96,6 +99,7 @@ export async function fromDense(Model: typeof TransformerLM, source: string | Tr
     vocabSize: cfg.vocabSize, dModel: cfg.dModel, nLayers: cfg.nLayers, nHeads: cfg.nHeads, hidden: cfg.hidden,
     maxSeqLen: o.maxSeqLen ?? cfg.maxSeqLen, ffn: 'versatile', experts: o.experts, topK: o.topK, maxDepth: o.maxDepth,
     expertHidden: o.expertHidden, balanceLossWeight: o.balanceLossWeight, seed: o.seed ?? cfg.seed, device: dev, dtype: 'float32',
+    precision: o.precision,
   }
   // SPEC's init for everything; the shared weights are then overwritten, the router and loop head kept
   const m = new Model(vcfg)

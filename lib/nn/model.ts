@@ -14,6 +14,8 @@ import { generate, GenerateOptions } from './generate'
 import { CONFIG_KEY, configJSON, parseConfig } from './model_config'
 import { LoadOptions, LoadResult, checkNames, loadInto, strictOf } from './state'
 import { checkVersatileSizes } from './versatile'
+import { PRECISION, Precision, computeCopyOf, disposeComputeCopy, makeComputeCopy, refreshComputeCopies } from './precision'
+import { checkPrecision } from './module'
 import type { VersatileFFN, VersatileStats } from './versatile'
 import { arg, arrayOf, bool, checkOptions, custom, device as deviceCheck, dtype as dtypeCheck, int, number, object, oneOf, optional, string, stringRecord, INT32 } from '../validate'
 
@@ -39,6 +41,13 @@ export interface TransformerLMOptions {
   device?: DeviceLike
   /** parameter dtype: 'float32' (default, trains) or 'bfloat16' (inference only; activations float32) */
   dtype?: 'float32' | 'bfloat16'
+  /**
+   * 'float32' (default) or 'bf16-mixed': parameters, gradients and AdamW moments stay float32 (the
+   * master copy, what checkpoints hold); embedding, attention, FFN and head matrices are read
+   * through bfloat16 copies that every optimizer update refreshes. Not recorded in checkpoints
+   * (a training choice, like the device). Needs dtype 'float32'.
+   */
+  precision?: Precision
   seed?: number
 }
 
@@ -57,6 +66,8 @@ export interface FromFileOptions {
   device?: DeviceLike
   /** parameter dtype; default the one the checkpoint's config records */
   dtype?: 'float32' | 'bfloat16'
+  /** training precision of the rebuilt model; default 'float32' */
+  precision?: Precision
 }
 
 /** Options of TransformerLM.forward. */
@@ -130,7 +141,7 @@ const LM_OPTIONS = {
   vocabSize: int(1), dModel: int(2), nLayers: int(1), nHeads: int(1), hidden: int(1), maxSeqLen: optional(int(1)),
   ffn: optional(oneOf(['versatile', 'dense'] as const)), experts: optional(int(1)), topK: optional(int(1)), maxDepth: optional(int(1)),
   expertHidden: optional(int(1)), balanceLossWeight: optional(number({ min: 0 })), device: optional(deviceCheck),
-  dtype: optional(dtypeCheck(['float32', 'bfloat16'] as const)), seed: optional(int(0)),
+  dtype: optional(dtypeCheck(['float32', 'bfloat16'] as const)), precision: optional(PRECISION), seed: optional(int(0)),
 }
 const LM_REQUIRED = ['vocabSize', 'dModel', 'nLayers', 'nHeads', 'hidden'] as const
 const LM_FORWARD_OPTIONS = { train: optional(bool), step: optional(int(0)), noise: optional(oneOf(['gumbel', 'none'] as const)), lastOnly: optional(bool), noiseStream: optional(int(0)) }
@@ -143,10 +154,13 @@ const SAVE_OPTIONS = { dtype: optional(dtypeCheck(['float32', 'bfloat16'] as con
  */
 export class TransformerLM {
   readonly config: Required<Omit<TransformerLMOptions, 'device' | 'expertHidden' | 'balanceLossWeight'>> & { expertHidden?: number; balanceLossWeight?: number }
+  /** Training precision ('float32' or 'bf16-mixed'). */
+  readonly precision: Precision
   readonly device: Device
   readonly blocks: TransformerBlock[]
-  // the model's own parameters (all but the FFNs'); gradients appear on first use (see grad)
-  private readonly own = new Map<string, { param: Tensor; grad?: Tensor }>()
+  // the model's own parameters (all but the FFNs'); gradients appear on first use (see grad);
+  // `weight` is what forward and backward read: the bfloat16 copy under bf16-mixed, else param
+  private readonly own = new Map<string, { param: Tensor; weight: Tensor; grad?: Tensor }>()
 
   constructor(opts: TransformerLMOptions) {
     if (opts === undefined) fail('ERR_ARGUMENT', 'options: expected an options object, got undefined')
@@ -155,8 +169,10 @@ export class TransformerLM {
     if ((o.ffn ?? 'versatile') === 'versatile') checkVersatileSizes(o.hidden!, o.experts ?? 8, o.topK ?? 2, o.expertHidden)
     const vocabSize = o.vocabSize!, dModel = o.dModel!, nLayers = o.nLayers!, nHeads = o.nHeads!, hidden = o.hidden!
     const maxSeqLen = o.maxSeqLen ?? 2048, ffn = o.ffn ?? 'versatile', dtype = o.dtype ?? 'float32', seed = o.seed ?? 0
+    const precision = checkPrecision(o.precision, dtype)
+    this.precision = precision
     this.config = {
-      vocabSize, dModel, nLayers, nHeads, hidden, maxSeqLen, ffn, seed, dtype,
+      vocabSize, dModel, nLayers, nHeads, hidden, maxSeqLen, ffn, seed, dtype, precision,
       experts: o.experts ?? 8, topK: o.topK ?? 2, maxDepth: o.maxDepth ?? 4,
       expertHidden: o.expertHidden, balanceLossWeight: o.balanceLossWeight,
     }
@@ -166,8 +182,8 @@ export class TransformerLM {
     try {
       let k = 0
       // docs/SPEC.md init: normal(0, 0.02) truncated at 3 sigma for matrices, norm gains at 1
-      const mat = (name: string, shape: number[]) => this.addOwn(name, randn(shape, { std: 0.02, truncate: 3, seed: deriveSeed(seed, 1, k++), device: dev, dtype }))
-      const gain = (name: string) => this.addOwn(name, full([dModel], 1, { device: dev, dtype }))
+      const mat = (name: string, shape: number[]) => this.addOwn(name, randn(shape, { std: 0.02, truncate: 3, seed: deriveSeed(seed, 1, k++), device: dev, dtype }), true)
+      const gain = (name: string) => this.addOwn(name, full([dModel], 1, { device: dev, dtype }), false)
       const grad = (name: string) => this.grad(name)
       mat('transformer.wte.weight', [vocabSize, dModel])
       for (let i = 0; i < nLayers; i++) {
@@ -179,7 +195,7 @@ export class TransformerLM {
         const norm = gain(p + 'attn_norm.weight')
         const f: FFNModule = createFFN(ffn, {
           dModel, hidden, experts: this.config.experts, topK: this.config.topK, maxDepth: this.config.maxDepth,
-          expertHidden: opts.expertHidden, balanceLossWeight: opts.balanceLossWeight, device: dev, dtype, seed: Number(deriveSeed(seed, 2, i)),
+          expertHidden: opts.expertHidden, balanceLossWeight: opts.balanceLossWeight, device: dev, dtype, precision, seed: Number(deriveSeed(seed, 2, i)),
         })
         this.blocks.push(new TransformerBlock(attn, f, norm, () => grad(p + 'attn_norm.weight')))
       }
@@ -202,9 +218,17 @@ export class TransformerLM {
     }
   }
 
-  private addOwn(name: string, t: Tensor): Tensor {
-    this.own.set(name, { param: t })
-    return t
+  // returns what forward reads: a matrix's bfloat16 copy under bf16-mixed (norm gains stay float32)
+  private addOwn(name: string, t: Tensor, matrix: boolean): Tensor {
+    // registered before the copy is made, so a failed allocation leaves nothing dispose() misses
+    const e: { param: Tensor; weight: Tensor } = { param: t, weight: t }
+    this.own.set(name, e)
+    if (matrix && this.precision === 'bf16-mixed') e.weight = makeComputeCopy(t)
+    return e.weight
+  }
+
+  private _weight(name: string): Tensor {
+    return this.own.get(name)!.weight
   }
 
   // float32 gradient of an own parameter, allocated as zeros on first use so inference holds none
@@ -230,12 +254,19 @@ export class TransformerLM {
     this.blocks.forEach((b, i) => {
       const p = `transformer.blocks.${i}.`
       out.set(p + 'attn_norm.weight', b.normWeight)
-      out.set(p + 'att_proj.weight', b.attn.params['att_proj.weight'])
-      out.set(p + 'attn_out.weight', b.attn.params['attn_out.weight'])
+      out.set(p + 'att_proj.weight', this.own.get(p + 'att_proj.weight')!.param)
+      out.set(p + 'attn_out.weight', this.own.get(p + 'attn_out.weight')!.param)
       for (const [n, t] of Object.entries(b.ffn.stateDict())) out.set(p + n, t)
     })
     out.set('transformer.ln_f.weight', this.own.get('transformer.ln_f.weight')!.param)
     out.set('transformer.ff_out.weight', this.own.get('transformer.ff_out.weight')!.param)
+    return out
+  }
+
+  /** @internal what forward reads for each parameter: its bfloat16 compute copy under bf16-mixed, else the parameter itself */
+  _computeWeights(): Map<string, Tensor> {
+    const out = new Map<string, Tensor>()
+    for (const [n, p] of this.parameters()) out.set(n, computeCopyOf(p) ?? p)
     return out
   }
 
@@ -277,7 +308,7 @@ export class TransformerLM {
 
   private needFloat32(what: string): void {
     if (this.config.dtype !== 'float32')
-      fail('ERR_DTYPE', `${what}: a bfloat16 model runs inference only; train a float32 model (its bfloat16 checkpoint loads either way)`)
+      fail('ERR_DTYPE', `${what}: a bfloat16 model runs inference only; train a float32 model, or one with precision 'bf16-mixed' (float32 master weights, bfloat16 compute; a bfloat16 checkpoint loads either way)`)
   }
 
   /** Sets every gradient to zero. */
@@ -313,7 +344,7 @@ export class TransformerLM {
     const tc = tokens.contiguous()
     const flat = tc.reshape([B * S])
     tc.dispose()
-    let x = embedding(this.own.get('transformer.wte.weight')!.param, flat)
+    let x = embedding(this._weight('transformer.wte.weight'), flat)
     const saved: BlockSaved[] = []
     const stats: LMOutput['stats'] = []
     const aux: LMOutput['auxLoss'] = []
@@ -331,7 +362,7 @@ export class TransformerLM {
     })
     const lnf = this.own.get('transformer.ln_f.weight')!.param
     const { out: xfn, rstd } = rmsnorm(x, lnf, train)
-    const head = this.own.get('transformer.ff_out.weight')!.param
+    const head = this._weight('transformer.ff_out.weight')
     if (opts.lastOnly && !train) {
       const v = xfn.reshape([B, S, this.config.dModel])
       const last = v.slice(1, S - 1, S)
@@ -389,9 +420,8 @@ export class TransformerLM {
     const V = this.config.vocabSize
     const logits2 = out.logits.reshape([s.B * s.S, V])
     crossEntropyBackward(logits2, s.targets, s.lse, dloss, s.ignoreIndex, logits2)
-    const head = this.own.get('transformer.ff_out.weight')!
     matmul(logits2, s.xfn, { transposeA: true, out: this.grad('transformer.ff_out.weight'), beta: 1 })
-    const dxfn = matmul(logits2, head.param)
+    const dxfn = matmul(logits2, this._weight('transformer.ff_out.weight'))
     const lnf = this.own.get('transformer.ln_f.weight')!
     let dx = rmsnormBackward(dxfn, s.xf, lnf.param, s.rstd, this.grad('transformer.ln_f.weight'))
     for (const t of [logits2, dxfn, s.xfn, s.rstd, s.lse, s.xf]) t.dispose()
@@ -446,12 +476,14 @@ export class TransformerLM {
     const params = [...this.parameters()]
     const ignored = checkNames('state dict', params.map(([n, p]) => [n, p.shape]), Object.keys(sd), strict, 'tensor')
     loadInto('state dict', params, sd, this.device)
+    refreshComputeCopies(params.map(([, p]) => p))
     return { ignored }
   }
 
   /** Frees every parameter and gradient (the model is unusable afterwards). */
   dispose(): void {
     for (const { param, grad } of this.own.values()) {
+      disposeComputeCopy(param)
       param.dispose()
       grad?.dispose()
     }
@@ -496,6 +528,7 @@ export class TransformerLM {
       sd[name] = st.data
     }
     loadInto(source, params, sd, this.device)
+    refreshComputeCopies(params.map(([, p]) => p))
     return { ignored }
   }
 
@@ -526,14 +559,14 @@ export class TransformerLM {
    */
   static async fromFile(path: string, opts: FromFileOptions = {}): Promise<TransformerLM> {
     arg('path', path, string)
-    checkOptions('opts', opts, { device: optional(deviceCheck), dtype: optional(dtypeCheck(['float32', 'bfloat16'])) })
+    checkOptions('opts', opts, { device: optional(deviceCheck), dtype: optional(dtypeCheck(['float32', 'bfloat16'])), precision: optional(PRECISION) })
     const device = Device.get(opts.device)
     const { tensors, metadata } = await loadSafetensors(path)
     const source = show(path)
     const cfg = parseConfig(metadata[CONFIG_KEY], source)
     let m: TransformerLM
     try {
-      m = new TransformerLM({ ...cfg, device, dtype: opts.dtype ?? cfg.dtype })
+      m = new TransformerLM({ ...cfg, device, dtype: opts.dtype ?? cfg.dtype, precision: opts.precision })
     } catch (e) {
       if (e instanceof VffnError) fail(e.code, `${source}: metadata ${show(CONFIG_KEY)}: ${e.message}`)
       throw e

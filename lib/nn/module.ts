@@ -5,6 +5,7 @@ import { fail, show } from '../errors'
 import { DType, FloatDType, Tensor, checkDType, randn, zeros } from '../tensor'
 import { arg, device, dtype, int, optional } from '../validate'
 import { LoadOptions, LoadResult, checkNames, loadInto, strictOf } from './state'
+import { PRECISION, Precision, disposeComputeCopy, makeComputeCopy, refreshComputeCopies } from './precision'
 
 /** Options every module takes: where its parameters live, their dtype, and the seed of their init. */
 export interface ModuleOptions {
@@ -13,6 +14,12 @@ export interface ModuleOptions {
   dtype?: FloatDType
   /** Seed of the initial weights (and the default Gumbel noise seed). Default 0. */
   seed?: number
+  /**
+   * 'float32' (default) or 'bf16-mixed': float32 parameters (the master copy, what the optimizer
+   * and checkpoints see) with bfloat16 copies of the FFN matrices that forward and backward read,
+   * refreshed by every AdamW update; needs dtype 'float32'.
+   */
+  precision?: Precision
 }
 
 /** A parameter: its shape, and `normal` (std 0.02 truncated at 3σ) or `ones` (norm gains). */
@@ -20,10 +27,20 @@ export interface ParamSpec {
   name: string
   shape: number[]
   init: 'normal' | 'ones'
+  /** under bf16-mixed, forward and backward read a bfloat16 copy (the FFN matrices; norms and routing heads stay float32) */
+  bf16?: boolean
 }
 
 /** The option checks every module shares (see lib/validate.ts). */
-export const MODULE_OPTIONS = { device: optional(device), dtype: optional(dtype<DType>(['float32', 'bfloat16'])), seed: optional(int(0)) }
+export const MODULE_OPTIONS = { device: optional(device), dtype: optional(dtype<DType>(['float32', 'bfloat16'])), seed: optional(int(0)), precision: optional(PRECISION) }
+
+/** @internal bf16-mixed keeps float32 masters: a bfloat16 parameter dtype has none */
+export function checkPrecision(precision: Precision | undefined, dtype: string | undefined): Precision {
+  const p = precision ?? 'float32'
+  if (p === 'bf16-mixed' && dtype === 'bfloat16')
+    fail('ERR_ARGUMENT', "precision: 'bf16-mixed' keeps float32 master weights; use it with dtype 'float32' (the default), not 'bfloat16'")
+  return p
+}
 
 export const INIT_STD = 0.02
 
@@ -38,8 +55,16 @@ export class Module {
   readonly dtype: FloatDType
   /** Seed of the initial weights. */
   readonly seed: number
+  /** Training precision ('float32' or 'bf16-mixed'). */
+  readonly precision: Precision
   /** Parameters by docs/SPEC.md name. */
   readonly params: Record<string, Tensor> = {}
+  /** @internal the dtype of the saved SwiGLU pre-activations: bfloat16 under bf16-mixed */
+  protected get _savedDType(): FloatDType {
+    return this.precision === 'bf16-mixed' ? 'bfloat16' : 'float32'
+  }
+  /** @internal what forward and backward read: the bfloat16 copy under bf16-mixed, else the parameter */
+  protected readonly weights: Record<string, Tensor> = {}
   private readonly specs: ParamSpec[]
   private _grads: Record<string, Tensor> | undefined
 
@@ -60,19 +85,24 @@ export class Module {
     this.device = Device.get(opts.device)
     this.dtype = checkDType('dtype', opts.dtype ?? 'float32', ['float32', 'bfloat16']) as FloatDType
     this.seed = arg('seed', opts.seed ?? 0, int())
+    this.precision = checkPrecision(opts.precision, this.dtype)
     this.specs = specs
     try {
       specs.forEach((s, i) => {
         // each parameter draws from its own Philox stream: (seed << 8 | index)
         const seed = ((BigInt(this.seed) << 8n) | BigInt(i)) & MASK64
-        this.params[s.name] =
+        const p = (this.params[s.name] =
           s.init === 'ones'
             ? zeros(s.shape, { device: this.device, dtype: this.dtype }).fill_(1)
-            : randn(s.shape, { seed, std: INIT_STD, truncate: 3, device: this.device, dtype: this.dtype })
+            : randn(s.shape, { seed, std: INIT_STD, truncate: 3, device: this.device, dtype: this.dtype }))
+        this.weights[s.name] = this.precision === 'bf16-mixed' && s.bf16 ? makeComputeCopy(p) : p
       })
     } catch (e) {
       // a failed allocation (out of memory) must not strand the parameters made before it
-      for (const t of Object.values(this.params)) t.dispose()
+      for (const t of Object.values(this.params)) {
+        disposeComputeCopy(t)
+        t.dispose()
+      }
       throw e
     }
   }
@@ -112,11 +142,13 @@ export class Module {
     const strict = strictOf(opts)
     const ignored = checkNames('stateDict', this.specs.map((s) => [s.name, s.shape]), Object.keys(sd), strict)
     loadInto('stateDict', this.namedParameters(), sd, this.device)
+    refreshComputeCopies(this.parameters())
     return { ignored }
   }
 
-  /** Frees parameters and gradients. */
+  /** Frees parameters, their bfloat16 compute copies and gradients. */
   dispose(): void {
+    for (const t of Object.values(this.params)) disposeComputeCopy(t)
     for (const t of [...Object.values(this.params), ...Object.values(this._grads ?? {})]) t.dispose()
   }
 

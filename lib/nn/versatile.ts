@@ -119,8 +119,8 @@ export class VersatileFFN extends Module {
     super(
       [
         { name: 'ff_norm.weight', shape: [D], init: 'ones' },
-        { name: 'ff_proj.weight', shape: [2 * I, D], init: 'normal' },
-        { name: 'ff_out.weight', shape: [D, I], init: 'normal' },
+        { name: 'ff_proj.weight', shape: [2 * I, D], init: 'normal', bf16: true },
+        { name: 'ff_out.weight', shape: [D, I], init: 'normal', bf16: true },
         { name: 'expert_gate.weight', shape: [N, D], init: 'normal' },
         { name: 'depth_predictor.weight', shape: [L, D], init: 'normal' },
       ],
@@ -136,7 +136,7 @@ export class VersatileFFN extends Module {
   }
 
   private args(x: Tensor): Record<string, unknown> {
-    const p = this.params
+    const p = this.weights
     return {
       x, normW: p['ff_norm.weight'], projW: p['ff_proj.weight'], outW: p['ff_out.weight'],
       routerW: p['expert_gate.weight'], depthW: p['depth_predictor.weight'],
@@ -183,8 +183,9 @@ export class VersatileFFN extends Module {
     }
     const t: Saved['t'] = {
       order: empty([T], i32), depthP: empty([T, L], dev), xs: empty([L + 1, T, D], dev), rstd: empty([L, T], dev),
-      h: empty([L, T, 2 * I], dev), assign: empty([T * K], i32), expertStart: empty([N + 1], i32),
-      widthH: empty([T * K, 2 * E], dev), widthO: empty([T * K, D], dev), xWidth: empty([T, D], dev), routerP: empty([T, N], dev),
+      // every loop's SwiGLU pre-activations, by far the largest saved value: bfloat16 under bf16-mixed
+      h: empty([L, T, 2 * I], { device: this.device, dtype: this._savedDType }), assign: empty([T * K], i32), expertStart: empty([N + 1], i32),
+      widthH: empty([T * K, 2 * E], { device: this.device, dtype: this._savedDType }), widthO: empty([T * K, D], dev), xWidth: empty([T, D], dev), routerP: empty([T, N], dev),
     }
     native.versatileForward({ ...this.args(xc), ...outs, saved: t, train: true, noise, seedLo: seed[0], seedHi: seed[1], tau })
     const rec: VersatileRecord = {

@@ -8,6 +8,7 @@ import { LMOutput, TransformerLM } from '../nn/model'
 import { checkTensor } from '../ops'
 import { Check, INT32, arg, arrayOf, bool, checkOptions, custom, func, instance, int, number, object, oneOf, optional, string } from '../validate'
 import { checkNames, loadInto } from '../nn/state'
+import { computeCopyOf } from '../nn/precision'
 
 export { gumbelTemperature } from '../nn/versatile'
 
@@ -161,10 +162,11 @@ export class AdamW {
     arg('lr', lr, number({ min: 0 }))
     const norm = gradNorm(this.slots.map(([, s]) => s.grad), this.maxGradNorm)
     this.step++
+    // a bf16-mixed parameter's compute copy is rewritten in the same gated pass as its master
     for (const [, s] of this.slots)
       adamwStep(s.param, s.grad, s.m, s.v, {
         lr, beta1: this.betas[0], beta2: this.betas[1], eps: this.eps, weightDecay: s.decay ? this.weightDecay : 0, step: this.step,
-      }, norm)
+      }, norm, computeCopyOf(s.param))
     const status: Promise<StepStatus> = native.failed(norm).then((f): StepStatus => {
       if (!f) return { ok: true }
       this.step-- // the update changed nothing: it does not count

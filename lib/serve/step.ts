@@ -77,7 +77,8 @@ export function runStep(model: TransformerLM, pool: KVPool, rows: readonly StepR
     if (r.sample) picks.push(t - 1)
   }
   const gs = groups(rows)
-  const params = model.parameters()
+  // what the model's forward reads (bf16-mixed: the bfloat16 compute copies), so decoding matches it
+  const params = model._computeWeights()
   const dev = { device: model.device }
   const tok = tensor(ids, [T], { dtype: 'int32', ...dev })
   let x = embedding(params.get('transformer.wte.weight')!, tok)

@@ -91,12 +91,15 @@ struct GradNormArgs {
 // g = grad * clip[1] (clip may have data == nullptr: no clipping), m = b1 m + (1-b1) g,
 // v = b2 v + (1-b2) g^2, param -= lr * (weight_decay * param + m_hat / (sqrt(v_hat) + eps)),
 // with m_hat = m / (1 - b1^step), v_hat = v / (1 - b2^step). when clip is given and clip[0] (the
-// global norm) is not finite, nothing is changed: the step is skipped.
+// global norm) is not finite, nothing is changed: the step is skipped. copy (bf16, the param's size,
+// contiguous; data == nullptr: none) receives the updated param rounded to nearest even, in the same
+// pass, so bf16-mixed training's compute copy never differs from its float32 master.
 struct AdamWArgs {
   View param, m, v;
   View grad, clip;
   float lr, beta1, beta2, eps, weight_decay;
   int64_t step;
+  View copy;
 };
 
 // ---- serving: a paged KV cache and sampling on the device ----

@@ -46,6 +46,28 @@ void swiglu_rows_backward(int64_t M, int64_t n, const float* da, int64_t ldda, c
   });
 }
 
+void save_values(const float* src, const View& v, int64_t offset, int64_t n) {
+  if (v.dtype != BF16) {
+    std::memcpy(v.ptr<float>() + offset, src, size_t(n) * sizeof(float));
+    return;
+  }
+  uint16_t* d = v.ptr<uint16_t>() + offset;
+  parallel_for(n, 1 << 14, [&](int64_t b, int64_t e, int) {
+    for (int64_t i = b; i < e; i++) d[i] = f32_to_bf16(src[i]);
+  });
+}
+
+void load_values(const View& v, int64_t offset, int64_t n, float* dst) {
+  if (v.dtype != BF16) {
+    std::memcpy(dst, v.ptr<float>() + offset, size_t(n) * sizeof(float));
+    return;
+  }
+  const uint16_t* s = v.ptr<uint16_t>() + offset;
+  parallel_for(n, 1 << 14, [&](int64_t b, int64_t e, int) {
+    for (int64_t i = b; i < e; i++) dst[i] = bf16_to_f32(s[i]);
+  });
+}
+
 void ffn_rows_forward(int64_t M, int64_t D, int64_t I, const float* n, float* x, const View& proj_w,
                       const View& out_w, float* h, float* a) {
   if (M == 0) return;
@@ -82,12 +104,15 @@ void ffn_rows_backward(int64_t M, int64_t D, int64_t I, float* dx, const float* 
 void ffn_forward(const FfnForwardArgs& a) {
   int64_t T = a.x.rows(), D = a.x.cols(), I = a.out_w.cols();
   std::vector<float> w = load_vector(a.norm_w), n(size_t(T * D)), act(size_t(T * I)), hs, rs;
-  float* h = a.h.data ? a.h.ptr<float>() : (hs.resize(size_t(T * 2 * I)), hs.data());
+  // a bfloat16 h is computed in float32 scratch and rounded once
+  bool direct = a.h.data && a.h.dtype == F32;
+  float* h = direct ? a.h.ptr<float>() : (hs.resize(size_t(T * 2 * I)), hs.data());
   float* rstd = a.rstd.data ? a.rstd.ptr<float>() : (rs.resize(size_t(T)), rs.data());
   float* y = a.y.ptr<float>();
   rmsnorm_rows(T, D, a.x.ptr<float>(), D, w.data(), a.eps, n.data(), D, rstd);
   std::memcpy(y, a.x.ptr<float>(), size_t(T * D) * sizeof(float));
   ffn_rows_forward(T, D, I, n.data(), y, a.proj_w, a.out_w, h, act.data());
+  if (a.h.data && !direct) save_values(h, a.h, 0, T * 2 * I);
 }
 
 void ffn_backward(const FfnBackwardArgs& a) {
@@ -95,7 +120,9 @@ void ffn_backward(const FfnBackwardArgs& a) {
   std::vector<float> w = load_vector(a.norm_w);
   float* dx = a.dx.ptr<float>();
   std::memcpy(dx, a.dy.ptr<float>(), size_t(T * D) * sizeof(float));
-  ffn_rows_backward(T, D, I, dx, a.x.ptr<float>(), a.rstd.ptr<float>(), a.h.ptr<float>(), w.data(), a.proj_w,
+  std::vector<float> hs;
+  const float* h = a.h.dtype == F32 ? a.h.ptr<float>() : (hs.resize(size_t(T * 2 * I)), load_values(a.h, 0, T * 2 * I, hs.data()), hs.data());
+  ffn_rows_backward(T, D, I, dx, a.x.ptr<float>(), a.rstd.ptr<float>(), h, w.data(), a.proj_w,
                     a.out_w, a.dnorm_w.ptr<float>(), a.dproj_w.ptr<float>(), a.dproj_w.ld(), a.dout_w.ptr<float>(),
                     a.dout_w.ld(), nullptr);
 }

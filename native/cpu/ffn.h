@@ -26,6 +26,10 @@ inline Mat f32_mat(const float* p, int64_t ld, bool trans = false, const int32_t
   return Mat{p, 0, ld, trans, rows};
 }
 std::vector<float> load_vector(const View& w);  // [n] f32|bf16 -> float
+// saved pre-activations may be bfloat16 (bf16-mixed training): n values at element `offset` of v,
+// rounded once when saved, widened when backward reads them
+void save_values(const float* src, const View& v, int64_t offset, int64_t n);
+void load_values(const View& v, int64_t offset, int64_t n, float* dst);
 
 // out = x * rstd ⊙ w over M rows of width D (rstd may be null: not kept)
 void rmsnorm_rows(int64_t M, int64_t D, const float* x, int64_t ldx, const float* w, float eps, float* out,

@@ -54,12 +54,14 @@ void adamw_step(const AdamWArgs& a) {
   float bc1 = float(1.0 - std::pow(double(b1), double(a.step)));
   float bc2 = float(1.0 - std::pow(double(b2), double(a.step)));
   float lr = a.lr, wd = a.weight_decay, eps = a.eps;
+  uint16_t* c = a.copy.data ? a.copy.ptr<uint16_t>() : nullptr;
   parallel_for(n, 4096, [&](int64_t b, int64_t e, int) {
     for (int64_t i = b; i < e; i++) {
       float gi = g[i] * clip;
       float mi = m[i] = b1 * m[i] + (1.f - b1) * gi;
       float vi = v[i] = b2 * v[i] + (1.f - b2) * gi * gi;
       p[i] -= lr * (wd * p[i] + (mi / bc1) / (std::sqrt(vi / bc2) + eps));
+      if (c) c[i] = f32_to_bf16(p[i]);
     }
   });
 }

@@ -141,7 +141,11 @@ void versatile_forward(const VersatileForwardArgs& a) {
   std::vector<float> obuf, xwbuf;
   float* wo = train ? sv.width_o.ptr<float>() : (obuf.resize(size_t(P * D)), obuf.data());
   float* xw = train ? sv.x_width.ptr<float>() : (xwbuf.resize(size_t(T * D)), xwbuf.data());
-  width_forward(wp, n.data(), a.proj_w, a.out_w, train ? sv.width_h.ptr<float>() : nullptr, wo);
+  // a bfloat16 saved width_h (bf16-mixed) is computed in float32 scratch and rounded once
+  bool wh16 = train && sv.width_h.dtype == BF16;
+  std::vector<float> whbuf(wh16 ? size_t(P * 2 * E) : 0);
+  width_forward(wp, n.data(), a.proj_w, a.out_w, wh16 ? whbuf.data() : train ? sv.width_h.ptr<float>() : nullptr, wo);
+  if (wh16) save_values(whbuf.data(), sv.width_h, 0, P * 2 * E);
   if (train) {
     std::memcpy(sv.assign.ptr<int32_t>(), wp.assign.data(), size_t(P) * sizeof(int32_t));
     std::memcpy(sv.expert_start.ptr<int32_t>(), wp.start.data(), size_t(N + 1) * sizeof(int32_t));
@@ -170,11 +174,14 @@ void versatile_forward(const VersatileForwardArgs& a) {
     float* xin = train ? X + (j - 1) * T * D : X;
     float* xout = train ? X + j * T * D : X;
     float* rs = train ? sv.rstd.ptr<float>() + (j - 1) * T : rstd0;
-    float* h = train ? sv.h.ptr<float>() + (j - 1) * T * 2 * I : (hbuf.resize(size_t(M * 2 * I)), hbuf.data());
+    // a bfloat16 saved h (bf16-mixed) is computed in float32 scratch and rounded once
+    bool direct = train && sv.h.dtype == F32;
+    float* h = direct ? sv.h.ptr<float>() + (j - 1) * T * 2 * I : (hbuf.resize(size_t(M * 2 * I)), hbuf.data());
     act.resize(size_t(M * I));
     if (j > 1) rmsnorm_rows(M, D, xin, D, nw.data(), a.eps, n.data(), D, rs);
     if (xout != xin) std::memcpy(xout, xin, size_t(M * D) * sizeof(float));
     ffn_rows_forward(M, D, I, n.data(), xout, a.proj_w, a.out_w, h, act.data());
+    if (train && !direct) save_values(h, sv.h, (j - 1) * T * 2 * I, M * 2 * I);
   }
 
   // fusion: y = (1 − λ)·x_depth + λ·x_width
@@ -247,7 +254,11 @@ void versatile_backward(const VersatileBackwardArgs& a) {
   });
   float* dproj = a.dproj_w.ptr<float>();
   float* dout = a.dout_w.ptr<float>();
-  width_backward(wp, G, lambda, weights, n.data(), sv.width_h.ptr<float>(), sv.width_o.ptr<float>(), a.proj_w,
+  std::vector<float> whbuf;
+  const float* wh = sv.width_h.dtype == F32 ? sv.width_h.ptr<float>()
+                                            : (whbuf.resize(size_t(wp.positions() * 2 * E)),
+                                               load_values(sv.width_h, 0, wp.positions() * 2 * E, whbuf.data()), whbuf.data());
+  width_backward(wp, G, lambda, weights, n.data(), wh, sv.width_o.ptr<float>(), a.proj_w,
                  a.out_w, dproj, a.dproj_w.ld(), dout, a.dout_w.ld(), dn.data(), dw.data());
 
   // router: softmax over the chosen K, plus the balance loss through P_e only
@@ -273,16 +284,20 @@ void versatile_backward(const VersatileBackwardArgs& a) {
   });
 
   // depth path backward, in place over shrinking prefixes in reverse: a token enters at its own depth
-  std::vector<float> dcur(size_t(T * D));
+  std::vector<float> dcur(size_t(T * D)), hbuf;
   float* dnorm = a.dnorm_w.ptr<float>();
   for (int64_t j = L; j >= 1; j--) {
+    // loop j's pre-activations, widened from bfloat16 (bf16-mixed) over the rows that reach it
+    const float* hj = sv.h.dtype == F32 ? sv.h.ptr<float>() + (j - 1) * T * 2 * I
+                                        : (hbuf.resize(size_t(m[size_t(j)] * 2 * I)),
+                                           load_values(sv.h, (j - 1) * T * 2 * I, m[size_t(j)] * 2 * I, hbuf.data()), hbuf.data());
     for (int64_t s = m[size_t(j + 1)]; s < m[size_t(j)]; s++) {
       int64_t t = order[s];
       float c = 1.f - lambda[t];
       for (int64_t i = 0; i < D; i++) dcur[size_t(s * D + i)] = c * G[t * D + i];
     }
     ffn_rows_backward(m[size_t(j)], D, I, dcur.data(), X + (j - 1) * T * D, sv.rstd.ptr<float>() + (j - 1) * T,
-                      sv.h.ptr<float>() + (j - 1) * T * 2 * I, nw.data(), a.proj_w, a.out_w, dnorm, dproj,
+                      hj, nw.data(), a.proj_w, a.out_w, dnorm, dproj,
                       a.dproj_w.ld(), dout, a.dout_w.ld(), j == 1 ? dn.data() : nullptr);
   }
 

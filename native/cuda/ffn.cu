@@ -28,7 +28,39 @@ __global__ void swiglu_backward_kernel(int64_t M, int64_t n, const float* da, co
   }
 }
 
+__global__ void round_bf16_kernel(const float* src, uint16_t* dst, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    dst[i] = f32_to_bf16_bits(src[i]);
+}
+
+__global__ void widen_bf16_kernel(const uint16_t* src, float* dst, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    dst[i] = bf16_bits_to_f32(src[i]);
+}
+
 }  // namespace
+
+void save_values(int dev, const float* src, const View& v, int64_t offset, int64_t n) {
+  cudaStream_t st = stream(dev);
+  if (n == 0) return;
+  if (v.dtype != BF16) {
+    check(cudaMemcpyAsync(v.ptr<float>() + offset, src, size_t(n) * 4, cudaMemcpyDeviceToDevice, st), "save_values");
+    return;
+  }
+  round_bf16_kernel<<<blocks_for(n, 256, 1u << 20), 256, 0, st>>>(src, v.ptr<uint16_t>() + offset, n);
+  check_launch("save_values");
+}
+
+void load_values(int dev, const View& v, int64_t offset, int64_t n, float* dst) {
+  cudaStream_t st = stream(dev);
+  if (n == 0) return;
+  if (v.dtype != BF16) {
+    check(cudaMemcpyAsync(dst, v.ptr<float>() + offset, size_t(n) * 4, cudaMemcpyDeviceToDevice, st), "load_values");
+    return;
+  }
+  widen_bf16_kernel<<<blocks_for(n, 256, 1u << 20), 256, 0, st>>>(v.ptr<uint16_t>() + offset, dst, n);
+  check_launch("load_values");
+}
 
 void swiglu_rows_backward(int dev, int64_t M, int64_t n, const float* da, const float* h, float* dh, float* a,
                           const int* m_limit) {
@@ -176,8 +208,12 @@ VFFN_CUDA_EXPORT int vffn_cuda_ffn_forward(int dev, const void* args) {
     float* rstd = a.rstd.data ? a.rstd.ptr<float>() : rs.as<float>();
     rmsnorm_rows(dev, T, D, a.x.ptr<float>(), D, a.norm_w, a.eps, n.ptr, adt, D, rstd, false, nullptr);
     check(cudaMemcpyAsync(a.y.data, a.x.data, size_t(T * D) * 4, cudaMemcpyDeviceToDevice, st), "ffn_forward");
+    // a bfloat16 h (bf16-mixed) is written in float32 scratch and rounded once
+    const bool h16 = a.h.data && a.h.dtype == BF16;
+    Scratch hs(dev, h16 ? size_t(T * 2 * I) * 4 : 0);
     ffn_rows_forward(dev, T, D, I, n.ptr, adt, a.y.ptr<float>(), a.proj_w, a.out_w,
-                     a.h.data ? a.h.ptr<float>() : nullptr, act.ptr, nullptr);
+                     h16 ? hs.as<float>() : a.h.data ? a.h.ptr<float>() : nullptr, act.ptr, nullptr);
+    if (h16) save_values(dev, hs.as<float>(), a.h, 0, T * 2 * I);
   });
 }
 
@@ -197,7 +233,10 @@ VFFN_CUDA_EXPORT int vffn_cuda_ffn_backward(int dev, const void* args) {
     cudaStream_t st = stream(dev);
     if (T == 0) return;
     check(cudaMemcpyAsync(a.dx.data, a.dy.data, size_t(T * D) * 4, cudaMemcpyDeviceToDevice, st), "ffn_backward");
-    ffn_rows_backward(dev, T, D, I, a.dx.ptr<float>(), a.x.ptr<float>(), a.rstd.ptr<float>(), a.h.ptr<float>(),
+    const bool h16 = a.h.dtype == BF16;
+    Scratch hs(dev, h16 ? size_t(T * 2 * I) * 4 : 0);
+    if (h16) load_values(dev, a.h, 0, T * 2 * I, hs.as<float>());
+    ffn_rows_backward(dev, T, D, I, a.dx.ptr<float>(), a.x.ptr<float>(), a.rstd.ptr<float>(), h16 ? hs.as<float>() : a.h.ptr<float>(),
                       a.norm_w, a.proj_w, a.out_w, a.dnorm_w.ptr<float>(), a.dproj_w.ptr<float>(), a.dproj_w.ld(),
                       a.dout_w.ptr<float>(), a.dout_w.ld(), nullptr, nullptr);
   });

@@ -40,6 +40,11 @@ void ffn_rows_backward(int dev, int64_t M, int64_t D, int64_t I, float* dx, cons
                        float* dproj_w, int64_t lddp, float* dout_w, int64_t lddo, const float* dn_extra,
                        const int* m_limit);
 
+// saved pre-activations may be bfloat16 (bf16-mixed training): n float32 values rounded into v at
+// element `offset` (save), or widened from there (load); a float32 v is copied
+void save_values(int dev, const float* src, const View& v, int64_t offset, int64_t n);
+void load_values(int dev, const View& v, int64_t offset, int64_t n, float* dst);
+
 // a matrix as a View (for GemmSpec operands)
 inline View mat_view(const void* p, int dtype, int64_t rows, int64_t cols, int64_t ld) {
   View v;

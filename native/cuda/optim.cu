@@ -37,7 +37,7 @@ __global__ void norm_finish_kernel(const double* part, int64_t parts, float max_
 }
 
 __global__ void adamw_kernel(float* p, float* m, float* v, const float* g, const float* clip, int64_t n, float lr,
-                             float b1, float b2, float eps, float wd, float bc1, float bc2) {
+                             float b1, float b2, float eps, float wd, float bc1, float bc2, uint16_t* copy) {
   // a non-finite global norm would poison every parameter and moment: the step is skipped
   if (clip && !isfinite(clip[0])) return;
   const float cl = clip ? clip[1] : 1.f;
@@ -45,7 +45,8 @@ __global__ void adamw_kernel(float* p, float* m, float* v, const float* g, const
     const float gi = g[i] * cl;
     const float mi = m[i] = b1 * m[i] + (1.f - b1) * gi;
     const float vi = v[i] = b2 * v[i] + (1.f - b2) * gi * gi;
-    p[i] -= lr * (wd * p[i] + (mi / bc1) / (sqrtf(vi / bc2) + eps));
+    const float pi = p[i] -= lr * (wd * p[i] + (mi / bc1) / (sqrtf(vi / bc2) + eps));
+    if (copy) copy[i] = f32_to_bf16_bits(pi);
   }
 }
 
@@ -92,13 +93,16 @@ VFFN_CUDA_EXPORT int vffn_cuda_adamw_step(int dev, const void* args) {
     require(a.m.numel() == n && a.v.numel() == n && a.grad.numel() == n && a.param.contiguous() && a.m.contiguous() &&
                 a.v.contiguous() && a.grad.contiguous(),
             "adamw_step: param, m, v and grad must be contiguous and of one size");
+    require(!a.copy.data || (a.copy.dtype == BF16 && a.copy.numel() == n && a.copy.contiguous()),
+            "adamw_step: copy must be a contiguous bfloat16 of the param's size");
     cudaStream_t st = stream(dev);
     if (n == 0) return;
     const float bc1 = float(1.0 - std::pow(double(a.beta1), double(a.step)));
     const float bc2 = float(1.0 - std::pow(double(a.beta2), double(a.step)));
     adamw_kernel<<<blocks_for(n, 256, 1u << 20), 256, 0, st>>>(a.param.ptr<float>(), a.m.ptr<float>(), a.v.ptr<float>(),
                                                               a.grad.ptr<float>(), a.clip.data ? a.clip.ptr<float>() : nullptr,
-                                                              n, a.lr, a.beta1, a.beta2, a.eps, a.weight_decay, bc1, bc2);
+                                                              n, a.lr, a.beta1, a.beta2, a.eps, a.weight_decay, bc1, bc2,
+                                                              a.copy.data ? a.copy.ptr<uint16_t>() : nullptr);
     check_launch("adamw_step");
   });
 }

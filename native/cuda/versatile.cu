@@ -255,11 +255,15 @@ void versatile_forward(int dev, const VersatileForwardArgs& a) {
   w1.b.slice_rows = true;
   w1.c = mat_view(act_w.ptr, adt, P, E, E);
   w1.mode = GemmSpec::Glu;
-  w1.h = train ? sv.width_h.ptr<float>() : nullptr;
+  // a bfloat16 saved width_h (bf16-mixed) is written in float32 scratch and rounded once
+  const bool wh16 = train && sv.width_h.dtype == BF16;
+  Scratch whs(dev, wh16 ? size_t(P * 2 * E) * 4 : 0);
+  w1.h = wh16 ? whs.as<float>() : train ? sv.width_h.ptr<float>() : nullptr;
   w1.h_ld = 2 * E;
   width_groups(w1, start, s);
   w1.bf16_math = true;  // bf16 weights: bf16 tensor cores, activations rounded on load
   gemm_ex(dev, w1);
+  if (wh16) save_values(dev, whs.as<float>(), sv.width_h, 0, P * 2 * E);
   GemmSpec w2;  // FFN_e(x) = act · W_out[:, slice_e]ᵀ
   w2.M = P, w2.N = D, w2.K = E;
   w2.a.v = mat_view(act_w.ptr, adt, P, E, E);
@@ -269,8 +273,10 @@ void versatile_forward(int dev, const VersatileForwardArgs& a) {
   w2.bf16_math = true;
   width_groups(w2, start, s);
 
-  // depth path
+  // depth path; a bfloat16 saved h (bf16-mixed) is written in float32 scratch and rounded once
   Scratch act(dev, size_t(T * I * as));
+  const bool h16 = train && sv.h.dtype == BF16;
+  Scratch hs(dev, h16 ? size_t(T * 2 * I) * 4 : 0);
   for (int64_t j = 1; j <= L; j++) {
     const void* n = j == 1 ? n0.ptr : n1.ptr;
     if (train) {
@@ -279,8 +285,9 @@ void versatile_forward(int dev, const VersatileForwardArgs& a) {
       float* rs = sv.rstd.ptr<float>() + (j - 1) * T;
       if (j > 1) rmsnorm_rows(dev, T, D, xin, D, a.norm_w, a.eps, n1.ptr, adt, D, rs, false, nullptr);
       check(cudaMemcpyAsync(xout, xin, size_t(T * D) * 4, cudaMemcpyDeviceToDevice, st), "versatile_forward");
-      ffn_rows_forward(dev, T, D, I, n, adt, xout, a.proj_w, a.out_w, sv.h.ptr<float>() + (j - 1) * T * 2 * I,
-                       act.ptr, nullptr);
+      ffn_rows_forward(dev, T, D, I, n, adt, xout, a.proj_w, a.out_w,
+                       h16 ? hs.as<float>() : sv.h.ptr<float>() + (j - 1) * T * 2 * I, act.ptr, nullptr);
+      if (h16) save_values(dev, hs.as<float>(), sv.h, (j - 1) * T * 2 * I, T * 2 * I);
     } else {
       // in place over the tokens that still loop: rows [0, m[j]) of the sorted order
       const int32_t* mj = m.as<int32_t>() + j;
@@ -360,7 +367,11 @@ void versatile_backward(int dev, const VersatileBackwardArgs& a) {
   g.bf16_math = true;
   width_groups(g, start, s);
   gemm_ex(dev, g);
-  swiglu_rows_backward(dev, P, E, da.as<float>(), sv.width_h.ptr<float>(), dh.as<float>(), act_w.as<float>(), nullptr);
+  const bool wh16 = sv.width_h.dtype == BF16;  // bf16-mixed: widened before the SwiGLU backward
+  Scratch whs(dev, wh16 ? size_t(P * 2 * E) * 4 : 0);
+  if (wh16) load_values(dev, sv.width_h, 0, P * 2 * E, whs.as<float>());
+  swiglu_rows_backward(dev, P, E, da.as<float>(), wh16 ? whs.as<float>() : sv.width_h.ptr<float>(), dh.as<float>(),
+                       act_w.as<float>(), nullptr);
   GemmSpec gw;  // dW_out[:, slice_e] += dOᵀ · a over expert e's positions (one grid layer per expert)
   gw.M = D, gw.N = E, gw.K = P;
   gw.a.v = rows_view(dO.as<float>(), P, D, D);
@@ -410,11 +421,14 @@ void versatile_backward(int dev, const VersatileBackwardArgs& a) {
 
   // depth path in reverse: a token joins at its own depth; loop j covers rows [0, m[j])
   Scratch dcur(dev, size_t(T * D) * 4);
+  const bool h16 = sv.h.dtype == BF16;  // bf16-mixed: each loop's h widened before its backward
+  Scratch hs(dev, h16 ? size_t(T * 2 * I) * 4 : 0);
   for (int64_t j = L; j >= 1; j--) {
     depth_enter_kernel<<<grid_for(T * D), 256, 0, st>>>(T, int(D), int(j), order, loops, lambda, G, dcur.as<float>());
     check_launch("versatile depth backward");
+    if (h16) load_values(dev, sv.h, (j - 1) * T * 2 * I, T * 2 * I, hs.as<float>());
     ffn_rows_backward(dev, T, D, I, dcur.as<float>(), X + (j - 1) * T * D, sv.rstd.ptr<float>() + (j - 1) * T,
-                      sv.h.ptr<float>() + (j - 1) * T * 2 * I, a.norm_w, a.proj_w, a.out_w, a.dnorm_w.ptr<float>(),
+                      h16 ? hs.as<float>() : sv.h.ptr<float>() + (j - 1) * T * 2 * I, a.norm_w, a.proj_w, a.out_w, a.dnorm_w.ptr<float>(),
                       dproj, ldp, dout, ldo, j == 1 ? dn.as<float>() : nullptr, m.as<int32_t>() + j);
   }
 

@@ -68,7 +68,7 @@ Napi::Value FfnForward(const Napi::CallbackInfo& info) {
     check_arg(ow, "ff_out.weight", {D, I}, kFloat, dev);
     if (keep) {
       check_arg(rstd, "rstd", {T}, kF32, dev);
-      check_arg(h, "h", {T, 2 * I}, kF32, dev);
+      check_arg(h, "h", {T, 2 * I}, kFloat, dev);  // bfloat16 under bf16-mixed
     }
     enqueue(dev, "ffn_forward", Io().out(y).out(rstd).out(h).in(x).in(nw).in(pw).in(ow), [=] {
       FfnForwardArgs a{y.view(), x.view(), nw.view(), pw.view(), ow.view(), keep ? rstd.view() : View{},
@@ -93,7 +93,8 @@ Napi::Value FfnBackward(const Napi::CallbackInfo& info) {
     int64_t I = t[8].meta.ndim == 2 ? t[8].meta.shape[1] : -1;
     const std::initializer_list<int64_t> shapes[] = {{T, D}, {D}, {2 * I, D}, {D, I}, {T, D}, {T, D},
                                                      {D}, {2 * I, D}, {D, I}, {T}, {T, 2 * I}};
-    for (int i = 0; i < 11; i++) check_arg(t[i], names[i], shapes[i], i >= 6 && i <= 8 ? kFloat : kF32, dev);
+    // weights and the saved pre-activations h may be bfloat16
+    for (int i = 0; i < 11; i++) check_arg(t[i], names[i], shapes[i], (i >= 6 && i <= 8) || i == 10 ? kFloat : kF32, dev);
     Io io;
     io.out(t[0]);
     for (int i = 1; i <= 3; i++) io.inout(t[i]);  // weight gradients accumulate

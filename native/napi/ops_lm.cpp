@@ -246,7 +246,7 @@ Napi::Value GradNorm(const Napi::CallbackInfo& info) {
   });
 }
 
-// adamwStep(param, m, v, grad, clip [2] | null, lr, beta1, beta2, eps, weightDecay, step)
+// adamwStep(param, m, v, grad, clip [2] | null, lr, beta1, beta2, eps, weightDecay, step, copy (bf16) | null)
 Napi::Value AdamWStep(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
     TensorArg p = tensor_arg(info[0], "param"), m = tensor_arg(info[1], "m"), v = tensor_arg(info[2], "v");
@@ -270,13 +270,23 @@ Napi::Value AdamWStep(const Napi::CallbackInfo& info) {
     float eps = float(num_arg(info[8], "eps")), wd = float(num_arg(info[9], "weightDecay"));
     int64_t step = int_arg(info[10], "step");
     if (step < 1) fail("ERR_ARGUMENT", "step: expected >= 1");
+    bool has_copy = info.Length() > 11 && !info[11].IsNull() && !info[11].IsUndefined();
+    TensorArg copy = has_copy ? tensor_arg(info[11], "copy") : TensorArg{};
+    if (has_copy) {
+      if (copy.meta.dtype != BF16) fail("ERR_DTYPE", "copy: expected bfloat16");
+      need_contiguous(copy, "copy");
+      if (copy.numel() != p.numel()) fail("ERR_SHAPE", "copy: expected " + to_string(p.numel()) + " elements");
+      same_device(p, {&copy});
+    }
     Device* dev = p.device;
-    // gated: a failed gradient or clip leaves the parameter and its moments untouched and valid
+    // gated: a failed gradient or clip leaves the parameter, its moments and its copy untouched and valid
     Io io;
     io.inout(p).inout(m).inout(v).in(g).gate();
+    if (has_copy) io.inout(copy);
     if (has_clip) io.in(clip);
     enqueue(dev, "adamw_step", io, [=] {
-      AdamWArgs a{p.view(), m.view(), v.view(), g.view(), has_clip ? clip.view() : View{}, lr, b1, b2, eps, wd, step};
+      AdamWArgs a{p.view(), m.view(), v.view(), g.view(), has_clip ? clip.view() : View{}, lr, b1, b2, eps, wd, step,
+                  has_copy ? copy.view() : View{}};
       dev->type == kCPU ? cpu::adamw_step(a) : cuda_call(dev, "adamw_step", &a);
     });
     return undef(info);

@@ -31,10 +31,10 @@ Saved read_saved(const Napi::Object& s, const Dims& d, Device* dev) {
   check_arg(v.depth_p, "depthP", {d.T, d.L}, kF32, dev);
   check_arg(v.xs, "xs", {d.L + 1, d.T, d.D}, kF32, dev);
   check_arg(v.rstd, "rstd", {d.L, d.T}, kF32, dev);
-  check_arg(v.h, "h", {d.L, d.T, 2 * d.I}, kF32, dev);
+  check_arg(v.h, "h", {d.L, d.T, 2 * d.I}, kFloat, dev);  // bfloat16 under bf16-mixed
   check_arg(v.assign, "assign", {d.T * d.K}, kI32, dev);
   check_arg(v.expert_start, "expertStart", {d.N + 1}, kI32, dev);
-  check_arg(v.width_h, "widthH", {d.T * d.K, 2 * d.E}, kF32, dev);
+  check_arg(v.width_h, "widthH", {d.T * d.K, 2 * d.E}, kFloat, dev);  // bfloat16 under bf16-mixed
   check_arg(v.width_o, "widthO", {d.T * d.K, d.D}, kF32, dev);
   check_arg(v.x_width, "xWidth", {d.T, d.D}, kF32, dev);
   check_arg(v.router_p, "routerP", {d.T, d.N}, kF32, dev);
