@@ -96,7 +96,7 @@ const LOADER: Record<string, Bad[]> = {
 const STOP_TOKENS: Bad[] = [['null', null], ['a string', 'x'], ['a number', 1], ['an object', {}], ['[1.5]', [1.5]], ['[2^31]', [2 ** 31]], ['[null]', [null]]]
 const FFN_FWD = { train: bool, step: int(), noise: oneOf('gumbell'), seed }
 const LM_OPTS: Record<string, Bad[]> = {
-  vocabSize: int(1), dModel: int(2), nLayers: int(1), nHeads: int(1), hidden: int(1), maxSeqLen: int(1), ffn: oneOf('dens'),
+  vocabSize: int(1), dModel: int(2), nLayers: int(1), nHeads: int(1), hidden: int(1), maxSeqLen: int(1), ffn: oneOf('dens'), loops: int(1),
   experts: int(1), topK: int(1), maxDepth: int(1), expertHidden: int(1), balanceLossWeight: num({ min: 0 }), device: dev,
   dtype: oneOf('float'), seed: int(),
 }
