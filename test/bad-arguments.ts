@@ -478,6 +478,7 @@ const NO_ARGUMENTS = new Set([
   'Tensor.data', 'Tensor.clone', 'Tensor.contiguous', 'Tensor.dispose', 'Tensor.toString', 'Device.sync', 'Device.memory', 'Device.toString',
   'DenseFFN.parameters', 'DenseFFN.namedParameters', 'DenseFFN.zeroGrad', 'DenseFFN.stateDict', 'DenseFFN.dispose',
   'VersatileFFN.parameters', 'VersatileFFN.namedParameters', 'VersatileFFN.zeroGrad', 'VersatileFFN.stateDict', 'VersatileFFN.dispose', 'VersatileFFN.loadStateDict',
+  'MoEFFN.expertStateDict',
   'TransformerLM.parameters', 'TransformerLM.gradients', 'TransformerLM.numParameters', 'TransformerLM.zeroGrad', 'TransformerLM.stateDict', 'TransformerLM.dispose',
   'AdamW.dispose', 'AdamW.stateDict', 'Device', 'GenerationEngine.stats',
   'GenerationRequest', // constructed only by GenerationEngine.generate

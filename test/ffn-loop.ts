@@ -3,7 +3,7 @@
 import t from 'tap'
 import { DenseFFN, LoopFFN, VersatileFFN, tensor } from '../lib/index'
 import { _ffnTestHooks } from '../lib/nn/ffn'
-import { Weights, dense, rand } from './helpers/ffn-ref'
+import { Vec, Weights, dense, rand } from './helpers/ffn-ref'
 
 _ffnTestHooks.poison = true
 const f32 = (a: Float64Array) => Float32Array.from(a)
@@ -31,7 +31,7 @@ const load = (w: Weights) => ({ 'ff_norm.weight': f32(w.norm), 'ff_proj.weight':
 function reference(x: Float64Array, w: Weights, T: number, k: number): Float64Array {
   const out = new Float64Array(T * w.D)
   for (let i = 0; i < T; i++) {
-    let v = x.slice(i * w.D, (i + 1) * w.D)
+    let v: Vec = x.slice(i * w.D, (i + 1) * w.D)
     for (let j = 0; j < k; j++) v = dense(v, w)
     out.set(v, i * w.D)
   }

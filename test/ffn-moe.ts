@@ -149,7 +149,7 @@ for (const [name, T, D, cfg] of [
     ffn.zeroGrad()
     const dx = await ffn.backward(tr, tensor(f32(G), [T, D])).data()
     const grads: Record<string, Float32Array> = {}
-    for (const [n, g] of Object.entries(ffn.grads)) grads[n] = await g.data()
+    for (const [n, g] of Object.entries(ffn.grads)) grads[n] = await g.floatData()
     const h = 1e-6
     const fd = (a: Float64Array, i: number) => {
       const v = a[i]
@@ -206,6 +206,26 @@ t.test('moe: auxGrad scales the balance loss, 0 turns it off; retain allows a se
   const d1 = g1.map((v, i) => v - g0[i]), d2 = g2.map((v, i) => v - g1[i])
   t.ok(maxDiff(d1, d2) < 1e-6 && Math.max(...Array.from(d1, Math.abs)) > 1e-5, 'the balance term is linear in auxGrad')
   t.throws(() => ffn.backward({ y: x } as never, G), { code: 'ERR_ARGUMENT' })
+})
+
+t.test('moe: expertStateDict gives each expert under OLMoE\'s names, the values of the stacked layout', async (t) => {
+  const D = 5, cfg = { N: 3, K: 2, E: 4, alpha: 0 }
+  const w = makeExperts(D, cfg, 8)
+  const ffn = new MoEFFN({ dModel: D, experts: cfg.N, topK: cfg.K, expertHidden: cfg.E })
+  ffn.loadStateDict(stack(w, cfg))
+  const sd = ffn.expertStateDict()
+  t.same(Object.keys(sd).length, 1 + 3 * cfg.N)
+  t.same(Array.from(await sd['gate.weight'].data()), Array.from(f32(w.router)), 'gate.weight = expert_gate.weight')
+  for (let e = 0; e < cfg.N; e++) {
+    t.same(sd[`experts.${e}.up_proj.weight`].shape, [cfg.E, D])
+    t.same(Array.from(await sd[`experts.${e}.up_proj.weight`].data()), Array.from(f32(w.up[e])), `expert ${e} up`)
+    t.same(Array.from(await sd[`experts.${e}.gate_proj.weight`].data()), Array.from(f32(w.gate[e])), `expert ${e} gate`)
+    t.same(sd[`experts.${e}.down_proj.weight`].shape, [D, cfg.E])
+    t.ok(sd[`experts.${e}.down_proj.weight`].isContiguous, 'down_proj is contiguous (safetensors writes it as is)')
+    t.same(Array.from(await sd[`experts.${e}.down_proj.weight`].data()), Array.from(f32(w.down[e])), `expert ${e} down`)
+  }
+  for (const v of Object.values(sd)) v.dispose()
+  ffn.dispose()
 })
 
 t.test('moe defaults: equal active parameters to the dense FFN of width 4·D', async (t) => {

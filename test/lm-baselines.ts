@@ -1,7 +1,7 @@
 // TransformerLM with the paper's baselines as its FFN (ffn: 'moe' and 'loops'): parameter names and
 // shapes, every gradient against finite differences of the model's loss, a few training steps,
 // save / fromFile round trips and the config a checkpoint records.
-import t from 'tap'
+import t, { Test } from 'tap'
 import path from 'path'
 import { Tensor, loadSafetensors, randn, tensor } from '../lib/index'
 import { TransformerLM, TransformerLMOptions } from '../lib/nn/model'
@@ -39,7 +39,7 @@ async function objective(m: TransformerLM, x: Tensor, y: Tensor): Promise<number
   return v
 }
 
-async function checkGrads(t: Tap.Test, m: TransformerLM, seed: number) {
+async function checkGrads(t: Test, m: TransformerLM, seed: number) {
   const B = 2, S = 5
   const x = tok(ids(B * S, m.config.vocabSize, seed), [B, S]), y = tok(ids(B * S, m.config.vocabSize, seed + 1), [B, S])
   m.zeroGrad()

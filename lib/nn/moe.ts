@@ -116,6 +116,26 @@ export class MoEFFN extends Module {
     this.balanceLossWeight = o.balanceLossWeight ?? 1e-5
   }
 
+  /**
+   * The experts under Hugging Face OLMoE's per-expert names, for export to that layout:
+   * `gate.weight` (the router), `experts.{e}.up_proj.weight` and `experts.{e}.gate_proj.weight`
+   * [E, D] (views of the live `ff_proj.weight` rows) and `experts.{e}.down_proj.weight` [D, E]
+   * (a contiguous copy of `ff_out.weight`'s columns e·E.., which a view could not be). The norm
+   * gain is `ff_norm.weight` of stateDict(). Dispose the returned handles when done.
+   */
+  expertStateDict(): Record<string, Tensor> {
+    const p = this.params, N = this.experts, E = this.expertHidden
+    const out: Record<string, Tensor> = { 'gate.weight': p['expert_gate.weight'].rows(0, N) }
+    for (let e = 0; e < N; e++) {
+      out[`experts.${e}.up_proj.weight`] = p['ff_proj.weight'].rows(e * E, (e + 1) * E)
+      out[`experts.${e}.gate_proj.weight`] = p['ff_proj.weight'].rows((N + e) * E, (N + e + 1) * E)
+      const down = p['ff_out.weight'].cols(e * E, (e + 1) * E)
+      out[`experts.${e}.down_proj.weight`] = down.contiguous()
+      down.dispose()
+    }
+    return out
+  }
+
   private args(x: Tensor): Record<string, unknown> {
     const p = this.params
     return {
