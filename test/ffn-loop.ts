@@ -125,5 +125,11 @@ t.test('loop defaults and parameter names (DenseFFN\'s)', async (t) => {
   t.equal(ffn.loops, 4)
   t.equal(ffn.hidden, 32)
   t.same(ffn.namedParameters().map(([n, p]) => [n, p.shape]), [['ff_norm.weight', [8]], ['ff_proj.weight', [64, 8]], ['ff_out.weight', [8, 32]]])
+  // any leading shape: [2, 3, D] is the six tokens of [6, D]; backward gives dx the input's shape
+  const xs = f32(rand(6 * 8, 21))
+  const tr = ffn.forward(tensor(xs, [2, 3, 8]), { train: true })
+  t.same(tr.y.shape, [2, 3, 8])
+  t.same(Array.from(await tr.y.data()), Array.from(await ffn.forward(tensor(xs, [6, 8])).y.data()), 'the same y')
+  t.same(ffn.backward(tr, tensor(f32(rand(6 * 8, 22)), [2, 3, 8])).shape, [2, 3, 8])
   ffn.dispose()
 })

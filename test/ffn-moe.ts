@@ -237,5 +237,11 @@ t.test('moe defaults: equal active parameters to the dense FFN of width 4·D', a
   t.same(ffn.namedParameters().map(([n, p]) => [n, p.shape]), [
     ['ff_norm.weight', [8]], ['ff_proj.weight', [2 * 8 * 16, 8]], ['ff_out.weight', [8, 8 * 16]], ['expert_gate.weight', [8, 8]],
   ])
+  // any leading shape: [2, 3, D] is the six tokens of [6, D], stats in row-major token order
+  const xs = f32(rand(6 * 8, 21))
+  const flat = ffn.forward(tensor(xs, [6, 8])), deep = ffn.forward(tensor(xs, [2, 3, 8]))
+  t.same(deep.y.shape, [2, 3, 8])
+  t.same(Array.from(await deep.y.data()), Array.from(await flat.y.data()), 'the same y')
+  t.same(Array.from(await deep.stats.experts.data()), Array.from(await flat.stats.experts.data()), 'the same routing')
   ffn.dispose()
 })

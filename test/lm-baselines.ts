@@ -176,3 +176,22 @@ t.test('bad baseline options are refused before anything is built', async (t) =>
   t.throws(() => new TransformerLM({ ...base, ffn: 'loops', loops: 0 }), { code: 'ERR_ARGUMENT', message: /loops/ })
   t.throws(() => new TransformerLM({ ...base, ffn: 'mixture' as never }), { code: 'ERR_ARGUMENT', message: /ffn/ })
 })
+
+t.test('greedy generation through the engine equals argmax of the full forward (moe and loops)', async (t) => {
+  for (const o of [{ ffn: 'moe', experts: 4, topK: 2 }, { ffn: 'loops', loops: 2 }] as Partial<TransformerLMOptions>[]) {
+    const m = new TransformerLM({ ...base, ...o, seed: 13 })
+    scaleUp(m, 7)
+    const prompt = [3, 1, 4, 1, 5]
+    const [got] = await m.generate([prompt], { maxNewTokens: 4 })
+    const seq = [...prompt]
+    for (let i = 0; i < 4; i++) {
+      const out = m.forward(tok(Int32Array.from(seq), [1, seq.length]))
+      const logits = await out.logits.data()
+      const last = logits.subarray((seq.length - 1) * base.vocabSize)
+      seq.push(last.indexOf(Math.max(...last)))
+      out.dispose()
+    }
+    t.same(Array.from(got), seq.slice(prompt.length), `${o.ffn}: the same tokens`)
+    m.dispose()
+  }
+})
