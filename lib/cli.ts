@@ -14,6 +14,8 @@ Commands:
   bench      time VersatileFFN against the dense FFN and baselines (see: versatile-ffn bench --help)
   bench serve  the generation engine under concurrent requests (see: versatile-ffn bench serve --help)
   tokenize   text files to llm.c token files with GPT-2's BPE (see: versatile-ffn tokenize --help)
+  train      train a language model on token files (see: versatile-ffn train --help)
+  chart      overlay the loss curves of training runs in one SVG (see: versatile-ffn chart --help)
 
 Options:
   -h, --help     this text
@@ -33,6 +35,11 @@ export async function main(argv: readonly string[], io: CliIO = process): Promis
     return 0
   }
   if (cmd === 'tokenize') return tokenize(rest, io)
+  if (cmd === 'train' || cmd === 'chart') {
+    // loaded here so that the other commands never touch the training code
+    const { trainCommand, chartCommand } = await import('./train/cli')
+    return cmd === 'train' ? trainCommand(rest, io) : chartCommand(rest, io)
+  }
   if (cmd !== 'bench') {
     io.stderr.write(`versatile-ffn: unknown command ${JSON.stringify(cmd)}\n\n${USAGE}`)
     return 2

@@ -17,6 +17,11 @@ fi
 tar -tzf "$tarball" >"$work/files"
 grep -E '^package/prebuilds/' "$work/files" | sed 's/^/  in tarball: /'
 grep -q '^package/prebuilds/linux-x64/versatile-ffn.node$' "$work/files" || { echo "no prebuilt addon in the tarball"; exit 1; }
+# the shipped package.json runs nothing that needs the repository (no tsconfig.json is shipped)
+tar -xzOf "$tarball" package/package.json | node -e 'let s = ""; process.stdin.on("data", (d) => (s += d)).on("end", () => {
+  const extra = Object.keys(JSON.parse(s).scripts || {}).filter((k) => /^(pre|post)?(prepare|install)$/.test(k) && k !== "install");
+  if (extra.length) { console.error("the packed package.json has lifecycle scripts that cannot run there: " + extra.join(", ")); process.exit(1); } })'
+! grep -q '^package/tsconfig.json$' "$work/files" || { echo "tsconfig.json is in the tarball"; exit 1; }
 
 check='const v = require("versatile-ffn"); const path = require("path");
 const file = require("node-gyp-build").path(path.dirname(require.resolve("versatile-ffn/package.json")));

@@ -6,7 +6,7 @@ import { adamwStep, axpy, gradNorm } from '../lm_ops'
 import { Tensor, tensor, zeros } from '../tensor'
 import { LMOutput, TransformerLM } from '../nn/model'
 import { checkTensor } from '../ops'
-import { Check, INT32, arg, arrayOf, checkOptions, custom, func, instance, int, number, object, oneOf, optional, string } from '../validate'
+import { Check, INT32, arg, arrayOf, bool, checkOptions, custom, func, instance, int, number, object, oneOf, optional, string } from '../validate'
 import { checkNames, loadInto } from '../nn/state'
 
 export { gumbelTemperature } from '../nn/versatile'
@@ -304,6 +304,11 @@ export interface TrainStepOptions {
    * update. With more than one, `targets` must be an Int32Array (see {@link trainStep}).
    */
   accumulate?: number
+  /**
+   * Keep the FFN statistics (loop counts, routing) of every micro-batch and return them in
+   * `stats` instead of freeing them; the caller disposes them. Default false.
+   */
+  stats?: boolean
 }
 
 /** What trainStep queued: its loss and gradient norm (tensors to read), the rate used, the balance losses, and its status. */
@@ -322,10 +327,13 @@ export interface TrainStepResult {
    * `loss.data()` rejects with).
    */
   status: Promise<StepStatus>
+  /** with `stats: true`: per micro-batch, each layer's statistics (undefined for a dense layer); dispose them */
+  stats?: LMOutput['stats'][]
 }
 
 const TRAIN_STEP_OPTIONS = {
   schedule: optional(SCHEDULE), noise: optional(oneOf(['gumbel', 'none'] as const)), ignoreIndex: optional(INT32), accumulate: optional(int(1)),
+  stats: optional(bool),
 }
 
 /**
@@ -368,6 +376,7 @@ export function trainStep(model: TransformerLM, opt: AdamW, tokens: Tensor, targ
   const lr = opts.schedule ? cosineLR(step, opts.schedule) : opt.lr
   const ignoreIndex = o.ignoreIndex ?? -100
   const noise = o.noise ?? 'gumbel'
+  const kept: LMOutput['stats'][] | undefined = o.stats ? [] : undefined
   const tg = targets instanceof Int32Array ? tensor(targets, [B, S], { dtype: 'int32', device: tokens.device }) : targets
   try {
     model.zeroGrad()
@@ -375,9 +384,9 @@ export function trainStep(model: TransformerLM, opt: AdamW, tokens: Tensor, targ
       const out = model.forward(tokens, { train: true, step, noise })
       const loss = model.loss(out, tg, ignoreIndex)
       model.backward(out)
-      const auxLoss = finishOutput(out)
+      const auxLoss = finishOutput(out, kept)
       const { norm, status } = opt._update(lr)
-      return { loss, gradNorm: norm, lr, auxLoss, status }
+      return { loss, gradNorm: norm, lr, auxLoss, status, ...(kept ? { stats: kept } : {}) }
     }
     // counted targets per micro-batch, from the host values
     const rows = B / n
@@ -396,7 +405,7 @@ export function trainStep(model: TransformerLM, opt: AdamW, tokens: Tensor, targ
       const out = model.forward(x, { train: true, step, noise, noiseStream: m })
       const lm = model.loss(out, y, ignoreIndex)
       model.backward(out, share, { auxGrad: 1 / n })
-      const aux = finishOutput(out)
+      const aux = finishOutput(out, kept)
       if (m === 0) auxLoss = aux.map((a) => zeros(a.shape, { device: a.device }))
       // the full-batch mean: each micro-batch's mean weighted by its share of counted targets
       axpy(loss, lm, share)
@@ -404,15 +413,16 @@ export function trainStep(model: TransformerLM, opt: AdamW, tokens: Tensor, targ
       for (const t of [x, y, lm, ...aux]) t.dispose()
     }
     const { norm, status } = opt._update(lr)
-    return { loss, gradNorm: norm, lr, auxLoss, status }
+    return { loss, gradNorm: norm, lr, auxLoss, status, ...(kept ? { stats: kept } : {}) }
   } finally {
     if (tg !== targets) tg.dispose()
   }
 }
 
-// frees what a training output still holds after backward; returns its balance losses
-function finishOutput(out: LMOutput): Tensor[] {
+// frees what a training output still holds after backward (its stats go to `keep` when given); returns its balance losses
+function finishOutput(out: LMOutput, keep?: LMOutput['stats'][]): Tensor[] {
   out.logits.dispose()
-  for (const s of out.stats) (s as { dispose?: () => void } | undefined)?.dispose?.()
+  if (keep) keep.push(out.stats)
+  else for (const s of out.stats) (s as { dispose?: () => void } | undefined)?.dispose?.()
   return out.auxLoss.filter((a): a is Tensor => a instanceof Tensor)
 }
