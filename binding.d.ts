@@ -54,6 +54,11 @@ export interface Binding {
   versatileForward(args: Record<string, unknown>): void
   /** The forward's fields plus dx, dy, dNormW, dProjW, dOutW, dRouterW, dDepthW, auxGrad. */
   versatileBackward(args: Record<string, unknown>): void
+  /** Named fields (x, normW, projW, outW, routerW, y, expertsOut, weights, expertCounts, aux, saved?, experts, topK,
+   *  expertHidden, eps, balanceWeight, train); see lib/nn/moe.ts. */
+  moeForward(args: Record<string, unknown>): void
+  /** The forward's fields plus dx, dy, dNormW, dProjW, dOutW, dRouterW, auxGrad. */
+  moeBackward(args: Record<string, unknown>): void
 
   // ---- language-model ops (native/core/lm_args.h) ----
   embeddingForward(out: NativeTensor, weight: NativeTensor, tokens: NativeTensor): void

@@ -7,7 +7,7 @@ import { tmpdir } from 'os'
 import { join } from 'path'
 import * as lib from '../lib/index'
 import {
-  AdamW, CausalSelfAttention, DenseFFN, Device, GenerationEngine, Tensor, TransformerBlock, TransformerLM, VersatileFFN, VffnError,
+  AdamW, CausalSelfAttention, DenseFFN, Device, LoopFFN, MoEFFN, GenerationEngine, Tensor, TransformerBlock, TransformerLM, VersatileFFN, VffnError,
   adamwStep, attention, kvWrite, pagedAttention, ropeRows, sample, attentionBackward, axpy, cosineLR, crossEntropy, crossEntropyBackward, device, embedding,
   embeddingBackward, empty, full, gradNorm, gumbelTemperature, loadSafetensors, matmul, parseSafetensors, randn, rope,
   saveSafetensors, setNumThreads, getNumThreads, tensor, trainStep, zeros, saveCheckpoint, loadCheckpoint, TokenDataset, TokenLoader, GPT2Tokenizer, evaluate,
@@ -65,6 +65,7 @@ const opts = (options: Record<string, Bad[]>, name = 'opts'): Param => ({ name, 
 const f = (shape: number[], seed = 1) => randn(shape, { seed })
 const ids = (vals: number[], shape = [vals.length]) => tensor(Int32Array.from(vals), shape)
 const ffnOpts = { dModel: 8, hidden: 16, experts: 2, topK: 1, maxDepth: 2 }
+const moeOpts = { dModel: 8, experts: 2, topK: 1, expertHidden: 4 }
 const lmOpts = { vocabSize: 11, dModel: 8, nLayers: 1, nHeads: 2, hidden: 16, experts: 2, topK: 1, maxDepth: 2, maxSeqLen: 8 }
 const lm = () => new TransformerLM(lmOpts)
 const attn = () => {
@@ -95,7 +96,7 @@ const LOADER: Record<string, Bad[]> = {
 const STOP_TOKENS: Bad[] = [['null', null], ['a string', 'x'], ['a number', 1], ['an object', {}], ['[1.5]', [1.5]], ['[2^31]', [2 ** 31]], ['[null]', [null]]]
 const FFN_FWD = { train: bool, step: int(), noise: oneOf('gumbell'), seed }
 const LM_OPTS: Record<string, Bad[]> = {
-  vocabSize: int(1), dModel: int(2), nLayers: int(1), nHeads: int(1), hidden: int(1), maxSeqLen: int(1), ffn: oneOf('dens'),
+  vocabSize: int(1), dModel: int(2), nLayers: int(1), nHeads: int(1), hidden: int(1), maxSeqLen: int(1), ffn: oneOf('dens'), loops: int(1),
   experts: int(1), topK: int(1), maxDepth: int(1), expertHidden: int(1), balanceLossWeight: num({ min: 0 }), device: dev,
   dtype: oneOf('float'), seed: int(), precision: oneOf('bf16'),
 }
@@ -262,6 +263,27 @@ const ROWS: Row[] = [
   {
     fn: 'VersatileFFN.backward', make: () => { const m = new VersatileFFN(ffnOpts); return { call: (r, dy, o) => m.backward(r, dy, o), args: [m.forward(f([3, 8]), { train: true }), f([3, 8], 2), {}] } },
     params: [{ name: 'tr', bad: objectBad }, { name: 'dy', bad: tens() }, opts({ retain: bool, auxGrad: num() })],
+  },
+  {
+    fn: 'MoEFFN', make: () => ({ call: (o) => new MoEFFN(o), args: [{ ...moeOpts }] }),
+    params: [{
+      name: 'opts', bad: [...objectBad, ['undefined', undefined]],
+      options: { dModel: int(1), experts: int(1), topK: int(1), expertHidden: [...int(1), ['2^31 stacked columns', 2 ** 30]], balanceLossWeight: num({ min: 0 }), device: dev, dtype: oneOf('float'), seed: int() },
+    }],
+  },
+  { fn: 'MoEFFN.forward', make: () => { const m = new MoEFFN(moeOpts); return { call: (x, o) => m.forward(x, o), args: [f([3, 8]), { train: true }] } }, params: [{ name: 'x', bad: tens(['a tensor of another width', f([3, 4])]) }, opts(FFN_FWD)] },
+  {
+    fn: 'MoEFFN.backward', make: () => { const m = new MoEFFN(moeOpts); return { call: (r, dy, o) => m.backward(r, dy, o), args: [m.forward(f([3, 8]), { train: true }), f([3, 8], 2), {}] } },
+    params: [{ name: 'tr', bad: objectBad }, { name: 'dy', bad: tens(['a misshapen dy', f([2, 8])]) }, opts({ retain: bool, auxGrad: num() })],
+  },
+  {
+    fn: 'LoopFFN', make: () => ({ call: (o) => new LoopFFN(o), args: [{ dModel: 8, hidden: 16, loops: 2 }] }),
+    params: [{ name: 'opts', bad: [...objectBad, ['undefined', undefined]], options: { dModel: int(1), hidden: int(1), loops: int(1), device: dev, dtype: oneOf('float'), seed: int() } }],
+  },
+  { fn: 'LoopFFN.forward', make: () => { const m = new LoopFFN({ dModel: 8, hidden: 16, loops: 2 }); return { call: (x, o) => m.forward(x, o), args: [f([3, 8]), {}] } }, params: [{ name: 'x', bad: tens() }, opts(FFN_FWD)] },
+  {
+    fn: 'LoopFFN.backward', make: () => { const m = new LoopFFN({ dModel: 8, hidden: 16, loops: 2 }); return { call: (r, dy, o) => m.backward(r, dy, o), args: [m.forward(f([3, 8]), { train: true }), f([3, 8], 2), {}] } },
+    params: [{ name: 'tr', bad: objectBad }, { name: 'dy', bad: tens(['a misshapen dy', f([2, 8])]) }, opts({ retain: bool })],
   },
   { fn: 'gumbelTemperature', make: () => ({ call: gumbelTemperature, args: [3] }), params: [{ name: 'step', bad: int() }] },
   {
@@ -456,6 +478,7 @@ const NO_ARGUMENTS = new Set([
   'Tensor.data', 'Tensor.clone', 'Tensor.contiguous', 'Tensor.dispose', 'Tensor.toString', 'Device.sync', 'Device.memory', 'Device.toString',
   'DenseFFN.parameters', 'DenseFFN.namedParameters', 'DenseFFN.zeroGrad', 'DenseFFN.stateDict', 'DenseFFN.dispose',
   'VersatileFFN.parameters', 'VersatileFFN.namedParameters', 'VersatileFFN.zeroGrad', 'VersatileFFN.stateDict', 'VersatileFFN.dispose', 'VersatileFFN.loadStateDict',
+  'MoEFFN.expertStateDict',
   'TransformerLM.parameters', 'TransformerLM.gradients', 'TransformerLM.numParameters', 'TransformerLM.zeroGrad', 'TransformerLM.stateDict', 'TransformerLM.dispose',
   'AdamW.dispose', 'AdamW.stateDict', 'Device', 'GenerationEngine.stats',
   'GenerationRequest', // constructed only by GenerationEngine.generate
@@ -463,7 +486,7 @@ const NO_ARGUMENTS = new Set([
   'TokenLoader.next', 'TokenLoader.nextArrays', 'TokenLoader.position', 'GPT2Tokenizer', 'GPT2Tokenizer.available',
   'TokenDataset.readInto', 'TokenDataset.live', 'TokenDataset.fileAt', 'TokenLoader.windowAt',
   // private helpers (TypeScript keeps them on the prototype)
-  'VersatileFFN.args', 'TransformerLM.addOwn', 'TransformerLM.grad', 'TransformerLM.checkBackward', 'TransformerLM.loadTensors', 'TransformerLM.needFloat32', 'TransformerLM.checkTokens', 'CausalSelfAttention.project',
+  'VersatileFFN.args', 'MoEFFN.args', 'TransformerLM.addOwn', 'TransformerLM.grad', 'TransformerLM.checkBackward', 'TransformerLM.loadTensors', 'TransformerLM.needFloat32', 'TransformerLM.checkTokens', 'CausalSelfAttention.project',
   'GenerationEngine.abort', 'GenerationEngine.kick', 'GenerationEngine.release', 'GenerationEngine.admit', 'GenerationEngine.loop', 'GenerationEngine.step', 'GenerationRequest.notify',
 ])
 

@@ -34,7 +34,7 @@ t.test('defaults: small config, every case, random-init depth', async (t) => {
   t.equal(o.dtype, 'float32')
   t.same(o.depth, { kind: 'random-init' })
   t.equal(o.device, undefined, 'device left to auto-detection')
-  t.equal(o.cases.length, 7)
+  t.equal(o.cases.length, 9)
   t.equal(o.json, false)
 })
 
@@ -58,6 +58,8 @@ t.test('paper configs and overrides, both --flag value and --flag=value', async 
   t.equal(d.repeat, 3)
   t.equal(d.warmup, 0)
   t.same(parseBenchArgs(['--tokens', '5', '-h']), { help: true })
+  t.same(opts(['--ffn', 'moe,loops']).cases, ['moe.forward', 'moe.train', 'loops.forward', 'loops.train'], '--ffn selects the cases of those FFNs')
+  t.same(opts(['--ffn', 'dense,moe', '--cases', 'moe.train,versatile.train,dense.forward']).cases, ['dense.forward', 'moe.train'], 'with --cases: the cases in both')
 })
 
 const BAD: [string[], RegExp][] = [
@@ -80,6 +82,9 @@ const BAD: [string[], RegExp][] = [
   [['--d-model', '1'], /--d-model: expected an integer >= 2/],
   [['--cases', 'dense.forward,fast'], /--cases: expected one of .*got "fast"/],
   [['--cases', ','], /--cases: expected a comma-separated list/],
+  [['--ffn', 'mixture'], /--ffn: expected one of dense, versatile, moe, loops, authors, got "mixture"/],
+  [['--ffn', ','], /--ffn: expected a comma-separated list of FFNs/],
+  [['--ffn', 'moe', '--cases', 'dense.forward'], /--ffn: none of the cases selected by --cases belongs to moe/],
   [['--device', 'tpu'], /--device: expected cpu, cuda or cuda:N, got "tpu"/],
   [['--repeat', '0'], /--repeat: expected an integer in \[1, /],
   [['--json=yes'], /--json takes no value/],

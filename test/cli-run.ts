@@ -40,7 +40,7 @@ t.test('JSON schema and positive numbers', async (t) => {
   t.equal(r.threads, 1)
   t.same(r.config, { name: 'tiny', label: 'tiny with D=24 I=80 N=4 L=3', dModel: D, hidden: I, experts: N, topK: K, maxDepth: L, expertHidden: E, tokens: T, dtype: 'float32', depth: 'uniform', warmup: 1, repeat: 3, seed: 1 })
   t.same(r.failed, [])
-  t.same(r.cases.map((c: { name: string }) => c.name), ['dense.forward', 'dense.train', 'versatile.forward', 'versatile.train', 'loops.forward', 'loops.train', 'authors.forward'])
+  t.same(r.cases.map((c: { name: string }) => c.name), ['dense.forward', 'dense.train', 'versatile.forward', 'versatile.train', 'moe.forward', 'moe.train', 'loops.forward', 'loops.train', 'authors.forward'])
   for (const c of r.cases) {
     t.match(c, { kind: /^(forward|train)$/, description: String, runs: 3, baseline: /^dense\.(forward|train)$/ }, c.name)
     for (const k of ['medianMs', 'minMs', 'maxMs', 'flops', 'usefulFlops', 'tflops', 'ratioToDense', 'ratioToIdeal', 'paramBytes'])
@@ -60,7 +60,7 @@ t.test('JSON schema and positive numbers', async (t) => {
   t.ok(byName['versatile.train'].peakActivationBytes >= T * L * 2 * I * 4, `versatile.train keeps every loop's h: ${byName['versatile.train'].peakActivationBytes}`)
   const svg = fs.readFileSync(chart, 'utf8')
   t.match(svg, /^<svg xmlns="http:\/\/www.w3.org\/2000\/svg"/)
-  t.equal(svg.match(/<rect /g)?.length, 1 + 4 + 7, 'background, the colour legend and one bar per case')
+  t.equal(svg.match(/<rect /g)?.length, 1 + 5 + 9, 'background, the colour legend and one bar per case')
   t.match(svg, /inference forward[\s\S]*training step/, 'forward and training cases in two panels')
   t.match(svg, /x ideal/, 'bars say their ratio to ideal')
   t.match(svg, /authors\.forward/)
@@ -77,6 +77,9 @@ t.test('FLOP counts follow docs/SPEC.md for every case, with depth fixed at 2 lo
   t.equal(c['versatile.forward'].flops, T * (2 * loopF + widthF))
   t.equal(c['loops.forward'].flops, T * L * loopF)
   t.equal(c['loops.train'].flops, 3 * T * L * loopF)
+  // the MoE at equal active parameters: K experts of width floor(I/K) per token
+  t.equal(c['moe.forward'].flops, T * 6 * D * Math.floor(I / K) * K)
+  t.equal(c['moe.train'].flops, 3 * T * 6 * D * Math.floor(I / K) * K)
   // the authors' strategy runs the deepest loop (2) and the width path for every token: same work here
   t.equal(c['authors.forward'].flops, T * (2 * loopF + widthF))
   t.equal(c['authors.forward'].usefulFlops, c['versatile.forward'].flops)

@@ -234,6 +234,9 @@ t.test('bad requests: exit code 2, a message naming the flag or file, nothing wr
     [['train', ...BASE, '--steps', '0', '--out', fresh()], /--steps: expected an integer in \[1, /],
     [['train', '--data', train, '--lr', 'fast', '--out', fresh()], /--lr: expected a number > 0, got "fast"/],
     [['train', ...BASE, '--ffn', 'wide', '--out', fresh()], /--ffn: expected one of versatile, dense, moe, loops, got "wide"/],
+    [['train', ...BASE, '--loops', '2', '--out', fresh()], /--loops: only for --ffn loops, got --ffn versatile/],
+    [['train', ...BASE, '--ffn', 'dense', '--experts', '4', '--out', fresh()], /--experts: only for --ffn versatile or moe, got --ffn dense/],
+    [['train', ...BASE, '--ffn', 'loops', '--loops', '0', '--out', fresh()], /--loops: expected an integer in \[1, /],
     [['train', ...BASE, '--precision', 'fp8', '--out', fresh()], /--precision: expected one of float32, bf16-mixed/],
     [['train', ...BASE, '--recompute', 'all', '--out', fresh()], /--recompute: expected one of none, ffn, block/],
     [['train', ...BASE, '--config', 'huge', '--out', fresh()], /--config: expected one of tiny, small, 354m, 720m, 1\.21b/],
@@ -292,5 +295,20 @@ t.test('--ffn moe|loops, --precision bf16-mixed, --recompute ffn|block: a run or
       t.notMatch(c.err(), /\n\s+at /, 'no stack trace')
       t.notOk(fs.existsSync(out), 'nothing written')
     }
+  }
+})
+
+// the baselines' sizes reach the model, and the checkpoint's config records them
+t.test('--ffn loops --loops N and --ffn moe --experts --top-k --expert-hidden build those models', async (t) => {
+  for (const [flags, want] of [
+    [['--ffn', 'loops', '--loops', '2'], { ffn: 'loops', loops: 2 }],
+    [['--ffn', 'moe', '--experts', '4', '--top-k', '1', '--expert-hidden', '32'], { ffn: 'moe', experts: 4, topK: 1, expertHidden: 32 }],
+  ] as [string[], Record<string, unknown>][]) {
+    const out = path.join(dir, `sizes-${flags[1]}`)
+    const c = capture()
+    t.equal(await main(['train', ...BASE, '--steps', '2', '--out', out, ...flags], c.io), 0, `${flags.join(' ')}: ${c.err()}`)
+    const m = await TransformerLM.fromFile(path.join(out, 'model.safetensors'))
+    t.match(m.config, want, `${flags.join(' ')}: the model's config`)
+    m.dispose()
   }
 })

@@ -35,14 +35,16 @@ export type Parsed = { help: true } | { help: false; options: BenchOptions }
 
 const VALUE_FLAGS = [
   'device', 'config', 'd-model', 'hidden', 'experts', 'top-k', 'max-depth', 'expert-hidden',
-  'tokens', 'dtype', 'depth', 'repeat', 'warmup', 'cases', 'chart', 'threads', 'seed',
+  'tokens', 'dtype', 'depth', 'repeat', 'warmup', 'cases', 'ffn', 'chart', 'threads', 'seed',
 ] as const
 type ValueFlag = (typeof VALUE_FLAGS)[number]
 const BOOL_FLAGS = ['json', 'help'] as const
+/** The FFNs the cases belong to (a case's name starts with its FFN). */
+export const FFN_KINDS = ['dense', 'versatile', 'moe', 'loops', 'authors'] as const
 
 export const HELP = `Usage: versatile-ffn bench [options]
 
-Times the dense FFN, VersatileFFN and two baselines side by side on one device, in one run.
+Times the dense FFN, VersatileFFN and three baselines side by side on one device, in one run.
 
 Options:
   --device cpu|cuda|cuda:N   device (default: cuda when available, else cpu)
@@ -61,6 +63,9 @@ Options:
                              then samples memory and the loop counts the FLOPs come from
   --repeat N                 timed runs per case (default 7), in rounds over the cases
   --cases A,B,...            subset of: ${CASE_NAMES.join(', ')}
+  --ffn A,B,...              only the cases of these FFNs: ${FFN_KINDS.join(', ')} (with --cases:
+                             the cases in both); moe runs N experts of width floor(I/K), K per
+                             token (equal active parameters), loops the dense FFN L times
   --threads N                CPU threads per op (default: every core)
   --seed N                   seed of weights, inputs and Gumbel noise (default 1)
   --json                     print JSON instead of the table
@@ -146,6 +151,14 @@ export function parseBenchArgs(argv: readonly string[]): Parsed {
     if (asked.length === 0) throw new UsageError('--cases: expected a comma-separated list of case names')
     for (const c of asked) oneOf('cases', c, CASE_NAMES)
     cases = CASE_NAMES.filter((c) => asked.includes(c))
+  }
+  const kinds = get('ffn')
+  if (kinds !== undefined) {
+    const asked = kinds.split(',').map((s) => s.trim()).filter((s) => s !== '')
+    if (asked.length === 0) throw new UsageError('--ffn: expected a comma-separated list of FFNs')
+    for (const k of asked) oneOf('ffn', k, FFN_KINDS)
+    cases = cases.filter((c) => asked.includes(c.split('.')[0]))
+    if (cases.length === 0) throw new UsageError(`--ffn: none of the cases selected by --cases belongs to ${asked.join(', ')}`)
   }
 
   const device = get('device')

@@ -1,12 +1,14 @@
 // The benchmark cases, built from the package's public modules and ops only.
 import type { Device } from '../device'
 import { DenseFFN } from '../nn/ffn'
+import { LoopFFN } from '../nn/loop'
+import { MoEFFN } from '../nn/moe'
 import { VersatileFFN, VersatileStats } from '../nn/versatile'
 import { Tensor, randn, tensor } from '../tensor'
 import { AuthorsModel, authorsForward } from './authors'
 import {
   CASE_HELP, CaseName, DepthMode, Shape, dtypeBytes, flopsAuthorsForward, flopsDenseForward, flopsDenseTrain,
-  flopsLoopsForward, flopsLoopsTrain, flopsVersatileForward, flopsVersatileTrain,
+  flopsLoopsForward, flopsLoopsTrain, flopsMoEForward, flopsMoETrain, flopsVersatileForward, flopsVersatileTrain, moeExpertHidden,
 } from './config'
 import { depthHeadWeight, encodeLoops, forcedLoops } from './depth'
 
@@ -47,7 +49,7 @@ export interface BenchCase {
   dispose(): void
 }
 
-function paramBytes(m: DenseFFN | VersatileFFN, dtype: string, withGrads: boolean): number {
+function paramBytes(m: DenseFFN | VersatileFFN | MoEFFN | LoopFFN, dtype: string, withGrads: boolean): number {
   let b = 0
   for (const [, p] of m.namedParameters()) b += p.size * (dtypeBytes(dtype) + (withGrads ? 4 : 0))
   return b
@@ -112,37 +114,61 @@ function denseCase(name: 'dense.forward' | 'dense.train', ctx: CaseContext, x: T
   }
 }
 
-// The k-loop baseline (the paper's comparison): the dense FFN applied L times with the same weights,
-// so every token runs L loops. Chaining the dense module is exactly that model; no depth head involved.
+// The k-loop baseline (the paper's comparison): LoopFFN, the dense FFN applied L times with the same
+// weights, so every token runs L loops; no depth head involved.
 function loopsCase(name: 'loops.forward' | 'loops.train', ctx: CaseContext, x: Tensor, dy: Tensor): BenchCase {
   const s = ctx.shape
-  const ffn = new DenseFFN({ dModel: s.dModel, hidden: s.hidden, device: ctx.device, dtype: ctx.dtype, seed: ctx.seed })
+  const ffn = new LoopFFN({ dModel: s.dModel, hidden: s.hidden, loops: s.maxDepth, device: ctx.device, dtype: ctx.dtype, seed: ctx.seed })
   const train = name === 'loops.train'
   return {
     name, kind: train ? 'train' : 'forward', description: CASE_HELP[name], paramBytes: paramBytes(ffn, ctx.dtype, train),
     async run(keep = false, probe?: () => void) {
-      const made: { dispose(): void }[] = []
-      let h = x
       if (!train) {
-        for (let i = 0; i < s.maxDepth; i++) made.push((h = ffn.forward(h).y))
-      } else {
-        const recs = []
-        for (let i = 0; i < s.maxDepth; i++) {
-          const tr = ffn.forward(h, { train: true })
-          recs.push(tr)
-          made.push((h = tr.y))
-        }
-        let d = dy
-        for (let i = s.maxDepth - 1; i >= 0; i--) made.push((d = ffn.backward(recs[i], d, { retain: keep })))
-        if (keep) for (const r of recs) made.push(r)
+        const { y } = ffn.forward(x)
+        probe?.()
+        await ctx.device.sync()
+        y.dispose()
+        return
       }
+      const tr = ffn.forward(x, { train: true })
+      const dx = ffn.backward(tr, dy, { retain: keep })
       probe?.()
       await ctx.device.sync()
-      disposeAll(...made)
+      disposeAll(dx, tr.y, keep ? tr : undefined)
     },
     async measure() {
       const f = train ? flopsLoopsTrain(s, ctx.tokens) : flopsLoopsForward(s, ctx.tokens)
       return { flops: f, usefulFlops: f }
+    },
+    dispose: () => disposeAll(x, dy, ffn),
+  }
+}
+
+// The mixture-of-experts baseline at equal active parameters (the paper's MoE comparison): N separate
+// experts of width floor(I/K), K per token, VersatileFFN's router and balance loss.
+function moeCase(name: 'moe.forward' | 'moe.train', ctx: CaseContext, x: Tensor, dy: Tensor): BenchCase {
+  const s = ctx.shape
+  const ffn = new MoEFFN({ dModel: s.dModel, experts: s.experts, topK: s.topK, expertHidden: moeExpertHidden(s), device: ctx.device, dtype: ctx.dtype, seed: ctx.seed })
+  const train = name === 'moe.train'
+  return {
+    name, kind: train ? 'train' : 'forward', description: CASE_HELP[name], paramBytes: paramBytes(ffn, ctx.dtype, train),
+    async run(keep = false, probe?: () => void) {
+      if (!train) {
+        const out = ffn.forward(x)
+        probe?.()
+        await ctx.device.sync()
+        disposeAll(out.y, out.stats)
+        return
+      }
+      const tr = ffn.forward(x, { train: true })
+      const dx = ffn.backward(tr, dy, { retain: keep })
+      probe?.()
+      await ctx.device.sync()
+      disposeAll(dx, tr.y, tr.stats, tr.auxLoss, keep ? tr : undefined)
+    },
+    async measure() {
+      const f = train ? flopsMoETrain(s, ctx.tokens) : flopsMoEForward(s, ctx.tokens)
+      return { flops: f, usefulFlops: f, widthTokens: ctx.tokens }
     },
     dispose: () => disposeAll(x, dy, ffn),
   }
@@ -247,6 +273,9 @@ export async function makeCase(name: CaseName, ctx: CaseContext): Promise<BenchC
     case 'versatile.forward':
     case 'versatile.train':
       return versatileCase(name, ctx, x, dy)
+    case 'moe.forward':
+    case 'moe.train':
+      return moeCase(name, ctx, x, dy)
     case 'authors.forward':
       dy.dispose()
       return authorsCase(ctx, x)

@@ -2,7 +2,7 @@ import { BenchReport, shapeLine } from './report'
 
 // A horizontal bar chart of median time per case with min-max whiskers, as plain SVG (no dependencies).
 
-const COLORS: Record<string, string> = { dense: '#7f8c8d', versatile: '#2471a3', loops: '#d68910', authors: '#c0392b' }
+const COLORS: Record<string, string> = { dense: '#7f8c8d', versatile: '#2471a3', moe: '#27ae60', loops: '#d68910', authors: '#c0392b' }
 
 function esc(s: string): string {
   return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;')
@@ -16,7 +16,7 @@ function tickStep(max: number): number {
   return 10 * p
 }
 
-const LEGEND: [string, string][] = [['dense', 'dense FFN'], ['versatile', 'VersatileFFN'], ['loops', 'k-loop baseline'], ['authors', "authors' strategy"]]
+const LEGEND: [string, string][] = [['dense', 'dense FFN'], ['versatile', 'VersatileFFN'], ['moe', 'mixture of experts'], ['loops', 'k-loop baseline'], ['authors', "authors' strategy"]]
 
 /** Two panels (inference forward, training step), each on its own time axis, with a colour legend. */
 export function renderChart(r: BenchReport): string {
@@ -69,7 +69,7 @@ export function renderChart(r: BenchReport): string {
   out.push(`<text x="${left}" y="22" font-size="15" font-weight="bold">versatile-ffn bench: median time per run (min-max whiskers)</text>`)
   out.push(`<text x="${left}" y="42" font-size="11" fill="#444">${esc(`${r.deviceInfo}; ${shapeLine(r)}`)}</text>`)
   LEGEND.forEach(([key, label], i) => {
-    const lx = left + i * 150
+    const lx = left + i * 140
     out.push(`<rect x="${lx}" y="54" width="12" height="12" fill="${COLORS[key]}"/>`)
     out.push(`<text x="${lx + 17}" y="64" font-size="11" fill="#222">${esc(label)}</text>`)
   })

@@ -104,6 +104,24 @@ export function flopsLoopsTrain(s: Shape, tokens: number): number {
   return s.maxDepth * flopsDenseTrain(s, tokens)
 }
 
+/**
+ * The mixture-of-experts baseline at equal active parameters: each token runs K experts of width
+ * floor(I/K), the width moeExpertHidden gives (one SwiGLU FFN of about the dense width per token).
+ */
+export function flopsMoEForward(s: Shape, tokens: number): number {
+  return tokens * 6 * s.dModel * moeExpertHidden(s) * s.topK
+}
+
+/** Forward plus backward of the mixture of experts (backward = 2 × forward, as for the dense FFN). */
+export function flopsMoETrain(s: Shape, tokens: number): number {
+  return 3 * flopsMoEForward(s, tokens)
+}
+
+/** The MoE case's expert width: floor(I/K), so its K active experts match the dense FFN's width (equal active parameters). */
+export function moeExpertHidden(s: Shape): number {
+  return Math.max(1, Math.floor(s.hidden / s.topK))
+}
+
 /** The authors' strategy: every token runs the batch's deepest loop count, and every token the width path. */
 export function flopsAuthorsForward(s: Shape, tokens: number, deepest: number): number {
   return tokens * (6 * s.dModel * s.hidden * deepest + flopsWidthPerToken(s))
@@ -115,6 +133,8 @@ export const CASE_NAMES = [
   'dense.train',
   'versatile.forward',
   'versatile.train',
+  'moe.forward',
+  'moe.train',
   'loops.forward',
   'loops.train',
   'authors.forward',
@@ -126,6 +146,8 @@ export const CASE_HELP: Record<CaseName, string> = {
   'dense.train': 'dense FFN, forward + backward (the baseline of every training ratio)',
   'versatile.forward': 'VersatileFFN inference: per-token early exit, fused width path',
   'versatile.train': 'VersatileFFN training step: forward (Gumbel) + backward',
+  'moe.forward': 'mixture-of-experts baseline, inference: N experts of width floor(I/K), K per token (equal active parameters)',
+  'moe.train': 'mixture-of-experts baseline, forward + backward (with the balance loss)',
   'loops.forward': 'k-loop baseline: every token runs the dense FFN L times',
   'loops.train': 'k-loop baseline, forward + backward',
   'authors.forward': "authors' strategy from public ops: all tokens to the deepest loop, one pass per expert with copied weights",

@@ -7,6 +7,8 @@ import { Tensor, empty, zeros } from '../tensor'
 import { AttentionSaved, CausalSelfAttention, shaped } from './attention'
 import { DenseFFN, FFN_FORWARD_OPTIONS } from './ffn'
 import { VersatileFFN } from './versatile'
+import { MoEFFN } from './moe'
+import { LoopFFN } from './loop'
 import { checkSameDevice, checkTensor } from '../ops'
 import { arg, check, checkOptions, custom, func, instance, int, number, object, optional } from '../validate'
 
@@ -58,7 +60,7 @@ export interface BlockSaved {
   ffn: unknown
 }
 
-const FFN_ARG = check<FFNModule>('a DenseFFN or VersatileFFN', (v) => v instanceof DenseFFN || v instanceof VersatileFFN)
+const FFN_ARG = check<FFNModule>('a DenseFFN, VersatileFFN, MoEFFN or LoopFFN', (v) => v instanceof DenseFFN || v instanceof VersatileFFN || v instanceof MoEFFN || v instanceof LoopFFN)
 const ANY_TENSOR = custom('a Tensor', (n, v) => checkTensor(n, v))
 // a block's record: what forward(train: true) returned as `saved`
 const BLOCK_SAVED = object({ x: ANY_TENSOR, rstd: ANY_TENSOR, attn: object({}, [], true) }, ['x', 'rstd', 'attn'], true)
@@ -77,7 +79,7 @@ export class TransformerBlock {
   constructor(attn: CausalSelfAttention, ffn: FFNModule, normWeight: Tensor, normGrad?: () => Tensor) {
     arg('attn', attn, instance(CausalSelfAttention))
     const D = attn.dModel
-    const f = arg('ffn', ffn, FFN_ARG) as unknown as DenseFFN | VersatileFFN
+    const f = arg('ffn', ffn, FFN_ARG) as unknown as DenseFFN | VersatileFFN | MoEFFN | LoopFFN
     if (f.dModel !== D) fail('ERR_SHAPE', `ffn: expected an FFN of width ${D} (the attention's), got ${f.dModel}`)
     arg('normWeight', normWeight, shaped([D], ['float32', 'bfloat16']))
     checkSameDevice(attn.params['att_proj.weight'], { normWeight })
@@ -125,8 +127,9 @@ export class TransformerBlock {
     arg('saved', saved, BLOCK_SAVED)
     arg('dy', dy, shaped(saved.x.shape))
     const auxGrad = checkOptions('opts', opts, { auxGrad: optional(number()) }).auxGrad ?? 1
-    // the dense FFN has no balance loss to scale
-    const dh = this.ffn instanceof VersatileFFN ? this.ffn.backward(saved.ffn as never, dy, { auxGrad }) : this.ffn.backward(saved.ffn as never, dy)
+    // the dense and k-loop FFNs have no balance loss to scale
+    const routed = this.ffn instanceof VersatileFFN || this.ffn instanceof MoEFFN
+    const dh = routed ? (this.ffn as VersatileFFN | MoEFFN).backward(saved.ffn as never, dy, { auxGrad }) : this.ffn.backward(saved.ffn as never, dy)
     const dxn = this.attn.backward(saved.attn, dh)
     const dx = rmsnormBackward(dxn, saved.x, this.normWeight, saved.rstd, this.normGrad)
     axpy(dx, dh)

@@ -8,15 +8,15 @@ import { checkTensor, matmul, reshapeFree } from '../ops'
 import { Tensor, full, randn, zeros } from '../tensor'
 import { CausalSelfAttention, checkHeads } from './attention'
 import { BlockSaved, FFNModule, TransformerBlock, rmsnorm, rmsnormBackward } from './block'
-import { createFFN } from './model_ffn'
+import { FFNKind, checkFFNSizes, createFFN, resolvedFFN } from './model_ffn'
 import { FromDenseOptions, fromDense } from './from_dense'
 import { generate, GenerateOptions } from './generate'
 import { CONFIG_KEY, configJSON, parseConfig } from './model_config'
 import { LoadOptions, LoadResult, checkNames, loadInto, strictOf } from './state'
-import { checkVersatileSizes } from './versatile'
 import { PRECISION, Precision, computeCopyOf, disposeComputeCopy, makeComputeCopy, refreshComputeCopies } from './precision'
 import { checkPrecision } from './module'
-import type { VersatileFFN, VersatileStats } from './versatile'
+import type { VersatileStats } from './versatile'
+import type { MoEStats } from './moe'
 import { arg, arrayOf, bool, checkOptions, custom, device as deviceCheck, dtype as dtypeCheck, int, number, object, oneOf, optional, string, stringRecord, INT32 } from '../validate'
 
 /** The model's shape and options (see TransformerLM.config for the named shapes). */
@@ -28,13 +28,20 @@ export interface TransformerLMOptions {
   /** SwiGLU intermediate size I */
   hidden: number
   maxSeqLen?: number
-  ffn?: 'versatile' | 'dense'
+  /**
+   * each block's FFN: 'versatile' (default), 'dense', 'moe' (MoEFFN: experts, topK, expertHidden
+   * default floor(hidden/topK), equal active parameters to the dense FFN) or 'loops' (LoopFFN: the
+   * dense FFN applied `loops` times)
+   */
+  ffn?: FFNKind
+  /** applications of the FFN per block when ffn is 'loops' (default 4) */
+  loops?: number
   experts?: number
   topK?: number
   maxDepth?: number
   expertHidden?: number
   /**
-   * α of each VersatileFFN layer's load-balancing loss, part of trainStep's objective; default
+   * α of each VersatileFFN or MoE layer's load-balancing loss, part of trainStep's objective; default
    * 1e-5 (the paper's text; the authors' released config uses 5e-5), 0 disables it
    */
   balanceLossWeight?: number
@@ -88,10 +95,11 @@ export interface LMOutput {
   logits: Tensor<'float32'>
   /**
    * Per-layer FFN statistics: VersatileStats (routing, loop counts, λ) for a VersatileFFN layer,
-   * undefined for a dense one. dispose() (or the output's dispose()) frees them.
+   * MoEStats (routing) for a mixture-of-experts layer, undefined for a dense or k-loop one.
+   * dispose() (or the output's dispose()) frees them.
    */
-  stats: (VersatileStats | undefined)[]
-  /** Per-layer balance losses ([1] float32) in training with VersatileFFN layers; undefined otherwise. */
+  stats: (VersatileStats | MoEStats | undefined)[]
+  /** Per-layer balance losses ([1] float32) in training with VersatileFFN or MoE layers; undefined otherwise. */
   auxLoss: (Tensor | undefined)[]
   /** @internal what backward needs */
   _saved?: Saved
@@ -139,7 +147,7 @@ export function deriveSeed(seed: number | bigint, a: number, b = 0): bigint {
 
 const LM_OPTIONS = {
   vocabSize: int(1), dModel: int(2), nLayers: int(1), nHeads: int(1), hidden: int(1), maxSeqLen: optional(int(1)),
-  ffn: optional(oneOf(['versatile', 'dense'] as const)), experts: optional(int(1)), topK: optional(int(1)), maxDepth: optional(int(1)),
+  ffn: optional(oneOf(['versatile', 'dense', 'moe', 'loops'] as const)), loops: optional(int(1)), experts: optional(int(1)), topK: optional(int(1)), maxDepth: optional(int(1)),
   expertHidden: optional(int(1)), balanceLossWeight: optional(number({ min: 0 })), device: optional(deviceCheck),
   dtype: optional(dtypeCheck(['float32', 'bfloat16'] as const)), precision: optional(PRECISION), seed: optional(int(0)),
 }
@@ -149,11 +157,11 @@ const SAVE_OPTIONS = { dtype: optional(dtypeCheck(['float32', 'bfloat16'] as con
 
 /**
  * An OLMo-style pre-norm decoder (docs/SPEC.md): embedding, blocks of rotary causal attention and a
- * DenseFFN or VersatileFFN, a final norm and an untied head. Training: forward, loss, backward, or
+ * DenseFFN, VersatileFFN, MoEFFN or LoopFFN, a final norm and an untied head. Training: forward, loss, backward, or
  * trainStep; inference: forward and generate; checkpoints: save, load, fromFile.
  */
 export class TransformerLM {
-  readonly config: Required<Omit<TransformerLMOptions, 'device' | 'expertHidden' | 'balanceLossWeight'>> & { expertHidden?: number; balanceLossWeight?: number }
+  readonly config: Required<Omit<TransformerLMOptions, 'device' | 'expertHidden' | 'balanceLossWeight' | 'loops'>> & { expertHidden?: number; balanceLossWeight?: number; loops?: number }
   /** Training precision ('float32' or 'bf16-mixed'). */
   readonly precision: Precision
   readonly device: Device
@@ -166,7 +174,7 @@ export class TransformerLM {
     if (opts === undefined) fail('ERR_ARGUMENT', 'options: expected an options object, got undefined')
     const o = checkOptions('options', opts, LM_OPTIONS, LM_REQUIRED)
     checkHeads(o.dModel!, o.nHeads!)
-    if ((o.ffn ?? 'versatile') === 'versatile') checkVersatileSizes(o.hidden!, o.experts ?? 8, o.topK ?? 2, o.expertHidden)
+    checkFFNSizes(o.ffn ?? 'versatile', o.hidden!, o)
     const vocabSize = o.vocabSize!, dModel = o.dModel!, nLayers = o.nLayers!, nHeads = o.nHeads!, hidden = o.hidden!
     const maxSeqLen = o.maxSeqLen ?? 2048, ffn = o.ffn ?? 'versatile', dtype = o.dtype ?? 'float32', seed = o.seed ?? 0
     const precision = checkPrecision(o.precision, dtype)
@@ -174,7 +182,7 @@ export class TransformerLM {
     this.config = {
       vocabSize, dModel, nLayers, nHeads, hidden, maxSeqLen, ffn, seed, dtype, precision,
       experts: o.experts ?? 8, topK: o.topK ?? 2, maxDepth: o.maxDepth ?? 4,
-      expertHidden: o.expertHidden, balanceLossWeight: o.balanceLossWeight,
+      expertHidden: o.expertHidden, balanceLossWeight: o.balanceLossWeight, loops: o.loops,
     }
     this.device = o.device ?? Device.get('cpu')
     const dev = this.device
@@ -195,7 +203,7 @@ export class TransformerLM {
         const norm = gain(p + 'attn_norm.weight')
         const f: FFNModule = createFFN(ffn, {
           dModel, hidden, experts: this.config.experts, topK: this.config.topK, maxDepth: this.config.maxDepth,
-          expertHidden: opts.expertHidden, balanceLossWeight: opts.balanceLossWeight, device: dev, dtype, precision, seed: Number(deriveSeed(seed, 2, i)),
+          expertHidden: opts.expertHidden, balanceLossWeight: opts.balanceLossWeight, loops: opts.loops, device: dev, dtype, precision, seed: Number(deriveSeed(seed, 2, i)),
         })
         this.blocks.push(new TransformerBlock(attn, f, norm, () => grad(p + 'attn_norm.weight')))
       }
@@ -207,15 +215,7 @@ export class TransformerLM {
       throw e
     }
     // the config records what the FFNs resolved, so a checkpoint's copy rebuilds the same model
-    const c = this.config as { expertHidden?: number; balanceLossWeight?: number }
-    if (ffn === 'versatile') {
-      const v = this.blocks[0].ffn as unknown as VersatileFFN
-      c.expertHidden = v.expertHidden
-      c.balanceLossWeight = v.balanceLossWeight
-    } else {
-      c.expertHidden = undefined
-      c.balanceLossWeight = undefined
-    }
+    Object.assign(this.config, resolvedFFN(this.blocks[0].ffn))
   }
 
   // returns what forward reads: a matrix's bfloat16 copy under bf16-mixed (norm gains stay float32)
@@ -352,9 +352,9 @@ export class TransformerLM {
       const layerSeed = deriveSeed(this.config.seed, 3 + i, step)
       const seed = o.noiseStream ? deriveSeed(layerSeed, o.noiseStream) : layerSeed
       const r = blk.forward(x, B, S, { train, step, noise: opts.noise ?? 'gumbel', seed })
-      // a dense FFN's stats are an empty object: the layer has no routing to report
+      // a dense or k-loop FFN's stats are an empty object: the layer has no routing to report
       const st = r.stats as Partial<VersatileStats> | undefined
-      stats.push(st?.loops ? (st as VersatileStats) : undefined)
+      stats.push(st?.expertCounts ? (st as VersatileStats | MoEStats) : undefined)
       aux.push(r.auxLoss instanceof Tensor ? r.auxLoss : undefined)
       if (r.saved) saved.push(r.saved)
       else x.dispose()

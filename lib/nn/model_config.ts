@@ -9,10 +9,14 @@ export const CONFIG_KEY = 'versatile-ffn.config'
 // every key, always written: a reader never has to guess a default that may have changed
 const KEYS = [
   'vocabSize', 'dModel', 'nLayers', 'nHeads', 'hidden', 'maxSeqLen', 'ffn',
-  'experts', 'topK', 'maxDepth', 'expertHidden', 'balanceLossWeight', 'dtype', 'seed',
+  'experts', 'topK', 'maxDepth', 'expertHidden', 'balanceLossWeight', 'loops', 'dtype', 'seed',
 ] as const
-// the dense FFN has no expert slices or balance loss: these are null in its config
-const VERSATILE_ONLY = ['expertHidden', 'balanceLossWeight'] as const
+// keys only some FFN kinds use: null in the config of the others
+const USED_BY: Partial<Record<(typeof KEYS)[number], readonly string[]>> = {
+  expertHidden: ['versatile', 'moe'], balanceLossWeight: ['versatile', 'moe'], loops: ['loops'],
+}
+// checkpoints written before the k-loop FFN existed have no 'loops' key
+const ADDED_LATER: readonly string[] = ['loops']
 
 /** @internal the config as save() writes it (a resolved TransformerLM.config) */
 export function configJSON(c: TransformerLMOptions): string {
@@ -39,19 +43,20 @@ export function parseConfig(text: string | undefined, source: string): Transform
   if (typeof c !== 'object' || c === null || Array.isArray(c)) fail('ERR_ARGUMENT', `${where}: expected a JSON object, got ${show(c)}`)
   const o = c as Record<string, unknown>
   const unknown = Object.keys(o).filter((k) => !(KEYS as readonly string[]).includes(k))
-  const missing = KEYS.filter((k) => !(k in o))
+  const missing = KEYS.filter((k) => !(k in o) && !ADDED_LATER.includes(k))
   const problems: string[] = []
   if (unknown.length) problems.push(`unknown key${unknown.length > 1 ? 's' : ''} ${unknown.map(show).join(', ')}`)
   if (missing.length) problems.push(`missing key${missing.length > 1 ? 's' : ''} ${missing.map(show).join(', ')}`)
   if (problems.length) fail('ERR_ARGUMENT', `${where}: ${problems.join('; ')}`)
-  const dense = o.ffn === 'dense'
+  const kind = (o.ffn ?? 'versatile') as string
   for (const k of KEYS) {
-    const unused = dense && (VERSATILE_ONLY as readonly string[]).includes(k)
+    const v = k in o ? o[k] : null
+    const unused = USED_BY[k] !== undefined && !USED_BY[k]!.includes(kind)
     // the constructor would quietly default a null, so a null is never a value here
-    if (unused && o[k] !== null) fail('ERR_ARGUMENT', `${where}: ${k} must be null for a dense model, got ${show(o[k])}`)
-    if (!unused && o[k] === null) fail('ERR_ARGUMENT', `${where}: ${k} is null`)
+    if (unused && v !== null) fail('ERR_ARGUMENT', `${where}: ${k} must be null for a model with ffn ${show(kind)}, got ${show(v)}`)
+    if (!unused && v === null) fail('ERR_ARGUMENT', `${where}: ${k} is null`)
   }
   const opts: Record<string, unknown> = {}
-  for (const k of KEYS) if (o[k] !== null) opts[k] = o[k]
+  for (const k of KEYS) if (k in o && o[k] !== null) opts[k] = o[k]
   return opts as unknown as TransformerLMOptions
 }

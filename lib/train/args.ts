@@ -20,6 +20,10 @@ Data and model:
   --config NAME             tiny (default), small, 354m, 720m, 1.21b (TransformerLM.config)
   --vocab-size N            override the config's vocabulary (e.g. 50304 for GPT-2 tokens)
   --ffn KIND                versatile (default), dense, moe, loops
+  --experts N --top-k K     experts and experts per token (versatile, moe; default 8 and 2)
+  --expert-hidden E         expert width (versatile: default hidden/N; moe: hidden/K, the dense
+                            model's active parameters)
+  --loops N                 FFN applications per block with --ffn loops (default 4)
   --from-dense FILE|DIR     continue a dense model as VersatileFFN (sizes from the file): a file
                             save() wrote, or a dense run's folder (its model.safetensors)
   --precision P             float32 (default) or bf16-mixed
@@ -77,6 +81,11 @@ export interface RunSettings {
   config: string
   vocabSize?: number
   ffn: (typeof FFN_KINDS)[number]
+  /** the FFN's sizes when given (the model's defaults otherwise) */
+  experts?: number
+  topK?: number
+  expertHidden?: number
+  loops?: number
   fromDense?: string
   precision: (typeof PRECISIONS)[number]
   recompute: (typeof RECOMPUTE)[number]
@@ -114,7 +123,7 @@ export interface TrainOptions {
 }
 
 const VALUE_FLAGS = [
-  'data', 'val', 'config', 'vocab-size', 'ffn', 'from-dense', 'precision', 'recompute', 'device', 'seed',
+  'data', 'val', 'config', 'vocab-size', 'ffn', 'experts', 'top-k', 'expert-hidden', 'loops', 'from-dense', 'precision', 'recompute', 'device', 'seed',
   'steps', 'batch', 'seq', 'accumulate', 'lr', 'warmup', 'min-lr-ratio', 'weight-decay', 'grad-clip',
   'out', 'resume', 'eval-every', 'eval-batches', 'save-every', 'stop-at',
 ] as const
@@ -244,6 +253,16 @@ export function parseTrainArgs(argv: readonly string[]): { help: true } | { help
   if (!fromDense && !(configArg in CONFIG_NAMES)) throw new UsageError(`--config: expected one of ${Object.keys(CONFIG_NAMES).join(', ')}, got ${JSON.stringify(get('config'))}`)
   const ffn = oneOf('ffn', get('ffn') ?? 'versatile', FFN_KINDS)
   if (fromDense && ffn !== 'versatile') throw new UsageError(`--ffn: --from-dense makes a VersatileFFN model, got --ffn ${ffn}`)
+  // each size flag belongs to the FFN kinds that have the size
+  const sizes: Record<string, [keyof RunSettings, readonly string[]]> = {
+    experts: ['experts', ['versatile', 'moe']], 'top-k': ['topK', ['versatile', 'moe']], 'expert-hidden': ['expertHidden', ['versatile', 'moe']], loops: ['loops', ['loops']],
+  }
+  const ffnSizes: Partial<RunSettings> = {}
+  for (const [flag, [key, kinds]] of Object.entries(sizes)) {
+    if (get(flag) === undefined) continue
+    if (!kinds.includes(ffn)) throw new UsageError(`--${flag}: only for --ffn ${kinds.join(' or ')}, got --ffn ${ffn}`)
+    ;(ffnSizes as Record<string, number>)[key] = int(flag, get(flag)!, 1)
+  }
   const steps = get('steps') === undefined ? 100 : int('steps', get('steps')!, 1)
   const batch = get('batch') === undefined ? 8 : int('batch', get('batch')!, 1, 1 << 20)
   const accumulate = get('accumulate') === undefined ? 1 : int('accumulate', get('accumulate')!, 1, 1 << 20)
@@ -254,7 +273,7 @@ export function parseTrainArgs(argv: readonly string[]): { help: true } | { help
     data, val,
     config: fromDense ? 'from-dense' : CONFIG_NAMES[configArg],
     vocabSize: get('vocab-size') === undefined ? undefined : int('vocab-size', get('vocab-size')!, 1),
-    ffn, fromDense,
+    ffn, ...ffnSizes, fromDense,
     precision: oneOf('precision', get('precision') ?? 'float32', PRECISIONS),
     recompute: oneOf('recompute', get('recompute') ?? 'none', RECOMPUTE),
     seed: get('seed') === undefined ? 1 : int('seed', get('seed')!, 0, 2 ** 32 - 1),

@@ -90,12 +90,14 @@ function modelExtras(s: RunSettings): Record<string, string> {
 
 async function buildModel(s: RunSettings, device: Device, resumeCfg?: TransformerLMOptions): Promise<TransformerLM> {
   const extras = modelExtras(s)
+  // the FFN sizes given on the command line (the model's defaults otherwise)
+  const sizes = Object.fromEntries((['experts', 'topK', 'expertHidden', 'loops'] as const).filter((k) => s[k] !== undefined).map((k) => [k, s[k]]))
   if (resumeCfg) return setup('the checkpoint\'s model', () => new TransformerLM({ ...resumeCfg, ...extras, device } as TransformerLMOptions))
   if (s.fromDense) {
-    const m = await setupAsync(`--from-dense ${s.fromDense}`, () => TransformerLM.fromDense(s.fromDense!, { seed: s.seed, device }))
+    const m = await setupAsync(`--from-dense ${s.fromDense}`, () => TransformerLM.fromDense(s.fromDense!, { seed: s.seed, device, ...sizes }))
     if (s.seq > m.config.maxSeqLen) {
       m.dispose()
-      return setupAsync(`--from-dense ${s.fromDense}`, () => TransformerLM.fromDense(s.fromDense!, { seed: s.seed, device, maxSeqLen: s.seq }))
+      return setupAsync(`--from-dense ${s.fromDense}`, () => TransformerLM.fromDense(s.fromDense!, { seed: s.seed, device, maxSeqLen: s.seq, ...sizes }))
     }
     return m
   }
@@ -104,6 +106,7 @@ async function buildModel(s: RunSettings, device: Device, resumeCfg?: Transforme
   const opts = {
     ...base, ffn: s.ffn, seed: s.seed, maxSeqLen: Math.max(base.maxSeqLen ?? 0, s.seq),
     ...(s.vocabSize !== undefined ? { vocabSize: s.vocabSize } : {}), ...extras, device,
+    ...sizes,
   }
   const flag = s.ffn !== 'versatile' && s.ffn !== 'dense' ? `--ffn ${s.ffn}` : Object.keys(extras).length ? Object.entries(extras).map(([k, v]) => `--${k} ${v}`).join(' ') : `--config ${s.config}`
   return setup(`${flag}: the model refused its options`, () => new TransformerLM(opts as TransformerLMOptions))
@@ -301,7 +304,7 @@ export async function runTrain(o: TrainOptions, io: TrainIO, signals: SignalSour
             let sum = 0, n = 0
             for (const micro of r.stats ?? [])
               for (const s of micro)
-                if (s?.loops) {
+                if (s && 'loops' in s) {
                   const l = await s.loops.data()
                   for (let i = 0; i < l.length; i++) sum += l[i]
                   n += l.length

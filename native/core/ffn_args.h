@@ -139,4 +139,62 @@ struct VersatileBackwardArgs {
   float aux_grad;        // d(total loss)/d(aux), usually 1
 };
 
+// what a mixture-of-experts training forward keeps for backward (MoE FFN, SPEC.md). its experts
+// are the width path's grouped GEMM over I = N·E columns, so expert e owns columns [e·E, (e+1)·E)
+// (expert_offset(e, N, N·E, E) = e·E) and nothing is shared; rows are in token order.
+struct MoeSaved {
+  View rstd;          // [T] rstd of x
+  View assign;        // [T*K] i32 expert-sorted position -> assignment a = t*K+k
+  View expert_start;  // [N+1] i32 first expert-sorted position of each expert
+  View width_h;       // [T*K, 2E] pre-activations (up | gate) per expert-sorted position
+  View width_o;       // [T*K, D] FFN_e(x) (no residual, no routing weight) per expert-sorted position
+  View router_p;      // [T, N] softmax over all N router logits (balance loss)
+};
+
+// vffn_cuda_moe_forward: y = x + Σ_k w_k·FFN_{e_k}(x), top-K routing as VersatileFFN's
+struct MoeForwardArgs {
+  View y;              // [T, D]
+  View experts;        // [T, K] i32 chosen experts, by descending logit (ties: lower index first)
+  View weights;        // [T, K] routing weights, softmax over the chosen K logits
+  View expert_counts;  // [N] i32 number of (token, slot) assignments per expert
+  View aux;            // [1] balance loss α·N·Σ_e f_e·P_e (training; written 0 when α = 0)
+  View x;              // [T, D]
+  View norm_w;         // [D] f32|bf16, ff_norm.weight
+  View proj_w;         // [2I, D] f32|bf16, ff_proj.weight: rows [e·E, (e+1)·E) up, I + the same rows gate
+  View out_w;          // [D, I] f32|bf16, ff_out.weight: columns [e·E, (e+1)·E) expert e's down projection
+  View router_w;       // [N, D] f32|bf16, expert_gate.weight
+  MoeSaved saved;      // training only
+  int64_t n_experts;   // N
+  int64_t top_k;       // K
+  int64_t expert_hidden;  // E, with N·E = I
+  float eps;              // 1e-6
+  float balance_weight;   // α (training)
+  int32_t train;          // 0 inference, 1 training
+};
+
+// vffn_cuda_moe_backward: gradients of y (and of the balance loss, scaled by aux_grad)
+struct MoeBackwardArgs {
+  View dx;         // [T, D] written
+  View dnorm_w;    // [D] accumulated
+  View dproj_w;    // [2I, D] accumulated
+  View dout_w;     // [D, I] accumulated
+  View drouter_w;  // [N, D] accumulated
+  View dy;         // [T, D]
+  View x;          // [T, D]
+  View norm_w;     // [D] f32|bf16
+  View proj_w;     // [2I, D] f32|bf16
+  View out_w;      // [D, I] f32|bf16
+  View router_w;   // [N, D] f32|bf16
+  View experts;    // [T, K] i32 from forward
+  View weights;    // [T, K] from forward
+  View expert_counts;  // [N] i32 from forward
+  MoeSaved saved;
+  int64_t n_experts;
+  int64_t top_k;
+  int64_t expert_hidden;
+  float eps;
+  float balance_weight;  // α
+  float aux_grad;        // d(total loss)/d(aux), usually 1
+};
+
 }  // namespace vffn

@@ -17,6 +17,8 @@ void ffn_forward(const FfnForwardArgs& a);
 void ffn_backward(const FfnBackwardArgs& a);
 void versatile_forward(const VersatileForwardArgs& a);
 void versatile_backward(const VersatileBackwardArgs& a);
+void moe_forward(const MoeForwardArgs& a);
+void moe_backward(const MoeBackwardArgs& a);
 
 // a weight matrix (or a slice of it starting `offset` elements in) as a GEMM operand
 inline Mat weight_mat(const View& w, int64_t offset, bool trans) {

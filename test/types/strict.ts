@@ -1,7 +1,7 @@
 // Compiled with `tsc --strict --noEmit` by test/types.ts against the built declarations (dist/):
 // what a strict TypeScript user sees. Every @ts-expect-error line must stay an error.
 import { inspect } from 'node:util'
-import { DenseFFN, LMOutput, Tensor, TransformerLM, VersatileFFN, VersatileStats, randn, tensor, zeros } from 'versatile-ffn'
+import { DenseFFN, LMOutput, MoEStats, Tensor, TransformerLM, VersatileFFN, VersatileStats, randn, tensor, zeros } from 'versatile-ffn'
 
 async function main(): Promise<void> {
   const ids = tensor(new Int32Array([1, 2, 3]))
@@ -37,10 +37,10 @@ async function main(): Promise<void> {
 
   const model = new TransformerLM({ ...TransformerLM.config('tiny'), ffn: 'versatile' })
   const lm: LMOutput = model.forward(tensor(new Int32Array([1, 2]), [1, 2]))
-  const st: VersatileStats | undefined = lm.stats[0]
+  const st: VersatileStats | MoEStats | undefined = lm.stats[0]
   // @ts-expect-error a layer's stats may be undefined (a dense layer)
   const wrong5: VersatileStats = lm.stats[0]
-  if (st) {
+  if (st && 'loops' in st) {
     const l: Int32Array = await st.loops.data()
     void l
   }

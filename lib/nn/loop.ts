@@ -1,0 +1,127 @@
+// The paper's k-loop baseline (docs/SPEC.md): the dense FFN F applied k times with the same weights,
+// x⁽ʲ⁾ = F(x⁽ʲ⁻¹⁾), y = x⁽ᵏ⁾: VersatileFFN's depth path with every token taking all k loops.
+import { native } from '../binding'
+import { fail, show } from '../errors'
+import { Tensor } from '../tensor'
+import { BackwardOptions, FFNForwardOptions, FFN_FORWARD_OPTIONS, NORM_EPS, alloc, checkRecord, defaultHidden } from './ffn'
+import { MODULE_OPTIONS, Module, ModuleOptions } from './module'
+import { bool, checkOptions, int, optional } from '../validate'
+
+/** Options of LoopFFN. */
+export interface LoopFFNOptions extends ModuleOptions {
+  /** model width D */
+  dModel: number
+  /** SwiGLU intermediate size I; default 4·dModel */
+  hidden?: number
+  /** how many times the FFN is applied, k; default 4 (the paper's 2/4/6-loop baselines; VersatileFFN's default L) */
+  loops?: number
+}
+
+/** What a LoopFFN training forward keeps for backward; dispose() frees it (backward does unless retain). */
+export interface LoopFFNRecord {
+  /** float32, the input's shape */
+  y: Tensor<'float32'>
+  stats: Record<string, never>
+  auxLoss?: undefined
+  /** @internal xs[j] is loop j+1's input, rstd[j] and h[j] its saved norm and pre-activations */
+  _saved?: { owner: LoopFFN; xs: Tensor[]; rstd: Tensor[]; h: Tensor[]; shape: readonly number[] }
+  /** frees the saved values (y stays) */
+  dispose(): void
+}
+
+const LOOP_OPTIONS = { ...MODULE_OPTIONS, dModel: int(1), hidden: optional(int(1)), loops: optional(int(1)) }
+
+/**
+ * The k-loop FFN (docs/SPEC.md), the paper's depth-only baseline: the dense SwiGLU FFN with its
+ * residual, `F(x) = x + W_out·(silu(W_gate·n(x)) ⊙ W_up·n(x))`, applied `loops` times with the same
+ * three parameters (DenseFFN's names), so `y = F(F(…F(x)))`. It costs k dense FFNs per token for
+ * the parameters of one. Same API as DenseFFN.
+ */
+export class LoopFFN extends Module {
+  readonly dModel: number
+  readonly hidden: number
+  /** k, the number of applications */
+  readonly loops: number
+
+  constructor(opts: LoopFFNOptions) {
+    if (opts === undefined) fail('ERR_ARGUMENT', 'opts: expected an options object, got undefined')
+    const o = checkOptions('opts', opts, LOOP_OPTIONS, ['dModel'])
+    const D = o.dModel!
+    const I = o.hidden ?? defaultHidden(D)
+    super(
+      [
+        { name: 'ff_norm.weight', shape: [D], init: 'ones' },
+        { name: 'ff_proj.weight', shape: [2 * I, D], init: 'normal', bf16: true },
+        { name: 'ff_out.weight', shape: [D, I], init: 'normal', bf16: true },
+      ],
+      opts,
+    )
+    this.dModel = D
+    this.hidden = I
+    this.loops = o.loops ?? 4
+  }
+
+  /**
+   * x [..., dModel] float32 (any leading shape) -> y of the same shape, after `loops` applications
+   * of the FFN; in training also what backward needs (every loop's input and pre-activations).
+   */
+  forward(x: Tensor, opts?: { train?: false }): { y: Tensor<'float32'>; stats: Record<string, never> }
+  forward(x: Tensor, opts: FFNForwardOptions & { train: true }): LoopFFNRecord
+  forward(x: Tensor, opts: FFNForwardOptions = {}): LoopFFNRecord | { y: Tensor<'float32'>; stats: Record<string, never> } {
+    const train = checkOptions('opts', opts, FFN_FORWARD_OPTIONS).train ?? false
+    const xc = this.input('x', x, this.dModel)
+    const T = xc.shape[0]
+    const p = this.weights
+    const dev = { device: this.device }
+    const xs: Tensor[] = [], rstd: Tensor[] = [], h: Tensor[] = []
+    let cur = xc as Tensor<'float32'>
+    for (let j = 0; j < this.loops; j++) {
+      const y = alloc([T, this.dModel], dev)
+      const r = train ? alloc([T], dev) : null
+      // bfloat16 under bf16-mixed, as DenseFFN keeps them
+      const hj = train ? alloc([T, 2 * this.hidden], { device: this.device, dtype: this._savedDType }) : null
+      native.ffnForward(y, cur, p['ff_norm.weight'], p['ff_proj.weight'], p['ff_out.weight'], r, hj, NORM_EPS)
+      if (train) {
+        xs.push(cur)
+        rstd.push(r!)
+        h.push(hj!)
+      } else cur.dispose()
+      cur = y
+    }
+    if (!train) return { y: this.output(cur, x.shape), stats: {} }
+    const rec: LoopFFNRecord = {
+      y: this.output(cur, x.shape),
+      stats: {},
+      _saved: { owner: this, xs, rstd, h, shape: x.shape },
+      dispose() {
+        const s = rec._saved
+        rec._saved = undefined
+        if (s) for (const t of [...s.xs, ...s.rstd, ...s.h]) t.dispose()
+      },
+    }
+    return rec
+  }
+
+  /** dy (the shape of y) -> dx (the shape of x), back through every loop; accumulates into grads. Frees the record's saved values unless retain. */
+  backward(tr: LoopFFNRecord, dy: Tensor, opts: BackwardOptions = {}): Tensor {
+    const retain = checkOptions('opts', opts, { retain: optional(bool) }).retain ?? false
+    const s = checkRecord<NonNullable<LoopFFNRecord['_saved']>>(tr, this)
+    const dyc = this.input('dy', dy, this.dModel)
+    if (dy.shape.join() !== s.shape.join()) {
+      dyc.dispose()
+      fail('ERR_SHAPE', `dy: expected shape ${show(s.shape)}, got ${show(dy.shape)}`)
+    }
+    const p = this.weights
+    const g = this.grads
+    let d = dyc
+    for (let j = this.loops - 1; j >= 0; j--) {
+      const dx = alloc([...d.shape], { device: this.device })
+      native.ffnBackward(dx, g['ff_norm.weight'], g['ff_proj.weight'], g['ff_out.weight'], d, s.xs[j],
+        p['ff_norm.weight'], p['ff_proj.weight'], p['ff_out.weight'], s.rstd[j], s.h[j], NORM_EPS)
+      d.dispose()
+      d = dx
+    }
+    if (!retain) tr.dispose()
+    return this.output(d, s.shape)
+  }
+}
