@@ -85,7 +85,8 @@ export interface Binding {
   sample(ids: NativeTensor, logprobs: NativeTensor, logits: NativeTensor, params: NativeTensor): void
   /** Runs fn, recording the ops it queues (not running them); replay runs them all with one call. */
   graphRecord(fn: () => void): NativeGraph
-  graphReplay(g: NativeGraph): void
+  /** Writes data[i] into inputs[i] (contiguous, on the recording's device), then runs the recorded ops: one stream task. */
+  graphReplay(g: NativeGraph, inputs?: NativeTensor[], data?: (Float32Array | Int32Array)[]): void
   graphRelease(g: NativeGraph): void
   graphInfo(g: NativeGraph): { ops: number; owned: number }
 

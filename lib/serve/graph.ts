@@ -3,7 +3,7 @@
 // So the step's index tensors live in one int32 buffer, rewritten by one write per step, and the
 // ops are recorded over them (native/napi/graph.cpp). A replay runs exactly the recorded ops with
 // their own error plans, so its results are those of the op-by-op step, bit for bit.
-// Per step: write indices, write sampling params, replay, read ids, read logprobs.
+// Per step: one replay (which first writes the indices and sampling params), read ids, read logprobs.
 import type { NativeGraph } from '../../binding'
 import { native } from '../binding'
 import type { TransformerLM } from '../nn/model'
@@ -93,13 +93,11 @@ export class DecodeGraph {
       host[4 * B + b] = b
       host.set(r.blocks, 5 * B + b * W)
     }
-    native.write(this.ints, host)
     if (!this.out) {
-      native.graphReplay(this.g!)
+      native.graphReplay(this.g!, [this.ints], [host])
       return sampleRows(this.logits!, params)
     }
-    native.write(this.params!, params)
-    native.graphReplay(this.g!)
+    native.graphReplay(this.g!, [this.ints, this.params!], [host, params])
     const [ids, logprobs] = await Promise.all([this.out.ids.intData(), this.out.logprobs.floatData()])
     return { ids, logprobs }
   }

@@ -177,22 +177,27 @@ FailurePtr first_failure(const std::vector<StoragePtr>& reads) {
   return nullptr;
 }
 
-void enqueue(Device* dev, const char* op, Io io, std::function<void()> fn) {
-  std::string why;
-  if (dev->stream.fatal(&why)) fail("ERR_DEVICE", dev->name() + " has failed and cannot run '" + op + "': " + why);
+std::shared_ptr<Planned> plan_of(Device* dev, const char* op, const Io& io, std::function<void()> fn) {
   io.check_aliasing();
   auto plan = std::make_shared<Planned>();
   plan->dev = dev;
   plan->op = op;
   plan->reads.reserve(io.reads.size());
-  for (auto& r : io.reads) plan->reads.push_back(std::move(r.storage));
+  for (auto& r : io.reads) plan->reads.push_back(r.storage);
   plan->writes.reserve(io.writes.size());
   for (size_t i = 0; i < io.writes.size(); i++) {
     plan->clears.push_back(io.write_is_out[i] && io.writes[i].whole);
-    plan->writes.push_back(std::move(io.writes[i].storage));
+    plan->writes.push_back(io.writes[i].storage);
   }
   plan->gate = io.gate_;
   plan->fn = std::move(fn);
+  return plan;
+}
+
+void enqueue(Device* dev, const char* op, Io io, std::function<void()> fn) {
+  std::string why;
+  if (dev->stream.fatal(&why)) fail("ERR_DEVICE", dev->name() + " has failed and cannot run '" + op + "': " + why);
+  std::shared_ptr<Planned> plan = plan_of(dev, op, io, std::move(fn));
   if (Recorder* r = recording()) return record_op(r, std::move(plan));
   dev->stream.enqueue(op, [plan = std::move(plan)] { plan->run(); });
 }

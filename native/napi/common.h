@@ -97,6 +97,9 @@ struct Planned {
   void run();
 };
 
+// the plan enqueue() queues: for callers that run it inside a task of their own (graph.cpp)
+std::shared_ptr<Planned> plan_of(Device* dev, const char* op, const Io& io, std::function<void()> fn);
+
 // a step being recorded on this thread (graph.cpp), or null: enqueue() hands its ops to it
 // instead of the stream, alloc() tells it what it owns, tensor_arg() what it reads.
 struct Recorder;

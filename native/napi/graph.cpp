@@ -1,9 +1,11 @@
 // a recorded step: the ops a JS function queues, kept with their plans and run again by one
 // native call. graphRecord(fn) runs fn with this thread's enqueue() appending to a list instead
-// of the stream; graphReplay(g) queues the whole list as one stream task, each op with its own
+// of the stream; graphReplay(g, inputs, data) queues the whole list as one stream task (after
+// writing new host data into the recording's input tensors), each op with its own
 // plan (errors belong to tensors exactly as when queued one by one). the ops hold their storages,
 // so nothing a recorded op touches can be freed under it; a replay refuses (ERR_DISPOSED) when a
 // tensor it reads from outside was disposed in JS since.
+#include <cstring>
 #include <memory>
 #include <unordered_map>
 #include <unordered_set>
@@ -104,7 +106,31 @@ Napi::Value GraphRecord(const Napi::CallbackInfo& info) {
   });
 }
 
-// graphReplay(graph): queues every recorded op, in order, as one task
+// host data for one input of a replay: copied now, written by the replay's task before its ops
+// (as write() would: a success makes the whole tensor valid again)
+std::shared_ptr<Planned> input_write(const Napi::Value& tv, const Napi::Value& dv, Device*& dev) {
+  TensorArg t = tensor_arg(tv, "inputs");
+  need(dev == nullptr || t.device == dev, "ERR_DEVICE", "inputs: expected tensors on the recording's device");
+  dev = t.device;
+  need(t.meta.contiguous(), "ERR_ARGUMENT", "inputs: expected contiguous tensors");
+  need(dv.IsTypedArray(), "ERR_ARGUMENT", "data: expected typed arrays");
+  Napi::TypedArray ta = dv.As<Napi::TypedArray>();
+  size_t bytes = size_t(checked_mul(t.numel(), dtype_size(t.meta.dtype), "inputs"));
+  need(ta.ByteLength() == bytes, "ERR_SHAPE", "data: expected " + std::to_string(bytes) + " bytes, got " + std::to_string(ta.ByteLength()));
+  auto host = std::make_shared<std::vector<uint8_t>>(bytes);
+  std::memcpy(host->data(), static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset(), bytes);
+  Device* d = dev;
+  return plan_of(d, "write", Io().out(t), [t, host, d, bytes] {
+    void* dst = t.view().data;
+    if (d->type == kCPU)
+      std::memcpy(dst, host->data(), bytes);
+    else
+      cuda_check(cuda_api()->memcpy_h2d(d->index, dst, host->data(), bytes), "write");
+  });
+}
+
+// graphReplay(graph, inputs?, data?): writes data[i] into inputs[i], then runs every recorded op,
+// in order: all of it one stream task (checked whole first: a bad argument queues nothing)
 Napi::Value GraphReplay(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
     Recorder* r = graph_arg(info[0]);
@@ -115,10 +141,19 @@ Napi::Value GraphReplay(const Napi::CallbackInfo& info) {
       need(any, "ERR_DISPOSED", "graph: a tensor the recorded step reads has been disposed; record the step again");
     }
     std::shared_ptr<Recording> rec = r->rec;
-    if (!rec->dev) return info.Env().Undefined();
+    Device* dev = rec->dev;
+    std::vector<std::shared_ptr<Planned>> pre;
+    if (info.Length() > 1 && !info[1].IsUndefined()) {
+      need(info[1].IsArray() && info[2].IsArray(), "ERR_ARGUMENT", "inputs: expected an array of tensors and one of typed arrays");
+      Napi::Array ts = info[1].As<Napi::Array>(), ds = info[2].As<Napi::Array>();
+      need(ts.Length() == ds.Length(), "ERR_ARGUMENT", "data: expected one typed array per input");
+      for (uint32_t i = 0; i < ts.Length(); i++) pre.push_back(input_write(ts.Get(i), ds.Get(i), dev));
+    }
+    if (!dev) return info.Env().Undefined();
     std::string why;
-    if (rec->dev->stream.fatal(&why)) fail("ERR_DEVICE", rec->dev->name() + " has failed and cannot replay a step: " + why);
-    rec->dev->stream.enqueue("graph", [rec] {
+    if (dev->stream.fatal(&why)) fail("ERR_DEVICE", dev->name() + " has failed and cannot replay a step: " + why);
+    dev->stream.enqueue("graph", [rec, pre = std::move(pre)] {
+      for (auto& p : pre) p->run();
       for (auto& s : rec->owned) s->set_failure(nullptr);
       for (auto& p : rec->ops) p->run();
     });
