@@ -2,7 +2,7 @@
 // run: native calls per step, JS-thread time to queue the step (the synchronous part of the
 // engine's step, and of that the time inside native entries), wall time per step, at batch 1 and
 // 32, with the weight bytes one step must read. Each repetition runs both modes back to back.
-// Run: npx ts-node --transpile-only bench/serve-step.ts [small|tiny] [reps]
+// Run: npx ts-node --transpile-only bench/serve-step.ts [small|tiny] [reps] [dense,versatile]
 import * as os from 'os'
 import { GenerationEngine, TransformerLM, _native, getNumThreads } from '../lib/index'
 
@@ -58,7 +58,7 @@ async function main(): Promise<void> {
   const reps = Number(process.argv[3] ?? 5)
   console.log(`decode-step profile on cpu (${os.cpus()[0]?.model.trim()}, ${getNumThreads()} threads), config ${config}; medians of ${reps} runs, both modes in each`)
   console.log('model      batch  steps       ms/step  JS ms/step  in native  native calls/step  weight MiB  GB/s of weights  replayed/op-by-op time')
-  for (const ffn of ['dense', 'versatile'] as const) {
+  for (const ffn of (process.argv[4] ?? "dense,versatile").split(",") as ("dense" | "versatile")[]) {
     const m = new TransformerLM({ ...TransformerLM.config(config), ffn, seed: 1 })
     const wbytes = [...m.parameters().values()].reduce((s, p) => s + p.size * 4, 0)
     for (const B of [1, 32]) {
@@ -76,6 +76,6 @@ async function main(): Promise<void> {
     m.dispose()
   }
   const top = [...calls.entries()].sort((a, b) => b[1].n - a[1].n).slice(0, 8)
-  console.log('native entry calls of the last run (replayed, batch 32), most frequent first: ' + top.map(([k, c]) => `${k} ${c.n}`).join(', '))
+  console.log('native entry calls of the last run (replayed, batch 32), most frequent first: ' + top.map(([k, c]) => `${k} ${c.n} (${((c.ms * 1000) / c.n).toFixed(1)} µs each)`).join(', '))
 }
 void main()
