@@ -464,7 +464,7 @@ const NO_ARGUMENTS = new Set([
   'TokenDataset.readInto', 'TokenDataset.live', 'TokenDataset.fileAt', 'TokenLoader.windowAt',
   // private helpers (TypeScript keeps them on the prototype)
   'VersatileFFN.args', 'TransformerLM.addOwn', 'TransformerLM.grad', 'TransformerLM.checkBackward', 'TransformerLM.loadTensors', 'TransformerLM.needFloat32', 'TransformerLM.checkTokens', 'CausalSelfAttention.project',
-  'GenerationEngine.abort', 'GenerationEngine.kick', 'GenerationEngine.release', 'GenerationEngine.admit', 'GenerationEngine.loop', 'GenerationEngine.step', 'GenerationEngine.graph', 'GenerationEngine.dropGraphs', 'GenerationRequest.notify',
+  'GenerationEngine.abort', 'GenerationEngine.kick', 'GenerationEngine.release', 'GenerationEngine.admit', 'GenerationEngine.loop', 'GenerationEngine.step', 'GenerationEngine.graph', 'GenerationEngine.tryGraph', 'GenerationEngine.dropGraphs', 'GenerationRequest.notify',
 ])
 
 t.test('every exported function, class and method has a row', async (t) => {

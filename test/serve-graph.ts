@@ -259,3 +259,23 @@ t.test('a recording follows the model: swapped parameters need a new one, a disp
   t.equal(await code(r.result), 'ERR_DISPOSED', 'a step after the weight was disposed fails its request')
   await e.close()
 })
+
+t.test('a decode step that cannot be recorded runs op by op, with the same results', async (t) => {
+  const m = new TransformerLM({ ...cfg, ffn: 'versatile' })
+  t.teardown(() => m.dispose())
+  const want = await serve(m, false)
+  // a forward that waits on its input: fine op by op, refused while recording
+  const f = m.blocks[1].ffn as unknown as { forward: (x: Tensor, o: unknown) => unknown }
+  const fwd = f.forward.bind(f)
+  f.forward = (x, o) => {
+    x.data().catch(() => undefined)
+    return fwd(x, o)
+  }
+  t.teardown(() => {
+    delete (f as { forward?: unknown }).forward
+  })
+  const got = await serve(m, true)
+  t.equal(got.stats.replayedSteps, 0, 'no step replayed')
+  t.same(got.ids, want.ids, 'the same ids')
+  t.same(got.logprobs, want.logprobs, 'the same logprobs')
+})

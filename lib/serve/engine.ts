@@ -111,6 +111,8 @@ export class GenerationEngine {
   /** recorded decode steps by batch size, least recently used first */
   private readonly graphs = new Map<number, DecodeGraph>()
   private replayed = 0
+  /** set when a decode step turned out not to be recordable */
+  private unrecordable = false
   private readonly waiting: GenerationRequest[] = []
   private readonly running: GenerationRequest[] = []
   private looping = false
@@ -234,6 +236,19 @@ export class GenerationEngine {
     return g
   }
 
+  // the recording for B rows, or undefined to run this step op by op: a step that cannot be
+  // recorded (an op that waits, say, in a module's forward) runs op by op from then on, and any
+  // other failure to record is left to the op-by-op step to report as it would anyway
+  private tryGraph(B: number): DecodeGraph | undefined {
+    if (this.unrecordable) return undefined
+    try {
+      return this.graph(B)
+    } catch (e) {
+      if (e instanceof VffnError && e.code === 'ERR_ARGUMENT' && /cannot be part of a recorded step/.test(e.message)) this.unrecordable = true
+      return undefined
+    }
+  }
+
   private kick(): void {
     if (this.looping) return
     this.looping = true
@@ -303,10 +318,11 @@ export class GenerationEngine {
     let ids: Int32Array | undefined, logprobs: Float32Array | undefined
     this.steps++
     try {
-      if (this.recordSteps && rows.length > 0 && rows.every((r) => r.tokens.length === 1 && r.sample)) {
+      const g = this.recordSteps && rows.length > 0 && rows.every((r) => r.tokens.length === 1 && r.sample) ? this.tryGraph(rows.length) : undefined
+      if (g) {
         const B = rows.length
         try {
-          ;({ ids, logprobs } = await this.graph(B).run(rows, params, this.blockSize))
+          ;({ ids, logprobs } = await g.run(rows, params, this.blockSize))
         } catch (e) {
           // a recording that failed once is made again from scratch
           this.graphs.get(B)?.dispose()
