@@ -23,6 +23,11 @@ export interface NativeTensor {
   strides: readonly number[]
 }
 
+/** A recorded step (native/napi/graph.cpp): ops with their plans, run again by graphReplay. */
+export interface NativeGraph {
+  readonly __graph: unique symbol
+}
+
 export interface Binding {
   Storage: typeof Storage
   alloc(deviceType: number, deviceIndex: number, bytes: number): Storage
@@ -84,6 +89,12 @@ export interface Binding {
   pagedAttention(out: NativeTensor, q: NativeTensor, kPool: NativeTensor, vPool: NativeTensor, blockTable: NativeTensor,
                  lens: NativeTensor, heads: number, scale: number): void
   sample(ids: NativeTensor, logprobs: NativeTensor, logits: NativeTensor, params: NativeTensor): void
+  /** Runs fn, recording the ops it queues (not running them); replay runs them all with one call. */
+  graphRecord(fn: () => void): NativeGraph
+  /** Writes data[i] into inputs[i] (contiguous, on the recording's device), then runs the recorded ops: one stream task. */
+  graphReplay(g: NativeGraph, inputs?: NativeTensor[], data?: (Float32Array | Int32Array)[]): void
+  graphRelease(g: NativeGraph): void
+  graphInfo(g: NativeGraph): { ops: number; owned: number }
 
   /** Resolves (in stream order) with null when the tensor's values are valid, else with the failure it carries. */
   failed(t: NativeTensor): Promise<null | { op: string; code: string; message: string }>

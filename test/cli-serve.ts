@@ -34,6 +34,13 @@ t.test('the table and usage errors', async (t) => {
     t.equal(await main(['bench', 'serve', ...bad], b.io), 2, bad.join(' '))
     t.match(b.out.stderr, /bench serve: .*\n\(see versatile-ffn bench serve --help\)/)
   }
+  const both = io()
+  t.equal(await main(['bench', 'serve', '--config', 'tiny', '--concurrency', '1', '--new-tokens', '3', '--ffn', 'dense', '--steps', 'recorded,op-by-op'], both.io), 0)
+  t.match(both.out.stdout, /dense x1: recorded steps give [\d.]+x the tokens\/s of op by op/)
+  t.match(both.out.stdout, /weights [\d.]+ MiB; memory bandwidth [\d.]+ GB\/s[^]*dense \(op-by-op\): batch-1 decoding [\d.]+ ms per token/)
+  const bad = io()
+  t.equal(await main(['bench', 'serve', '--steps', 'fast'], bad.io), 2)
+  t.match(bad.out.stderr, /--steps: expected recorded and\/or op-by-op/)
   const h = io()
   t.equal(await main(['bench', 'serve', '--help'], h.io), 0)
   t.match(h.out.stdout, /--concurrency A,B/)

@@ -7,6 +7,8 @@ import { monitorEventLoopDelay } from 'perf_hooks'
 import { Device, cuda, getNumThreads, setNumThreads } from '../device'
 import { TransformerLM } from '../nn/model'
 import { GenerationEngine } from '../serve/engine'
+import { matmul } from '../ops'
+import { empty } from '../tensor'
 import { UsageError } from './args'
 
 export interface ServeBenchOptions {
@@ -19,6 +21,8 @@ export interface ServeBenchOptions {
   threads?: number
   json: boolean
   chart?: string
+  /** how decode steps run: replayed recordings (the engine's default) and/or op by op */
+  steps: ('recorded' | 'op-by-op')[]
 }
 
 export const SERVE_HELP = `Usage: versatile-ffn bench serve [options]
@@ -35,6 +39,8 @@ Options:
   --ffn versatile,dense     models (default both)
   --device cpu|cuda|cuda:N  (default: cuda when available, else cpu)
   --threads N               CPU threads per op
+  --steps recorded,op-by-op decode steps replayed from a recording (default) and/or op by op;
+                            with both, each case runs both ways back to back
   --json                    print JSON instead of the table
   --chart FILE              also write an SVG chart of tokens/s
   -h, --help                this text
@@ -42,7 +48,7 @@ Options:
 
 /** Parses the arguments after `bench serve`; throws UsageError naming the flag. */
 export function parseServeArgs(argv: readonly string[]): { help: true } | { help: false; options: ServeBenchOptions } {
-  const o: ServeBenchOptions = { config: 'small', concurrency: [1, 8, 32], prompt: 32, newTokens: 64, ffn: ['versatile', 'dense'], json: false }
+  const o: ServeBenchOptions = { config: 'small', concurrency: [1, 8, 32], prompt: 32, newTokens: 64, ffn: ['versatile', 'dense'], json: false, steps: ['recorded'] }
   const int = (f: string, v: string | undefined, min: number) => {
     if (v === undefined || !/^\d+$/.test(v) || Number(v) < min) throw new UsageError(`--${f}: expected an integer >= ${min}, got ${JSON.stringify(v)}`)
     return Number(v)
@@ -62,6 +68,10 @@ export function parseServeArgs(argv: readonly string[]): { help: true } | { help
       const l = (v ?? '').split(',')
       for (const f of l) if (f !== 'versatile' && f !== 'dense') throw new UsageError(`--ffn: expected versatile and/or dense, got ${JSON.stringify(f)}`)
       o.ffn = l as ServeBenchOptions['ffn']
+    } else if (a === '--steps') {
+      const l = (v ?? '').split(',')
+      for (const f of l) if (f !== 'recorded' && f !== 'op-by-op') throw new UsageError(`--steps: expected recorded and/or op-by-op, got ${JSON.stringify(f)}`)
+      o.steps = l as ServeBenchOptions['steps']
     } else if (a === '--device') o.device = v
     else if (a === '--threads') o.threads = int('threads', v, 1)
     else if (a === '--chart') {
@@ -80,6 +90,8 @@ const q = (xs: number[], p: number) => {
 
 export interface ServeCase {
   ffn: string
+  /** decode steps replayed from a recording, or run op by op */
+  stepMode: 'recorded' | 'op-by-op'
   concurrency: number
   tokens: number
   seconds: number
@@ -95,8 +107,8 @@ export interface ServeCase {
   steps: number
 }
 
-async function serveCase(model: TransformerLM, ffn: string, C: number, o: ServeBenchOptions): Promise<ServeCase> {
-  const engine = new GenerationEngine(model, { maxBatch: Math.max(C, 1), maxTokens: C * (o.prompt + o.newTokens) + 16 * C })
+async function serveCase(model: TransformerLM, ffn: string, C: number, o: ServeBenchOptions, stepMode: ServeCase['stepMode']): Promise<ServeCase> {
+  const engine = new GenerationEngine(model, { maxBatch: Math.max(C, 1), maxTokens: C * (o.prompt + o.newTokens) + 16 * C, recordSteps: stepMode === 'recorded' })
   const V = model.config.vocabSize
   const ttft: number[] = [], itl: number[] = []
   const gaps: number[] = []
@@ -131,7 +143,7 @@ async function serveCase(model: TransformerLM, ffn: string, C: number, o: ServeB
   const steps = engine.stats().steps
   await engine.close()
   return {
-    ffn, concurrency: C, tokens, seconds, tokensPerSecond: tokens / seconds, ttftMsP50: q(ttft, 0.5), ttftMsP99: q(ttft, 0.99),
+    ffn, stepMode, concurrency: C, tokens, seconds, tokensPerSecond: tokens / seconds, ttftMsP50: q(ttft, 0.5), ttftMsP99: q(ttft, 0.99),
     itlMsP50: q(itl, 0.5), itlMsP99: q(itl, 0.99), timerLateMsP99: Math.max(0, q(gaps, 0.99)), loopDelayMsP99: h.percentile(99) / 1e6, steps,
   }
 }
@@ -140,9 +152,33 @@ function chart(cases: ServeCase[], title: string): string {
   const W = 760, row = 26, left = 170, top = 40, max = Math.max(...cases.map((c) => c.tokensPerSecond))
   const bars = cases.map((c, i) => {
     const y = top + i * row, w = ((W - left - 90) * c.tokensPerSecond) / max
-    return `<text x="${left - 8}" y="${y + 16}" text-anchor="end">${c.ffn} x${c.concurrency}</text><rect x="${left}" y="${y + 4}" width="${w.toFixed(1)}" height="16" fill="${c.ffn === 'dense' ? '#7f8c8d' : '#2471a3'}"/><text x="${(left + w + 6).toFixed(1)}" y="${y + 16}">${c.tokensPerSecond.toFixed(0)} tok/s</text>`
+    return `<text x="${left - 8}" y="${y + 16}" text-anchor="end">${c.ffn}${c.stepMode === 'recorded' ? '' : ' (op by op)'} x${c.concurrency}</text><rect x="${left}" y="${y + 4}" width="${w.toFixed(1)}" height="16" fill="${c.ffn === 'dense' ? '#7f8c8d' : '#2471a3'}"/><text x="${(left + w + 6).toFixed(1)}" y="${y + 16}">${c.tokensPerSecond.toFixed(0)} tok/s</text>`
   })
   return `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${top + cases.length * row + 20}" font-family="sans-serif" font-size="12"><text x="10" y="20" font-size="14">${title.replace(/&/g, '&amp;').replace(/</g, '&lt;')}</text>${bars.join('')}</svg>\n`
+}
+
+const STREAM_MIB = 256
+
+// bytes per second read by a batch-1 product with a 256 MiB matrix (x [1, K] times W [N, K]^T,
+// every thread, best of 3): how fast this machine streams weights the way a decode step does
+async function streamBandwidth(dev: Device): Promise<number> {
+  const K = 8192, N = (STREAM_MIB * 2 ** 20) / 4 / K
+  const w = empty([N, K], { device: dev }).fill_(0.5), x = empty([1, K], { device: dev }).fill_(1)
+  try {
+    let best = Infinity
+    await dev.sync()
+    for (let i = 0; i < 3; i++) {
+      const t0 = performance.now()
+      const y = matmul(x, w, { transposeB: true })
+      await dev.sync()
+      best = Math.min(best, performance.now() - t0)
+      y.dispose()
+    }
+    return (N * K * 4) / (best / 1000)
+  } finally {
+    w.dispose()
+    x.dispose()
+  }
 }
 
 /** Runs the serving benchmark and prints a table (or JSON). */
@@ -153,24 +189,39 @@ export async function runServeBench(o: ServeBenchOptions, io: { stdout: { write(
   const cpu = os.cpus()[0]?.model.trim() ?? 'unknown CPU'
   const head = `versatile-ffn bench serve on ${dev} (${dev.type === 'cpu' ? `${cpu}, ${getNumThreads()} threads` : 'cuda'}), config ${o.config}, prompts ${Math.ceil(o.prompt / 2)}..${o.prompt} tokens, ${o.newTokens} new tokens each, greedy and sampled alternating`
   const cases: ServeCase[] = []
+  let weightBytes = 0
   for (const ffn of o.ffn) {
     const model = new TransformerLM({ ...TransformerLM.config(o.config), ffn, seed: 1, device: dev })
-    await serveCase(model, ffn, 1, { ...o, newTokens: 4 })
-    for (const C of o.concurrency) cases.push(await serveCase(model, ffn, C, o))
+    weightBytes = [...model.parameters().values()].reduce((s, p) => s + p.size * (p.dtype === 'bfloat16' ? 2 : 4), 0)
+    for (const m of o.steps) await serveCase(model, ffn, 1, { ...o, newTokens: 4 }, m)
+    for (const C of o.concurrency) for (const m of o.steps) cases.push(await serveCase(model, ffn, C, o, m))
     model.dispose()
   }
+  const bandwidth = await streamBandwidth(dev)
+  // batch-1 decoding against streaming the weights once: a decode step's time is the gap between tokens
+  const streamMs = (weightBytes / bandwidth) * 1000
+  const decode = cases.filter((c) => c.concurrency === 1).map((c) => ({ ffn: c.ffn, stepMode: c.stepMode, msPerToken: c.itlMsP50, overStream: c.itlMsP50 / streamMs }))
   if (o.chart) fs.writeFileSync(o.chart, chart(cases, head))
   if (o.json) {
-    io.stdout.write(JSON.stringify({ device: String(dev), config: o.config, prompt: o.prompt, newTokens: o.newTokens, cases }, null, 2) + '\n')
+    io.stdout.write(JSON.stringify({ device: String(dev), config: o.config, prompt: o.prompt, newTokens: o.newTokens, weightBytes, bandwidthBytesPerSecond: bandwidth, streamMs, decode, cases }, null, 2) + '\n')
     return
   }
   const f = (x: number) => (x >= 100 ? x.toFixed(0) : x >= 10 ? x.toFixed(1) : x.toFixed(2))
-  const lines = [head, '', 'model      conc  tokens   tok/s  ttft p50  ttft p99  itl p50  itl p99  timer late p99  loop delay p99  steps',
-    ...cases.map((c) => `${c.ffn.padEnd(10)} ${String(c.concurrency).padStart(4)} ${String(c.tokens).padStart(7)} ${f(c.tokensPerSecond).padStart(7)} ${f(c.ttftMsP50).padStart(9)} ${f(c.ttftMsP99).padStart(9)} ${f(c.itlMsP50).padStart(8)} ${f(c.itlMsP99).padStart(8)} ${f(c.timerLateMsP99).padStart(15)} ${f(c.loopDelayMsP99).padStart(15)} ${String(c.steps).padStart(6)}`)]
-  for (const ffn of o.ffn) {
-    const one = cases.find((c) => c.ffn === ffn && c.concurrency === 1), most = cases.filter((c) => c.ffn === ffn).pop()
-    if (one && most && most !== one) lines.push(`${ffn}: ${most.concurrency} concurrent give ${(most.tokensPerSecond / one.tokensPerSecond).toFixed(2)}x the tokens/s of one at a time`)
-  }
+  const lines = [head, '', 'model      steps     conc  tokens   tok/s  ttft p50  ttft p99  itl p50  itl p99  timer late p99  loop delay p99  steps',
+    ...cases.map((c) => `${c.ffn.padEnd(10)} ${c.stepMode.padEnd(9)} ${String(c.concurrency).padStart(4)} ${String(c.tokens).padStart(7)} ${f(c.tokensPerSecond).padStart(7)} ${f(c.ttftMsP50).padStart(9)} ${f(c.ttftMsP99).padStart(9)} ${f(c.itlMsP50).padStart(8)} ${f(c.itlMsP99).padStart(8)} ${f(c.timerLateMsP99).padStart(15)} ${f(c.loopDelayMsP99).padStart(15)} ${String(c.steps).padStart(6)}`)]
+  for (const ffn of o.ffn)
+    for (const m of o.steps) {
+      const mine = cases.filter((c) => c.ffn === ffn && c.stepMode === m)
+      const one = mine.find((c) => c.concurrency === 1), most = mine[mine.length - 1]
+      if (one && most && most !== one) lines.push(`${ffn}${o.steps.length > 1 ? ` (${m})` : ''}: ${most.concurrency} concurrent give ${(most.tokensPerSecond / one.tokensPerSecond).toFixed(2)}x the tokens/s of one at a time`)
+    }
+  if (o.steps.length > 1)
+    for (const c of cases.filter((x) => x.stepMode === 'recorded')) {
+      const op = cases.find((x) => x.ffn === c.ffn && x.concurrency === c.concurrency && x.stepMode === 'op-by-op')
+      if (op) lines.push(`${c.ffn} x${c.concurrency}: recorded steps give ${(c.tokensPerSecond / op.tokensPerSecond).toFixed(2)}x the tokens/s of op by op`)
+    }
+  lines.push(`weights ${(weightBytes / 2 ** 20).toFixed(1)} MiB; memory bandwidth ${(bandwidth / 1e9).toFixed(1)} GB/s (read by a batch-1 product with a ${STREAM_MIB} MiB matrix); streaming the weights once takes ${f(streamMs)} ms`)
+  for (const d of decode) lines.push(`${d.ffn}${o.steps.length > 1 ? ` (${d.stepMode})` : ''}: batch-1 decoding ${f(d.msPerToken)} ms per token (itl p50) = ${d.overStream.toFixed(2)}x the time to stream the weights`)
   lines.push('times in ms; ttft from submission (all requests arrive at once); itl = gap between a request\'s tokens; timer late = how much later than 5 ms a 5 ms interval fired')
   io.stdout.write(lines.join('\n') + '\n')
 }

@@ -5,6 +5,7 @@
 import { VffnError, fail, show } from '../errors'
 import { TransformerLM } from '../nn/model'
 import { INT32, arrayOf, bool, check, checkOptions, custom, int, number, optional } from '../validate'
+import { DecodeGraph } from './graph'
 import { sampleRows } from './kernels'
 import { KVPool } from './pool'
 import { mulberry32 } from '../random'
@@ -21,6 +22,11 @@ export interface EngineOptions {
   blockSize?: number
   /** most prompt tokens prefilled per step (summed over requests): bounds how long a new prompt delays running streams. Default 64. */
   prefillChunk?: number
+  /**
+   * record a decode step (every row one token) once per batch size and replay it with one native
+   * call per step; false runs every step op by op. The results are the same bit for bit. Default true.
+   */
+  recordSteps?: boolean
 }
 
 /** Options of one request. */
@@ -55,6 +61,10 @@ export interface EngineStats {
   poolBytes: number
   /** decode steps run so far */
   steps: number
+  /** of those, steps run by replaying a recorded step */
+  replayedSteps: number
+  /** recorded steps held (one per batch size seen lately, at most 8; none while the engine is idle) */
+  recordedSteps: number
 }
 
 /** @internal u as the float32 params carry it: rounding may not reach 1 (sample needs u < 1) */
@@ -63,12 +73,14 @@ export function uniform32(u: number): number {
   return f < 1 ? f : 1 - 2 ** -24
 }
 
-const ENGINE_OPTIONS = { maxBatch: optional(int(1, 65536)), maxTokens: optional(int(1, 2 ** 31 - 1)), blockSize: optional(int(1, 4096)), prefillChunk: optional(int(1, 1 << 20)) }
+const ENGINE_OPTIONS = { maxBatch: optional(int(1, 65536)), maxTokens: optional(int(1, 2 ** 31 - 1)), blockSize: optional(int(1, 4096)), prefillChunk: optional(int(1, 1 << 20)), recordSteps: optional(bool) }
 const SIGNAL = check<AbortSignal>('an AbortSignal', (v) => typeof AbortSignal !== 'undefined' && v instanceof AbortSignal)
 const REQUEST_OPTIONS = {
   maxNewTokens: optional(int(0)), temperature: optional(number({ min: 0 })), topK: optional(int(0)),
   topP: optional(number({ exclusiveMin: 0, max: 1 })), seed: optional(int(0, 2 ** 32 - 1)), stopTokens: optional(arrayOf(INT32)), signal: optional(SIGNAL),
 }
+// recorded steps kept per engine: one per batch size seen lately (each holds a step's activations)
+const MAX_GRAPHS = 8
 const CLOSE_OPTIONS = { cancel: optional(bool) }
 const PROMPT = custom<Int32Array>('a non-empty array of token ids or an Int32Array', (name, v) => {
   if (!Array.isArray(v) && !(v instanceof Int32Array)) fail('ERR_ARGUMENT', `${name}: expected an array of token ids or an Int32Array, got ${show(v)}`)
@@ -94,7 +106,13 @@ export class GenerationEngine {
   readonly maxTokens: number
   readonly blockSize: number
   readonly prefillChunk: number
+  readonly recordSteps: boolean
   private readonly pool: KVPool
+  /** recorded decode steps by batch size, least recently used first */
+  private readonly graphs = new Map<number, DecodeGraph>()
+  private replayed = 0
+  /** set when a decode step turned out not to be recordable */
+  private unrecordable = false
   private readonly waiting: GenerationRequest[] = []
   private readonly running: GenerationRequest[] = []
   private looping = false
@@ -111,6 +129,7 @@ export class GenerationEngine {
     // a full maxSeqLen for every slot would be gigabytes at the paper's sizes
     this.maxTokens = o.maxTokens ?? Math.min(this.maxBatch * model.config.maxSeqLen, 16384)
     this.prefillChunk = o.prefillChunk ?? 64
+    this.recordSteps = o.recordSteps ?? true
     this.pool = new KVPool(model.blocks.length, model.config.dModel, this.maxTokens, this.blockSize, model.device)
   }
 
@@ -165,6 +184,7 @@ export class GenerationEngine {
     return {
       running: this.running.length, waiting: this.waiting.length, blockSize: this.blockSize,
       usedBlocks: this.pool.numBlocks - this.pool.freeBlocks, freeBlocks: this.pool.freeBlocks, poolBytes: this.pool.bytes, steps: this.steps,
+      replayedSteps: this.replayed, recordedSteps: this.graphs.size,
     }
   }
 
@@ -180,6 +200,7 @@ export class GenerationEngine {
       for (const r of [...this.waiting, ...this.running]) this.abort(r, err)
     }
     if (this.looping) await new Promise<void>((r) => this.idle.push(r))
+    this.dropGraphs()
     this.pool.dispose()
   }
 
@@ -189,6 +210,43 @@ export class GenerationEngine {
       this.waiting.splice(w, 1)
       req._finish(err)
     } else if (req._phase !== 'done') req._stop = err
+  }
+
+  private dropGraphs(): void {
+    for (const g of this.graphs.values()) g.dispose()
+    this.graphs.clear()
+  }
+
+  // the recorded step for B decoding rows: made on first use, again when the model's parameters
+  // were swapped, and the least recently used one dropped beyond MAX_GRAPHS
+  private graph(B: number): DecodeGraph {
+    let g = this.graphs.get(B)
+    this.graphs.delete(B)
+    if (g && !g.matches(this.model)) {
+      g.dispose()
+      g = undefined
+    }
+    g ??= new DecodeGraph(this.model, this.pool, B)
+    this.graphs.set(B, g)
+    for (const [k, old] of this.graphs) {
+      if (this.graphs.size <= MAX_GRAPHS) break
+      old.dispose()
+      this.graphs.delete(k)
+    }
+    return g
+  }
+
+  // the recording for B rows, or undefined to run this step op by op: a step that cannot be
+  // recorded (an op that waits, say, in a module's forward) runs op by op from then on, and any
+  // other failure to record is left to the op-by-op step to report as it would anyway
+  private tryGraph(B: number): DecodeGraph | undefined {
+    if (this.unrecordable) return undefined
+    try {
+      return this.graph(B)
+    } catch (e) {
+      if (e instanceof VffnError && e.code === 'ERR_ARGUMENT' && /cannot be part of a recorded step/.test(e.message)) this.unrecordable = true
+      return undefined
+    }
   }
 
   private kick(): void {
@@ -227,6 +285,8 @@ export class GenerationEngine {
         await this.step()
       }
     } finally {
+      // an idle engine holds its pool only: recorded steps are made again when requests come
+      this.dropGraphs()
       this.looping = false
       for (const f of this.idle.splice(0)) f()
     }
@@ -258,12 +318,26 @@ export class GenerationEngine {
     let ids: Int32Array | undefined, logprobs: Float32Array | undefined
     this.steps++
     try {
-      const logits = runStep(this.model, this.pool, rows)
-      if (logits) {
+      const g = this.recordSteps && rows.length > 0 && rows.every((r) => r.tokens.length === 1 && r.sample) ? this.tryGraph(rows.length) : undefined
+      if (g) {
+        const B = rows.length
         try {
-          ;({ ids, logprobs } = await sampleRows(logits, params))
-        } finally {
-          logits.dispose()
+          ;({ ids, logprobs } = await g.run(rows, params, this.blockSize))
+        } catch (e) {
+          // a recording that failed once is made again from scratch
+          this.graphs.get(B)?.dispose()
+          this.graphs.delete(B)
+          throw e
+        }
+        this.replayed++
+      } else {
+        const logits = runStep(this.model, this.pool, rows)
+        if (logits) {
+          try {
+            ;({ ids, logprobs } = await sampleRows(logits, params))
+          } finally {
+            logits.dispose()
+          }
         }
       }
     } catch (e) {

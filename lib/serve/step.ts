@@ -23,7 +23,8 @@ export interface StepRow {
   sample: boolean
 }
 
-interface Group {
+/** @internal rows of equal length, which share one rotary and one attention call */
+export interface Group {
   /** first flat row */
   at: number
   B: number
@@ -34,7 +35,19 @@ interface Group {
   table: Int32Array
 }
 
-// the index arrays of one step as int32 tensors, made once and read by every layer
+/** @internal a step's index tensors (int32), made once per step and read by every layer */
+export interface StepInputs {
+  /** [T] input ids */
+  tok: Tensor
+  /** [T] flat KV slot of each row */
+  slots: Tensor
+  /** per group: starts [B], lens [B], table [B, MB] */
+  groups: { starts: Tensor; lens: Tensor; table: Tensor }[]
+  /** [number of sampled rows] flat rows whose logits are wanted; absent when none */
+  picks?: Tensor
+}
+
+// the index arrays of one step as int32 tensors
 const ints = (a: Int32Array, shape: number[], device: TransformerLM['device']) => tensor(a, shape, { dtype: 'int32', device })
 
 // rows of equal length share one rotary and one attention call
@@ -56,13 +69,15 @@ function groups(rows: readonly StepRow[]): Group[] {
   return out
 }
 
+/** @internal the flat slot of position p of a sequence with block table `blocks` */
+export const slotOf = (blocks: readonly number[], p: number, bs: number): number => blocks[Math.floor(p / bs)] * bs + (p % bs)
+
 /**
  * @internal Runs the rows (caller orders them so equal lengths are adjacent), writing their keys
  * and values into the pool; returns logits [number of sampled rows, vocabSize], in row order
  * (undefined when no row samples).
  */
 export function runStep(model: TransformerLM, pool: KVPool, rows: readonly StepRow[]): Tensor | undefined {
-  const { dModel: D, nHeads: H } = model.config
   const bs = pool.blockSize
   const T = rows.reduce((s, r) => s + r.tokens.length, 0)
   const ids = new Int32Array(T), slots = new Int32Array(T)
@@ -70,29 +85,49 @@ export function runStep(model: TransformerLM, pool: KVPool, rows: readonly StepR
   let t = 0
   for (const r of rows) {
     for (let s = 0; s < r.tokens.length; s++, t++) {
-      const p = r.start + s
       ids[t] = r.tokens[s]
-      slots[t] = r.blocks[Math.floor(p / bs)] * bs + (p % bs)
+      slots[t] = slotOf(r.blocks, r.start + s, bs)
     }
     if (r.sample) picks.push(t - 1)
   }
   const gs = groups(rows)
+  const dev = model.device
+  const made: Tensor[] = []
+  const mk = (a: Int32Array, shape: number[]) => {
+    const x = ints(a, shape, dev)
+    made.push(x)
+    return x
+  }
+  try {
+    const inp: StepInputs = {
+      tok: mk(ids, [T]), slots: mk(slots, [T]),
+      groups: gs.map((g) => ({ starts: mk(g.starts, [g.B]), lens: mk(g.lens, [g.B]), table: mk(g.table, [g.B, g.table.length / g.B]) })),
+      picks: picks.length > 0 ? mk(Int32Array.from(picks), [picks.length]) : undefined,
+    }
+    return stepOps(model, pool, gs, T, inp)
+  } finally {
+    for (const x of made) x.dispose()
+  }
+}
+
+/**
+ * @internal The ops of one step over index tensors the caller owns (runStep makes them per step;
+ * a recorded decode step, graph.ts, keeps them and rewrites their values). gs gives each group's
+ * place and size (its index arrays are not read here).
+ */
+export function stepOps(model: TransformerLM, pool: KVPool, gs: readonly Pick<Group, 'at' | 'B' | 'S'>[], T: number, inp: StepInputs): Tensor | undefined {
+  const { dModel: D, nHeads: H } = model.config
   // what the model's forward reads (bf16-mixed: the bfloat16 compute copies), so decoding matches it
   const params = model._computeWeights()
   const dev = { device: model.device }
-  const tok = tensor(ids, [T], { dtype: 'int32', ...dev })
-  let x = embedding(params.get('transformer.wte.weight')!, tok)
-  tok.dispose()
-  const slotsT = ints(slots, [T], model.device)
-  const gt = gs.map((g) => ({
-    starts: ints(g.starts, [g.B], model.device), lens: ints(g.lens, [g.B], model.device), table: ints(g.table, [g.B, g.table.length / g.B], model.device),
-  }))
+  let x = embedding(params.get('transformer.wte.weight')!, inp.tok)
+  const gt = inp.groups
   model.blocks.forEach((blk, i) => {
     const { k: kPool, v: vPool } = pool.layers[i]
     const { out: xn } = rmsnorm(x, blk.normWeight, false)
     const qkv = matmul(xn, blk.attn.params['att_proj.weight'], { transposeB: true })
     xn.dispose()
-    const view = (g: Group, a: number, b: number) => {
+    const view = (g: Pick<Group, 'at' | 'B' | 'S'>, a: number, b: number) => {
       const r = qkv.rows(g.at, g.at + g.B * g.S)
       const v3 = reshapeFree(r, [g.B, g.S, 3 * D])
       const out = v3.slice(2, a, b)
@@ -105,7 +140,7 @@ export function runStep(model: TransformerLM, pool: KVPool, rows: readonly StepR
       qk.dispose()
     })
     const k = qkv.cols(D, 2 * D), v = qkv.cols(2 * D, 3 * D)
-    kvWrite(kPool, vPool, k, v, slotsT)
+    kvWrite(kPool, vPool, k, v, inp.slots)
     k.dispose()
     v.dispose()
     // one group (all decoding, or one prompt chunk): its output already is the [T, D] rows
@@ -134,18 +169,14 @@ export function runStep(model: TransformerLM, pool: KVPool, rows: readonly StepR
     ;(f.stats as { dispose?: () => void } | undefined)?.dispose?.()
     x = f.y
   })
-  slotsT.dispose()
-  for (const g of gt) for (const z of Object.values(g)) z.dispose()
   const { out: xf } = rmsnorm(x, params.get('transformer.ln_f.weight')!, false)
   x.dispose()
-  if (picks.length === 0) {
+  if (!inp.picks) {
     xf.dispose()
     return undefined
   }
   // gather the sampled rows (an embedding lookup over the rows of xf)
-  const at = tensor(Int32Array.from(picks), [picks.length], { dtype: 'int32', ...dev })
-  const last = embedding(xf, at)
-  at.dispose()
+  const last = embedding(xf, inp.picks)
   xf.dispose()
   const logits = matmul(last, params.get('transformer.ff_out.weight')!, { transposeB: true })
   last.dispose()

@@ -78,6 +78,7 @@ TensorArg tensor_arg(const Napi::Value& v, const char* name) {
   t.storage = sw->storage;
   t.device = sw->storage->device;
   t.name = name;
+  if (Recorder* r = recording()) record_arg(r, sw);
   if (sw->viewed) {  // checked when the Tensor was made
     t.meta = sw->meta;
     t.offset = sw->offset;
@@ -176,51 +177,59 @@ FailurePtr first_failure(const std::vector<StoragePtr>& reads) {
   return nullptr;
 }
 
+std::shared_ptr<Planned> plan_of(Device* dev, const char* op, const Io& io, std::function<void()> fn) {
+  io.check_aliasing();
+  auto plan = std::make_shared<Planned>();
+  plan->dev = dev;
+  plan->op = op;
+  plan->reads.reserve(io.reads.size());
+  for (auto& r : io.reads) plan->reads.push_back(r.storage);
+  plan->writes.reserve(io.writes.size());
+  for (size_t i = 0; i < io.writes.size(); i++) {
+    plan->clears.push_back(io.write_is_out[i] && io.writes[i].whole);
+    plan->writes.push_back(io.writes[i].storage);
+  }
+  plan->gate = io.gate_;
+  plan->fn = std::move(fn);
+  return plan;
+}
+
 void enqueue(Device* dev, const char* op, Io io, std::function<void()> fn) {
   std::string why;
   if (dev->stream.fatal(&why)) fail("ERR_DEVICE", dev->name() + " has failed and cannot run '" + op + "': " + why);
-  io.check_aliasing();
-  struct Plan {
-    std::vector<StoragePtr> reads, writes;
-    std::vector<bool> clears;
-    bool gate;
-  };
-  auto plan = std::make_shared<Plan>();
-  for (auto& r : io.reads) plan->reads.push_back(r.storage);
-  for (size_t i = 0; i < io.writes.size(); i++) {
-    plan->writes.push_back(io.writes[i].storage);
-    plan->clears.push_back(io.write_is_out[i] && io.writes[i].whole);
+  std::shared_ptr<Planned> plan = plan_of(dev, op, io, std::move(fn));
+  if (Recorder* r = recording()) return record_op(r, std::move(plan));
+  dev->stream.enqueue(op, [plan = std::move(plan)] { plan->run(); });
+}
+
+void Planned::run() {
+  FailurePtr f = first_failure(reads);
+  if (f && gate) return;  // nothing changes, nothing is marked
+  if (!f) {
+    std::string code, message;
+    try {
+      fn();
+    } catch (const InputFailed& e) {
+      f = e.failure;
+    } catch (const Error& e) {
+      code = e.code, message = e.message;
+    } catch (const std::bad_alloc&) {
+      code = "ERR_OOM", message = "out of memory";
+    } catch (const std::exception& e) {
+      code = "ERR_INTERNAL", message = e.what();
+    } catch (...) {
+      code = "ERR_INTERNAL", message = "unknown failure";
+    }
+    if (!code.empty()) f = std::make_shared<Failure>(Failure{op, code, message});
+    if (!code.empty() && code == "ERR_CUDA" && dev->type == kCUDA) {
+      // a sticky CUDA error (illegal address, ...) leaves the context unusable: poison the device
+      if (cuda_api()->synchronize(dev->index) != VFFN_OK) dev->stream.set_fatal("'" + std::string(op) + "' failed: " + message);
+    }
   }
-  plan->gate = io.gate_;
-  dev->stream.enqueue(op, [dev, op, plan, fn = std::move(fn)]() mutable {
-    FailurePtr f = first_failure(plan->reads);
-    if (f && plan->gate) return;  // nothing changes, nothing is marked
-    if (!f) {
-      std::string code, message;
-      try {
-        fn();
-      } catch (const InputFailed& e) {
-        f = e.failure;
-      } catch (const Error& e) {
-        code = e.code, message = e.message;
-      } catch (const std::bad_alloc&) {
-        code = "ERR_OOM", message = "out of memory";
-      } catch (const std::exception& e) {
-        code = "ERR_INTERNAL", message = e.what();
-      } catch (...) {
-        code = "ERR_INTERNAL", message = "unknown failure";
-      }
-      if (!code.empty()) f = std::make_shared<Failure>(Failure{op, code, message});
-      if (!code.empty() && code == "ERR_CUDA" && dev->type == kCUDA) {
-        // a sticky CUDA error (illegal address, ...) leaves the context unusable: poison the device
-        if (cuda_api()->synchronize(dev->index) != VFFN_OK) dev->stream.set_fatal("'" + std::string(op) + "' failed: " + message);
-      }
-    }
-    for (size_t i = 0; i < plan->writes.size(); i++) {
-      if (f) plan->writes[i]->set_failure(f);
-      else if (plan->clears[i]) plan->writes[i]->set_failure(nullptr);
-    }
-  });
+  for (size_t i = 0; i < writes.size(); i++) {
+    if (f) writes[i]->set_failure(f);
+    else if (clears[i]) writes[i]->set_failure(nullptr);
+  }
 }
 
 void cuda_call(Device* dev, const char* op, const void* args) {

@@ -84,6 +84,34 @@ class Io {
 // goes to the op's outputs. throw InputFailed to pass on a failure that came from elsewhere.
 void enqueue(Device* dev, const char* op, Io io, std::function<void()> fn);
 
+// one queued op with its plan: the storages it reads and writes, which writes clear an earlier
+// failure, whether it is gated. run() does on the worker what enqueue promises; a recorded step
+// (graph.cpp) keeps these and runs them again on every replay.
+struct Planned {
+  Device* dev;
+  const char* op;
+  std::vector<StoragePtr> reads, writes;
+  std::vector<bool> clears;
+  bool gate;
+  std::function<void()> fn;
+  void run();
+};
+
+// the plan enqueue() queues: for callers that run it inside a task of their own (graph.cpp)
+std::shared_ptr<Planned> plan_of(Device* dev, const char* op, const Io& io, std::function<void()> fn);
+
+// a step being recorded on this thread (graph.cpp), or null: enqueue() hands its ops to it
+// instead of the stream, alloc() tells it what it owns, tensor_arg() what it reads.
+struct Recorder;
+class StorageWrap;
+Recorder* recording();
+void record_op(Recorder* r, std::shared_ptr<Planned> p);
+void record_alloc(Recorder* r, const StoragePtr& s);
+void record_arg(Recorder* r, StorageWrap* handle);
+// throws ERR_ARGUMENT when this thread is recording: `what` (a wait, a copy between devices) runs
+// outside any op plan, so a replay could not repeat it
+void not_recording(const char* what);
+
 struct InputFailed {
   FailurePtr failure;
 };

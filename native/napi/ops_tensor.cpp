@@ -32,6 +32,7 @@ Napi::Value Alloc(const Napi::CallbackInfo& info) {
     } catch (const std::bad_alloc&) {
       fail("ERR_OOM", "out of memory: could not allocate " + std::to_string(size_t(bytes)) + " bytes on " + dev->name());
     }
+    if (Recorder* r = recording()) record_alloc(r, s);
     return StorageWrap::New(info.Env(), std::move(s));
   });
 }
@@ -196,6 +197,7 @@ Napi::Value Copy(const Napi::CallbackInfo& info) {
       if (!sv.contiguous()) fail("ERR_ARGUMENT", "src: copy of a strided CUDA view to another device: call contiguous() first");
       cuda_check(cuda_api()->memcpy_d2h(sd->index, hv.data, sv.data, n * size_t(dtype_size(sv.dtype))), "copy");
     };
+    not_recording("a copy between devices");
     std::string why;
     if (sd->stream.fatal(&why)) fail("ERR_DEVICE", sd->name() + " has failed and cannot run 'copy': " + why);
     uint64_t ready = sd->stream.enqueue("copy", [stage1, host, src_storage, staged_failure] {
@@ -285,6 +287,7 @@ Napi::Value Threads(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
     if (info.Length() > 0 && !info[0].IsUndefined()) {
       int64_t n = int_arg(info[0], "threads");
+      not_recording("setting the thread count");
       if (n < 0 || n > 256) fail("ERR_ARGUMENT", "threads: expected 0..256 (0 = all cores), got " + std::to_string(n));
       int effective = n ? int(n) : std::max(1, int(std::thread::hardware_concurrency()));
       requested_threads = effective;

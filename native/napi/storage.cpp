@@ -219,6 +219,7 @@ Napi::Promise rejected(Napi::Env env, const std::string& code, const std::string
 
 Napi::Promise wait_promise(Napi::Env env, Device* dev, std::vector<StoragePtr> reads, std::function<void()> work,
                            Resolve resolve) {
+  not_recording("a wait (data(), sync(), a failure check)");
   std::string why;
   if (dev->stream.fatal(&why)) return rejected(env, "ERR_DEVICE", dev->name() + " has failed: " + why);
   EnvData* d = env_data(env);

@@ -1,0 +1,196 @@
+// a recorded step: the ops a JS function queues, kept with their plans and run again by one
+// native call. graphRecord(fn) runs fn with this thread's enqueue() appending to a list instead
+// of the stream; graphReplay(g, inputs, data) queues the whole list as one stream task (after
+// writing new host data into the recording's input tensors), each op with its own
+// plan (errors belong to tensors exactly as when queued one by one). the ops hold their storages,
+// so nothing a recorded op touches can be freed under it; a replay refuses (ERR_DISPOSED) when a
+// tensor it reads from outside was disposed in JS since.
+#include <cstring>
+#include <memory>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "common.h"
+#include "storage.h"
+
+namespace vffn::napi {
+
+namespace {
+
+// what the worker runs: the ops, and the storages made while recording (a replay recomputes
+// them, so it clears their failures first: a replay never inherits the last one's errors)
+struct Recording {
+  Device* dev = nullptr;
+  std::vector<std::shared_ptr<Planned>> ops;
+  std::vector<StoragePtr> owned;
+};
+
+}  // namespace
+
+// the JS thread's side: the recording, and weak references to the handles of every outside
+// tensor it reads (touched on the JS thread only, so it never travels with a replay)
+struct Recorder {
+  std::shared_ptr<Recording> rec = std::make_shared<Recording>();
+  std::unordered_set<Storage*> owned;
+  std::unordered_set<StorageWrap*> seen;
+  std::unordered_map<Storage*, std::vector<Napi::ObjectReference>> outside;
+  bool released = false;
+};
+
+namespace {
+thread_local Recorder* t_recorder = nullptr;
+}
+
+Recorder* recording() { return t_recorder; }
+
+void record_op(Recorder* r, std::shared_ptr<Planned> p) {
+  if (!r->rec->dev) r->rec->dev = p->dev;
+  if (r->rec->dev != p->dev) fail("ERR_DEVICE", std::string(p->op) + ": a recorded step runs on one device");
+  r->rec->ops.push_back(std::move(p));
+}
+
+void record_alloc(Recorder* r, const StoragePtr& s) {
+  r->owned.insert(s.get());
+  r->rec->owned.push_back(s);
+}
+
+void record_arg(Recorder* r, StorageWrap* h) {
+  Storage* s = h->storage.get();
+  if (r->owned.count(s) || !r->seen.insert(h).second) return;
+  r->outside[s].push_back(Napi::Weak(h->Value()));
+}
+
+void not_recording(const char* what) {
+  if (t_recorder) fail("ERR_ARGUMENT", std::string(what) + " cannot be part of a recorded step");
+}
+
+namespace {
+
+bool handle_alive(const Napi::ObjectReference& ref) {
+  Napi::Object o = ref.Value();
+  if (o.IsEmpty()) return false;
+  return StorageWrap::Unwrap(o)->storage != nullptr;
+}
+
+Recorder* graph_arg(const Napi::Value& v) {
+  if (!v.IsExternal()) fail("ERR_ARGUMENT", "graph: expected a recorded step");
+  Recorder* r = v.As<Napi::External<Recorder>>().Data();
+  if (r->released) fail("ERR_DISPOSED", "graph: the recorded step has been released");
+  return r;
+}
+
+// graphRecord(fn) -> graph: runs fn, recording the ops it queues instead of running them
+Napi::Value GraphRecord(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    if (!info[0].IsFunction()) fail("ERR_ARGUMENT", "fn: expected a function");
+    if (t_recorder) fail("ERR_ARGUMENT", "fn: a step is already being recorded on this thread");
+    auto r = std::make_unique<Recorder>();
+    t_recorder = r.get();
+    try {
+      info[0].As<Napi::Function>().Call({});
+    } catch (...) {
+      t_recorder = nullptr;
+      throw;
+    }
+    t_recorder = nullptr;
+    // an outside storage whose recorded handles are all gone is the recording's own now
+    for (auto it = r->outside.begin(); it != r->outside.end();) {
+      bool any = false;
+      for (auto& ref : it->second) any = any || handle_alive(ref);
+      it = any ? std::next(it) : r->outside.erase(it);
+    }
+    r->seen.clear();
+    r->owned.clear();
+    return Napi::External<Recorder>::New(info.Env(), r.release(), [](Napi::Env, Recorder* p) { delete p; });
+  });
+}
+
+// host data for one input of a replay: copied now, written by the replay's task before its ops
+// (as write() would: a success makes the whole tensor valid again)
+std::shared_ptr<Planned> input_write(const Napi::Value& tv, const Napi::Value& dv, Device*& dev) {
+  TensorArg t = tensor_arg(tv, "inputs");
+  need(dev == nullptr || t.device == dev, "ERR_DEVICE", "inputs: expected tensors on the recording's device");
+  dev = t.device;
+  need(t.meta.contiguous(), "ERR_ARGUMENT", "inputs: expected contiguous tensors");
+  need(dv.IsTypedArray(), "ERR_ARGUMENT", "data: expected typed arrays");
+  Napi::TypedArray ta = dv.As<Napi::TypedArray>();
+  size_t bytes = size_t(checked_mul(t.numel(), dtype_size(t.meta.dtype), "inputs"));
+  need(ta.ByteLength() == bytes, "ERR_SHAPE", "data: expected " + std::to_string(bytes) + " bytes, got " + std::to_string(ta.ByteLength()));
+  auto host = std::make_shared<std::vector<uint8_t>>(bytes);
+  std::memcpy(host->data(), static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset(), bytes);
+  Device* d = dev;
+  return plan_of(d, "write", Io().out(t), [t, host, d, bytes] {
+    void* dst = t.view().data;
+    if (d->type == kCPU)
+      std::memcpy(dst, host->data(), bytes);
+    else
+      cuda_check(cuda_api()->memcpy_h2d(d->index, dst, host->data(), bytes), "write");
+  });
+}
+
+// graphReplay(graph, inputs?, data?): writes data[i] into inputs[i], then runs every recorded op,
+// in order: all of it one stream task (checked whole first: a bad argument queues nothing)
+Napi::Value GraphReplay(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    Recorder* r = graph_arg(info[0]);
+    not_recording("graphReplay");
+    for (auto& [s, refs] : r->outside) {
+      bool any = false;
+      for (auto& ref : refs) any = any || handle_alive(ref);
+      need(any, "ERR_DISPOSED", "graph: a tensor the recorded step reads has been disposed; record the step again");
+    }
+    std::shared_ptr<Recording> rec = r->rec;
+    Device* dev = rec->dev;
+    std::vector<std::shared_ptr<Planned>> pre;
+    if (info.Length() > 1 && !info[1].IsUndefined()) {
+      need(info[1].IsArray() && info[2].IsArray(), "ERR_ARGUMENT", "inputs: expected an array of tensors and one of typed arrays");
+      Napi::Array ts = info[1].As<Napi::Array>(), ds = info[2].As<Napi::Array>();
+      need(ts.Length() == ds.Length(), "ERR_ARGUMENT", "data: expected one typed array per input");
+      for (uint32_t i = 0; i < ts.Length(); i++) pre.push_back(input_write(ts.Get(i), ds.Get(i), dev));
+    }
+    if (!dev) return info.Env().Undefined();
+    std::string why;
+    if (dev->stream.fatal(&why)) fail("ERR_DEVICE", dev->name() + " has failed and cannot replay a step: " + why);
+    dev->stream.enqueue("graph", [rec, pre = std::move(pre)] {
+      for (auto& p : pre) p->run();
+      for (auto& s : rec->owned) s->set_failure(nullptr);
+      for (auto& p : rec->ops) p->run();
+    });
+    return info.Env().Undefined();
+  });
+}
+
+// graphRelease(graph): drops the ops and what they hold (a pending replay keeps its own reference)
+Napi::Value GraphRelease(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    if (!info[0].IsExternal()) fail("ERR_ARGUMENT", "graph: expected a recorded step");
+    Recorder* r = info[0].As<Napi::External<Recorder>>().Data();
+    r->released = true;
+    r->rec.reset();
+    r->outside.clear();
+    return info.Env().Undefined();
+  });
+}
+
+// graphInfo(graph) -> { ops, owned } (what a replay runs, for tests and benchmarks)
+Napi::Value GraphInfo(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    Recorder* r = graph_arg(info[0]);
+    Napi::Object o = Napi::Object::New(info.Env());
+    o.Set("ops", Napi::Number::New(info.Env(), double(r->rec->ops.size())));
+    o.Set("owned", Napi::Number::New(info.Env(), double(r->rec->owned.size())));
+    return o;
+  });
+}
+
+void Register(Napi::Env env, Napi::Object exports) {
+  exports.Set("graphRecord", Napi::Function::New(env, GraphRecord));
+  exports.Set("graphReplay", Napi::Function::New(env, GraphReplay));
+  exports.Set("graphRelease", Napi::Function::New(env, GraphRelease));
+  exports.Set("graphInfo", Napi::Function::New(env, GraphInfo));
+}
+VFFN_REGISTER(Register);
+
+}  // namespace
+}  // namespace vffn::napi

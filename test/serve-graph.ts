@@ -1,0 +1,281 @@
+// Recorded steps: a recording replays its ops on new input values like the ops queued one by one
+// (checked against a float64 reference), errors inside a replay stay with the tensors the failing
+// op writes and are gone on the next good replay, disposed inputs and unreplayable work are
+// refused, and the engine's replayed decode step equals the op-by-op one bit for bit (greedy and
+// seeded sampling, ragged prompts, requests joining and leaving), with memory back to baseline.
+import t from 'tap'
+import { GenerationEngine, RequestOptions, TransformerLM, VffnError, _native, device, kvWrite, matmul, pagedAttention, tensor } from '../lib/index'
+import { mulberry32 } from '../lib/random'
+import { DecodeGraph } from '../lib/serve/graph'
+import { KVPool } from '../lib/serve/pool'
+import type { Tensor } from '../lib/tensor'
+
+const live = () => device('cpu').memory().live
+const settle = async () => {
+  const gc = (globalThis as { gc?: () => void }).gc
+  gc?.()
+  await new Promise((r) => setImmediate(r))
+  gc?.()
+  await device('cpu').sync()
+}
+const rand = (n: number, seed: number) => {
+  const r = mulberry32(seed)
+  return Float32Array.from({ length: n }, () => r() * 2 - 1)
+}
+// 'resolved', or the error's code and the op that failed (waits say "op 'name' failed: ...")
+const code = async (p: Promise<unknown>) =>
+  p.then(() => 'resolved', (e: VffnError) => `${e.code} ${/^op '(\w+)'/.exec(e.message)?.[1] ?? ''}`.trim())
+
+// one small step: y = x W^T, its rows written into the pools at `slots`, then attention of y
+// (one query per sequence) over each sequence's keys
+const NB = 4, BS = 4, D = 4, B = 2
+function stepParts() {
+  const w = tensor(rand(D * 3, 1), [D, 3])
+  const x = tensor(new Float32Array(B * 3), [B, 3])
+  const slots = tensor(new Int32Array(B), [B], { dtype: 'int32' })
+  const table = tensor(Int32Array.of(0, 1, 2, 3), [B, 2], { dtype: 'int32' })
+  const lens = tensor(Int32Array.of(3, 5), [B], { dtype: 'int32' })
+  const kP = tensor(rand(NB * BS * D, 2), [NB, BS, D]), vP = tensor(rand(NB * BS * D, 3), [NB, BS, D])
+  let y!: Tensor, o!: Tensor
+  const g = _native.graphRecord(() => {
+    y = matmul(x, w, { transposeB: true })
+    kvWrite(kP, vP, y, y, slots)
+    const q = y.reshape([B, 1, D])
+    o = pagedAttention(q, kP, vP, table, lens, 1)
+    q.dispose()
+  })
+  return { w, x, slots, table, lens, kP, vP, g, y: () => y, o: () => o, all: () => [w, x, slots, table, lens, kP, vP, y, o] }
+}
+
+// float64: attention of query y[b] over keys 0..lens[b]-1 of sequence b (table [[0, 1], [2, 3]])
+function attentionRef(k: Float32Array, v: Float32Array, q: Float64Array, b: number, len: number): number[] {
+  const table = [[0, 1], [2, 3]][b]
+  const slot = (j: number) => table[Math.floor(j / BS)] * BS + (j % BS)
+  const s = Array.from({ length: len }, (_, j) => {
+    let d = 0
+    for (let c = 0; c < D; c++) d += q[c] * k[slot(j) * D + c]
+    return d / Math.sqrt(D)
+  })
+  const m = Math.max(...s), e = s.map((z) => Math.exp(z - m)), Z = e.reduce((a, c) => a + c, 0)
+  return Array.from({ length: D }, (_, c) => e.reduce((a, p, j) => a + (p / Z) * v[slot(j) * D + c], 0))
+}
+
+t.test('a replay runs the recorded ops on the values written since, as a float64 reference says', async (t) => {
+  await settle()
+  const base = live()
+  const p = stepParts()
+  t.equal(_native.graphInfo(p.g).ops, 3, 'three ops recorded')
+  t.equal(await code(p.kP.data()), 'resolved', 'recording ran nothing: the pools are readable and unchanged')
+  t.same(Array.from(await p.kP.data()), Array.from(rand(NB * BS * D, 2)), 'the pools hold what they held')
+  const W = await p.w.data()
+  for (const [round, slots] of [[0, [2, 12]], [1, [6, 13]]] as const) {
+    const xs = rand(B * 3, 10 + round)
+    const lensIn = Int32Array.of(1 + (slots[0] % BS) + (slots[0] >= BS ? BS : 0), 1 + (slots[1] % BS) + (slots[1] >= 3 * BS ? BS : 0))
+    // round 0 writes the inputs first; round 1 hands them to the replay, which writes them before its ops
+    if (round === 0) {
+      _native.write(p.x, xs)
+      _native.write(p.slots, Int32Array.from(slots))
+      _native.write(p.lens, lensIn)
+      _native.graphReplay(p.g)
+    } else _native.graphReplay(p.g, [p.x, p.slots, p.lens], [xs, Int32Array.from(slots), lensIn])
+    const [y, k, v, o, lens] = await Promise.all([p.y().data(), p.kP.data(), p.vP.data(), p.o().data(), p.lens.intData()])
+    for (let b = 0; b < B; b++) {
+      const yr = Float64Array.from({ length: D }, (_, n) => xs[b * 3] * W[n * 3] + xs[b * 3 + 1] * W[n * 3 + 1] + xs[b * 3 + 2] * W[n * 3 + 2])
+      t.ok(yr.every((z, n) => Math.abs(z - y[b * D + n]) < 1e-6), `round ${round}: y row ${b} (float32 sums of 3 products: 1e-6)`)
+      t.same(Array.from(k.subarray(slots[b] * D, slots[b] * D + D)), Array.from(y.subarray(b * D, b * D + D)), `round ${round}: key row ${b} written at slot ${slots[b]}`)
+      const ref = attentionRef(k, v, Float64Array.from(y.subarray(b * D, b * D + D)), b, lens[b])
+      // float32 softmax and sums over at most 6 keys
+      t.ok(ref.every((z, c) => Math.abs(z - o[b * D + c]) < 1e-5), `round ${round}: attention of sequence ${b} over ${lens[b]} keys`)
+    }
+  }
+  // replaying allocates nothing: memory stays where it is over many replays
+  await settle()
+  const held = live()
+  for (let i = 0; i < 50; i++) _native.graphReplay(p.g)
+  await settle()
+  t.equal(live(), held, '50 replays: live memory unchanged')
+  _native.graphRelease(p.g)
+  for (const x of p.all()) x.dispose()
+  await settle()
+  t.equal(live(), base, 'released and disposed: back to baseline')
+})
+
+t.test('a failure inside a replay marks what the failing op writes, passes on, and is gone on the next good replay', async (t) => {
+  const p = stepParts()
+  _native.write(p.x, rand(B * 3, 20))
+  _native.write(p.slots, Int32Array.of(2, 999))
+  _native.graphReplay(p.g)
+  t.equal(await code(p.kP.data()), 'ERR_ARGUMENT kv_write', 'the pools carry the write\'s failure')
+  t.equal(await code(p.o().data()), 'ERR_ARGUMENT kv_write', 'attention over them passes it on')
+  t.equal(await code(p.y().data()), 'resolved', 'the op before it is untouched')
+  t.equal(await code(p.w.data()), 'resolved', 'so is the weight')
+  const other = tensor(rand(8, 4), [8])
+  t.equal(await code(other.data()), 'resolved', 'and a tensor outside the recording')
+  // the pools are rewritten whole (valid again), then a good replay
+  p.kP.fill_(0.5)
+  p.vP.fill_(0.25)
+  _native.write(p.slots, Int32Array.of(2, 12))
+  _native.graphReplay(p.g)
+  t.equal(await code(p.o().data()), 'resolved', 'the next good replay computes again')
+  const o = await p.o().data()
+  // every key of sequence 1 but the new one is 0.5 (v 0.25): its output mixes 0.25 with y's row
+  t.ok(o.every(Number.isFinite), 'finite values')
+  // a failure that comes from outside: an op queued before the replay fails the pools
+  const bad = tensor(rand(2 * D, 5), [2, D])
+  kvWrite(p.kP, p.vP, bad, bad, tensor(Int32Array.of(0, 77), [2], { dtype: 'int32' }))
+  _native.graphReplay(p.g)
+  t.equal(await code(p.o().data()), 'ERR_ARGUMENT kv_write', 'an input failed before the replay passes on to its outputs')
+  _native.graphRelease(p.g)
+  for (const x of [...p.all(), other, bad]) x.dispose()
+})
+
+t.test('refused: replaying with a disposed input, a released recording, waits and copies while recording', async (t) => {
+  const p = stepParts()
+  const before = live()
+  p.w.dispose()
+  t.throws(() => _native.graphReplay(p.g), { code: 'ERR_DISPOSED' }, 'a tensor read from outside was disposed')
+  t.equal(live(), before, 'the recording still holds the memory it reads (nothing freed under it)')
+  _native.graphRelease(p.g)
+  t.throws(() => _native.graphReplay(p.g), { code: 'ERR_DISPOSED' }, 'released')
+  t.throws(() => _native.graphInfo(p.g), { code: 'ERR_DISPOSED' })
+  const q = stepParts()
+  _native.graphReplay(q.g, [q.x], [rand(B * 3, 30)])
+  const y0 = await q.y().data()
+  t.throws(() => _native.graphReplay(q.g, [q.x, q.slots], [rand(B * 3, 31), new Int32Array(B + 1)]), { code: 'ERR_SHAPE', message: /data: expected 8 bytes/ }, 'input data of the wrong size')
+  t.throws(() => _native.graphReplay(q.g, [q.x], []), { code: 'ERR_ARGUMENT', message: /one typed array per input/ })
+  t.throws(() => _native.graphReplay(q.g, [q.x.T], [rand(B * 3, 31)]), { code: 'ERR_ARGUMENT', message: /contiguous/ })
+  t.same(Array.from(await q.y().data()), Array.from(y0), 'a refused replay queued nothing (not even the valid writes before the bad one)')
+  t.same(Array.from(await q.x.data()), Array.from(rand(B * 3, 30)), 'its inputs hold what the last replay wrote')
+  _native.graphRelease(q.g)
+  for (const z of q.all()) z.dispose()
+  const x = tensor(rand(4, 6), [4])
+  t.throws(() => _native.graphRecord(() => void x.data()), { code: 'ERR_ARGUMENT', message: /wait/ }, 'a wait')
+  t.throws(() => _native.graphRecord(() => void _native.graphRecord(() => undefined)), { code: 'ERR_ARGUMENT', message: /already/ }, 'nested')
+  t.throws(() => _native.graphRecord(() => x.fill_('one' as unknown as number)), { code: 'ERR_ARGUMENT' }, 'an op refused while recording throws out of graphRecord')
+  t.throws(() => _native.graphRecord(1 as unknown as () => void), { code: 'ERR_ARGUMENT', message: /fn/ })
+  t.equal(await code(x.data()), 'resolved', 'recording state ends with the throw: waits work again')
+  for (const z of [...p.all(), x]) z.dispose()
+})
+
+const cfg = { ...TransformerLM.config('tiny'), nLayers: 2, maxSeqLen: 64, seed: 5 }
+const prompt = (n: number, s: number) => Array.from({ length: n }, (_, i) => (s * 37 + i * 11) % 256)
+// ragged prompts, greedy and seeded sampling, and different lengths, so requests leave at
+// different steps and the batch size changes
+const MIXED: [number[], RequestOptions][] = [
+  [prompt(1, 1), { maxNewTokens: 12 }],
+  [prompt(6, 2), { maxNewTokens: 5, temperature: 0.9, seed: 3 }],
+  [prompt(3, 3), { maxNewTokens: 9, temperature: 1.2, topK: 7, seed: 8 }],
+  [prompt(1, 4), { maxNewTokens: 14, temperature: 0.7, topP: 0.8, seed: 21 }],
+  [prompt(9, 5), { maxNewTokens: 3 }],
+  [prompt(2, 6), { maxNewTokens: 11, temperature: 1, topK: 3, topP: 0.9, seed: 2 }],
+]
+
+async function serve(m: TransformerLM, recordSteps: boolean) {
+  const e = new GenerationEngine(m, { maxBatch: 4, maxTokens: 256, prefillChunk: 4, recordSteps })
+  // half at once, the rest joining at later steps
+  const reqs = MIXED.slice(0, 3).map(([p, o]) => e.generate(p, o))
+  for (const [p, o] of MIXED.slice(3)) {
+    await new Promise((r) => setTimeout(r, 3))
+    reqs.push(e.generate(p, o))
+  }
+  const ids = (await Promise.all(reqs.map((r) => r.result))).map((r) => Array.from(r))
+  const stats = e.stats()
+  await e.close()
+  return { ids, logprobs: reqs.map((r) => [...r.logprobs]), stats }
+}
+
+for (const ffn of ['versatile', 'dense'] as const)
+  t.test(`${ffn}: the replayed decode step gives the op-by-op step's ids and logprobs bit for bit`, async (t) => {
+    const m = new TransformerLM({ ...cfg, ffn })
+    t.teardown(() => m.dispose())
+    await settle()
+    const before = live()
+    const op = await serve(m, false), rec = await serve(m, true)
+    t.equal(op.stats.replayedSteps, 0, 'op by op: no replays')
+    t.ok(rec.stats.replayedSteps > rec.stats.steps / 2, `recorded: ${rec.stats.replayedSteps} of ${rec.stats.steps} steps replayed`)
+    t.same(rec.ids, op.ids, 'the same ids')
+    t.same(rec.logprobs, op.logprobs, 'the same logprobs, exactly')
+    t.equal(rec.stats.recordedSteps, 0, 'an idle engine holds no recording')
+    await settle()
+    t.equal(live(), before, 'memory back to baseline')
+  })
+
+t.test('a failure inside a replayed step fails that step\'s requests; the next requests are served as before', async (t) => {
+  const m = new TransformerLM({ ...cfg, ffn: 'versatile' })
+  t.teardown(() => m.dispose())
+  const alone = async (p: number[], o: RequestOptions) => {
+    const a = new GenerationEngine(m, { maxBatch: 1, recordSteps: false })
+    const r = Array.from(await a.generate(p, o).result)
+    await a.close()
+    return r
+  }
+  const want = await alone(prompt(2, 9), { maxNewTokens: 8, temperature: 0.8, seed: 4 })
+  await settle()
+  const before = live()
+  const e = new GenerationEngine(m, { maxBatch: 2, maxTokens: 256 })
+  // the fourth replay of this engine writes a slot outside the pool for its second row
+  const proto = DecodeGraph.prototype as unknown as { run: (rows: { blocks: readonly number[] }[], ...a: unknown[]) => Promise<unknown> }
+  const run = proto.run
+  let n = 0
+  proto.run = function (this: unknown, rows, ...a) {
+    if (++n === 4 && rows.length > 1) rows = rows.map((r, i) => (i === 1 ? { ...r, blocks: [10_000] } : r))
+    return run.call(this, rows, ...a)
+  }
+  t.teardown(() => {
+    proto.run = run
+  })
+  const hit = [e.generate(prompt(1, 7), { maxNewTokens: 10 }), e.generate(prompt(1, 8), { maxNewTokens: 10, temperature: 1, seed: 1 })]
+  const waiting = e.generate(prompt(2, 9), { maxNewTokens: 8, temperature: 0.8, seed: 4 })
+  for (const r of hit) t.equal(await code(r.result), 'ERR_ARGUMENT kv_write', 'a request of the failed step fails with the op\'s error')
+  t.same(Array.from(await waiting.result), want, 'a request that was waiting gets what it gets alone')
+  const after = await e.generate(prompt(2, 9), { maxNewTokens: 8, temperature: 0.8, seed: 4 }).result
+  t.same(Array.from(after), want, 'and so does a later one')
+  t.ok(e.stats().replayedSteps > 4, 'replays went on after the failure')
+  await e.close()
+  await settle()
+  t.equal(live(), before, 'memory back to baseline')
+})
+
+t.test('a recording follows the model: swapped parameters need a new one, a disposed one fails the step', async (t) => {
+  const m = new TransformerLM({ ...cfg, ffn: 'dense' })
+  t.teardown(() => m.dispose())
+  const pool = new KVPool(m.blocks.length, m.config.dModel, 64, 16, m.device)
+  const g = new DecodeGraph(m, pool, 2)
+  t.ok(g.matches(m), 'matches the model it was recorded on')
+  t.ok(g.info().ops > 10, `${g.info().ops} ops recorded`)
+  const params = m.parameters.bind(m)
+  const swapped = params().get('transformer.ln_f.weight')!.clone()
+  ;(m as { parameters: () => Map<string, Tensor> }).parameters = () => new Map([...params()].map(([k, v]) => [k, k === 'transformer.ln_f.weight' ? swapped : v]))
+  t.notOk(g.matches(m), 'a parameter swapped for another tensor: no match')
+  delete (m as { parameters?: unknown }).parameters
+  t.ok(g.matches(m), 'restored')
+  g.dispose()
+  pool.dispose()
+  swapped.dispose()
+  const e = new GenerationEngine(m, { maxBatch: 2, maxTokens: 256 })
+  const r = e.generate(prompt(1, 3), { maxNewTokens: 30 })
+  for await (const _ of r) break
+  m.parameters().get('transformer.ln_f.weight')!.dispose()
+  t.equal(await code(r.result), 'ERR_DISPOSED', 'a step after the weight was disposed fails its request')
+  await e.close()
+})
+
+t.test('a decode step that cannot be recorded runs op by op, with the same results', async (t) => {
+  const m = new TransformerLM({ ...cfg, ffn: 'versatile' })
+  t.teardown(() => m.dispose())
+  const want = await serve(m, false)
+  // a forward that waits on its input: fine op by op, refused while recording
+  const f = m.blocks[1].ffn as unknown as { forward: (x: Tensor, o: unknown) => unknown }
+  const fwd = f.forward.bind(f)
+  f.forward = (x, o) => {
+    x.data().catch(() => undefined)
+    return fwd(x, o)
+  }
+  t.teardown(() => {
+    delete (f as { forward?: unknown }).forward
+  })
+  const got = await serve(m, true)
+  t.equal(got.stats.replayedSteps, 0, 'no step replayed')
+  t.same(got.ids, want.ids, 'the same ids')
+  t.same(got.logprobs, want.logprobs, 'the same logprobs')
+})
