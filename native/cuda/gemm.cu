@@ -22,6 +22,8 @@
 #include <climits>
 #include <cstdlib>
 #include <cstring>
+#include <string>
+#include <vector>
 
 #include "../core/ops.h"
 #include "common.cuh"
@@ -738,6 +740,46 @@ void gemm(int dev, const View& c, const View& a, const View& b, bool trans_a, bo
 }
 
 }  // namespace vffn::cuda
+
+VFFN_CUDA_EXPORT int vffn_cuda_gemm_rows(int dev, const void* args) {
+  return vffn::cuda::entry([&] {
+    using namespace vffn;
+    using namespace vffn::cuda;
+    const GemmRowsArgs& g = *static_cast<const GemmRowsArgs*>(args);
+    require_matrix(g.c, "c");
+    require_matrix(g.a, "a");
+    require_matrix(g.b, "b");
+    require(g.rows.dtype == I32 && g.rows.ndim == 1 && (g.rows.shape[0] <= 1 || g.rows.stride[0] == 1),
+            "gemm_rows: rows must be a contiguous int32 [M]");
+    GemmSpec s;
+    s.M = g.rows.shape[0];
+    s.N = g.c.shape[1];
+    s.K = g.a.shape[1];
+    require(g.c.shape[0] == s.M, "gemm_rows: c must have one row per index");
+    require((g.trans_b ? g.b.shape[1] : g.b.shape[0]) == s.K && (g.trans_b ? g.b.shape[0] : g.b.shape[1]) == s.N,
+            "gemm_rows: b does not match a and c");
+    // a test hook: the indices come back to the host and are checked before any kernel reads a
+    if (s.M > 0) {
+      std::vector<int32_t> idx(size_t(s.M));
+      cudaStream_t st = stream(dev);
+      check(cudaMemcpyAsync(idx.data(), g.rows.data, idx.size() * 4, cudaMemcpyDeviceToHost, st), "gemm_rows");
+      check(cudaStreamSynchronize(st), "gemm_rows");
+      for (int64_t i = 0; i < s.M; i++)
+        require(idx[size_t(i)] >= 0 && idx[size_t(i)] < g.a.shape[0],
+                "gemm_rows: rows[" + std::to_string(i) + "] = " + std::to_string(idx[size_t(i)]) + " is outside a's " +
+                    std::to_string(g.a.shape[0]) + " rows");
+    }
+    s.a.v = g.a;
+    s.a.gather = static_cast<const int*>(g.rows.data);
+    s.b.v = g.b;
+    s.b.trans = g.trans_b;
+    s.c = g.c;
+    s.alpha = g.alpha;
+    s.beta = g.beta;
+    s.bf16_math = g.bf16_math;
+    gemm_ex(dev, s);
+  });
+}
 
 VFFN_CUDA_EXPORT int vffn_cuda_gemm(int dev, const void* args) {
   return vffn::cuda::entry([&] {
