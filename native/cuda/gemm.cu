@@ -14,10 +14,15 @@
 //   GemmSpec::bf16_math with one bf16 side (a bfloat16 model's float32 activations times its
 //                       weights) -> the float32 side is rounded to bf16 while loading, as autocast
 //                       does: bf16 tensor-core rate, ~3e-3 relative to the exact product.
-// loads: when both operands are K-contiguous, of the tile's own type and 16-byte aligned (every
-// x·Wᵀ of the forward), cp.async copies global -> shared directly, zero-filling ragged edges;
-// otherwise each thread stages 16-byte chunks in registers (converting, transposing) while the
-// tensor cores work on the other stage. ragged M, N, K are bounds-checked per chunk.
+// loads, per operand (LoadMode below): of the tile's own type and 16-byte aligned, cp.async copies
+// global -> shared directly, zero-filling ragged edges, into [row][k] for a K-contiguous operand
+// (every x·Wᵀ of the forward) and into [k][row], as stored, for an MN-major one (the backward's
+// dY·W and dYᵀ·X), whose fragments come from ldmatrix.trans (bf16) or strided lds (tf32). an
+// operand of another dtype (or with unaligned rows) is staged in registers as 16-byte chunks,
+// converted, while the tensor cores work on the other stage, and stored in its own layout.
+// VFFN_CUDA_GEMM=staged restores the old dispatch, which transposes MN-major operands through
+// registers (TS). ragged M, N, K are bounds-checked per chunk. split-K for grids under half a
+// wave: per-layer partial sums, added in layer order (deterministic, no atomics).
 #include <algorithm>
 #include <climits>
 #include <cstdlib>
