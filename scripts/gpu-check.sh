@@ -7,7 +7,9 @@
 #                               smoke, CUDA tests, compute-sanitizer memcheck, initcheck and
 #                               racecheck (exact-size allocator), benchmarks. every result goes to
 #                               $OUT as soon as it exists; exit 0 only if CUDA tests ran and passed
-#                               (pass > 0, skip 0), every sanitizer is clean and benchmarks gave numbers
+#                               (pass > 0, skip 0), every sanitizer is clean and benchmarks gave numbers.
+#                               the GEMM test also runs with VFFN_CUDA_GEMM=staged and =nosplit, and
+#                               the GEMM benchmark's backward rows once more with =staged
 # step limits (s): SMOKE_S 30, TESTS_S 150, MEMCHECK_S 90, INITCHECK_S 50, RACECHECK_S 60, BENCH_S 130,
 # all inside GPU_CHECK_TOTAL_S 540. GPU_CHECK_QUICK=1: smaller sanitizer sets, T=4096 only.
 # GPU_CHECK_KEEP_GOING=1 runs every step after a failed smoke; GPU_CHECK_DIR replaces .gpu;
@@ -217,19 +219,27 @@ do_run() {
   t0=$(date +%s)
   : >"$OUT/tests.log"
   local lim=${TESTS_S:-150} op_pass=0 op_fail=0 op_skip=0 bad="" f
-  for f in "$pack"/test/cuda-*.js; do
+  # every test file once; the GEMM's load-path test again on the old register-staged dispatch
+  # and without split-K (VFFN_CUDA_GEMM, read once per process)
+  local runs=() f
+  for f in "$pack"/test/cuda-*.js; do runs+=("auto:$f"); done
+  [ -f "$pack/test/cuda-gemm.js" ] && runs+=("staged:$pack/test/cuda-gemm.js" "nosplit:$pack/test/cuda-gemm.js")
+  local run path name
+  for run in "${runs[@]}"; do
     local l part rc tl
+    path=${run%%:*} f=${run#*:}
+    name=$(basename "$f" .js)$([ "$path" = auto ] || echo " ($path)")
     l=$(budget $((lim - ($(date +%s) - t0))))
-    if [ "$l" -le 5 ]; then bad+=" $(basename "$f" .js): no time left;"; continue; fi
+    if [ "$l" -le 5 ]; then bad+=" $name: no time left;"; continue; fi
     part=$(mktemp)
-    echo "# $(basename "$f")" >>"$OUT/tests.log"
-    timeout "$l" node "$f" 2>&1 | tee "$part" >>"$OUT/tests.log"
+    echo "# $name" >>"$OUT/tests.log"
+    VFFN_CUDA_GEMM=$([ "$path" = auto ] || echo "$path") timeout "$l" node "$f" 2>&1 | tee "$part" >>"$OUT/tests.log"
     rc=${PIPESTATUS[0]}
     tl=$(tally "$part")
     rm -f "$part"
     [ -n "$tl" ] || tl="0 1 0"
     read -r p fl sk <<<"$tl"
-    [ "$rc" -eq 0 ] && [ "$fl" -eq 0 ] || bad+=" $(basename "$f" .js): exit $rc, $fl failed;"
+    [ "$rc" -eq 0 ] && [ "$fl" -eq 0 ] || bad+=" $name: exit $rc, $fl failed;"
     # cuda-loading skips by design where a GPU is present (the no-GPU path) or sources are absent
     if [ "$(basename "$f")" != cuda-loading.js ]; then
       op_pass=$((op_pass + p)) op_fail=$((op_fail + fl)) op_skip=$((op_skip + sk))
@@ -254,10 +264,20 @@ do_run() {
   local tokens b lb
   tokens=${GPU_CHECK_TOKENS:-$([ -n "$quick" ] && echo 4096 || echo 4096,16384)}
   lim=${BENCH_S:-130}
-  for b in gemm ffn; do
-    if [ "$b" = gemm ]; then lb=$(budget $((lim * 2 / 5))); else lb=$(budget $((lim - ($(date +%s) - t0)))); fi
+  for b in gemm gemm-staged ffn; do
+    case $b in
+      gemm) lb=$(budget $((lim * 2 / 5))) ;;
+      gemm-staged) lb=$(budget $((lim / 6))) ;;
+      *) lb=$(budget $((lim - ($(date +%s) - t0)))) ;;
+    esac
     : >"$OUT/bench-$b.json"
-    [ "$lb" -gt 5 ] && timeout "$lb" node "$pack/bench/cuda-$b.js" --tokens "$tokens" --json >"$OUT/bench-$b.json" 2>>"$log"
+    [ "$lb" -gt 5 ] || continue
+    if [ "$b" = gemm-staged ]; then  # the old register-staged backward, beside the new one (one T, no torch)
+      VFFN_CUDA_GEMM=staged timeout "$lb" node "$pack/bench/cuda-gemm.js" --tokens "${tokens%%,*}" --torch 0 --forward 0 --json \
+        >"$OUT/bench-$b.json" 2>>"$log"
+    else
+      timeout "$lb" node "$pack/bench/cuda-$b.js" --tokens "$tokens" --json >"$OUT/bench-$b.json" 2>>"$log"
+    fi
   done
   local ng nf
   ng=$(bench_numbers "$OUT/bench-gemm.json" tflops)
@@ -268,6 +288,12 @@ do_run() {
     const fs = require("fs"), out = process.argv[1]
     const last = (f) => { try { return JSON.parse(fs.readFileSync(out + "/" + f, "utf8").trim().split("\n").pop()) } catch { return null } }
     for (const r of last("bench-gemm.json")?.rows ?? []) console.log(`gemm ${r.M}x${r.N}x${r.K}: ${r.tflops.toFixed(1)} TFLOP/s, torch ${r.torchTflops?.toFixed(1)}, ratio ${r.ratio?.toFixed(2)}`)
+    const staged = last("bench-gemm-staged.json")?.backward ?? []
+    for (const r of last("bench-gemm.json")?.backward ?? []) {
+      const o = staged.find((s) => s.T === r.T && s.layer === r.layer)
+      const f = (v) => (Number.isFinite(v) ? v.toFixed(1) : "-")
+      console.log(`gemm ${r.layer} T=${r.T} TFLOP/s: fwd ${f(r.fwd_bf16)}, dX ${f(r.dx_bf16)}, dW ${f(r.dw_bf16)} bf16 (staged: dX ${f(o?.dx_bf16)}, dW ${f(o?.dw_bf16)}); fwd ${f(r.fwd_f32)}, dX ${f(r.dx_f32)}, dW ${f(r.dw_f32)} f32 (staged: dW ${f(o?.dw_f32)})`)
+    }
     for (const r of last("bench-ffn.json")?.rows ?? []) console.log(`ffn T=${r.T}: infer ${r.vInfer.toFixed(2)} ms (torch ${r.torchInferMs.toFixed(2)}), train ${r.vTrain.toFixed(2)} ms (torch ${r.torchTrainMs.toFixed(2)}), dense fwd ${r.denseFwd.toFixed(2)} ms`)' "$OUT" 2>/dev/null | tee -a "$log"
   finish
 }

@@ -37,6 +37,12 @@ t.test('matmul: both dtypes, every transpose, a long K', { skip: SKIP }, async (
       const a = cu(tensor(fresh(M * K), ta ? [K, M] : [M, K], { dtype })), b = cu(tensor(fresh(K * N), tb ? [N, K] : [K, N], { dtype }))
       await twice(t, `${dtype} ta=${ta} tb=${tb}`, () => ({ c: matmul(a, b, { transposeA: ta, transposeB: tb }) }))
     }
+  // split-K (few output tiles, long K): the partial sums are added in a fixed order
+  for (const dtype of ['float32', 'bfloat16'] as const) {
+    const [M, N, K] = [64, 1024, 4096]
+    const a = cu(tensor(fresh(M * K), [K, M], { dtype })), b = cu(tensor(fresh(K * N), [K, N], { dtype }))
+    await twice(t, `${dtype} split-K ${M}x${N}x${K}`, () => ({ c: matmul(a, b, { transposeA: true }) }))
+  }
 })
 
 t.test('rmsnorm: the weight gradient over many rows (chunked column sums)', { skip: SKIP }, async (t) => {

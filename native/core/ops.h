@@ -24,4 +24,13 @@ struct GemmArgs {
   float alpha, beta;
 };
 
+// vffn_cuda_gemm_rows, the test hook of the GEMM's row gather: c = alpha * a[rows] * op(b) +
+// beta * c, a [R, K] K-contiguous, rows int32 [M] on the device (checked against R first),
+// c float32 [M, N]. bf16_math: with one bf16 operand, round the other to bf16 (as the layers do)
+struct GemmRowsArgs {
+  View c, a, rows, b;
+  bool trans_b, bf16_math;
+  float alpha, beta;
+};
+
 }  // namespace vffn

@@ -116,6 +116,10 @@ void gemm(int dev, const View& c, const View& a, const View& b, bool trans_a, bo
 
 // the same kernel with what the FFN layers fuse into it. sizes are upper bounds when rows come
 // from device memory (m_limit, row groups); views give pointer, dtype and leading dimension.
+// each operand takes cp.async when it has the tile's dtype and 16-byte aligned rows (base and
+// leading dimension), whichever its layout; so a bf16 x bf16 weight gradient dW += dYᵀ·X wants
+// dY and X as bf16 views: a = dY with a.trans, b = X untransposed, beta = 1. a float32 side
+// with bf16_math is rounded in registers; without it the product is tf32.
 struct GemmSpec {
   enum Mode { Store = 0, Glu = 1 };
   struct Operand {
