@@ -161,7 +161,8 @@ const SAVE_OPTIONS = { dtype: optional(dtypeCheck(['float32', 'bfloat16'] as con
  * trainStep; inference: forward and generate; checkpoints: save, load, fromFile.
  */
 export class TransformerLM {
-  readonly config: Required<Omit<TransformerLMOptions, 'device' | 'expertHidden' | 'balanceLossWeight' | 'loops'>> & { expertHidden?: number; balanceLossWeight?: number; loops?: number }
+  // precision is how the model trains, like its device: not part of the config a checkpoint records
+  readonly config: Required<Omit<TransformerLMOptions, 'device' | 'precision' | 'expertHidden' | 'balanceLossWeight' | 'loops'>> & { expertHidden?: number; balanceLossWeight?: number; loops?: number }
   /** Training precision ('float32' or 'bf16-mixed'). */
   readonly precision: Precision
   readonly device: Device
@@ -180,7 +181,7 @@ export class TransformerLM {
     const precision = checkPrecision(o.precision, dtype)
     this.precision = precision
     this.config = {
-      vocabSize, dModel, nLayers, nHeads, hidden, maxSeqLen, ffn, seed, dtype, precision,
+      vocabSize, dModel, nLayers, nHeads, hidden, maxSeqLen, ffn, seed, dtype,
       experts: o.experts ?? 8, topK: o.topK ?? 2, maxDepth: o.maxDepth ?? 4,
       expertHidden: o.expertHidden, balanceLossWeight: o.balanceLossWeight, loops: o.loops,
     }
