@@ -6,10 +6,10 @@
 // tokens a_1..a_n in Z_p; the target at position i is v_i = (3·v_{i-1} + a_i) mod p, v_0 = 0.
 // v_i depends on every earlier token with weight 3^(i-j) mod p: an i-step chained computation
 // the model must carry out inside one forward pass (intermediate values are never shown).
-//   npm run demo [-- --steps 2000 --seq 8 --p 7 --batch 64 --noise gumbel --seed 7 --threads 2 --out bench/out/learn-demo.svg]
+//   npm run demo [-- --steps 2000 --seq 8 --p 7 --batch 64 --noise gumbel --temperature paper|stretched --seed 7 --threads 2 --out bench/out/learn-demo.svg]
 import { mkdirSync, writeFileSync } from 'node:fs'
 import * as path from 'node:path'
-import { setNumThreads, tensor, TransformerLM, AdamW, trainStep } from '../lib/index'
+import { setNumThreads, stretchedTemperature, tensor, TransformerLM, AdamW, trainStep } from '../lib/index'
 
 const args = process.argv.slice(2)
 const arg = (name: string, dflt: number | string) => {
@@ -23,6 +23,9 @@ const BATCH = arg('batch', 64) as number
 const OUT = arg('out', 'bench/out/learn-demo.svg') as string
 // 'gumbel' (docs/SPEC.md training) or 'none' (deterministic loop choice in training)
 const NOISE = arg('noise', 'gumbel') as 'gumbel' | 'none'
+// the Gumbel temperature: 'paper' (per step, near 5 for thousands of steps) or 'stretched' over --steps
+const TEMPERATURE = arg('temperature', 'paper') as 'paper' | 'stretched'
+if (TEMPERATURE !== 'paper' && TEMPERATURE !== 'stretched') throw new Error('--temperature: paper or stretched')
 // seed of both models' weights and of the training batches
 const SEED = arg('seed', 7) as number
 setNumThreads(arg('threads', 2) as number)
@@ -94,7 +97,7 @@ async function train(ffn: 'dense' | 'versatile'): Promise<Run> {
   const t0 = process.hrtime.bigint()
   for (let s = 0; s < STEPS; s++) {
     const { x, y } = batch(r, BATCH)
-    const res = trainStep(m, opt, tensor(x, [BATCH, SEQ], { dtype: 'int32' }), tensor(y, [BATCH, SEQ], { dtype: 'int32' }), { schedule, noise: NOISE })
+    const res = trainStep(m, opt, tensor(x, [BATCH, SEQ], { dtype: 'int32' }), tensor(y, [BATCH, SEQ], { dtype: 'int32' }), { schedule, noise: NOISE, ...(TEMPERATURE === 'stretched' ? { temperature: stretchedTemperature(opt.step, STEPS) } : {}) })
     losses.push((await res.loss.data())[0])
     // a non-finite gradient norm means AdamW skipped the step
     if (!Number.isFinite((await res.gradNorm.data())[0])) skipped++
@@ -141,7 +144,7 @@ function svg(runs: Run[]): string {
 }
 
 async function main() {
-  console.log(`task: v_i = (3 v_(i-1) + a_i) mod ${P}, ${SEQ} tokens, batch ${BATCH}, ${STEPS} steps per model, loop noise ${NOISE}, seed ${SEED}`)
+  console.log(`task: v_i = (3 v_(i-1) + a_i) mod ${P}, ${SEQ} tokens, batch ${BATCH}, ${STEPS} steps per model, loop noise ${NOISE}, temperature ${TEMPERATURE}, seed ${SEED}`)
   const runs = [await train('dense'), await train('versatile')]
   console.log('\nmodel      params   final loss (mean of last 20)  train s   held-out accuracy by position 1..' + SEQ + '   mean')
   for (const r of runs) {

@@ -11,7 +11,7 @@ import { native } from './binding'
 export const _native = native
 export { DenseFFN } from './nn/ffn'
 export type { DenseFFNOptions, DenseFFNRecord, FFNForwardOptions, BackwardOptions } from './nn/ffn'
-export { VersatileFFN, gumbelTemperature } from './nn/versatile'
+export { VersatileFFN, gumbelTemperature, stretchedTemperature } from './nn/versatile'
 export type { VersatileFFNOptions, VersatileOutput, VersatileRecord, VersatileStats, VersatileBackwardOptions } from './nn/versatile'
 export { MoEFFN } from './nn/moe'
 export type { MoEFFNOptions, MoEOutput, MoERecord, MoEStats, MoEBackwardOptions } from './nn/moe'

@@ -9,7 +9,7 @@ import * as lib from '../lib/index'
 import {
   AdamW, CausalSelfAttention, DenseFFN, Device, LoopFFN, MoEFFN, GenerationEngine, Tensor, TransformerBlock, TransformerLM, VersatileFFN, VffnError,
   adamwStep, attention, kvWrite, pagedAttention, ropeRows, sample, attentionBackward, axpy, cosineLR, crossEntropy, crossEntropyBackward, device, embedding,
-  embeddingBackward, empty, full, gradNorm, gumbelTemperature, loadSafetensors, matmul, parseSafetensors, randn, rope,
+  embeddingBackward, empty, full, gradNorm, gumbelTemperature, stretchedTemperature, loadSafetensors, matmul, parseSafetensors, randn, rope,
   saveSafetensors, setNumThreads, getNumThreads, tensor, trainStep, zeros, saveCheckpoint, loadCheckpoint, TokenDataset, TokenLoader, GPT2Tokenizer, evaluate,
 } from '../lib/index'
 import { writeBin } from './helpers/token-files'
@@ -94,7 +94,7 @@ const LOADER: Record<string, Bad[]> = {
 }
 
 const STOP_TOKENS: Bad[] = [['null', null], ['a string', 'x'], ['a number', 1], ['an object', {}], ['[1.5]', [1.5]], ['[2^31]', [2 ** 31]], ['[null]', [null]]]
-const FFN_FWD = { train: bool, step: int(), noise: oneOf('gumbell'), seed }
+const FFN_FWD = { train: bool, step: int(), noise: oneOf('gumbell'), seed, tau: num({ exclusiveMin: 0 }) }
 const LM_OPTS: Record<string, Bad[]> = {
   vocabSize: int(1), dModel: int(2), nLayers: int(1), nHeads: int(1), hidden: int(1), maxSeqLen: int(1), ffn: oneOf('dens'), loops: int(1),
   experts: int(1), topK: int(1), maxDepth: int(1), expertHidden: int(1), balanceLossWeight: num({ min: 0 }), device: dev,
@@ -286,6 +286,7 @@ const ROWS: Row[] = [
     params: [{ name: 'tr', bad: objectBad }, { name: 'dy', bad: tens(['a misshapen dy', f([2, 8])]) }, opts({ retain: bool })],
   },
   { fn: 'gumbelTemperature', make: () => ({ call: gumbelTemperature, args: [3] }), params: [{ name: 'step', bad: int() }] },
+  { fn: 'stretchedTemperature', make: () => ({ call: stretchedTemperature, args: [3, 10] }), params: [{ name: 'step', bad: int() }, { name: 'totalSteps', bad: int(1) }] },
   {
     fn: 'CausalSelfAttention', make: () => ({ call: (d, h, p, g) => new CausalSelfAttention(d, h, p, g), args: [8, 2, { 'att_proj.weight': f([24, 8]), 'attn_out.weight': f([8, 8]) }, { 'att_proj.weight': zeros([24, 8]), 'attn_out.weight': zeros([8, 8]) }] }),
     params: [{ name: 'dModel', bad: int(1) }, { name: 'nHeads', bad: [...int(1), ['3 (does not divide 8)', 3]] }, { name: 'params', bad: [...objectBad, ['misshapen weights', { 'att_proj.weight': f([8, 8]), 'attn_out.weight': f([8, 8]) }]] }, { name: 'grads', bad: objectBad }],
@@ -318,7 +319,7 @@ const ROWS: Row[] = [
   { fn: 'TransformerLM.decays', make: () => ({ call: TransformerLM.decays, args: ['transformer.ln_f.weight'] }), params: [{ name: 'name', bad: str }] },
   {
     fn: 'TransformerLM.forward', make: () => { const m = lm(); return { call: (x, o) => m.forward(x, o), args: [ids([1, 2, 3, 4], [2, 2]), {}] } },
-    params: [{ name: 'tokens', bad: tens(['a float tensor', f([2, 2])], ['a 1-D tensor', ids([1, 2])]) }, opts({ train: bool, step: int(), noise: oneOf('none!'), lastOnly: bool })],
+    params: [{ name: 'tokens', bad: tens(['a float tensor', f([2, 2])], ['a 1-D tensor', ids([1, 2])]) }, opts({ train: bool, step: int(), noise: oneOf('none!'), lastOnly: bool, tau: num({ exclusiveMin: 0 }) })],
   },
   {
     fn: 'TransformerLM.loss', make: () => { const m = lm(); return { call: (o, y, i) => m.loss(o, y, i), args: [m.forward(ids([1, 2, 3, 4], [2, 2]), { train: true }), ids([2, 3, 4, 5], [2, 2]), -100] } },
@@ -398,7 +399,7 @@ const ROWS: Row[] = [
     params: [
       { name: 'model', bad: objectBad }, { name: 'opt', bad: [...objectBad, ['another model\'s optimizer', (() => { const o = lm(); return new AdamW(o.parameters(), o.gradients()) })()]] },
       { name: 'tokens', bad: tens(['a float tensor', f([2, 2])]) }, { name: 'targets', bad: tens(['a misshapen targets', ids([1, 2])], ['a short Int32Array', new Int32Array(3)]) },
-      opts({ schedule: [...objectBad, ['a schedule with lr -1', { lr: -1, warmupSteps: 0, totalSteps: 1 }]], noise: oneOf('gumbel '), ignoreIndex: int(-(2 ** 31), 2 ** 31 - 1), accumulate: [...int(1), ['a non-divisor of the batch', 3]] }),
+      opts({ schedule: [...objectBad, ['a schedule with lr -1', { lr: -1, warmupSteps: 0, totalSteps: 1 }]], noise: oneOf('gumbel '), ignoreIndex: int(-(2 ** 31), 2 ** 31 - 1), accumulate: [...int(1), ['a non-divisor of the batch', 3]], temperature: num({ exclusiveMin: 0 }) }),
     ],
   },
   {

@@ -50,6 +50,8 @@ export interface BlockForwardOptions {
   step?: number
   noise?: 'gumbel' | 'none'
   seed?: number | bigint
+  /** the Gumbel temperature of a VersatileFFN layer; default gumbelTemperature(step) */
+  tau?: number
 }
 
 /** What a block's training forward keeps for backward. */
@@ -111,7 +113,7 @@ export class TransformerBlock {
     const h = x.clone()
     const a = this.attn.forward(xn, B, S, h)
     const f = train
-      ? this.ffn.forward(h, { train: true, step: opts.step ?? 0, noise: opts.noise ?? 'gumbel', seed: opts.seed ?? 0 })
+      ? this.ffn.forward(h, { train: true, step: opts.step ?? 0, noise: opts.noise ?? 'gumbel', seed: opts.seed ?? 0, ...(o.tau !== undefined ? { tau: o.tau } : {}) })
       : this.ffn.forward(h, { train: false })
     // the FFN keeps its own reference to what it saves; this block's handle on the residual is done
     h.dispose()

@@ -4,7 +4,7 @@ import { native } from '../binding'
 import { fail, show } from '../errors'
 import { DType, Tensor, TensorOptions, empty, full } from '../tensor'
 import { MODULE_OPTIONS, Module, ModuleOptions } from './module'
-import { bool, checkOptions, int, oneOf, optional, seed64 } from '../validate'
+import { bool, checkOptions, int, oneOf, optional, seed64, number } from '../validate'
 
 export const NORM_EPS = 1e-6
 
@@ -32,6 +32,8 @@ export interface FFNForwardOptions {
   step?: number
   noise?: 'gumbel' | 'none'
   seed?: number | bigint
+  /** VersatileFFN in training: the Gumbel temperature τ (> 0); default gumbelTemperature(step). The other FFNs ignore it. */
+  tau?: number
 }
 
 /** What a training forward keeps for backward; dispose() frees it (backward does unless retain). */
@@ -62,7 +64,7 @@ export function checkRecord<S extends { owner: unknown }>(tr: unknown, owner: un
 }
 
 /** The forward options both FFN modules take (the dense FFN ignores all but `train`). */
-export const FFN_FORWARD_OPTIONS = { train: optional(bool), step: optional(int(0)), noise: optional(oneOf(['gumbel', 'none'] as const)), seed: optional(seed64) }
+export const FFN_FORWARD_OPTIONS = { train: optional(bool), step: optional(int(0)), noise: optional(oneOf(['gumbel', 'none'] as const)), seed: optional(seed64), tau: optional(number({ exclusiveMin: 0 })) }
 const DENSE_OPTIONS = { ...MODULE_OPTIONS, dModel: int(1), hidden: optional(int(1)) }
 
 /**

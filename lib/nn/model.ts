@@ -83,6 +83,8 @@ export interface ForwardOptions {
   /** training step (drives the Gumbel temperature schedule) */
   step?: number
   noise?: 'gumbel' | 'none'
+  /** training only: the Gumbel temperature of every VersatileFFN layer; default gumbelTemperature(step) */
+  tau?: number
   /** inference only: logits of the last position of each sequence ([B, 1, V]), sparing the head's work on the rest */
   lastOnly?: boolean
   /** @internal the micro-batch of an accumulated step: each draws its own Gumbel noise (0: the step's own) */
@@ -152,7 +154,7 @@ const LM_OPTIONS = {
   dtype: optional(dtypeCheck(['float32', 'bfloat16'] as const)), precision: optional(PRECISION), seed: optional(int(0)),
 }
 const LM_REQUIRED = ['vocabSize', 'dModel', 'nLayers', 'nHeads', 'hidden'] as const
-const LM_FORWARD_OPTIONS = { train: optional(bool), step: optional(int(0)), noise: optional(oneOf(['gumbel', 'none'] as const)), lastOnly: optional(bool), noiseStream: optional(int(0)) }
+const LM_FORWARD_OPTIONS = { train: optional(bool), step: optional(int(0)), noise: optional(oneOf(['gumbel', 'none'] as const)), lastOnly: optional(bool), noiseStream: optional(int(0)), tau: optional(number({ exclusiveMin: 0 })) }
 const SAVE_OPTIONS = { dtype: optional(dtypeCheck(['float32', 'bfloat16'] as const)), metadata: optional(stringRecord) }
 
 /**
@@ -342,6 +344,7 @@ export class TransformerLM {
     if (train) this.needFloat32('forward(train: true)')
     const step = o.step ?? 0
     if (o.lastOnly && train) fail('ERR_ARGUMENT', 'lastOnly: only for inference (train: false)')
+    if (o.tau !== undefined && !train) fail('ERR_ARGUMENT', 'opts.tau: only for training (train: true)')
     const tc = tokens.contiguous()
     const flat = tc.reshape([B * S])
     tc.dispose()
@@ -352,7 +355,7 @@ export class TransformerLM {
     this.blocks.forEach((blk, i) => {
       const layerSeed = deriveSeed(this.config.seed, 3 + i, step)
       const seed = o.noiseStream ? deriveSeed(layerSeed, o.noiseStream) : layerSeed
-      const r = blk.forward(x, B, S, { train, step, noise: opts.noise ?? 'gumbel', seed })
+      const r = blk.forward(x, B, S, { train, step, noise: opts.noise ?? 'gumbel', seed, ...(o.tau !== undefined ? { tau: o.tau } : {}) })
       // a dense or k-loop FFN's stats are an empty object: the layer has no routing to report
       const st = r.stats as Partial<VersatileStats> | undefined
       stats.push(st?.expertCounts ? (st as VersatileStats | MoEStats) : undefined)

@@ -81,6 +81,21 @@ export function gumbelTemperature(step: number): number {
   return Math.max(5.0 * Math.pow(0.99984, step), 0.1)
 }
 
+/** The step at which gumbelTemperature reaches its floor 0.1: ln(0.1/5)/ln(0.99984), about 24,448.6. */
+export const GUMBEL_FLOOR_STEP = Math.log(0.1 / 5) / Math.log(0.99984)
+
+/**
+ * The paper's schedule stretched to a run of `totalSteps` steps: τ = max(5·0.99984^(step·s/totalSteps), 0.1)
+ * with s = GUMBEL_FLOOR_STEP, so τ falls from 5 at step 0 to its floor 0.1 at the run's last step
+ * instead of at step ≈ 24,449. For runs much shorter than the paper's, where the per-step schedule
+ * hardly leaves 5. Pass it to trainStep as `temperature`.
+ */
+export function stretchedTemperature(step: number, totalSteps: number): number {
+  arg('step', step, int(0))
+  arg('totalSteps', totalSteps, int(1))
+  return Math.max(5.0 * Math.pow(0.99984, (Math.min(step, totalSteps) * GUMBEL_FLOOR_STEP) / totalSteps), 0.1)
+}
+
 const VERSATILE_OPTIONS = {
   ...MODULE_OPTIONS, dModel: int(1), hidden: optional(int(1)), experts: optional(int(1)), topK: optional(int(1)), maxDepth: optional(int(1)),
   expertHidden: optional(int(1)), balanceLossWeight: optional(number({ min: 0 })),
@@ -149,7 +164,8 @@ export class VersatileFFN extends Module {
    * x [..., dModel] float32 (any leading shape, e.g. batch × sequence) -> y of the same shape;
    * stats are per token in row-major order ([T], [T, K], T = the product of the leading sizes). Inference: each token runs argmax-many loops and stops (early exit).
    * Training: all loops and the width path run; `noise` 'gumbel' (default) or 'none'; `seed` the
-   * Philox key of the noise (default derived from the module's seed and `step`).
+   * Philox key of the noise (default derived from the module's seed and `step`); `tau` the Gumbel
+   * temperature (default gumbelTemperature(step); stretchedTemperature gives the schedule over a run's length).
    */
   forward(x: Tensor, opts?: { train?: false }): VersatileOutput
   forward(x: Tensor, opts: FFNForwardOptions & { train: true }): VersatileRecord
@@ -157,6 +173,7 @@ export class VersatileFFN extends Module {
     const o = checkOptions('opts', opts, FFN_FORWARD_OPTIONS)
     const train = o.train ?? false
     let step = 0, noise = false, seed: [number, number] = [0, 0]
+    if (o.tau !== undefined && !train) fail('ERR_ARGUMENT', 'opts.tau: only for training (train: true); inference takes no noise')
     if (train) {
       step = o.step ?? 0
       noise = (o.noise ?? 'gumbel') === 'gumbel'
@@ -173,7 +190,7 @@ export class VersatileFFN extends Module {
     }
     const stats: VersatileStats = { ...st, dispose: () => Object.values(st).forEach((t) => t.dispose()) }
     const aux = empty([1], dev)
-    const tau = gumbelTemperature(step)
+    const tau = o.tau ?? gumbelTemperature(step)
     const outs = { y, loops: st.loops, lambda: st.lambda, expertsOut: st.experts, weights: st.weights, expertCounts: st.expertCounts, aux }
     if (!train) {
       native.versatileForward({ ...this.args(xc), ...outs, train: false, noise: false, seedLo: 0, seedHi: 0, tau })

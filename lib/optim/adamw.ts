@@ -307,6 +307,12 @@ export interface TrainStepOptions {
    */
   accumulate?: number
   /**
+   * The Gumbel temperature τ of this step's VersatileFFN layers (> 0); default
+   * gumbelTemperature(opt.step), the paper's per-step schedule. stretchedTemperature(opt.step, N)
+   * stretches that schedule over an N-step run.
+   */
+  temperature?: number
+  /**
    * Keep the FFN statistics (loop counts, routing) of every micro-batch and return them in
    * `stats` instead of freeing them; the caller disposes them. Default false.
    */
@@ -334,7 +340,7 @@ export interface TrainStepResult {
 }
 
 const TRAIN_STEP_OPTIONS = {
-  schedule: optional(SCHEDULE), noise: optional(oneOf(['gumbel', 'none'] as const)), ignoreIndex: optional(INT32), accumulate: optional(int(1)),
+  schedule: optional(SCHEDULE), noise: optional(oneOf(['gumbel', 'none'] as const)), ignoreIndex: optional(INT32), accumulate: optional(int(1)), temperature: optional(number({ exclusiveMin: 0 })),
   stats: optional(bool),
 }
 
@@ -378,12 +384,13 @@ export function trainStep(model: TransformerLM, opt: AdamW, tokens: Tensor, targ
   const lr = opts.schedule ? cosineLR(step, opts.schedule) : opt.lr
   const ignoreIndex = o.ignoreIndex ?? -100
   const noise = o.noise ?? 'gumbel'
+  const tauOpt = o.temperature !== undefined ? { tau: o.temperature } : {}
   const kept: LMOutput['stats'][] | undefined = o.stats ? [] : undefined
   const tg = targets instanceof Int32Array ? tensor(targets, [B, S], { dtype: 'int32', device: tokens.device }) : targets
   try {
     model.zeroGrad()
     if (n === 1) {
-      const out = model.forward(tokens, { train: true, step, noise })
+      const out = model.forward(tokens, { train: true, step, noise, ...tauOpt })
       const loss = model.loss(out, tg, ignoreIndex)
       model.backward(out)
       const auxLoss = finishOutput(out, kept)
@@ -404,7 +411,7 @@ export function trainStep(model: TransformerLM, opt: AdamW, tokens: Tensor, targ
       const x = tokens.rows(m * rows, (m + 1) * rows)
       const y = tg.rows(m * rows, (m + 1) * rows)
       const share = total > 0 ? counts[m] / total : 0
-      const out = model.forward(x, { train: true, step, noise, noiseStream: m })
+      const out = model.forward(x, { train: true, step, noise, noiseStream: m, ...tauOpt })
       const lm = model.loss(out, y, ignoreIndex)
       model.backward(out, share, { auxGrad: 1 / n })
       const aux = finishOutput(out, kept)

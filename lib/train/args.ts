@@ -28,6 +28,9 @@ Data and model:
                             save() wrote, or a dense run's folder (its model.safetensors)
   --precision P             float32 (default) or bf16-mixed
   --recompute R             none (default), ffn or block
+  --temperature T           the Gumbel temperature schedule of VersatileFFN layers: paper (default,
+                            tau = max(5*0.99984^step, 0.1)) or stretched (the same curve reaching
+                            0.1 at the run's last step; for runs much shorter than the paper's)
   --device D                cpu, cuda or cuda:N (default cpu)
   --seed N                  seed of the weights, the Gumbel noise and the data order (default 1)
 
@@ -73,6 +76,7 @@ export const CONFIG_NAMES: Record<string, 'tiny' | 'small' | '354M' | '720M' | '
 const FFN_KINDS = ['versatile', 'dense', 'moe', 'loops'] as const
 const PRECISIONS = ['float32', 'bf16-mixed'] as const
 const RECOMPUTE = ['none', 'ffn', 'block'] as const
+const TEMPERATURES = ['paper', 'stretched'] as const
 
 /** What the run is: everything that decides its losses (stored in the checkpoint, so a resume repeats it). */
 export interface RunSettings {
@@ -89,6 +93,8 @@ export interface RunSettings {
   fromDense?: string
   precision: (typeof PRECISIONS)[number]
   recompute: (typeof RECOMPUTE)[number]
+  /** the Gumbel temperature schedule (absent in runs saved before it existed: 'paper') */
+  temperature?: (typeof TEMPERATURES)[number]
   seed: number
   steps: number
   batch: number
@@ -123,7 +129,7 @@ export interface TrainOptions {
 }
 
 const VALUE_FLAGS = [
-  'data', 'val', 'config', 'vocab-size', 'ffn', 'experts', 'top-k', 'expert-hidden', 'loops', 'from-dense', 'precision', 'recompute', 'device', 'seed',
+  'data', 'val', 'config', 'vocab-size', 'ffn', 'experts', 'top-k', 'expert-hidden', 'loops', 'from-dense', 'precision', 'recompute', 'temperature', 'device', 'seed',
   'steps', 'batch', 'seq', 'accumulate', 'lr', 'warmup', 'min-lr-ratio', 'weight-decay', 'grad-clip',
   'out', 'resume', 'eval-every', 'eval-batches', 'save-every', 'stop-at',
 ] as const
@@ -263,6 +269,7 @@ export function parseTrainArgs(argv: readonly string[]): { help: true } | { help
     if (!kinds.includes(ffn)) throw new UsageError(`--${flag}: only for --ffn ${kinds.join(' or ')}, got --ffn ${ffn}`)
     ;(ffnSizes as Record<string, number>)[key] = int(flag, get(flag)!, 1)
   }
+  if (get('temperature') !== undefined && ffn !== 'versatile') throw new UsageError(`--temperature: only for --ffn versatile (its Gumbel noise), got --ffn ${ffn}`)
   const steps = get('steps') === undefined ? 100 : int('steps', get('steps')!, 1)
   const batch = get('batch') === undefined ? 8 : int('batch', get('batch')!, 1, 1 << 20)
   const accumulate = get('accumulate') === undefined ? 1 : int('accumulate', get('accumulate')!, 1, 1 << 20)
@@ -276,6 +283,7 @@ export function parseTrainArgs(argv: readonly string[]): { help: true } | { help
     ffn, ...ffnSizes, fromDense,
     precision: oneOf('precision', get('precision') ?? 'float32', PRECISIONS),
     recompute: oneOf('recompute', get('recompute') ?? 'none', RECOMPUTE),
+    temperature: oneOf('temperature', get('temperature') ?? 'paper', TEMPERATURES),
     seed: get('seed') === undefined ? 1 : int('seed', get('seed')!, 0, 2 ** 32 - 1),
     steps, batch, accumulate, warmup,
     seq: get('seq') === undefined ? 64 : int('seq', get('seq')!, 1, 1 << 24),

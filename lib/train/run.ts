@@ -11,7 +11,7 @@ import { Device } from '../device'
 import { VffnError } from '../errors'
 import { TransformerLM, TransformerLMOptions } from '../nn/model'
 import { CONFIG_KEY, parseConfig } from '../nn/model_config'
-import { gumbelTemperature } from '../nn/versatile'
+import { gumbelTemperature, stretchedTemperature } from '../nn/versatile'
 import { AdamW, CosineSchedule, trainStep } from '../optim/adamw'
 import { tensor } from '../tensor'
 import { JSONValue, TRAINING_KEY, loadCheckpoint, saveCheckpoint } from './checkpoint'
@@ -292,8 +292,11 @@ export async function runTrain(o: TrainOptions, io: TrainIO, signals: SignalSour
         const t0 = process.hrtime.bigint()
         const { tokens, targets } = loader.nextArrays()
         const x = tensor(tokens, [B, S], { dtype: 'int32', device })
-        const tau = versatile ? gumbelTemperature(opt.step) : null
-        const r = trainStep(model, opt, x, targets, { schedule, accumulate: settings.accumulate, stats: versatile })
+        const stretched = settings.temperature === 'stretched'
+        const tau = versatile ? (stretched ? stretchedTemperature(opt.step, settings.steps) : gumbelTemperature(opt.step)) : null
+        const r = trainStep(model, opt, x, targets, {
+          schedule, accumulate: settings.accumulate, stats: versatile, ...(stretched && tau !== null ? { temperature: tau } : {}),
+        })
         let loops: number | null = null
         try {
           const st = await r.status
