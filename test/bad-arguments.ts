@@ -453,7 +453,7 @@ const ROWS: Row[] = [
 const NO_ARGUMENTS = new Set([
   'getNumThreads', 'VffnError', // an error class: any code and message
   'Tensor', // constructed only by the library (tensor(), empty(), ...)
-  'Tensor.data', 'Tensor.clone', 'Tensor.contiguous', 'Tensor.dispose', 'Tensor.toString', 'Device.sync', 'Device.memory', 'Device.toString',
+  'Tensor.data', 'Tensor.clone', 'Tensor.contiguous', 'Tensor.dispose', 'Tensor.toString', 'Device.sync', 'Device.memory', 'Device.resetPeakMemory', 'Device.toString',
   'DenseFFN.parameters', 'DenseFFN.namedParameters', 'DenseFFN.zeroGrad', 'DenseFFN.stateDict', 'DenseFFN.dispose',
   'VersatileFFN.parameters', 'VersatileFFN.namedParameters', 'VersatileFFN.zeroGrad', 'VersatileFFN.stateDict', 'VersatileFFN.dispose', 'VersatileFFN.loadStateDict',
   'TransformerLM.parameters', 'TransformerLM.gradients', 'TransformerLM.numParameters', 'TransformerLM.zeroGrad', 'TransformerLM.stateDict', 'TransformerLM.dispose',

@@ -38,7 +38,8 @@ struct FfnForwardArgs {
   View proj_w;  // [2I, D] f32|bf16, ff_proj.weight: rows [0,I) up, [I,2I) gate
   View out_w;   // [D, I] f32|bf16, ff_out.weight
   View rstd;    // [T] saved rstd of x (null at inference)
-  View h;       // [T, 2I] saved pre-activations, columns [0,I) up, [I,2I) gate (null at inference)
+  View h;       // [T, 2I] saved pre-activations, columns [0,I) up, [I,2I) gate (null at inference, or
+                // in training with recompute: the backward computes them again from x and rstd)
   float eps;    // 1e-6
 };
 
@@ -54,7 +55,7 @@ struct FfnBackwardArgs {
   View proj_w;   // [2I, D] f32|bf16
   View out_w;    // [D, I] f32|bf16
   View rstd;     // [T] from forward
-  View h;        // [T, 2I] from forward
+  View h;        // [T, 2I] from forward, or null: recomputed (CPU)
   float eps;     // 1e-6
 };
 
@@ -68,10 +69,11 @@ struct VersatileSaved {
   View depth_p;       // [T, L] softmax((z + g)/τ), token order (training)
   View xs;            // [L+1, T, D] loop values x^(0..L), sorted rows (x^(0) = x)
   View rstd;          // [L, T] rstd of each loop's input x^(j-1), sorted rows
-  View h;             // [L, T, 2I] each loop's pre-activations (up | gate), sorted rows
+  View h;             // [L, T, 2I] each loop's pre-activations (up | gate), sorted rows; null: recompute
+                      // (the forward writes none, the backward computes them again from xs and rstd)
   View assign;        // [T*K] i32 expert-sorted position -> assignment a
   View expert_start;  // [N+1] i32 first expert-sorted position of each expert
-  View width_h;       // [T*K, 2E] width pre-activations (up | gate) per expert-sorted position
+  View width_h;       // [T*K, 2E] width pre-activations (up | gate) per expert-sorted position; null with h
   View width_o;       // [T*K, D] FFN_e(x) (no residual, no routing weight) per expert-sorted position
   View x_width;       // [T, D] x_width = x + Σ_k w_k·FFN_{e_k}(x), token order
   View router_p;      // [T, N] softmax over all N router logits (balance loss), token order
