@@ -97,7 +97,7 @@ const FFN_FWD = { train: bool, step: int(), noise: oneOf('gumbell'), seed }
 const LM_OPTS: Record<string, Bad[]> = {
   vocabSize: int(1), dModel: int(2), nLayers: int(1), nHeads: int(1), hidden: int(1), maxSeqLen: int(1), ffn: oneOf('dens'),
   experts: int(1), topK: int(1), maxDepth: int(1), expertHidden: int(1), balanceLossWeight: num({ min: 0 }), device: dev,
-  dtype: oneOf('float'), seed: int(),
+  dtype: oneOf('float'), seed: int(), recompute: oneOf('blok'),
 }
 
 const ROWS: Row[] = [
@@ -240,7 +240,7 @@ const ROWS: Row[] = [
   { fn: 'axpy', make: () => ({ call: axpy, args: [zeros([3]), f([3]), 1] }), params: [{ name: 'y', bad: tens() }, { name: 'x', bad: tens(['a tensor of 2 elements', f([2])]) }, { name: 'alpha', bad: num() }] },
   {
     fn: 'DenseFFN', make: () => ({ call: (o) => new DenseFFN(o), args: [{ dModel: 8, hidden: 16 }] }),
-    params: [{ name: 'opts', bad: [...objectBad, ['undefined', undefined]], options: { dModel: int(1), hidden: int(1), device: dev, dtype: oneOf('float'), seed: int() } }],
+    params: [{ name: 'opts', bad: [...objectBad, ['undefined', undefined]], options: { dModel: int(1), hidden: int(1), device: dev, dtype: oneOf('float'), seed: int(), recompute: oneOf('fnn') } }],
   },
   { fn: 'DenseFFN.forward', make: () => { const m = new DenseFFN({ dModel: 8, hidden: 16 }); return { call: (x, o) => m.forward(x, o), args: [f([3, 8]), {}] } }, params: [{ name: 'x', bad: tens() }, opts(FFN_FWD)] },
   {
@@ -255,7 +255,7 @@ const ROWS: Row[] = [
     fn: 'VersatileFFN', make: () => ({ call: (o) => new VersatileFFN(o), args: [{ ...ffnOpts }] }),
     params: [{
       name: 'opts', bad: [...objectBad, ['undefined', undefined]],
-      options: { dModel: int(1), hidden: int(1), experts: int(1), topK: int(1), maxDepth: int(1), expertHidden: int(1), balanceLossWeight: num({ min: 0 }), device: dev, dtype: oneOf('float'), seed: int() },
+      options: { dModel: int(1), hidden: int(1), experts: int(1), topK: int(1), maxDepth: int(1), expertHidden: int(1), balanceLossWeight: num({ min: 0 }), device: dev, dtype: oneOf('float'), seed: int(), recompute: oneOf('block') },
     }],
   },
   { fn: 'VersatileFFN.forward', make: () => { const m = new VersatileFFN(ffnOpts); return { call: (x, o) => m.forward(x, o), args: [f([3, 8]), { train: true }] } }, params: [{ name: 'x', bad: tens() }, opts(FFN_FWD)] },
@@ -277,8 +277,9 @@ const ROWS: Row[] = [
     params: [{ name: 'saved', bad: objectBad }, { name: 'dres', bad: tens(['a misshapen dres', f([5, 8])]) }],
   },
   {
-    fn: 'TransformerBlock', make: () => ({ call: (a, m, w) => new TransformerBlock(a, m, w), args: [attn(), new DenseFFN({ dModel: 8, hidden: 16 }), full([8], 1)] }),
-    params: [{ name: 'attn', bad: objectBad }, { name: 'ffn', bad: [...objectBad, ['an FFN of another width', new DenseFFN({ dModel: 4, hidden: 8 })]] }, { name: 'normWeight', bad: tens(['a misshapen gain', full([4], 1)]) }],
+    fn: 'TransformerBlock', make: () => ({ call: (a, m, w, g, o) => new TransformerBlock(a, m, w, g, o), args: [attn(), new DenseFFN({ dModel: 8, hidden: 16 }), full([8], 1), undefined, {}] }),
+    params: [{ name: 'attn', bad: objectBad }, { name: 'ffn', bad: [...objectBad, ['an FFN of another width', new DenseFFN({ dModel: 4, hidden: 8 })]] }, { name: 'normWeight', bad: tens(['a misshapen gain', full([4], 1)]) },
+      { name: 'normGrad', bad: [['a number', 1], ['a string', 'x'], ['an object', {}]] }, opts({ recompute: oneOf('ffn') })],
   },
   {
     fn: 'TransformerBlock.forward', make: () => { const b = block(); return { call: (x, B, S, o) => b.forward(x, B, S, o), args: [f([6, 8]), 2, 3, { train: true }] } },
@@ -463,7 +464,7 @@ const NO_ARGUMENTS = new Set([
   'TokenLoader.next', 'TokenLoader.nextArrays', 'TokenLoader.position', 'GPT2Tokenizer', 'GPT2Tokenizer.available',
   'TokenDataset.readInto', 'TokenDataset.live', 'TokenDataset.fileAt', 'TokenLoader.windowAt',
   // private helpers (TypeScript keeps them on the prototype)
-  'VersatileFFN.args', 'TransformerLM.addOwn', 'TransformerLM.grad', 'TransformerLM.checkBackward', 'TransformerLM.loadTensors', 'TransformerLM.needFloat32', 'TransformerLM.checkTokens', 'CausalSelfAttention.project',
+  'VersatileFFN.args', 'TransformerLM.addOwn', 'TransformerLM.grad', 'TransformerLM.checkBackward', 'TransformerLM.loadTensors', 'TransformerLM.needFloat32', 'TransformerLM.checkTokens', 'CausalSelfAttention.project', 'TransformerBlock.run',
   'GenerationEngine.abort', 'GenerationEngine.kick', 'GenerationEngine.release', 'GenerationEngine.admit', 'GenerationEngine.loop', 'GenerationEngine.step', 'GenerationRequest.notify',
 ])
 

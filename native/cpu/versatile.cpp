@@ -141,7 +141,8 @@ void versatile_forward(const VersatileForwardArgs& a) {
   std::vector<float> obuf, xwbuf;
   float* wo = train ? sv.width_o.ptr<float>() : (obuf.resize(size_t(P * D)), obuf.data());
   float* xw = train ? sv.x_width.ptr<float>() : (xwbuf.resize(size_t(T * D)), xwbuf.data());
-  width_forward(wp, n.data(), a.proj_w, a.out_w, train ? sv.width_h.ptr<float>() : nullptr, wo);
+  // saved.width_h / saved.h null in training: recompute ('ffn'), the backward computes them again
+  width_forward(wp, n.data(), a.proj_w, a.out_w, train && sv.width_h.data ? sv.width_h.ptr<float>() : nullptr, wo);
   if (train) {
     std::memcpy(sv.assign.ptr<int32_t>(), wp.assign.data(), size_t(P) * sizeof(int32_t));
     std::memcpy(sv.expert_start.ptr<int32_t>(), wp.start.data(), size_t(N + 1) * sizeof(int32_t));
@@ -170,7 +171,8 @@ void versatile_forward(const VersatileForwardArgs& a) {
     float* xin = train ? X + (j - 1) * T * D : X;
     float* xout = train ? X + j * T * D : X;
     float* rs = train ? sv.rstd.ptr<float>() + (j - 1) * T : rstd0;
-    float* h = train ? sv.h.ptr<float>() + (j - 1) * T * 2 * I : (hbuf.resize(size_t(M * 2 * I)), hbuf.data());
+    float* h = train && sv.h.data ? sv.h.ptr<float>() + (j - 1) * T * 2 * I
+                                  : (hbuf.resize(size_t(M * 2 * I)), hbuf.data());
     act.resize(size_t(M * I));
     if (j > 1) rmsnorm_rows(M, D, xin, D, nw.data(), a.eps, n.data(), D, rs);
     if (xout != xin) std::memcpy(xout, xin, size_t(M * D) * sizeof(float));
@@ -247,7 +249,14 @@ void versatile_backward(const VersatileBackwardArgs& a) {
   });
   float* dproj = a.dproj_w.ptr<float>();
   float* dout = a.dout_w.ptr<float>();
-  width_backward(wp, G, lambda, weights, n.data(), sv.width_h.ptr<float>(), sv.width_o.ptr<float>(), a.proj_w,
+  // recompute: the width pre-activations again, in the forward's tasks (the same bits)
+  std::vector<float> width_h;
+  if (!sv.width_h.data) {
+    width_h.resize(size_t(P * 2 * E));
+    width_forward(wp, n.data(), a.proj_w, a.out_w, width_h.data(), nullptr);
+  }
+  width_backward(wp, G, lambda, weights, n.data(), sv.width_h.data ? sv.width_h.ptr<float>() : width_h.data(),
+                 sv.width_o.ptr<float>(), a.proj_w,
                  a.out_w, dproj, a.dproj_w.ld(), dout, a.dout_w.ld(), dn.data(), dw.data());
 
   // router: softmax over the chosen K, plus the balance loss through P_e only
@@ -273,16 +282,25 @@ void versatile_backward(const VersatileBackwardArgs& a) {
   });
 
   // depth path backward, in place over shrinking prefixes in reverse: a token enters at its own depth
-  std::vector<float> dcur(size_t(T * D));
+  std::vector<float> dcur(size_t(T * D)), hbuf;
   float* dnorm = a.dnorm_w.ptr<float>();
   for (int64_t j = L; j >= 1; j--) {
+    // recompute: loop j's pre-activations from its saved input, over the rows that still run it
+    const float* h = sv.h.data ? sv.h.ptr<float>() + (j - 1) * T * 2 * I : nullptr;
+    if (!h && m[size_t(j)] > 0) {
+      int64_t R = recompute_rows(m[size_t(j)], T);
+      hbuf.resize(size_t(R * 2 * I));
+      ffn_rows_preact(R, D, I, X + (j - 1) * T * D, sv.rstd.ptr<float>() + (j - 1) * T, nw.data(), a.proj_w,
+                      hbuf.data());
+      h = hbuf.data();
+    }
     for (int64_t s = m[size_t(j + 1)]; s < m[size_t(j)]; s++) {
       int64_t t = order[s];
       float c = 1.f - lambda[t];
       for (int64_t i = 0; i < D; i++) dcur[size_t(s * D + i)] = c * G[t * D + i];
     }
     ffn_rows_backward(m[size_t(j)], D, I, dcur.data(), X + (j - 1) * T * D, sv.rstd.ptr<float>() + (j - 1) * T,
-                      sv.h.ptr<float>() + (j - 1) * T * 2 * I, nw.data(), a.proj_w, a.out_w, dnorm, dproj,
+                      h, nw.data(), a.proj_w, a.out_w, dnorm, dproj,
                       a.dproj_w.ld(), dout, a.dout_w.ld(), j == 1 ? dn.data() : nullptr);
   }
 
