@@ -109,6 +109,8 @@ export class DenseFFN extends Module {
   forward(x: Tensor, opts: FFNForwardOptions & { train: true }): DenseFFNRecord
   forward(x: Tensor, opts: FFNForwardOptions = {}): DenseFFNRecord | { y: Tensor<'float32'>; stats: Record<string, never> } {
     const train = checkOptions('opts', opts, FFN_FORWARD_OPTIONS).train ?? false
+    if (train && this.recompute === 'ffn' && this.device.type !== 'cpu')
+      fail('ERR_UNSUPPORTED', `recompute: 'ffn' is implemented on cpu only, this module is on ${this.device}; use 'none' (or 'block' on a TransformerLM)`)
     const xc = this.input('x', x, this.dModel)
     const T = xc.shape[0]
     const p = this.params

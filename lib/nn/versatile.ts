@@ -173,6 +173,8 @@ export class VersatileFFN extends Module {
       noise = (o.noise ?? 'gumbel') === 'gumbel'
       seed = seedWords(o.seed ?? ((BigInt(this.seed) * 0x9e3779b97f4a7c15n + BigInt(step)) & ((1n << 64n) - 1n)))
     }
+    if (train && this.recompute === 'ffn' && this.device.type !== 'cpu')
+      fail('ERR_UNSUPPORTED', `recompute: 'ffn' is implemented on cpu only, this module is on ${this.device}; use 'none' (or 'block' on a TransformerLM)`)
     const xc = this.input('x', x, this.dModel)
     const T = xc.shape[0], D = this.dModel, I = this.hidden, N = this.experts, K = this.topK, L = this.maxDepth, E = this.expertHidden
     const dev = { device: this.device }
