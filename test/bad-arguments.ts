@@ -268,7 +268,7 @@ const ROWS: Row[] = [
     fn: 'MoEFFN', make: () => ({ call: (o) => new MoEFFN(o), args: [{ ...moeOpts }] }),
     params: [{
       name: 'opts', bad: [...objectBad, ['undefined', undefined]],
-      options: { dModel: int(1), experts: int(1), topK: int(1), expertHidden: [...int(1), ['2^31 stacked columns', 2 ** 30]], balanceLossWeight: num({ min: 0 }), device: dev, dtype: oneOf('float'), seed: int() },
+      options: { dModel: int(1), experts: int(1), topK: int(1), expertHidden: [...int(1), ['2^31 stacked columns', 2 ** 30]], balanceLossWeight: num({ min: 0 }), device: dev, dtype: oneOf('float'), seed: int(), recompute: oneOf('block') },
     }],
   },
   { fn: 'MoEFFN.forward', make: () => { const m = new MoEFFN(moeOpts); return { call: (x, o) => m.forward(x, o), args: [f([3, 8]), { train: true }] } }, params: [{ name: 'x', bad: tens(['a tensor of another width', f([3, 4])]) }, opts(FFN_FWD)] },
@@ -278,7 +278,7 @@ const ROWS: Row[] = [
   },
   {
     fn: 'LoopFFN', make: () => ({ call: (o) => new LoopFFN(o), args: [{ dModel: 8, hidden: 16, loops: 2 }] }),
-    params: [{ name: 'opts', bad: [...objectBad, ['undefined', undefined]], options: { dModel: int(1), hidden: int(1), loops: int(1), device: dev, dtype: oneOf('float'), seed: int() } }],
+    params: [{ name: 'opts', bad: [...objectBad, ['undefined', undefined]], options: { dModel: int(1), hidden: int(1), loops: int(1), device: dev, dtype: oneOf('float'), seed: int(), recompute: oneOf('block') } }],
   },
   { fn: 'LoopFFN.forward', make: () => { const m = new LoopFFN({ dModel: 8, hidden: 16, loops: 2 }); return { call: (x, o) => m.forward(x, o), args: [f([3, 8]), {}] } }, params: [{ name: 'x', bad: tens() }, opts(FFN_FWD)] },
   {

@@ -5,7 +5,7 @@
 // check against float64 references and finite differences; here one check also compares the
 // recomputed gradients with finite differences directly.
 import t from 'tap'
-import { AdamW, DenseFFN, Tensor, TransformerBlock, TransformerLM, TransformerLMOptions, VersatileFFN, cuda, device, empty, randn, tensor, trainStep } from '../lib/index'
+import { AdamW, DenseFFN, LoopFFN, MoEFFN, Tensor, TransformerBlock, TransformerLM, TransformerLMOptions, VersatileFFN, cuda, device, empty, randn, tensor, trainStep } from '../lib/index'
 import { CausalSelfAttention } from '../lib/nn/attention'
 import { rand } from './helpers/ffn-ref'
 
@@ -147,6 +147,39 @@ t.test("DenseFFN recompute 'ffn': bit-identical outputs and gradients", async (t
   }
 })
 
+// the baselines: LoopFFN (the dense op k times) and MoEFFN (the width path's grouped GEMM)
+async function baselineRun(kind: 'loops' | 'moe', T: number, recompute: 'none' | 'ffn', precision: Prec) {
+  const m = kind === 'loops'
+    ? new LoopFFN({ dModel: 16, hidden: 64, loops: 3, seed: 4, recompute, precision })
+    : new MoEFFN({ dModel: 16, experts: 4, topK: 2, expertHidden: 24, seed: 4, recompute, precision, balanceLossWeight: 0.01 })
+  const sd: Record<string, Float32Array> = {}
+  for (const [name, p] of m.namedParameters()) sd[name] = Float32Array.from(rand(p.size, name.length + 5, name === 'ff_norm.weight' ? 1 : 0.3))
+  m.loadStateDict(sd)
+  const x = tensor(Float32Array.from(rand(T * 16, 1)), [T, 16]), g = tensor(Float32Array.from(rand(T * 16, 2)), [T, 16])
+  const tr = m.forward(x, { train: true })
+  const dx = m.backward(tr as never, g)
+  const out: Record<string, number[]> = { y: await arr(tr.y), dx: await arr(dx) }
+  if (tr.auxLoss) out.aux = await arr(tr.auxLoss)
+  for (const [n, gr] of Object.entries(m.grads)) out[n] = await arr(gr)
+  ;(tr.stats as { dispose?(): void }).dispose?.()
+  m.dispose()
+  return out
+}
+
+t.test("LoopFFN and MoEFFN recompute 'ffn': bit-identical outputs and gradients", async (t) => {
+  for (const kind of ['loops', 'moe'] as const)
+    for (const precision of PRECISIONS)
+      for (const T of [5, 130]) {
+        const a = await baselineRun(kind, T, 'none', precision), b = await baselineRun(kind, T, 'ffn', precision)
+        let same = 0
+        for (const k of Object.keys(a)) {
+          if (b[k].join() === a[k].join()) same++
+          else t.fail(`${kind} ${precision} T=${T} ${k}: 'ffn' differs from 'none'`)
+        }
+        t.equal(same, Object.keys(a).length, `${kind} ${precision} T=${T}: all ${same} values the same`)
+      }
+})
+
 t.test("recompute 'ffn' keeps exactly the pre-activations less", async (t) => {
   const T = 40, D = 16, I = 64, N = 4, K = 2, L = 3, E = I / N
   const held = async (mk: () => VersatileFFN | DenseFFN) => {
@@ -171,11 +204,20 @@ t.test("recompute 'ffn' keeps exactly the pre-activations less", async (t) => {
   // bf16-mixed saves the pre-activations in bfloat16: 'ffn' keeps 2 bytes a value less
   const bNone = await held(() => new VersatileFFN({ ...vo, precision: 'bf16-mixed' })), bFfn = await held(() => new VersatileFFN({ ...vo, precision: 'bf16-mixed', recompute: 'ffn' }))
   t.equal(bNone - bFfn, 2 * (L * T * 2 * I + T * K * 2 * E), 'bf16-mixed VersatileFFN: h and widthH bfloat16 not kept')
+  const held2 = async (mk: () => LoopFFN | MoEFFN) => held(mk as never)
+  const k = 3, lo = { dModel: D, hidden: I, loops: k }
+  const lNone = await held2(() => new LoopFFN(lo)), lFfn = await held2(() => new LoopFFN({ ...lo, recompute: 'ffn' }))
+  t.equal(lNone - lFfn, 4 * k * T * 2 * I, 'LoopFFN: every loop\'s h [T, 2I] float32 not kept')
+  const lbNone = await held2(() => new LoopFFN({ ...lo, precision: 'bf16-mixed' })), lbFfn = await held2(() => new LoopFFN({ ...lo, recompute: 'ffn', precision: 'bf16-mixed' }))
+  t.equal(lbNone - lbFfn, 2 * k * T * 2 * I, 'bf16-mixed LoopFFN: every loop\'s h bfloat16 not kept')
+  const mo = { dModel: D, experts: N, topK: K, expertHidden: 24 }
+  const mNone = await held2(() => new MoEFFN(mo)), mFfn = await held2(() => new MoEFFN({ ...mo, recompute: 'ffn' }))
+  t.equal(mNone - mFfn, 4 * T * K * 2 * 24, 'MoEFFN: widthH [T·K, 2E] float32 not kept')
 })
 
-type Kind = 'versatile' | 'dense'
+type Kind = 'versatile' | 'dense' | 'moe' | 'loops'
 const tiny = (ffn: Kind, recompute: 'none' | 'ffn' | 'block', precision: Prec = 'float32'): TransformerLMOptions => ({
-  vocabSize: 48, dModel: 32, nLayers: 3, nHeads: 4, hidden: 128, maxSeqLen: 16, ffn, experts: 4, topK: 2, maxDepth: 3, seed: 7, recompute, precision,
+  vocabSize: 48, dModel: 32, nLayers: 3, nHeads: 4, hidden: 128, maxSeqLen: 16, ffn, experts: 4, topK: 2, maxDepth: 3, loops: 2, seed: 7, recompute, precision,
 })
 const B = 2, S = 16
 const ids = (shift: number) => tensor(Int32Array.from({ length: B * S }, (_, i) => (i * 7 + shift * 13 + ((i * i) % 5)) % 48), [B, S], { dtype: 'int32' })
@@ -186,7 +228,7 @@ async function lmRun(ffn: Kind, recompute: 'none' | 'ffn' | 'block', precision: 
   const loss = m.loss(out, ids(2))
   m.backward(out)
   const res: Record<string, number[]> = { loss: await arr(loss), loops: [] }
-  for (const s of out.stats) if (s) res.loops.push(...(await arr(s.loops)))
+  for (const s of out.stats) if (s) res.loops.push(...(await arr('loops' in s ? s.loops : s.experts)))
   for (const a of out.auxLoss) if (a) res.loops.push(...(await arr(a)))
   for (const [n, g] of m.gradients()) res[n] = await arr(g)
   // a second step through trainStep (AdamW, clipping) on top
@@ -201,9 +243,9 @@ async function lmRun(ffn: Kind, recompute: 'none' | 'ffn' | 'block', precision: 
   return res
 }
 
-t.test("TransformerLM recompute 'ffn' and 'block': bit-identical losses, gradients and updates, both precisions", async (t) => {
+t.test("TransformerLM recompute 'ffn' and 'block': bit-identical losses, gradients and updates, every FFN kind and precision", async (t) => {
   for (const precision of PRECISIONS)
-    for (const ffn of ['versatile', 'dense'] as const) {
+    for (const ffn of ['versatile', 'dense', 'moe', 'loops'] as const) {
       const a = await lmRun(ffn, 'none', precision)
       for (const r of ['ffn', 'block'] as const) {
         const b = await lmRun(ffn, r, precision)
@@ -277,6 +319,8 @@ t.test("bad recompute values: ERR_ARGUMENT naming the option, nothing allocated"
   for (const bad of ['full', 'Block', 1, null, true]) {
     t.throws(() => new VersatileFFN({ dModel: 8, recompute: bad as never }), { code: 'ERR_ARGUMENT', message: /recompute/ }, `VersatileFFN ${String(bad)}`)
     t.throws(() => new DenseFFN({ dModel: 8, recompute: bad as never }), { code: 'ERR_ARGUMENT', message: /recompute/ }, `DenseFFN ${String(bad)}`)
+    t.throws(() => new LoopFFN({ dModel: 8, recompute: bad as never }), { code: 'ERR_ARGUMENT', message: /recompute/ }, `LoopFFN ${String(bad)}`)
+    t.throws(() => new MoEFFN({ dModel: 8, recompute: bad as never }), { code: 'ERR_ARGUMENT', message: /recompute/ }, `MoEFFN ${String(bad)}`)
     t.throws(() => new TransformerLM({ ...tiny('versatile', 'none'), recompute: bad as never }), { code: 'ERR_ARGUMENT', message: /recompute/ }, `TransformerLM ${String(bad)}`)
   }
   // a block's recompute is 'none' or 'block' ('ffn' belongs to the FFN module)
@@ -312,4 +356,8 @@ t.test('CUDA: the allocator reports a peak; recompute ffn is not implemented the
   const ffn = new VersatileFFN({ dModel: 8, hidden: 32, experts: 4, recompute: 'ffn', device: 'cuda' })
   t.throws(() => ffn.forward(randn([4, 8]).to('cuda'), { train: true }), { code: 'ERR_UNSUPPORTED' })
   ffn.dispose()
+  for (const m of [new LoopFFN({ dModel: 8, hidden: 32, recompute: 'ffn', device: 'cuda' }), new MoEFFN({ dModel: 8, experts: 4, recompute: 'ffn', device: 'cuda' })]) {
+    t.throws(() => m.forward(randn([4, 8]).to('cuda'), { train: true }), { code: 'ERR_UNSUPPORTED', message: /recompute/ }, `${m.constructor.name}: ERR_UNSUPPORTED naming the option`)
+    m.dispose()
+  }
 })

@@ -151,7 +151,8 @@ struct MoeSaved {
   View rstd;          // [T] rstd of x
   View assign;        // [T*K] i32 expert-sorted position -> assignment a = t*K+k
   View expert_start;  // [N+1] i32 first expert-sorted position of each expert
-  View width_h;       // [T*K, 2E] pre-activations (up | gate) per expert-sorted position
+  View width_h;       // [T*K, 2E] pre-activations (up | gate) per expert-sorted position; data null:
+                      // recompute (the backward computes them again from x and rstd)
   View width_o;       // [T*K, D] FFN_e(x) (no residual, no routing weight) per expert-sorted position
   View router_p;      // [T, N] softmax over all N router logits (balance loss)
 };
