@@ -4,7 +4,7 @@
 // reports step time (median), tokens/s, the memory a training forward keeps for backward, and the
 // peak of a step above what the model and optimizer hold (device memory(), measured).
 //   npm run bench:lm -- [--config 354M] [--seq 1024] [--batch 1] [--layers 15] [--steps 2]
-//     [--ffn versatile,dense] [--precision float32,bf16-mixed] [--recompute none,ffn,block]
+//     [--ffn versatile,dense,moe,loops] [--precision float32,bf16-mixed] [--recompute none,ffn,block]
 //     [--parts block,model] [--device cpu|cuda] [--threads 2] [--json]
 // A precision the model does not accept yet is reported as rejected (with the model's error) and
 // the run goes on; float32 is the default and is not passed as an option.
@@ -35,7 +35,7 @@ const S = num('seq', Math.min(1024, cfg.maxSeqLen))
 const B = num('batch', 1)
 const layers = num('layers', cfg.nLayers)
 const steps = num('steps', 2)
-const ffns = list('ffn', ['versatile', 'dense'] as const, ['versatile', 'dense'])
+const ffns = list('ffn', ['versatile', 'dense', 'moe', 'loops'] as const, ['versatile', 'dense'])
 const precisions = list('precision', ['float32', 'bf16-mixed'] as const, ['float32', 'bf16-mixed'])
 const recomputes = list('recompute', ['none', 'ffn', 'block'] as const, ['none', 'ffn', 'block'])
 const parts = list('parts', ['block', 'model'] as const, ['block', 'model'])
