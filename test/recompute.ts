@@ -5,7 +5,7 @@
 // check against float64 references and finite differences; here one check also compares the
 // recomputed gradients with finite differences directly.
 import t from 'tap'
-import { AdamW, DenseFFN, LoopFFN, MoEFFN, Tensor, TransformerBlock, TransformerLM, TransformerLMOptions, VersatileFFN, cuda, device, empty, randn, tensor, trainStep } from '../lib/index'
+import { AdamW, DenseFFN, GenerationEngine, LoopFFN, MoEFFN, Tensor, _native, TransformerBlock, TransformerLM, TransformerLMOptions, VersatileFFN, cuda, device, empty, randn, tensor, trainStep } from '../lib/index'
 import { CausalSelfAttention } from '../lib/nn/attention'
 import { rand } from './helpers/ffn-ref'
 
@@ -258,6 +258,29 @@ t.test("TransformerLM recompute 'ffn' and 'block': bit-identical losses, gradien
       }
       t.ok(a.loss[0] > 0 && a.loss2[0] > 0, `${precision} ${ffn}: losses ${a.loss[0]}, ${a.loss2[0]}`)
     }
+})
+
+t.test("after 'block' training steps, recorded decode steps replay as the 'none' model's do", async (t) => {
+  // 'block' allocates the recomputed activations lazily; once its steps are done nothing is left
+  // deferred, and the engine's recorded steps (allocated while recording, replayed later) run
+  const gen = async (recompute: 'none' | 'block', precision: Prec) => {
+    const m = new TransformerLM(tiny('versatile', recompute, precision))
+    const opt = new AdamW(m.parameters(), m.gradients(), { lr: 1e-2 })
+    for (let i = 0; i < 2; i++) await trainStep(m, opt, ids(i), ids(i + 1)).status
+    t.equal(_native.deferAlloc(false), false, `${recompute} ${precision}: no lazy allocation left switched on after training`)
+    const e = new GenerationEngine(m, { maxBatch: 2, maxTokens: 128, recordSteps: true })
+    const outs = await Promise.all([[1, 2, 3], [4, 5]].map(async (p) => Array.from(await e.generate(Int32Array.from(p), { maxNewTokens: 6 }).result)))
+    const st = e.stats()
+    await e.close()
+    opt.dispose()
+    m.dispose()
+    return { outs, replayed: st.replayedSteps }
+  }
+  for (const precision of PRECISIONS) {
+    const a = await gen('none', precision), b = await gen('block', precision)
+    t.ok(b.replayed > 0, `${precision}: ${b.replayed} decode steps replayed from a recording`)
+    t.same(b.outs, a.outs, `${precision}: the same greedy tokens as the 'none' model`)
+  }
 })
 
 t.test('memory held by a training forward, and the peak of forward + backward', async (t) => {
