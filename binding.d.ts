@@ -37,7 +37,9 @@ export interface Binding {
   copy(dst: NativeTensor, src: NativeTensor): void
   fill(t: NativeTensor, value: number): void
   randn(t: NativeTensor, seedLo: number, seedHi: number, mean: number, std: number, truncate: number): void
-  memory(deviceType: number, deviceIndex: number): { live: number; cached: number }
+  memory(deviceType: number, deviceIndex: number, resetPeak?: boolean): { live: number; cached: number; peak: number }
+  /** CPU tensors created on this thread from now on take their memory when the first op runs on them; returns the previous setting. */
+  deferAlloc(on: boolean): boolean
   cudaInfo(): { available: boolean; reason: string; count: number }
   threads(n?: number): number
   philox(c0: number, c1: number, c2: number, c3: number, seedLo: number, seedHi: number): number[]
@@ -49,11 +51,12 @@ export interface Binding {
   // ---- FFN layers (native/core/ffn_args.h); outputs first, then inputs, saved values, sizes ----
   rmsnormForward(out: NativeTensor, rstd: NativeTensor | null, x: NativeTensor, weight: NativeTensor, eps: number): void
   rmsnormBackward(dx: NativeTensor, dweight: NativeTensor, dout: NativeTensor, x: NativeTensor, weight: NativeTensor, rstd: NativeTensor): void
-  /** rstd and h are the saved values of training (null at inference). */
+  /** rstd and h are the saved values of training (null at inference; h null with recompute, and backward computes it again). */
   ffnForward(y: NativeTensor, x: NativeTensor, normW: NativeTensor, projW: NativeTensor, outW: NativeTensor,
              rstd: NativeTensor | null, h: NativeTensor | null, eps: number): void
   ffnBackward(dx: NativeTensor, dnormW: NativeTensor, dprojW: NativeTensor, doutW: NativeTensor, dy: NativeTensor, x: NativeTensor,
-              normW: NativeTensor, projW: NativeTensor, outW: NativeTensor, rstd: NativeTensor, h: NativeTensor, eps: number): void
+              normW: NativeTensor, projW: NativeTensor, outW: NativeTensor, rstd: NativeTensor, h: NativeTensor | null, eps: number,
+              /** h null: round the recomputed pre-activations to bfloat16, as forward saves them under bf16-mixed */ hBf16?: boolean): void
   /** Named fields (x, normW, projW, outW, routerW, depthW, y, loops, lambda, expertsOut, weights, expertCounts, aux,
    *  saved?, experts, topK, maxDepth, expertHidden, eps, balanceWeight, train, noise, seedLo, seedHi, tau); see lib/nn/versatile.ts. */
   versatileForward(args: Record<string, unknown>): void

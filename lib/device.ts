@@ -31,9 +31,25 @@ export class Device {
     return native.sync(this.code, this.index)
   }
 
-  /** Bytes of device memory held by live tensors (`live`) and kept by the allocator for reuse (`cached`). */
-  memory(): { live: number; cached: number } {
+  /**
+   * Bytes of device memory held by live tensors (`live`), kept by the allocator for reuse
+   * (`cached`), and the most that were live at once since the last resetPeakMemory() or since
+   * the device was first used (`peak`, >= live). On CPU a tensor holds its memory from its
+   * creation, when an op is queued, until its last handle and queued reader are gone; on CUDA
+   * from when the stream first runs an op on it, and `live` also counts the kernels' scratch
+   * blocks. Read after `await device.sync()` for a figure that covers the work queued so far.
+   */
+  memory(): { live: number; cached: number; peak: number } {
     return native.memory(this.code, this.index)
+  }
+
+  /**
+   * Starts a new peak: memory().peak becomes the bytes live now and then tracks the most live
+   * at once from here. Measure a step's peak with `await dev.sync(); dev.resetPeakMemory()`,
+   * the step, `await dev.sync()`, then `dev.memory().peak`.
+   */
+  resetPeakMemory(): void {
+    native.memory(this.code, this.index, true)
   }
 
   private static cache = new Map<string, Device>()

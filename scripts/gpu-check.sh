@@ -55,7 +55,7 @@ do_pack() {
 { "extends": "$root/tsconfig.json",
   "compilerOptions": { "rootDir": "$root", "outDir": "$pack", "declaration": false, "sourceMap": false,
                        "typeRoots": ["$root/node_modules/@types"] },
-  "include": ["$root/lib/**/*.ts", "$root/test/cuda-*.ts", "$root/bench/cuda-*.ts"] }
+  "include": ["$root/lib/**/*.ts", "$root/test/cuda-*.ts", "$root/bench/cuda-*.ts", "$root/bench/lm.ts"] }
 EOF
   npx tsc -p "$cfg"
   rm -f "$cfg"
@@ -295,6 +295,15 @@ do_run() {
       console.log(`gemm ${r.layer} T=${r.T} TFLOP/s: fwd ${f(r.fwd_bf16)}, dX ${f(r.dx_bf16)}, dW ${f(r.dw_bf16)} bf16 (staged: dX ${f(o?.dx_bf16)}, dW ${f(o?.dw_bf16)}); fwd ${f(r.fwd_f32)}, dX ${f(r.dx_f32)}, dW ${f(r.dw_f32)} f32 (staged: dW ${f(o?.dw_f32)})`)
     }
     for (const r of last("bench-ffn.json")?.rows ?? []) console.log(`ffn T=${r.T}: infer ${r.vInfer.toFixed(2)} ms (torch ${r.torchInferMs.toFixed(2)}), train ${r.vTrain.toFixed(2)} ms (torch ${r.torchTrainMs.toFixed(2)}), dense fwd ${r.denseFwd.toFixed(2)} ms`)' "$OUT" 2>/dev/null | tee -a "$log"
+  # 5. the training benchmark (one 354M block, T = 1024, every precision and recompute mode), with
+  # whatever time is left (BENCH_LM_S, default 45): informational, not part of the verdict
+  lb=$(budget "${BENCH_LM_S:-45}")
+  if [ "$lb" -gt 10 ]; then
+    timeout "$lb" node "$pack/bench/lm.js" --device cuda --parts block --seq 1024 --steps 3 --json >"$OUT/bench-lm.json" 2>>"$log" ||
+      echo "bench lm: no complete result in ${lb} s" | tee -a "$log"
+  else
+    echo "bench lm: skipped, ${lb} s left" | tee -a "$log"
+  fi
   finish
 }
 

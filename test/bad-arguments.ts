@@ -98,7 +98,7 @@ const FFN_FWD = { train: bool, step: int(), noise: oneOf('gumbell'), seed, tau: 
 const LM_OPTS: Record<string, Bad[]> = {
   vocabSize: int(1), dModel: int(2), nLayers: int(1), nHeads: int(1), hidden: int(1), maxSeqLen: int(1), ffn: oneOf('dens'), loops: int(1),
   experts: int(1), topK: int(1), maxDepth: int(1), expertHidden: int(1), balanceLossWeight: num({ min: 0 }), device: dev,
-  dtype: oneOf('float'), seed: int(), precision: oneOf('bf16'),
+  dtype: oneOf('float'), seed: int(), precision: oneOf('bf16'), recompute: oneOf('blok'),
 }
 
 const ROWS: Row[] = [
@@ -241,7 +241,7 @@ const ROWS: Row[] = [
   { fn: 'axpy', make: () => ({ call: axpy, args: [zeros([3]), f([3]), 1] }), params: [{ name: 'y', bad: tens() }, { name: 'x', bad: tens(['a tensor of 2 elements', f([2])]) }, { name: 'alpha', bad: num() }] },
   {
     fn: 'DenseFFN', make: () => ({ call: (o) => new DenseFFN(o), args: [{ dModel: 8, hidden: 16 }] }),
-    params: [{ name: 'opts', bad: [...objectBad, ['undefined', undefined]], options: { dModel: int(1), hidden: int(1), device: dev, dtype: oneOf('float'), seed: int(), precision: oneOf('bf16') } }],
+    params: [{ name: 'opts', bad: [...objectBad, ['undefined', undefined]], options: { dModel: int(1), hidden: int(1), device: dev, dtype: oneOf('float'), seed: int(), precision: oneOf('bf16'), recompute: oneOf('fnn') } }],
   },
   { fn: 'DenseFFN.forward', make: () => { const m = new DenseFFN({ dModel: 8, hidden: 16 }); return { call: (x, o) => m.forward(x, o), args: [f([3, 8]), {}] } }, params: [{ name: 'x', bad: tens() }, opts(FFN_FWD)] },
   {
@@ -256,7 +256,7 @@ const ROWS: Row[] = [
     fn: 'VersatileFFN', make: () => ({ call: (o) => new VersatileFFN(o), args: [{ ...ffnOpts }] }),
     params: [{
       name: 'opts', bad: [...objectBad, ['undefined', undefined]],
-      options: { dModel: int(1), hidden: int(1), experts: int(1), topK: int(1), maxDepth: int(1), expertHidden: int(1), balanceLossWeight: num({ min: 0 }), device: dev, dtype: oneOf('float'), seed: int(), precision: oneOf('bf16') },
+      options: { dModel: int(1), hidden: int(1), experts: int(1), topK: int(1), maxDepth: int(1), expertHidden: int(1), balanceLossWeight: num({ min: 0 }), device: dev, dtype: oneOf('float'), seed: int(), precision: oneOf('bf16'), recompute: oneOf('block') },
     }],
   },
   { fn: 'VersatileFFN.forward', make: () => { const m = new VersatileFFN(ffnOpts); return { call: (x, o) => m.forward(x, o), args: [f([3, 8]), { train: true }] } }, params: [{ name: 'x', bad: tens() }, opts(FFN_FWD)] },
@@ -268,7 +268,7 @@ const ROWS: Row[] = [
     fn: 'MoEFFN', make: () => ({ call: (o) => new MoEFFN(o), args: [{ ...moeOpts }] }),
     params: [{
       name: 'opts', bad: [...objectBad, ['undefined', undefined]],
-      options: { dModel: int(1), experts: int(1), topK: int(1), expertHidden: [...int(1), ['2^31 stacked columns', 2 ** 30]], balanceLossWeight: num({ min: 0 }), device: dev, dtype: oneOf('float'), seed: int() },
+      options: { dModel: int(1), experts: int(1), topK: int(1), expertHidden: [...int(1), ['2^31 stacked columns', 2 ** 30]], balanceLossWeight: num({ min: 0 }), device: dev, dtype: oneOf('float'), seed: int(), recompute: oneOf('block') },
     }],
   },
   { fn: 'MoEFFN.forward', make: () => { const m = new MoEFFN(moeOpts); return { call: (x, o) => m.forward(x, o), args: [f([3, 8]), { train: true }] } }, params: [{ name: 'x', bad: tens(['a tensor of another width', f([3, 4])]) }, opts(FFN_FWD)] },
@@ -278,7 +278,7 @@ const ROWS: Row[] = [
   },
   {
     fn: 'LoopFFN', make: () => ({ call: (o) => new LoopFFN(o), args: [{ dModel: 8, hidden: 16, loops: 2 }] }),
-    params: [{ name: 'opts', bad: [...objectBad, ['undefined', undefined]], options: { dModel: int(1), hidden: int(1), loops: int(1), device: dev, dtype: oneOf('float'), seed: int() } }],
+    params: [{ name: 'opts', bad: [...objectBad, ['undefined', undefined]], options: { dModel: int(1), hidden: int(1), loops: int(1), device: dev, dtype: oneOf('float'), seed: int(), recompute: oneOf('block') } }],
   },
   { fn: 'LoopFFN.forward', make: () => { const m = new LoopFFN({ dModel: 8, hidden: 16, loops: 2 }); return { call: (x, o) => m.forward(x, o), args: [f([3, 8]), {}] } }, params: [{ name: 'x', bad: tens() }, opts(FFN_FWD)] },
   {
@@ -300,8 +300,9 @@ const ROWS: Row[] = [
     params: [{ name: 'saved', bad: objectBad }, { name: 'dres', bad: tens(['a misshapen dres', f([5, 8])]) }],
   },
   {
-    fn: 'TransformerBlock', make: () => ({ call: (a, m, w) => new TransformerBlock(a, m, w), args: [attn(), new DenseFFN({ dModel: 8, hidden: 16 }), full([8], 1)] }),
-    params: [{ name: 'attn', bad: objectBad }, { name: 'ffn', bad: [...objectBad, ['an FFN of another width', new DenseFFN({ dModel: 4, hidden: 8 })]] }, { name: 'normWeight', bad: tens(['a misshapen gain', full([4], 1)]) }],
+    fn: 'TransformerBlock', make: () => ({ call: (a, m, w, g, o) => new TransformerBlock(a, m, w, g, o), args: [attn(), new DenseFFN({ dModel: 8, hidden: 16 }), full([8], 1), undefined, {}] }),
+    params: [{ name: 'attn', bad: objectBad }, { name: 'ffn', bad: [...objectBad, ['an FFN of another width', new DenseFFN({ dModel: 4, hidden: 8 })]] }, { name: 'normWeight', bad: tens(['a misshapen gain', full([4], 1)]) },
+      { name: 'normGrad', bad: [['a number', 1], ['a string', 'x'], ['an object', {}]] }, opts({ recompute: oneOf('ffn') })],
   },
   {
     fn: 'TransformerBlock.forward', make: () => { const b = block(); return { call: (x, B, S, o) => b.forward(x, B, S, o), args: [f([6, 8]), 2, 3, { train: true }] } },
@@ -476,7 +477,7 @@ const ROWS: Row[] = [
 const NO_ARGUMENTS = new Set([
   'getNumThreads', 'VffnError', // an error class: any code and message
   'Tensor', // constructed only by the library (tensor(), empty(), ...)
-  'Tensor.data', 'Tensor.clone', 'Tensor.contiguous', 'Tensor.dispose', 'Tensor.toString', 'Device.sync', 'Device.memory', 'Device.toString',
+  'Tensor.data', 'Tensor.clone', 'Tensor.contiguous', 'Tensor.dispose', 'Tensor.toString', 'Device.sync', 'Device.memory', 'Device.resetPeakMemory', 'Device.toString',
   'DenseFFN.parameters', 'DenseFFN.namedParameters', 'DenseFFN.zeroGrad', 'DenseFFN.stateDict', 'DenseFFN.dispose',
   'VersatileFFN.parameters', 'VersatileFFN.namedParameters', 'VersatileFFN.zeroGrad', 'VersatileFFN.stateDict', 'VersatileFFN.dispose', 'VersatileFFN.loadStateDict',
   'MoEFFN.expertStateDict',
@@ -487,7 +488,7 @@ const NO_ARGUMENTS = new Set([
   'TokenLoader.next', 'TokenLoader.nextArrays', 'TokenLoader.position', 'GPT2Tokenizer', 'GPT2Tokenizer.available',
   'TokenDataset.readInto', 'TokenDataset.live', 'TokenDataset.fileAt', 'TokenLoader.windowAt',
   // private helpers (TypeScript keeps them on the prototype)
-  'VersatileFFN.args', 'MoEFFN.args', 'TransformerLM.addOwn', 'TransformerLM.grad', 'TransformerLM.checkBackward', 'TransformerLM.loadTensors', 'TransformerLM.needFloat32', 'TransformerLM.checkTokens', 'CausalSelfAttention.project',
+  'VersatileFFN.args', 'MoEFFN.args', 'TransformerLM.addOwn', 'TransformerLM.grad', 'TransformerLM.checkBackward', 'TransformerLM.loadTensors', 'TransformerLM.needFloat32', 'TransformerLM.checkTokens', 'CausalSelfAttention.project', 'TransformerBlock.run',
   'GenerationEngine.abort', 'GenerationEngine.kick', 'GenerationEngine.release', 'GenerationEngine.admit', 'GenerationEngine.loop', 'GenerationEngine.step', 'GenerationEngine.graph', 'GenerationEngine.tryGraph', 'GenerationEngine.dropGraphs', 'GenerationRequest.notify',
 ])
 

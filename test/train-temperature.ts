@@ -85,6 +85,22 @@ t.test('trainStep: temperature gumbelTemperature(step) equals the default; anoth
     return losses
   }
   const base = await run()
+  // recompute 'block' reruns each block's forward in backward: with the same τ, or the gradients differ
+  const viaBlock = async (recompute: 'none' | 'block') => {
+    const m = new TransformerLM({ ...cfg, recompute })
+    const o = new AdamW(m.parameters(), m.gradients(), { lr: 1e-2 })
+    const losses: number[] = []
+    for (let s = 0; s < 3; s++) {
+      const res = trainStep(m, o, tok, tgt, { temperature: 0.25 + s })
+      losses.push((await res.loss.data())[0])
+      res.loss.dispose()
+    }
+    const w = Array.from(await m.parameters().get('transformer.blocks.0.depth_predictor.weight')!.data())
+    m.dispose()
+    o.dispose()
+    return { losses, w }
+  }
+  t.same(await viaBlock('block'), await viaBlock('none'), "recompute 'block' replays the given temperature: the same losses and loop-head weights")
   t.same(await run(gumbelTemperature), base, 'the per-step schedule given explicitly: the same losses, bit for bit')
   const other = await run((s) => stretchedTemperature(s, 3))
   t.equal(other[0], base[0], 'step 0: τ = 5 in both')

@@ -23,6 +23,13 @@ export interface DenseFFNOptions extends ModuleOptions {
   dModel: number
   /** SwiGLU intermediate size I; default 4·dModel */
   hidden?: number
+  /**
+   * Activation recompute in training: 'none' (default) saves the SwiGLU pre-activations [T, 2I]
+   * for backward; 'ffn' saves only the input and its norm's rstd, and backward computes the
+   * pre-activations again (bit-identical gradients; under bf16-mixed they are rounded to bfloat16
+   * as the forward saves them). 'ffn' runs on CPU only for now.
+   */
+  recompute?: 'none' | 'ffn'
 }
 
 /** Options of forward for both FFN modules. */
@@ -42,7 +49,7 @@ export interface DenseFFNRecord {
   y: Tensor<'float32'>
   stats: Record<string, never>
   auxLoss?: undefined
-  /** @internal */ _saved?: { owner: DenseFFN; x: Tensor; rstd: Tensor; h: Tensor; shape: readonly number[] }
+  /** @internal h is absent with recompute 'ffn' */ _saved?: { owner: DenseFFN; x: Tensor; rstd: Tensor; h?: Tensor; shape: readonly number[] }
   /** frees the saved values (y stays) */
   dispose(): void
 }
@@ -65,7 +72,9 @@ export function checkRecord<S extends { owner: unknown }>(tr: unknown, owner: un
 
 /** The forward options both FFN modules take (the dense FFN ignores all but `train`). */
 export const FFN_FORWARD_OPTIONS = { train: optional(bool), step: optional(int(0)), noise: optional(oneOf(['gumbel', 'none'] as const)), seed: optional(seed64), tau: optional(number({ exclusiveMin: 0 })) }
-const DENSE_OPTIONS = { ...MODULE_OPTIONS, dModel: int(1), hidden: optional(int(1)) }
+/** @internal the recompute option of both FFN modules */
+export const FFN_RECOMPUTE = optional(oneOf(['none', 'ffn'] as const))
+const DENSE_OPTIONS = { ...MODULE_OPTIONS, dModel: int(1), hidden: optional(int(1)), recompute: FFN_RECOMPUTE }
 
 /**
  * The dense SwiGLU FFN with its residual, `x + W_out·(silu(W_gate·n(x)) ⊙ W_up·n(x))` (docs/SPEC.md):
@@ -74,6 +83,8 @@ const DENSE_OPTIONS = { ...MODULE_OPTIONS, dModel: int(1), hidden: optional(int(
 export class DenseFFN extends Module {
   readonly dModel: number
   readonly hidden: number
+  /** What a training forward saves: 'none' (the pre-activations too) or 'ffn' (input and rstd; backward recomputes) */
+  readonly recompute: 'none' | 'ffn'
 
   constructor(opts: DenseFFNOptions) {
     if (opts === undefined) fail('ERR_ARGUMENT', 'opts: expected an options object, got undefined')
@@ -90,6 +101,7 @@ export class DenseFFN extends Module {
     )
     this.dModel = D
     this.hidden = I
+    this.recompute = o.recompute ?? 'none'
   }
 
   /**
@@ -100,6 +112,8 @@ export class DenseFFN extends Module {
   forward(x: Tensor, opts: FFNForwardOptions & { train: true }): DenseFFNRecord
   forward(x: Tensor, opts: FFNForwardOptions = {}): DenseFFNRecord | { y: Tensor<'float32'>; stats: Record<string, never> } {
     const train = checkOptions('opts', opts, FFN_FORWARD_OPTIONS).train ?? false
+    if (train && this.recompute === 'ffn' && this.device.type !== 'cpu')
+      fail('ERR_UNSUPPORTED', `recompute: 'ffn' is implemented on cpu only, this DenseFFN is on ${this.device}; use 'none' (or 'block' on a TransformerLM)`)
     const xc = this.input('x', x, this.dModel)
     const T = xc.shape[0]
     const p = this.weights
@@ -110,9 +124,10 @@ export class DenseFFN extends Module {
       return { y: this.output(y, x.shape), stats: {} }
     }
     const rstd = alloc([T], { device: this.device })
-    // the SwiGLU pre-activations, the largest saved value, are kept in bfloat16 under bf16-mixed
-    const h = alloc([T, 2 * this.hidden], { device: this.device, dtype: this._savedDType })
-    native.ffnForward(y, xc, p['ff_norm.weight'], p['ff_proj.weight'], p['ff_out.weight'], rstd, h, NORM_EPS)
+    // the SwiGLU pre-activations, the largest saved value, are kept in bfloat16 under bf16-mixed;
+    // with recompute 'ffn' not at all (backward computes them again and rounds them the same way)
+    const h = this.recompute === 'none' ? alloc([T, 2 * this.hidden], { device: this.device, dtype: this._savedDType }) : undefined
+    native.ffnForward(y, xc, p['ff_norm.weight'], p['ff_proj.weight'], p['ff_out.weight'], rstd, h ?? null, NORM_EPS)
     const rec: DenseFFNRecord = {
       y: this.output(y, x.shape),
       stats: {},
@@ -120,7 +135,7 @@ export class DenseFFN extends Module {
       dispose() {
         const s = rec._saved
         rec._saved = undefined
-        if (s) for (const t of [s.x, s.rstd, s.h]) t.dispose()
+        if (s) for (const t of [s.x, s.rstd, s.h]) t?.dispose()
       },
     }
     return rec
@@ -139,7 +154,7 @@ export class DenseFFN extends Module {
     const g = this.grads
     const dx = alloc([...s.x.shape], { device: this.device })
     native.ffnBackward(dx, g['ff_norm.weight'], g['ff_proj.weight'], g['ff_out.weight'], dyc, s.x,
-      p['ff_norm.weight'], p['ff_proj.weight'], p['ff_out.weight'], s.rstd, s.h, NORM_EPS)
+      p['ff_norm.weight'], p['ff_proj.weight'], p['ff_out.weight'], s.rstd, s.h ?? null, NORM_EPS, this._savedDType === 'bfloat16')
     dyc.dispose()
     if (!retain) tr.dispose()
     return this.output(dx, s.shape)

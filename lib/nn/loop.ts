@@ -3,7 +3,7 @@
 import { native } from '../binding'
 import { fail, show } from '../errors'
 import { Tensor } from '../tensor'
-import { BackwardOptions, FFNForwardOptions, FFN_FORWARD_OPTIONS, NORM_EPS, alloc, checkRecord, defaultHidden } from './ffn'
+import { BackwardOptions, FFNForwardOptions, FFN_FORWARD_OPTIONS, FFN_RECOMPUTE, NORM_EPS, alloc, checkRecord, defaultHidden } from './ffn'
 import { MODULE_OPTIONS, Module, ModuleOptions } from './module'
 import { bool, checkOptions, int, optional } from '../validate'
 
@@ -15,6 +15,13 @@ export interface LoopFFNOptions extends ModuleOptions {
   hidden?: number
   /** how many times the FFN is applied, k; default 4 (the paper's 2/4/6-loop baselines; VersatileFFN's default L) */
   loops?: number
+  /**
+   * Activation recompute in training: 'none' (default) saves every loop's SwiGLU pre-activations
+   * [T, 2I] for backward; 'ffn' saves only each loop's input and rstd, and backward computes the
+   * pre-activations again as DenseFFN does (bit-identical gradients; under bf16-mixed rounded to
+   * bfloat16 as 'none' saves them). 'ffn' runs on CPU only for now (ERR_UNSUPPORTED on CUDA).
+   */
+  recompute?: 'none' | 'ffn'
 }
 
 /** What a LoopFFN training forward keeps for backward; dispose() frees it (backward does unless retain). */
@@ -23,13 +30,13 @@ export interface LoopFFNRecord {
   y: Tensor<'float32'>
   stats: Record<string, never>
   auxLoss?: undefined
-  /** @internal xs[j] is loop j+1's input, rstd[j] and h[j] its saved norm and pre-activations */
+  /** @internal xs[j] is loop j+1's input, rstd[j] and h[j] its saved norm and pre-activations (h empty with recompute 'ffn') */
   _saved?: { owner: LoopFFN; xs: Tensor[]; rstd: Tensor[]; h: Tensor[]; shape: readonly number[] }
   /** frees the saved values (y stays) */
   dispose(): void
 }
 
-const LOOP_OPTIONS = { ...MODULE_OPTIONS, dModel: int(1), hidden: optional(int(1)), loops: optional(int(1)) }
+const LOOP_OPTIONS = { ...MODULE_OPTIONS, dModel: int(1), hidden: optional(int(1)), loops: optional(int(1)), recompute: FFN_RECOMPUTE }
 
 /**
  * The k-loop FFN (docs/SPEC.md), the paper's depth-only baseline: the dense SwiGLU FFN with its
@@ -42,6 +49,8 @@ export class LoopFFN extends Module {
   readonly hidden: number
   /** k, the number of applications */
   readonly loops: number
+  /** What a training forward saves: 'none' (inputs, rstd and pre-activations of every loop) or 'ffn' (not the pre-activations; backward recomputes them) */
+  readonly recompute: 'none' | 'ffn'
 
   constructor(opts: LoopFFNOptions) {
     if (opts === undefined) fail('ERR_ARGUMENT', 'opts: expected an options object, got undefined')
@@ -59,6 +68,7 @@ export class LoopFFN extends Module {
     this.dModel = D
     this.hidden = I
     this.loops = o.loops ?? 4
+    this.recompute = o.recompute ?? 'none'
   }
 
   /**
@@ -69,6 +79,8 @@ export class LoopFFN extends Module {
   forward(x: Tensor, opts: FFNForwardOptions & { train: true }): LoopFFNRecord
   forward(x: Tensor, opts: FFNForwardOptions = {}): LoopFFNRecord | { y: Tensor<'float32'>; stats: Record<string, never> } {
     const train = checkOptions('opts', opts, FFN_FORWARD_OPTIONS).train ?? false
+    if (train && this.recompute === 'ffn' && this.device.type !== 'cpu')
+      fail('ERR_UNSUPPORTED', `recompute: 'ffn' is implemented on cpu only, this LoopFFN is on ${this.device}; use 'none' (or 'block' on a TransformerLM)`)
     const xc = this.input('x', x, this.dModel)
     const T = xc.shape[0]
     const p = this.weights
@@ -78,13 +90,13 @@ export class LoopFFN extends Module {
     for (let j = 0; j < this.loops; j++) {
       const y = alloc([T, this.dModel], dev)
       const r = train ? alloc([T], dev) : null
-      // bfloat16 under bf16-mixed, as DenseFFN keeps them
-      const hj = train ? alloc([T, 2 * this.hidden], { device: this.device, dtype: this._savedDType }) : null
+      // bfloat16 under bf16-mixed, as DenseFFN keeps them; none with recompute 'ffn'
+      const hj = train && this.recompute === 'none' ? alloc([T, 2 * this.hidden], { device: this.device, dtype: this._savedDType }) : null
       native.ffnForward(y, cur, p['ff_norm.weight'], p['ff_proj.weight'], p['ff_out.weight'], r, hj, NORM_EPS)
       if (train) {
         xs.push(cur)
         rstd.push(r!)
-        h.push(hj!)
+        if (hj) h.push(hj)
       } else cur.dispose()
       cur = y
     }
@@ -117,7 +129,7 @@ export class LoopFFN extends Module {
     for (let j = this.loops - 1; j >= 0; j--) {
       const dx = alloc([...d.shape], { device: this.device })
       native.ffnBackward(dx, g['ff_norm.weight'], g['ff_proj.weight'], g['ff_out.weight'], d, s.xs[j],
-        p['ff_norm.weight'], p['ff_proj.weight'], p['ff_out.weight'], s.rstd[j], s.h[j], NORM_EPS)
+        p['ff_norm.weight'], p['ff_proj.weight'], p['ff_out.weight'], s.rstd[j], s.h[j] ?? null, NORM_EPS, this._savedDType === 'bfloat16')
       d.dispose()
       d = dx
     }

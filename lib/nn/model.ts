@@ -7,7 +7,7 @@ import { crossEntropy, crossEntropyBackward, embedding, embeddingBackward, zero_
 import { checkTensor, matmul, reshapeFree } from '../ops'
 import { Tensor, full, randn, zeros } from '../tensor'
 import { CausalSelfAttention, checkHeads } from './attention'
-import { BlockSaved, FFNModule, TransformerBlock, rmsnorm, rmsnormBackward } from './block'
+import { BlockReplay, BlockSaved, FFNModule, TransformerBlock, blockSavedTensors, releaseBlockSaved, rmsnorm, rmsnormBackward } from './block'
 import { FFNKind, checkFFNSizes, createFFN, resolvedFFN } from './model_ffn'
 import { FromDenseOptions, fromDense } from './from_dense'
 import { generate, GenerateOptions } from './generate'
@@ -56,6 +56,14 @@ export interface TransformerLMOptions {
    */
   precision?: Precision
   seed?: number
+  /**
+   * Activation recompute in training (not part of a checkpoint's config): 'none' (default) keeps
+   * every activation backward reads; 'ffn' keeps only each FFN loop's input (and the width path's)
+   * and recomputes the SwiGLU pre-activations in backward (CPU only for now); 'block' keeps only
+   * each block's input and runs the block's forward again in backward. Gradients are the same,
+   * bit for bit, in all three.
+   */
+  recompute?: 'none' | 'ffn' | 'block'
 }
 
 /** The paper's three sizes (15 layers, 16 heads, N=8, K=2, L=4, 50304 embedding rows) and small ones. */
@@ -112,14 +120,14 @@ export interface LMOutput {
   dispose(): void
 }
 
-interface Saved { B: number; S: number; tokens: Tensor; blocks: BlockSaved[]; xf: Tensor; xfn: Tensor; rstd: Tensor; lse?: Tensor; targets?: Tensor; ignoreIndex?: number }
+interface Saved { B: number; S: number; tokens: Tensor; blocks: (BlockSaved | BlockReplay)[]; xf: Tensor; xfn: Tensor; rstd: Tensor; lse?: Tensor; targets?: Tensor; ignoreIndex?: number }
 
 // what backward would have freed, for a training output dropped without it
 function releaseSaved(s: Saved): void {
   for (const t of [s.tokens, s.xf, s.xfn, s.rstd, s.lse, s.targets]) t?.dispose()
   for (const b of s.blocks) {
-    for (const t of [b.x, b.rstd, b.attn.xn, b.attn.qkv, b.attn.att, b.attn.lse]) t.dispose()
-    ;(b.ffn as { dispose(): void }).dispose()
+    releaseBlockSaved(b)
+    b.x.dispose()
   }
 }
 
@@ -152,6 +160,7 @@ const LM_OPTIONS = {
   ffn: optional(oneOf(['versatile', 'dense', 'moe', 'loops'] as const)), loops: optional(int(1)), experts: optional(int(1)), topK: optional(int(1)), maxDepth: optional(int(1)),
   expertHidden: optional(int(1)), balanceLossWeight: optional(number({ min: 0 })), device: optional(deviceCheck),
   dtype: optional(dtypeCheck(['float32', 'bfloat16'] as const)), precision: optional(PRECISION), seed: optional(int(0)),
+  recompute: optional(oneOf(['none', 'ffn', 'block'] as const)),
 }
 const LM_REQUIRED = ['vocabSize', 'dModel', 'nLayers', 'nHeads', 'hidden'] as const
 const LM_FORWARD_OPTIONS = { train: optional(bool), step: optional(int(0)), noise: optional(oneOf(['gumbel', 'none'] as const)), lastOnly: optional(bool), noiseStream: optional(int(0)), tau: optional(number({ exclusiveMin: 0 })) }
@@ -163,10 +172,12 @@ const SAVE_OPTIONS = { dtype: optional(dtypeCheck(['float32', 'bfloat16'] as con
  * trainStep; inference: forward and generate; checkpoints: save, load, fromFile.
  */
 export class TransformerLM {
-  // precision is how the model trains, like its device: not part of the config a checkpoint records
-  readonly config: Required<Omit<TransformerLMOptions, 'device' | 'precision' | 'expertHidden' | 'balanceLossWeight' | 'loops'>> & { expertHidden?: number; balanceLossWeight?: number; loops?: number }
+  // precision and recompute are how the model trains, like its device: not part of the config a checkpoint records
+  readonly config: Required<Omit<TransformerLMOptions, 'device' | 'precision' | 'expertHidden' | 'balanceLossWeight' | 'loops' | 'recompute'>> & { expertHidden?: number; balanceLossWeight?: number; loops?: number }
   /** Training precision ('float32' or 'bf16-mixed'). */
   readonly precision: Precision
+  /** What a training forward keeps for backward (see TransformerLMOptions.recompute) */
+  readonly recompute: 'none' | 'ffn' | 'block'
   readonly device: Device
   readonly blocks: TransformerBlock[]
   // the model's own parameters (all but the FFNs'); gradients appear on first use (see grad);
@@ -187,6 +198,7 @@ export class TransformerLM {
       experts: o.experts ?? 8, topK: o.topK ?? 2, maxDepth: o.maxDepth ?? 4,
       expertHidden: o.expertHidden, balanceLossWeight: o.balanceLossWeight, loops: o.loops,
     }
+    this.recompute = o.recompute ?? 'none'
     this.device = o.device ?? Device.get('cpu')
     const dev = this.device
     this.blocks = []
@@ -207,8 +219,9 @@ export class TransformerLM {
         const f: FFNModule = createFFN(ffn, {
           dModel, hidden, experts: this.config.experts, topK: this.config.topK, maxDepth: this.config.maxDepth,
           expertHidden: opts.expertHidden, balanceLossWeight: opts.balanceLossWeight, loops: opts.loops, device: dev, dtype, precision, seed: Number(deriveSeed(seed, 2, i)),
+          recompute: this.recompute === 'ffn' ? 'ffn' : 'none',
         })
-        this.blocks.push(new TransformerBlock(attn, f, norm, () => grad(p + 'attn_norm.weight')))
+        this.blocks.push(new TransformerBlock(attn, f, norm, () => grad(p + 'attn_norm.weight'), { recompute: this.recompute === 'block' ? 'block' : 'none' }))
       }
       gain('transformer.ln_f.weight')
       mat('transformer.ff_out.weight', [vocabSize, dModel])
@@ -349,7 +362,7 @@ export class TransformerLM {
     const flat = tc.reshape([B * S])
     tc.dispose()
     let x = embedding(this._weight('transformer.wte.weight'), flat)
-    const saved: BlockSaved[] = []
+    const saved: (BlockSaved | BlockReplay)[] = []
     const stats: LMOutput['stats'] = []
     const aux: LMOutput['auxLoss'] = []
     this.blocks.forEach((blk, i) => {
@@ -448,7 +461,8 @@ export class TransformerLM {
     if (s.blocks.length !== this.blocks.length) fail('ERR_ARGUMENT', `out: expected saved values of ${this.blocks.length} blocks, got ${s.blocks.length}`)
     const tensors: [string, unknown][] = [['out.logits', out.logits], ['out (saved tokens)', s.tokens], ['out (saved activations)', s.xf], ['out (saved activations)', s.xfn], ['out (saved activations)', s.rstd], ['out (saved loss)', s.lse], ['out (saved targets)', s.targets]]
     s.blocks.forEach((b, i) => {
-      for (const v of [b.x, b.rstd, b.attn.xn, b.attn.qkv, b.attn.att, b.attn.lse]) tensors.push([`out (saved values of block ${i})`, v])
+      for (const v of blockSavedTensors(b)) tensors.push([`out (saved values of block ${i})`, v])
+      if ('replay' in b) return
       const rec = b.ffn as { _saved?: unknown; stats?: Record<string, unknown> }
       if (!rec._saved) fail('ERR_ARGUMENT', `out: the FFN record of block ${i} has been disposed or used by backward already`)
       for (const [k, v] of Object.entries(rec.stats ?? {})) tensors.push([`out.stats[${i}].${k}`, v])

@@ -19,7 +19,7 @@ export function checkFFNSizes(kind: FFNKind, I: number, o: { experts?: number; t
 
 export function createFFN(kind: FFNKind, s: FFNSettings): FFNModule {
   // the modules' forward/backward records differ; the block treats them alike through FFNModule
-  const common = { dModel: s.dModel, device: s.device, dtype: s.dtype, precision: s.precision, seed: s.seed }
+  const common = { dModel: s.dModel, device: s.device, dtype: s.dtype, precision: s.precision, seed: s.seed, recompute: s.recompute }
   if (kind === 'dense') return new DenseFFN({ ...common, hidden: s.hidden }) as unknown as FFNModule
   if (kind === 'loops') return new LoopFFN({ ...common, hidden: s.hidden, loops: s.loops }) as unknown as FFNModule
   if (kind === 'moe') {

@@ -4,7 +4,7 @@
 import { fail, show } from '../errors'
 import { Tensor } from '../tensor'
 import { native } from '../binding'
-import { BackwardOptions, FFNForwardOptions, FFN_FORWARD_OPTIONS, NORM_EPS, alloc as empty, checkRecord, defaultHidden } from './ffn'
+import { BackwardOptions, FFNForwardOptions, FFN_FORWARD_OPTIONS, FFN_RECOMPUTE, NORM_EPS, alloc as empty, checkRecord, defaultHidden } from './ffn'
 import { MODULE_OPTIONS, Module, ModuleOptions } from './module'
 import { arg, bool, checkOptions, int, number, optional } from '../validate'
 
@@ -23,6 +23,13 @@ export interface MoEFFNOptions extends ModuleOptions {
   expertHidden?: number
   /** α of the load-balancing loss; default 1e-5 (VersatileFFN's), 0 disables it */
   balanceLossWeight?: number
+  /**
+   * Activation recompute in training: 'none' (default) saves the experts' SwiGLU pre-activations
+   * [T·K, 2E] for backward; 'ffn' does not, and backward computes them again from the input and
+   * its saved rstd, in the forward's tasks (bit-identical gradients). 'ffn' runs on CPU only for
+   * now (ERR_UNSUPPORTED on CUDA).
+   */
+  recompute?: 'none' | 'ffn'
 }
 
 /** Routing per token, as tensors on the module's device. */
@@ -49,7 +56,8 @@ interface Saved {
   owner: MoEFFN
   x: Tensor
   shape: readonly number[]
-  t: Record<'rstd' | 'assign' | 'expertStart' | 'widthH' | 'widthO' | 'routerP', Tensor>
+  // widthH is absent with recompute 'ffn'
+  t: Record<'rstd' | 'assign' | 'expertStart' | 'widthO' | 'routerP', Tensor> & { widthH?: Tensor }
 }
 
 /** A training forward: output, stats, the balance loss, and what backward needs. */
@@ -69,7 +77,7 @@ export interface MoEBackwardOptions extends BackwardOptions {
 
 const MOE_OPTIONS = {
   ...MODULE_OPTIONS, dModel: int(1), experts: optional(int(1)), topK: optional(int(1)), expertHidden: optional(int(1)),
-  balanceLossWeight: optional(number({ min: 0 })),
+  balanceLossWeight: optional(number({ min: 0 })), recompute: FFN_RECOMPUTE,
 }
 
 /** @internal checks N experts of K per token; returns the expert width E (default floor(I/K), I the dense width) */
@@ -94,6 +102,8 @@ export class MoEFFN extends Module {
   readonly topK: number
   readonly expertHidden: number
   readonly balanceLossWeight: number
+  /** What a training forward saves: 'none' (everything) or 'ffn' (not the experts' pre-activations; backward recomputes them) */
+  readonly recompute: 'none' | 'ffn'
 
   constructor(opts: MoEFFNOptions) {
     if (opts === undefined) fail('ERR_ARGUMENT', 'opts: expected an options object, got undefined')
@@ -114,6 +124,7 @@ export class MoEFFN extends Module {
     this.topK = K
     this.expertHidden = E
     this.balanceLossWeight = o.balanceLossWeight ?? 1e-5
+    this.recompute = o.recompute ?? 'none'
   }
 
   /**
@@ -155,6 +166,8 @@ export class MoEFFN extends Module {
   forward(x: Tensor, opts: FFNForwardOptions & { train: true }): MoERecord
   forward(x: Tensor, opts: FFNForwardOptions = {}): MoEOutput | MoERecord {
     const train = checkOptions('opts', opts, FFN_FORWARD_OPTIONS).train ?? false
+    if (train && this.recompute === 'ffn' && this.device.type !== 'cpu')
+      fail('ERR_UNSUPPORTED', `recompute: 'ffn' is implemented on cpu only, this MoEFFN is on ${this.device}; use 'none' (or 'block' on a TransformerLM)`)
     const xc = this.input('x', x, this.dModel)
     const T = xc.shape[0], D = this.dModel, N = this.experts, K = this.topK, E = this.expertHidden
     const dev = { device: this.device }
@@ -172,8 +185,9 @@ export class MoEFFN extends Module {
     }
     const t: Saved['t'] = {
       rstd: empty([T], dev), assign: empty([T * K], i32), expertStart: empty([N + 1], i32),
-      widthH: empty([T * K, 2 * E], dev), widthO: empty([T * K, D], dev), routerP: empty([T, N], dev),
+      widthO: empty([T * K, D], dev), routerP: empty([T, N], dev),
     }
+    if (this.recompute === 'none') t.widthH = empty([T * K, 2 * E], dev)
     native.moeForward({ ...this.args(xc), ...outs, saved: t, train: true })
     const rec: MoERecord = {
       y: this.output(y, x.shape), stats, auxLoss: aux,

@@ -3,7 +3,7 @@
 import { fail, show } from '../errors'
 import { Tensor, seedWords } from '../tensor'
 import { native } from '../binding'
-import { BackwardOptions, FFNForwardOptions, FFN_FORWARD_OPTIONS, NORM_EPS, alloc as empty, checkRecord, defaultHidden } from './ffn'
+import { BackwardOptions, FFNForwardOptions, FFN_FORWARD_OPTIONS, FFN_RECOMPUTE, NORM_EPS, alloc as empty, checkRecord, defaultHidden } from './ffn'
 import { MODULE_OPTIONS, Module, ModuleOptions } from './module'
 import { arg, bool, checkOptions, int, number, optional } from '../validate'
 
@@ -23,6 +23,13 @@ export interface VersatileFFNOptions extends ModuleOptions {
   expertHidden?: number
   /** α of the load-balancing loss; default 1e-5 (the paper's text; the authors' released config uses 5e-5), 0 disables it */
   balanceLossWeight?: number
+  /**
+   * Activation recompute in training: 'none' (default) saves every loop's SwiGLU pre-activations
+   * for backward; 'ffn' saves only each loop's input (and the width path's), and backward computes
+   * the pre-activations again (one more up/gate GEMM per loop), with bit-identical gradients
+   * (under bf16-mixed the recomputed values are rounded to bfloat16, as 'none' saves them). 'ffn' runs on CPU only for now (ERR_UNSUPPORTED on CUDA).
+   */
+  recompute?: 'none' | 'ffn'
 }
 
 /** Routing and depth per token, as tensors on the module's device. */
@@ -55,7 +62,8 @@ interface Saved {
   /** the caller's input shape [..., D] */
   shape: readonly number[]
   tau: number
-  t: Record<'order' | 'depthP' | 'xs' | 'rstd' | 'h' | 'assign' | 'expertStart' | 'widthH' | 'widthO' | 'xWidth' | 'routerP', Tensor>
+  // h and widthH are absent with recompute 'ffn'
+  t: Record<'order' | 'depthP' | 'xs' | 'rstd' | 'assign' | 'expertStart' | 'widthO' | 'xWidth' | 'routerP', Tensor> & { h?: Tensor; widthH?: Tensor }
 }
 
 /** A training forward: output, stats, the balance loss, and what backward needs. */
@@ -98,7 +106,7 @@ export function stretchedTemperature(step: number, totalSteps: number): number {
 
 const VERSATILE_OPTIONS = {
   ...MODULE_OPTIONS, dModel: int(1), hidden: optional(int(1)), experts: optional(int(1)), topK: optional(int(1)), maxDepth: optional(int(1)),
-  expertHidden: optional(int(1)), balanceLossWeight: optional(number({ min: 0 })),
+  expertHidden: optional(int(1)), balanceLossWeight: optional(number({ min: 0 })), recompute: FFN_RECOMPUTE,
 }
 
 /** @internal checks how N experts of K per token fit in hidden I; returns the expert width E */
@@ -124,6 +132,8 @@ export class VersatileFFN extends Module {
   readonly maxDepth: number
   readonly expertHidden: number
   readonly balanceLossWeight: number
+  /** What a training forward saves: 'none' (everything) or 'ffn' (the loop inputs; backward recomputes the rest) */
+  readonly recompute: 'none' | 'ffn'
 
   constructor(opts: VersatileFFNOptions) {
     if (opts === undefined) fail('ERR_ARGUMENT', 'opts: expected an options object, got undefined')
@@ -148,6 +158,7 @@ export class VersatileFFN extends Module {
     this.maxDepth = L
     this.expertHidden = E
     this.balanceLossWeight = alpha
+    this.recompute = o.recompute ?? 'none'
   }
 
   private args(x: Tensor): Record<string, unknown> {
@@ -179,6 +190,8 @@ export class VersatileFFN extends Module {
       noise = (o.noise ?? 'gumbel') === 'gumbel'
       seed = seedWords(o.seed ?? ((BigInt(this.seed) * 0x9e3779b97f4a7c15n + BigInt(step)) & ((1n << 64n) - 1n)))
     }
+    if (train && this.recompute === 'ffn' && this.device.type !== 'cpu')
+      fail('ERR_UNSUPPORTED', `recompute: 'ffn' is implemented on cpu only, this VersatileFFN is on ${this.device}; use 'none' (or 'block' on a TransformerLM)`)
     const xc = this.input('x', x, this.dModel)
     const T = xc.shape[0], D = this.dModel, I = this.hidden, N = this.experts, K = this.topK, L = this.maxDepth, E = this.expertHidden
     const dev = { device: this.device }
@@ -200,9 +213,14 @@ export class VersatileFFN extends Module {
     }
     const t: Saved['t'] = {
       order: empty([T], i32), depthP: empty([T, L], dev), xs: empty([L + 1, T, D], dev), rstd: empty([L, T], dev),
-      // every loop's SwiGLU pre-activations, by far the largest saved value: bfloat16 under bf16-mixed
-      h: empty([L, T, 2 * I], { device: this.device, dtype: this._savedDType }), assign: empty([T * K], i32), expertStart: empty([N + 1], i32),
-      widthH: empty([T * K, 2 * E], { device: this.device, dtype: this._savedDType }), widthO: empty([T * K, D], dev), xWidth: empty([T, D], dev), routerP: empty([T, N], dev),
+      assign: empty([T * K], i32), expertStart: empty([N + 1], i32),
+      widthO: empty([T * K, D], dev), xWidth: empty([T, D], dev), routerP: empty([T, N], dev),
+    }
+    if (this.recompute === 'none') {
+      // every loop's SwiGLU pre-activations, by far the largest saved value, and the width path's:
+      // bfloat16 under bf16-mixed
+      t.h = empty([L, T, 2 * I], { device: this.device, dtype: this._savedDType })
+      t.widthH = empty([T * K, 2 * E], { device: this.device, dtype: this._savedDType })
     }
     native.versatileForward({ ...this.args(xc), ...outs, saved: t, train: true, noise, seedLo: seed[0], seedHi: seed[1], tau })
     const rec: VersatileRecord = {
@@ -240,7 +258,8 @@ export class VersatileFFN extends Module {
       dNormW: g['ff_norm.weight'], dProjW: g['ff_proj.weight'], dOutW: g['ff_out.weight'],
       dRouterW: g['expert_gate.weight'], dDepthW: g['depth_predictor.weight'],
       loops: st.loops, lambda: st.lambda, expertsOut: st.experts, weights: st.weights, expertCounts: st.expertCounts,
-      saved: s.t, tau: s.tau, auxGrad,
+      // recompute: the backward rounds the recomputed pre-activations as forward would have saved them
+      saved: s.t.h ? s.t : { ...s.t, recomputeBf16: this._savedDType === 'bfloat16' }, tau: s.tau, auxGrad,
     })
     dyc.dispose()
     if (!o.retain) tr.dispose()

@@ -6,7 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#define VFFN_CUDA_API_VERSION 1
+#define VFFN_CUDA_API_VERSION 2
 
 enum {
   VFFN_OK = 0,
@@ -34,6 +34,8 @@ struct vffn_cuda_api {
   int (*memcpy_h2d)(int dev, void* dst, const void* src, size_t bytes);
   int (*memcpy_d2h)(int dev, void* dst, const void* src, size_t bytes);
   int (*synchronize)(int dev);
+  // the most bytes live at once since the last reset (reset != 0 first sets it to the live bytes).
+  int (*memory_peak)(int dev, size_t* peak, int reset);
 };
 
 typedef const vffn_cuda_api* (*vffn_cuda_get_api_fn)(int version);

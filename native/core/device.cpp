@@ -13,42 +13,60 @@ namespace vffn {
 Device::Device(DeviceType t, int i)
     : type(t), index(i), stream(t == kCPU ? "cpu" : "cuda:" + std::to_string(i)) {}
 
+void Device::add_live(int64_t n) {
+  const int64_t now = live_bytes.fetch_add(n) + n;
+  int64_t peak = peak_bytes.load();
+  while (now > peak && !peak_bytes.compare_exchange_weak(peak, now)) {
+  }
+}
+
 std::string Device::name() const { return type == kCPU ? "cpu" : "cuda:" + std::to_string(index); }
 
 static size_t round_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
 
-Storage::Storage(Device* dev, size_t n) : device(dev), bytes(n) {
-  if (dev->type == kCPU) {
+Storage::Storage(Device* dev, size_t n, bool deferred) : device(dev), bytes(n) {
+  if (dev->type == kCPU && !deferred) {
     // 64-byte alignment for vector loads; never a zero-size request
-    ptr_ = std::aligned_alloc(64, round_up(n ? n : 1, 64));
-    if (!ptr_) fail("ERR_OOM", "out of memory: could not allocate " + std::to_string(n) + " bytes on cpu");
-    dev->live_bytes += int64_t(n);
+    void* p = std::aligned_alloc(64, round_up(n ? n : 1, 64));
+    if (!p) fail("ERR_OOM", "out of memory: could not allocate " + std::to_string(n) + " bytes on cpu");
+    ptr_.store(p);
+    dev->add_live(int64_t(n));
   }
 }
 
 Storage::~Storage() {
-  if (!ptr_) return;
+  void* p = ptr_.load();
+  if (!p) return;
   if (device->type == kCPU) {
-    std::free(ptr_);
+    std::free(p);
     device->live_bytes -= int64_t(bytes);
     return;
   }
   // CUDA: hand the block back in stream order, after every op queued before this point
-  void* p = ptr_;
   Device* dev = device;
   const vffn_cuda_api* api = cuda_api();
   if (api) dev->stream.enqueue("free", [api, dev, p] { api->free(dev->index, p); });
 }
 
 void* Storage::data() {
-  if (!ptr_ && device->type == kCUDA) {
+  void* p = ptr_.load(std::memory_order_acquire);
+  if (p) return p;
+  if (device->type == kCUDA) {
     const vffn_cuda_api* api = cuda_api();
     if (!api) fail("ERR_CUDA_UNAVAILABLE", "CUDA backend unavailable");
-    void* p = nullptr;
     cuda_check(api->malloc(device->index, bytes ? bytes : 1, &p), "allocate");
-    ptr_ = p;
+    ptr_.store(p, std::memory_order_release);
+    return p;
   }
-  return ptr_;
+  // a deferred CPU storage: the first caller allocates
+  std::lock_guard<std::mutex> lk(mu_);
+  p = ptr_.load();
+  if (p) return p;
+  p = std::aligned_alloc(64, round_up(bytes ? bytes : 1, 64));
+  if (!p) fail("ERR_OOM", "out of memory: could not allocate " + std::to_string(bytes) + " bytes on cpu");
+  device->add_live(int64_t(bytes));
+  ptr_.store(p, std::memory_order_release);
+  return p;
 }
 
 Device* cpu_device() {

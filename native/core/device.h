@@ -22,6 +22,9 @@ class Device {
   int index;
   Stream stream;
   std::atomic<int64_t> live_bytes{0};  // CPU: bytes held by storages; CUDA: mirrors the allocator
+  std::atomic<int64_t> peak_bytes{0};  // CPU: the most live_bytes has been since the last reset_peak()
+  void add_live(int64_t n);            // CPU: live_bytes += n, raising peak_bytes when it passes it
+  void reset_peak() { peak_bytes.store(live_bytes.load()); }
   std::string name() const;
 };
 
@@ -33,12 +36,15 @@ struct Failure {
 using FailurePtr = std::shared_ptr<const Failure>;
 
 struct Storage {
-  Storage(Device* dev, size_t bytes);
+  // deferred (CPU): the memory is taken the first time data() is called (on the worker, by the
+  // first op that runs on it) instead of now, so queued work holds memory only while it runs
+  Storage(Device* dev, size_t bytes, bool deferred = false);
   ~Storage();
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
-  // CPU memory exists from creation; CUDA memory is taken from the caching allocator the first
-  // time the device's worker touches it (stream order makes that safe without locks).
+  // CPU memory exists from creation unless deferred; CUDA memory is taken from the caching
+  // allocator the first time the device's worker touches it (stream order makes that safe
+  // without locks). a deferred CPU storage allocates under its lock; ERR_OOM when it cannot.
   void* data();
   Device* device;
   size_t bytes;
@@ -55,7 +61,7 @@ struct Storage {
   }
 
  private:
-  void* ptr_ = nullptr;
+  std::atomic<void*> ptr_{nullptr};
   mutable std::mutex mu_;
   FailurePtr failure_;
 };

@@ -38,7 +38,9 @@ struct FfnForwardArgs {
   View proj_w;  // [2I, D] f32|bf16, ff_proj.weight: rows [0,I) up, [I,2I) gate
   View out_w;   // [D, I] f32|bf16, ff_out.weight
   View rstd;    // [T] saved rstd of x (null at inference)
-  View h;       // [T, 2I] f32|bf16 saved pre-activations, columns [0,I) up, [I,2I) gate (null at inference)
+  View h;       // [T, 2I] f32|bf16 saved pre-activations, columns [0,I) up, [I,2I) gate (null at inference).
+                // In training with recompute, data is null and the backward computes them again from x
+                // and rstd; dtype still says how they would have been saved (bf16: rounded as saved)
   float eps;    // 1e-6
 };
 
@@ -54,7 +56,7 @@ struct FfnBackwardArgs {
   View proj_w;   // [2I, D] f32|bf16
   View out_w;    // [D, I] f32|bf16
   View rstd;     // [T] from forward
-  View h;        // [T, 2I] f32|bf16 from forward
+  View h;        // [T, 2I] f32|bf16 from forward, or data null: recomputed (CPU), rounded to dtype
   float eps;     // 1e-6
 };
 
@@ -68,10 +70,13 @@ struct VersatileSaved {
   View depth_p;       // [T, L] softmax((z + g)/τ), token order (training)
   View xs;            // [L+1, T, D] loop values x^(0..L), sorted rows (x^(0) = x)
   View rstd;          // [L, T] rstd of each loop's input x^(j-1), sorted rows
-  View h;             // [L, T, 2I] f32|bf16 each loop's pre-activations (up | gate), sorted rows
+  View h;             // [L, T, 2I] f32|bf16 each loop's pre-activations (up | gate), sorted rows; data null:
+                      // recompute (the forward writes none, the backward computes them again from xs and
+                      // rstd and rounds them to dtype, as the forward would have saved them)
   View assign;        // [T*K] i32 expert-sorted position -> assignment a
   View expert_start;  // [N+1] i32 first expert-sorted position of each expert
-  View width_h;       // [T*K, 2E] f32|bf16 width pre-activations (up | gate) per expert-sorted position
+  View width_h;       // [T*K, 2E] f32|bf16 width pre-activations (up | gate) per expert-sorted position; data
+                      // null with h (recompute, rounded to dtype the same way)
   View width_o;       // [T*K, D] FFN_e(x) (no residual, no routing weight) per expert-sorted position
   View x_width;       // [T, D] x_width = x + Σ_k w_k·FFN_{e_k}(x), token order
   View router_p;      // [T, N] softmax over all N router logits (balance loss), token order
@@ -146,7 +151,8 @@ struct MoeSaved {
   View rstd;          // [T] rstd of x
   View assign;        // [T*K] i32 expert-sorted position -> assignment a = t*K+k
   View expert_start;  // [N+1] i32 first expert-sorted position of each expert
-  View width_h;       // [T*K, 2E] pre-activations (up | gate) per expert-sorted position
+  View width_h;       // [T*K, 2E] pre-activations (up | gate) per expert-sorted position; data null:
+                      // recompute (the backward computes them again from x and rstd)
   View width_o;       // [T*K, D] FFN_e(x) (no residual, no routing weight) per expert-sorted position
   View router_p;      // [T, N] softmax over all N router logits (balance loss)
 };

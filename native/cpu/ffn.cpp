@@ -1,10 +1,12 @@
 // the dense SwiGLU FFN with its residual on CPU, forward and backward:
 // y = x + W_out · (silu(W_gate · n(x)) ⊙ (W_up · n(x))). T rows, D width, I intermediate.
 // the row helpers here also run each loop of VersatileFFN's depth path.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
 #include "ffn.h"
+#include "gemm_kernels.h"
 #include "pool.h"
 
 namespace vffn::cpu {
@@ -68,6 +70,13 @@ void load_values(const View& v, int64_t offset, int64_t n, float* dst) {
   });
 }
 
+void round_as_saved(const View& v, float* p, int64_t n) {
+  if (v.dtype != BF16) return;
+  parallel_for(n, 1 << 14, [&](int64_t b, int64_t e, int) {
+    for (int64_t i = b; i < e; i++) p[i] = bf16_to_f32(f32_to_bf16(p[i]));
+  });
+}
+
 void ffn_rows_forward(int64_t M, int64_t D, int64_t I, const float* n, float* x, const View& proj_w,
                       const View& out_w, float* h, float* a) {
   if (M == 0) return;
@@ -101,6 +110,21 @@ void ffn_rows_backward(int64_t M, int64_t D, int64_t I, float* dx, const float* 
   });
 }
 
+void ffn_rows_preact(int64_t M, int64_t D, int64_t I, const float* x, const float* rstd, const float* norm_w,
+                     const View& proj_w, float* h) {
+  if (M == 0) return;
+  std::vector<float> n(size_t(M * D));
+  parallel_for(M, 16, [&](int64_t b, int64_t e, int) {
+    for (int64_t i = b; i < e; i++)
+      for (int64_t j = 0; j < D; j++) n[size_t(i * D + j)] = x[i * D + j] * rstd[i] * norm_w[j];
+  });
+  gemm(M, 2 * I, D, 1.f, f32_mat(n.data(), D), weight_mat(proj_w, 0, true), 0.f, h, 2 * I);
+}
+
+int64_t recompute_rows(int64_t rows, int64_t forward_rows) {
+  return rows > kGemmSmallM ? rows : std::min(forward_rows, kGemmSmallM + 1);
+}
+
 void ffn_forward(const FfnForwardArgs& a) {
   int64_t T = a.x.rows(), D = a.x.cols(), I = a.out_w.cols();
   std::vector<float> w = load_vector(a.norm_w), n(size_t(T * D)), act(size_t(T * I)), hs, rs;
@@ -120,8 +144,16 @@ void ffn_backward(const FfnBackwardArgs& a) {
   std::vector<float> w = load_vector(a.norm_w);
   float* dx = a.dx.ptr<float>();
   std::memcpy(dx, a.dy.ptr<float>(), size_t(T * D) * sizeof(float));
+  // recompute (data null): the pre-activations again, as the forward computed them, then rounded
+  // as the forward would have saved them (bfloat16 under bf16-mixed), so the gradients are the same
   std::vector<float> hs;
-  const float* h = a.h.dtype == F32 ? a.h.ptr<float>() : (hs.resize(size_t(T * 2 * I)), load_values(a.h, 0, T * 2 * I, hs.data()), hs.data());
+  const float* h = a.h.data && a.h.dtype == F32 ? a.h.ptr<float>() : (hs.resize(size_t(T * 2 * I)), hs.data());
+  if (!a.h.data) {
+    ffn_rows_preact(T, D, I, a.x.ptr<float>(), a.rstd.ptr<float>(), w.data(), a.proj_w, hs.data());
+    round_as_saved(a.h, hs.data(), T * 2 * I);
+  } else if (a.h.dtype != F32) {
+    load_values(a.h, 0, T * 2 * I, hs.data());
+  }
   ffn_rows_backward(T, D, I, dx, a.x.ptr<float>(), a.rstd.ptr<float>(), h, w.data(), a.proj_w,
                     a.out_w, a.dnorm_w.ptr<float>(), a.dproj_w.ptr<float>(), a.dproj_w.ld(), a.dout_w.ptr<float>(),
                     a.dout_w.ld(), nullptr);

@@ -32,6 +32,9 @@ std::vector<float> load_vector(const View& w);  // [n] f32|bf16 -> float
 // rounded once when saved, widened when backward reads them
 void save_values(const float* src, const View& v, int64_t offset, int64_t n);
 void load_values(const View& v, int64_t offset, int64_t n, float* dst);
+// recomputed pre-activations as save_values then load_values would give them back: rounded to
+// bfloat16 in place when v (the saved value's view, data null under recompute) says bfloat16
+void round_as_saved(const View& v, float* p, int64_t n);
 
 // out = x * rstd ⊙ w over M rows of width D (rstd may be null: not kept)
 void rmsnorm_rows(int64_t M, int64_t D, const float* x, int64_t ldx, const float* w, float eps, float* out,
@@ -50,6 +53,14 @@ void swiglu_rows_backward(int64_t M, int64_t n, const float* da, int64_t ldda, c
 // receives the pre-activations (saved or scratch); a [M, I] is scratch
 void ffn_rows_forward(int64_t M, int64_t D, int64_t I, const float* n, float* x, const View& proj_w,
                       const View& out_w, float* h, float* a);
+// h [M, 2I] = W_proj · n(x) over M rows from the saved rstd: the forward's pre-activations, bit for bit
+// when the GEMM takes the same path (see recompute_rows)
+void ffn_rows_preact(int64_t M, int64_t D, int64_t I, const float* x, const float* rstd, const float* norm_w,
+                     const View& proj_w, float* h);
+// how many leading rows to recompute when `rows` of a GEMM the forward ran over `forward_rows`
+// rows are needed: a GEMM's rows come out the same whatever its M, except that M up to
+// kGemmSmallM takes the small-M path (another summation order), so small counts are widened
+int64_t recompute_rows(int64_t rows, int64_t forward_rows);
 // backward of x + FFN(x) over M rows: dx[0:M] (in place) = dx + J^T dx; dn_extra [M, D] (or null)
 // is added to the norm's input gradient (the width path shares the first loop's norm).
 void ffn_rows_backward(int64_t M, int64_t D, int64_t I, float* dx, const float* x, const float* rstd, const float* h,
@@ -73,7 +84,8 @@ struct WidthPlan {
 WidthPlan width_plan(int64_t T, int64_t N, int64_t K, int64_t D, int64_t I, int64_t E, const int32_t* experts,
                      const uint8_t* active, const int32_t* row_of);
 // o[p] = FFN_e(n[rows[p]]) (no residual, no weight) for every position, as one grouped GEMM;
-// h [P, 2E] receives the pre-activations when not null
+// h [P, 2E] receives the pre-activations when not null. o null: the pre-activations only (h
+// given), in the same tasks, so a recompute reproduces the forward's bits
 void width_forward(const WidthPlan& w, const float* n, const View& proj_w, const View& out_w, float* h, float* o);
 // do[p] = λ_t·w_a·dy[t]; accumulates dproj_w / dout_w slices and dn[rows[p]], writes dw[a] = λ_t·⟨dy_t, o[p]⟩
 // (zero for tokens with λ = 0, which are skipped)

@@ -85,7 +85,8 @@ void moe_forward(const MoeForwardArgs& a) {
   int64_t P = wp.positions();
   std::vector<float> obuf;
   float* wo = train ? sv.width_o.ptr<float>() : (obuf.resize(size_t(P * D)), obuf.data());
-  width_forward(wp, n.data(), a.proj_w, a.out_w, train ? sv.width_h.ptr<float>() : nullptr, wo);
+  // no saved width_h in training: recompute ('ffn'), the backward computes it again
+  width_forward(wp, n.data(), a.proj_w, a.out_w, train && sv.width_h.data ? sv.width_h.ptr<float>() : nullptr, wo);
   if (train) {
     std::memcpy(sv.assign.ptr<int32_t>(), wp.assign.data(), size_t(P) * sizeof(int32_t));
     std::memcpy(sv.expert_start.ptr<int32_t>(), wp.start.data(), size_t(N + 1) * sizeof(int32_t));
@@ -127,7 +128,15 @@ void moe_backward(const MoeBackwardArgs& a) {
     for (int64_t t = b; t < e; t++)
       for (int64_t i = 0; i < D; i++) n[size_t(t * D + i)] = x[t * D + i] * rstd[t] * nw[size_t(i)];
   });
-  width_backward(wp, G, ones.data(), weights, n.data(), sv.width_h.ptr<float>(), sv.width_o.ptr<float>(), a.proj_w,
+  // recompute: the expert pre-activations again, in the forward's tasks (the same bits)
+  std::vector<float> whbuf;
+  if (!sv.width_h.data) {
+    whbuf.resize(size_t(P * 2 * E));
+    width_forward(wp, n.data(), a.proj_w, a.out_w, whbuf.data(), nullptr);
+    round_as_saved(sv.width_h, whbuf.data(), P * 2 * E);
+  }
+  const float* wh = sv.width_h.data ? sv.width_h.ptr<float>() : whbuf.data();
+  width_backward(wp, G, ones.data(), weights, n.data(), wh, sv.width_o.ptr<float>(), a.proj_w,
                  a.out_w, a.dproj_w.ptr<float>(), a.dproj_w.ld(), a.dout_w.ptr<float>(), a.dout_w.ld(), dn.data(),
                  dw.data());
 

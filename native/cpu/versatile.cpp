@@ -141,10 +141,11 @@ void versatile_forward(const VersatileForwardArgs& a) {
   std::vector<float> obuf, xwbuf;
   float* wo = train ? sv.width_o.ptr<float>() : (obuf.resize(size_t(P * D)), obuf.data());
   float* xw = train ? sv.x_width.ptr<float>() : (xwbuf.resize(size_t(T * D)), xwbuf.data());
-  // a bfloat16 saved width_h (bf16-mixed) is computed in float32 scratch and rounded once
-  bool wh16 = train && sv.width_h.dtype == BF16;
+  // a bfloat16 saved width_h (bf16-mixed) is computed in float32 scratch and rounded once; none is
+  // saved at inference or with recompute ('ffn': data null, the backward computes it again)
+  bool wh_keep = train && sv.width_h.data, wh16 = wh_keep && sv.width_h.dtype == BF16;
   std::vector<float> whbuf(wh16 ? size_t(P * 2 * E) : 0);
-  width_forward(wp, n.data(), a.proj_w, a.out_w, wh16 ? whbuf.data() : train ? sv.width_h.ptr<float>() : nullptr, wo);
+  width_forward(wp, n.data(), a.proj_w, a.out_w, wh16 ? whbuf.data() : wh_keep ? sv.width_h.ptr<float>() : nullptr, wo);
   if (wh16) save_values(whbuf.data(), sv.width_h, 0, P * 2 * E);
   if (train) {
     std::memcpy(sv.assign.ptr<int32_t>(), wp.assign.data(), size_t(P) * sizeof(int32_t));
@@ -174,14 +175,15 @@ void versatile_forward(const VersatileForwardArgs& a) {
     float* xin = train ? X + (j - 1) * T * D : X;
     float* xout = train ? X + j * T * D : X;
     float* rs = train ? sv.rstd.ptr<float>() + (j - 1) * T : rstd0;
-    // a bfloat16 saved h (bf16-mixed) is computed in float32 scratch and rounded once
-    bool direct = train && sv.h.dtype == F32;
+    // a bfloat16 saved h (bf16-mixed) is computed in float32 scratch and rounded once; with
+    // recompute (data null) nothing is saved
+    bool keep = train && sv.h.data, direct = keep && sv.h.dtype == F32;
     float* h = direct ? sv.h.ptr<float>() + (j - 1) * T * 2 * I : (hbuf.resize(size_t(M * 2 * I)), hbuf.data());
     act.resize(size_t(M * I));
     if (j > 1) rmsnorm_rows(M, D, xin, D, nw.data(), a.eps, n.data(), D, rs);
     if (xout != xin) std::memcpy(xout, xin, size_t(M * D) * sizeof(float));
     ffn_rows_forward(M, D, I, n.data(), xout, a.proj_w, a.out_w, h, act.data());
-    if (train && !direct) save_values(h, sv.h, (j - 1) * T * 2 * I, M * 2 * I);
+    if (keep && !direct) save_values(h, sv.h, (j - 1) * T * 2 * I, M * 2 * I);
   }
 
   // fusion: y = (1 − λ)·x_depth + λ·x_width
@@ -254,10 +256,17 @@ void versatile_backward(const VersatileBackwardArgs& a) {
   });
   float* dproj = a.dproj_w.ptr<float>();
   float* dout = a.dout_w.ptr<float>();
+  // the width pre-activations: widened from bfloat16 (bf16-mixed), or with recompute again in the
+  // forward's tasks (the same bits) and rounded as the forward would have saved them
   std::vector<float> whbuf;
-  const float* wh = sv.width_h.dtype == F32 ? sv.width_h.ptr<float>()
-                                            : (whbuf.resize(size_t(wp.positions() * 2 * E)),
-                                               load_values(sv.width_h, 0, wp.positions() * 2 * E, whbuf.data()), whbuf.data());
+  const float* wh = sv.width_h.data && sv.width_h.dtype == F32 ? sv.width_h.ptr<float>()
+                                                               : (whbuf.resize(size_t(P * 2 * E)), whbuf.data());
+  if (!sv.width_h.data) {
+    width_forward(wp, n.data(), a.proj_w, a.out_w, whbuf.data(), nullptr);
+    round_as_saved(sv.width_h, whbuf.data(), P * 2 * E);
+  } else if (sv.width_h.dtype != F32) {
+    load_values(sv.width_h, 0, P * 2 * E, whbuf.data());
+  }
   width_backward(wp, G, lambda, weights, n.data(), wh, sv.width_o.ptr<float>(), a.proj_w,
                  a.out_w, dproj, a.dproj_w.ld(), dout, a.dout_w.ld(), dn.data(), dw.data());
 
@@ -287,10 +296,22 @@ void versatile_backward(const VersatileBackwardArgs& a) {
   std::vector<float> dcur(size_t(T * D)), hbuf;
   float* dnorm = a.dnorm_w.ptr<float>();
   for (int64_t j = L; j >= 1; j--) {
-    // loop j's pre-activations, widened from bfloat16 (bf16-mixed) over the rows that reach it
-    const float* hj = sv.h.dtype == F32 ? sv.h.ptr<float>() + (j - 1) * T * 2 * I
-                                        : (hbuf.resize(size_t(m[size_t(j)] * 2 * I)),
-                                           load_values(sv.h, (j - 1) * T * 2 * I, m[size_t(j)] * 2 * I, hbuf.data()), hbuf.data());
+    // loop j's pre-activations over the rows that reach it: widened from bfloat16 (bf16-mixed), or
+    // with recompute again from the loop's saved input, rounded as the forward would have saved them
+    const float* hj = sv.h.data && sv.h.dtype == F32 ? sv.h.ptr<float>() + (j - 1) * T * 2 * I : nullptr;
+    if (!hj && m[size_t(j)] > 0) {
+      if (sv.h.data) {
+        hbuf.resize(size_t(m[size_t(j)] * 2 * I));
+        load_values(sv.h, (j - 1) * T * 2 * I, m[size_t(j)] * 2 * I, hbuf.data());
+      } else {
+        int64_t R = recompute_rows(m[size_t(j)], T);
+        hbuf.resize(size_t(R * 2 * I));
+        ffn_rows_preact(R, D, I, X + (j - 1) * T * D, sv.rstd.ptr<float>() + (j - 1) * T, nw.data(), a.proj_w,
+                        hbuf.data());
+        round_as_saved(sv.h, hbuf.data(), m[size_t(j)] * 2 * I);
+      }
+      hj = hbuf.data();
+    }
     for (int64_t s = m[size_t(j + 1)]; s < m[size_t(j)]; s++) {
       int64_t t = order[s];
       float c = 1.f - lambda[t];

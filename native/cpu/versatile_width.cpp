@@ -49,11 +49,12 @@ void width_forward(const WidthPlan& w, const float* n, const View& proj_w, const
   parallel_tasks(int64_t(tasks.size()), [&](int64_t ti, int) {
     const Task& tk = tasks[size_t(ti)];
     int64_t M = tk.p1 - tk.p0, off = expert_offset(tk.e, w.N, I, E);
-    std::vector<float> scratch(h ? 0 : size_t(M * 2 * E)), act(size_t(M * E));
+    std::vector<float> scratch(h ? 0 : size_t(M * 2 * E)), act(size_t(o ? M * E : 0));
     float* hb = h ? h + tk.p0 * 2 * E : scratch.data();
     Mat A = f32_mat(n, D, false, w.rows.data() + tk.p0);
     gemm(M, E, D, 1.f, A, weight_mat(proj_w, off * proj_w.stride[0], true), 0.f, hb, 2 * E, false);
     gemm(M, E, D, 1.f, A, weight_mat(proj_w, (I + off) * proj_w.stride[0], true), 0.f, hb + E, 2 * E, false);
+    if (!o) return;
     // SwiGLU while the tile is in cache, then the down projection of this expert's columns
     swiglu_rows(M, E, hb, 2 * E, act.data(), E, false);
     gemm(M, D, E, 1.f, f32_mat(act.data(), E), weight_mat(out_w, off, true), 0.f, o + tk.p0 * D, D, false);

@@ -32,6 +32,7 @@ struct DeviceState {
   std::unordered_map<void*, size_t> live;                  // block -> size class
   std::unordered_map<size_t, std::vector<void*>> cached;   // size class -> free blocks
   size_t live_bytes = 0, cached_bytes = 0;
+  size_t peak_bytes = 0;  // the most live_bytes has been since the last reset (memory_peak)
 };
 
 std::once_flag g_init_once;
@@ -174,6 +175,7 @@ void* alloc(int dev, size_t bytes) {
     s.cached_bytes -= cls;
     s.live.emplace(p, cls);
     s.live_bytes += cls;
+    s.peak_bytes = std::max(s.peak_bytes, s.live_bytes);
     return p;
   }
   void* p = nullptr;
@@ -194,6 +196,7 @@ void* alloc(int dev, size_t bytes) {
   check(e, "cudaMalloc");
   s.live.emplace(p, cls);
   s.live_bytes += cls;
+  s.peak_bytes = std::max(s.peak_bytes, s.live_bytes);
   return p;
 }
 
@@ -271,6 +274,15 @@ int api_memory(int dev, size_t* live, size_t* cached) {
   });
 }
 
+int api_memory_peak(int dev, size_t* peak, int reset) {
+  return entry([&] {
+    DeviceState& s = state(dev);
+    std::lock_guard<std::mutex> lk(s.mu);
+    if (reset) s.peak_bytes = s.live_bytes;
+    *peak = s.peak_bytes;
+  });
+}
+
 int api_empty_cache(int dev) {
   return entry([&] {
     DeviceState& s = state(dev);
@@ -308,6 +320,7 @@ int api_synchronize(int dev) {
 const vffn_cuda_api g_api = {
     VFFN_CUDA_API_VERSION, api_last_error, api_init,     api_device_name, api_malloc,  api_free,
     api_memory,            api_empty_cache, api_memcpy_h2d, api_memcpy_d2h, api_synchronize,
+    api_memory_peak,
 };
 
 }  // namespace

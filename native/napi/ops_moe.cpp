@@ -18,18 +18,23 @@ struct Saved {
     for (const TensorArg* t : {&rstd, &assign, &expert_start, &width_h, &width_o, &router_p})
       written ? io.out(*t) : io.in(*t);
   }
+  // width_h may be absent (recompute 'ffn'): a view without data, and the backward computes it again
   MoeSaved view() const {
-    return {rstd.view(), assign.view(), expert_start.view(), width_h.view(), width_o.view(), router_p.view()};
+    return {rstd.view(), assign.view(), expert_start.view(), width_h.storage ? width_h.view() : View{}, width_o.view(),
+            router_p.view()};
   }
 };
 
 Saved read_saved(const Napi::Object& s, const Dims& d, Device* dev) {
-  Saved v{field(s, "rstd"), field(s, "assign"), field(s, "expertStart"), field(s, "widthH"), field(s, "widthO"),
-          field(s, "routerP")};
+  // recompute 'ffn': no widthH (CPU only)
+  const bool keep_wh = has(s, "widthH");
+  if (!keep_wh && dev->type != kCPU) fail("ERR_UNSUPPORTED", "recompute 'ffn' is implemented on cpu only");
+  Saved v{field(s, "rstd"), field(s, "assign"), field(s, "expertStart"), keep_wh ? field(s, "widthH") : TensorArg{},
+          field(s, "widthO"), field(s, "routerP")};
   check_arg(v.rstd, "rstd", {d.T}, kF32, dev);
   check_arg(v.assign, "assign", {d.T * d.K}, kI32, dev);
   check_arg(v.expert_start, "expertStart", {d.N + 1}, kI32, dev);
-  check_arg(v.width_h, "widthH", {d.T * d.K, 2 * d.E}, kF32, dev);
+  if (keep_wh) check_arg(v.width_h, "widthH", {d.T * d.K, 2 * d.E}, kF32, dev);
   check_arg(v.width_o, "widthO", {d.T * d.K, d.D}, kF32, dev);
   check_arg(v.router_p, "routerP", {d.T, d.N}, kF32, dev);
   return v;

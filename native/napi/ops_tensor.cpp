@@ -21,6 +21,18 @@ namespace vffn::napi {
 
 namespace {
 
+// deferAlloc(on): CPU tensors created on this JS thread from now on take their memory when the
+// first op runs on them (see Storage); returns the previous setting
+thread_local bool t_defer = false;
+
+Napi::Value DeferAlloc(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    bool prev = t_defer;
+    t_defer = bool_arg(info[0], "on");
+    return Napi::Boolean::New(info.Env(), prev);
+  });
+}
+
 Napi::Value Alloc(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
     Device* dev = device_arg(info[0], info[1]);
@@ -28,7 +40,7 @@ Napi::Value Alloc(const Napi::CallbackInfo& info) {
     if (bytes < 0 || bytes > 9.0e15) fail("ERR_ARGUMENT", "bytes: out of range");
     StoragePtr s;
     try {
-      s = std::make_shared<Storage>(dev, size_t(bytes));
+      s = std::make_shared<Storage>(dev, size_t(bytes), t_defer);
     } catch (const std::bad_alloc&) {
       fail("ERR_OOM", "out of memory: could not allocate " + std::to_string(size_t(bytes)) + " bytes on " + dev->name());
     }
@@ -261,10 +273,19 @@ Napi::Value Memory(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
     Device* dev = device_arg(info[0], info[1]);
     Napi::Object o = Napi::Object::New(info.Env());
-    size_t live = size_t(dev->live_bytes.load()), cached = 0;
-    if (dev->type == kCUDA) cuda_check(cuda_api()->memory(dev->index, &live, &cached), "memory");
+    // memory(type, index, resetPeak): the peak is read (and reset when asked) after live
+    const bool reset = info.Length() > 2 && bool_arg(info[2], "resetPeak");
+    size_t live = size_t(dev->live_bytes.load()), cached = 0, peak = 0;
+    if (dev->type == kCUDA) {
+      cuda_check(cuda_api()->memory(dev->index, &live, &cached), "memory");
+      cuda_check(cuda_api()->memory_peak(dev->index, &peak, reset ? 1 : 0), "memory");
+    } else {
+      if (reset) dev->reset_peak();
+      peak = size_t(dev->peak_bytes.load());
+    }
     o.Set("live", double(live));
     o.Set("cached", double(cached));
+    o.Set("peak", double(std::max(peak, live)));
     return o;
   });
 }
@@ -350,6 +371,7 @@ void Register(Napi::Env env, Napi::Object exports) {
   exports.Set("fill", Napi::Function::New(env, Fill));
   exports.Set("randn", Napi::Function::New(env, Randn));
   exports.Set("memory", Napi::Function::New(env, Memory));
+  exports.Set("deferAlloc", Napi::Function::New(env, DeferAlloc));
   exports.Set("cudaInfo", Napi::Function::New(env, CudaInfo));
   exports.Set("threads", Napi::Function::New(env, Threads));
   exports.Set("philox", Napi::Function::New(env, Philox));

@@ -14,30 +14,43 @@ struct Dims {
 
 struct Saved {
   TensorArg order, depth_p, xs, rstd, h, assign, expert_start, width_h, width_o, x_width, router_p;
+  int32_t recompute_dtype = F32;  // with recompute: the dtype the recomputed h and width_h are rounded to
   void add(Io& io, bool written) const {
     for (const TensorArg* t : {&order, &depth_p, &xs, &rstd, &h, &assign, &expert_start, &width_h, &width_o, &x_width, &router_p})
       written ? io.out(*t) : io.in(*t);
   }
+  // h and width_h may be absent (recompute 'ffn'): views without data, of the dtype the forward
+  // would have saved them in (bfloat16 under bf16-mixed), which the backward rounds them to
   VersatileSaved view() const {
-    return {order.view(),  depth_p.view(),      xs.view(),      rstd.view(),    h.view(),       assign.view(),
-            expert_start.view(), width_h.view(), width_o.view(), x_width.view(), router_p.view()};
+    View none;
+    none.dtype = recompute_dtype;
+    return {order.view(),        depth_p.view(), xs.view(),      rstd.view(),    h.storage ? h.view() : none,
+            assign.view(),       expert_start.view(), width_h.storage ? width_h.view() : none,
+            width_o.view(),      x_width.view(),      router_p.view()};
   }
 };
 
 Saved read_saved(const Napi::Object& s, const Dims& d, Device* dev) {
-  Saved v{field(s, "order"),  field(s, "depthP"), field(s, "xs"),     field(s, "rstd"),   field(s, "h"),      field(s, "assign"),
-          field(s, "expertStart"), field(s, "widthH"), field(s, "widthO"), field(s, "xWidth"), field(s, "routerP")};
+  // recompute 'ffn': no h or widthH (the backward computes them again; CPU only)
+  const bool keep_h = has(s, "h"), keep_wh = has(s, "widthH");
+  if (keep_h != keep_wh) fail("ERR_ARGUMENT", "saved: h and widthH are given together or not at all");
+  if (!keep_h && dev->type != kCPU) fail("ERR_UNSUPPORTED", "recompute 'ffn' is implemented on cpu only");
+  Saved v{field(s, "order"), field(s, "depthP"), field(s, "xs"), field(s, "rstd"), keep_h ? field(s, "h") : TensorArg{},
+          field(s, "assign"), field(s, "expertStart"), keep_wh ? field(s, "widthH") : TensorArg{}, field(s, "widthO"),
+          field(s, "xWidth"), field(s, "routerP")};
   check_arg(v.order, "order", {d.T}, kI32, dev);
   check_arg(v.depth_p, "depthP", {d.T, d.L}, kF32, dev);
   check_arg(v.xs, "xs", {d.L + 1, d.T, d.D}, kF32, dev);
   check_arg(v.rstd, "rstd", {d.L, d.T}, kF32, dev);
-  check_arg(v.h, "h", {d.L, d.T, 2 * d.I}, kFloat, dev);  // bfloat16 under bf16-mixed
+  if (keep_h) check_arg(v.h, "h", {d.L, d.T, 2 * d.I}, kFloat, dev);  // bfloat16 under bf16-mixed
   check_arg(v.assign, "assign", {d.T * d.K}, kI32, dev);
   check_arg(v.expert_start, "expertStart", {d.N + 1}, kI32, dev);
-  check_arg(v.width_h, "widthH", {d.T * d.K, 2 * d.E}, kFloat, dev);  // bfloat16 under bf16-mixed
+  if (keep_wh) check_arg(v.width_h, "widthH", {d.T * d.K, 2 * d.E}, kFloat, dev);  // bfloat16 under bf16-mixed
   check_arg(v.width_o, "widthO", {d.T * d.K, d.D}, kF32, dev);
   check_arg(v.x_width, "xWidth", {d.T, d.D}, kF32, dev);
   check_arg(v.router_p, "routerP", {d.T, d.N}, kF32, dev);
+  // recomputeBf16: true when the module saves its pre-activations in bfloat16 (bf16-mixed)
+  if (!keep_h && has(s, "recomputeBf16") && bool_arg(s.Get("recomputeBf16"), "saved.recomputeBf16")) v.recompute_dtype = BF16;
   return v;
 }
 
