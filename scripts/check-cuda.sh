@@ -18,25 +18,26 @@ files=("$@")
 flags=(-std=c++17 -O3 --use_fast_math -Inative)
 demangle() { if command -v c++filt >/dev/null; then c++filt; else cat; fi; }
 
-# one job per (file, target): PTX for the mma check, a cubin with the ptxas report for spills
+# one job per (file, target): a cubin with the ptxas report for spills, keeping the PTX it was
+# assembled from for the mma check (one front-end pass per target instead of two)
 jobs_file="$work/jobs"
 : >"$jobs_file"
 for f in "${files[@]}"; do
   b=$(basename "$f" .cu)
   for arch in 80 90a; do
-    echo "ptx $f $arch $work/$b.$arch.ptx" >>"$jobs_file"
-    echo "cubin $f $arch $work/$b.$arch.ptxas" >>"$jobs_file"
+    echo "$f $arch $work/$b.$arch" >>"$jobs_file"
   done
 done
 export NVCC work
 export FLAGS="${flags[*]}"
 run_job() {
   set -- $1
-  if [ "$1" = ptx ]; then
-    $NVCC $FLAGS -ptx -gencode=arch=compute_$3,code=compute_$3 -o "$4" "$2"
-  else
-    $NVCC $FLAGS -cubin -gencode=arch=compute_$3,code=sm_$3 -Xptxas -v -o "$4.cubin" "$2" 2>"$4"
-  fi
+  local keep="$3.keep" b
+  b=$(basename "$1" .cu)
+  mkdir -p "$keep"
+  $NVCC $FLAGS -cubin -gencode=arch=compute_$2,code=sm_$2 -Xptxas -v --keep --keep-dir "$keep" -o "$3.cubin" "$1" 2>"$3.ptxas"
+  mv "$keep/$b.ptx" "$3.ptx"
+  rm -rf "$keep"
 }
 export -f run_job
 start=$(date +%s)
