@@ -3,20 +3,9 @@
 import t from 'tap'
 import { DenseFFN, LoopFFN, VersatileFFN, tensor } from '../lib/index'
 import { _ffnTestHooks } from '../lib/nn/ffn'
-import { Vec, Weights, dense, rand } from './helpers/ffn-ref'
+import { Vec, Weights, dense, f32, maxDiff, rand } from './helpers/ffn-ref'
 
 _ffnTestHooks.poison = true
-const f32 = (a: Float64Array) => Float32Array.from(a)
-
-function maxDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  if (a.length !== b.length) return Infinity
-  let m = 0
-  for (let i = 0; i < a.length; i++) {
-    const d = Math.abs(a[i] - b[i])
-    if (!(d <= m)) m = Number.isNaN(d) ? Infinity : d
-  }
-  return m
-}
 
 function weights(D: number, I: number, seed: number): Weights {
   return {

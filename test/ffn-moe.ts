@@ -4,20 +4,9 @@
 import t from 'tap'
 import { MoEFFN, tensor } from '../lib/index'
 import { _ffnTestHooks } from '../lib/nn/ffn'
-import { matvec, norm, rand, silu } from './helpers/ffn-ref'
+import { f32, matvec, maxDiff, norm, rand, silu } from './helpers/ffn-ref'
 
 _ffnTestHooks.poison = true
-const f32 = (a: Float64Array) => Float32Array.from(a)
-
-function maxDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  if (a.length !== b.length) return Infinity
-  let m = 0
-  for (let i = 0; i < a.length; i++) {
-    const d = Math.abs(a[i] - b[i])
-    if (!(d <= m)) m = Number.isNaN(d) ? Infinity : d
-  }
-  return m
-}
 
 interface Cfg { N: number; K: number; E: number; alpha: number }
 interface Experts { D: number; norm: Float64Array; up: Float64Array[]; gate: Float64Array[]; down: Float64Array[]; router: Float64Array }

@@ -7,20 +7,9 @@
 import t from 'tap'
 import { VersatileFFN, tensor } from '../lib/index'
 import { _ffnTestHooks } from '../lib/nn/ffn'
-import { VCfg, Weights, balanceLoss, gumbel, rand, versatileToken } from './helpers/ffn-ref'
+import { VCfg, Weights, balanceLoss, f32, gumbel, maxDiff, rand, versatileToken } from './helpers/ffn-ref'
 
 _ffnTestHooks.poison = true
-const f32 = (a: Float64Array) => Float32Array.from(a)
-
-function maxDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  if (a.length !== b.length) return Infinity
-  let m = 0
-  for (let i = 0; i < a.length; i++) {
-    const d = Math.abs(a[i] - b[i])
-    if (!(d <= m)) m = Number.isNaN(d) ? Infinity : d
-  }
-  return m
-}
 
 const NAMES = ['ff_norm.weight', 'ff_proj.weight', 'ff_out.weight', 'expert_gate.weight', 'depth_predictor.weight'] as const
 

@@ -86,8 +86,11 @@ export interface VersatileBackwardOptions extends BackwardOptions {
 /** τ(step) = max(5·0.99984^step, 0.1); step is an integer >= 0. */
 export function gumbelTemperature(step: number): number {
   arg('step', step, int(0))
-  return Math.max(5.0 * Math.pow(0.99984, step), 0.1)
+  return tauAt(step)
 }
+
+// the schedule's curve at a (possibly fractional) step
+const tauAt = (s: number) => Math.max(5.0 * Math.pow(0.99984, s), 0.1)
 
 /** The step at which gumbelTemperature reaches its floor 0.1: ln(0.1/5)/ln(0.99984), about 24,448.6. */
 export const GUMBEL_FLOOR_STEP = Math.log(0.1 / 5) / Math.log(0.99984)
@@ -101,7 +104,7 @@ export const GUMBEL_FLOOR_STEP = Math.log(0.1 / 5) / Math.log(0.99984)
 export function stretchedTemperature(step: number, totalSteps: number): number {
   arg('step', step, int(0))
   arg('totalSteps', totalSteps, int(1))
-  return Math.max(5.0 * Math.pow(0.99984, (Math.min(step, totalSteps) * GUMBEL_FLOOR_STEP) / totalSteps), 0.1)
+  return tauAt((Math.min(step, totalSteps) * GUMBEL_FLOOR_STEP) / totalSteps)
 }
 
 const VERSATILE_OPTIONS = {

@@ -130,3 +130,17 @@ export function balanceLoss(toks: TokenResult[], cfg: VCfg, fixedF?: number[]): 
   for (let e = 0; e < N; e++) aux += f[e] * toks.reduce((a, t) => a + t.routerP[e], 0) / T
   return alpha * N * aux
 }
+
+/** float64 reference values as the float32 tensor data they are compared with */
+export const f32 = (a: Float64Array) => Float32Array.from(a)
+
+/** Largest |a[i] − b[i]|; Infinity for different lengths or any NaN (so a NaN never passes). */
+export function maxDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  if (a.length !== b.length) return Infinity
+  let m = 0
+  for (let i = 0; i < a.length; i++) {
+    const d = Math.abs(a[i] - b[i])
+    if (!(d <= m)) m = Number.isNaN(d) ? Infinity : d
+  }
+  return m
+}
