@@ -42,6 +42,7 @@ export interface Binding {
   deferAlloc(on: boolean): boolean
   cudaInfo(): { available: boolean; reason: string; count: number }
   threads(n?: number): number
+  spinWait(microseconds?: number): number
   philox(c0: number, c1: number, c2: number, c3: number, seedLo: number, seedHi: number): number[]
   kernelInfo(): { gemm: string }
   gemm(c: NativeTensor, a: NativeTensor, b: NativeTensor, transA: boolean, transB: boolean, alpha: number, beta: number): void

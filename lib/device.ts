@@ -105,6 +105,21 @@ export function setNumThreads(n: number): void {
   native.threads(n)
 }
 
+/**
+ * How long, in microseconds, a CPU worker thread keeps polling for the next op after finishing
+ * its part of one, before it sleeps (default 200; the environment variable `VFFN_SPIN_US` sets
+ * the starting value). Decoding runs dozens of ops of a few microseconds each per token, and
+ * waking a sleeping thread costs about as long as such an op, so polling keeps the threads
+ * ready between them. 0 sleeps at once: for a machine shared with other busy processes, where
+ * a polling thread would take a core another process wants. Takes effect from the next op.
+ * Returns the value now in force; with no argument it only reads it.
+ */
+export function setSpinWait(microseconds?: number): number {
+  if (microseconds !== undefined && (typeof microseconds !== 'number' || !Number.isInteger(microseconds) || microseconds < 0 || microseconds > 100000))
+    fail('ERR_ARGUMENT', `microseconds: expected an integer in [0, 100000], got ${show(microseconds)}`)
+  return native.spinWait(microseconds)
+}
+
 /** Threads each CPU op uses (see setNumThreads). */
 export function getNumThreads(): number {
   return native.threads()

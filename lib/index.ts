@@ -1,6 +1,6 @@
 export { VffnError } from './errors'
 export type { ErrorCode } from './errors'
-export { Device, device, cuda, setNumThreads, getNumThreads } from './device'
+export { Device, device, cuda, setNumThreads, getNumThreads, setSpinWait } from './device'
 export type { DeviceLike } from './device'
 export { Tensor, tensor, empty, full, zeros, randn } from './tensor'
 export type { DType, FloatDType, TensorValues, Nested, TensorOptions, RandnOptions } from './tensor'

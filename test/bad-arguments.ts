@@ -10,7 +10,7 @@ import {
   AdamW, CausalSelfAttention, DenseFFN, Device, LoopFFN, MoEFFN, GenerationEngine, Tensor, TransformerBlock, TransformerLM, VersatileFFN, VffnError,
   adamwStep, attention, kvWrite, pagedAttention, ropeRows, sample, attentionBackward, axpy, cosineLR, crossEntropy, crossEntropyBackward, device, embedding,
   embeddingBackward, empty, full, gradNorm, gumbelTemperature, stretchedTemperature, loadSafetensors, matmul, parseSafetensors, randn, rope,
-  saveSafetensors, setNumThreads, getNumThreads, tensor, trainStep, zeros, saveCheckpoint, loadCheckpoint, TokenDataset, TokenLoader, GPT2Tokenizer, evaluate,
+  saveSafetensors, setNumThreads, getNumThreads, setSpinWait, tensor, trainStep, zeros, saveCheckpoint, loadCheckpoint, TokenDataset, TokenLoader, GPT2Tokenizer, evaluate,
 } from '../lib/index'
 import { writeBin } from './helpers/token-files'
 
@@ -104,6 +104,7 @@ const LM_OPTS: Record<string, Bad[]> = {
 const ROWS: Row[] = [
   { fn: 'device', make: () => ({ call: device, args: ['cpu'] }), params: [{ name: 'device', bad: dev }] },
   { fn: 'Device.get', make: () => ({ call: Device.get, args: ['cpu'] }), params: [{ name: 'device', bad: dev }] },
+  { fn: 'setSpinWait', make: () => ({ call: setSpinWait, args: [setSpinWait()] }), params: [{ name: 'microseconds', bad: int(0, 100000) }] },
   { fn: 'setNumThreads', make: () => ({ call: setNumThreads, args: [getNumThreads()] }), params: [{ name: 'threads', bad: int(0, 256) }] },
   {
     fn: 'tensor', make: () => ({ call: tensor, args: [[1, 2, 3, 4], [2, 2], {}] }),

@@ -2,11 +2,22 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <exception>
 #include <mutex>
 #include <thread>
 #include <vector>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define VFFN_PAUSE() _mm_pause()
+#elif defined(__aarch64__)
+#define VFFN_PAUSE() asm volatile("yield")
+#else
+#define VFFN_PAUSE() ((void)0)
+#endif
 
 #include "../core/device.h"
 
@@ -14,6 +25,44 @@ namespace vffn::cpu {
 
 namespace {
 
+// how long a thread that has just finished its part keeps polling for the next op before it
+// sleeps on the condition variable. a decode step is dozens of ops of a few microseconds each;
+// waking a sleeping thread costs a system call on one side and a scheduler wake-up (tens of
+// microseconds on a loaded machine) on the other, which was as long as the ops themselves.
+// VFFN_SPIN_US sets the starting value, set_spin_us() changes it (0: sleep at once).
+std::atomic<int64_t>& spin_setting() {
+  static std::atomic<int64_t> ns{[] {
+    const char* e = std::getenv("VFFN_SPIN_US");
+    long us = e && *e ? std::strtol(e, nullptr, 10) : kDefaultSpinUs;
+    return int64_t(std::clamp<long>(us, 0, kMaxSpinUs)) * 1000;
+  }()};
+  return ns;
+}
+int64_t spin_ns() { return spin_setting().load(std::memory_order_relaxed); }
+
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// poll `ready` for up to spin_ns(); true when it became true
+template <typename F>
+bool spin_until(F ready) {
+  const int64_t limit = spin_ns();
+  if (limit == 0) return ready();
+  const int64_t t0 = now_ns();
+  for (int i = 1;; i++) {
+    if (ready()) return true;
+    VFFN_PAUSE();
+    if ((i & 255) == 0 && now_ns() - t0 > limit) return ready();
+  }
+}
+
+// a generation counter published with release order hands each op to the workers; a worker
+// that finds nothing after spinning registers as a sleeper and waits on the condition
+// variable. the publisher notifies only when someone sleeps. both sides use sequentially
+// consistent order on (gen_, sleepers_) and on (pending_, waiting_), so a wake-up is never lost:
+// either the publisher sees the sleeper, or the sleeper's re-check under the mutex sees the work.
 class Pool {
  public:
   explicit Pool(int n) { resize(n); }
@@ -21,13 +70,9 @@ class Pool {
 
   void resize(int n) {
     stop_all();
-    stop_ = false;
+    stop_.store(false);
     // new workers must not mistake an earlier generation for work
-    uint64_t gen;
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      gen = gen_;
-    }
+    const uint64_t gen = gen_.load();
     for (int i = 1; i < n; i++) workers_.emplace_back([this, i, gen] { loop(i, gen); });
   }
 
@@ -37,22 +82,26 @@ class Pool {
       body(0);
       return;
     }
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      body_ = &body;
-      pending_ = int(workers_.size());
-      error_ = nullptr;
-      gen_++;
+    body_ = &body;
+    error_ = nullptr;
+    pending_.store(int(workers_.size()));
+    gen_.fetch_add(1);
+    if (sleepers_.load() > 0) {
+      { std::lock_guard<std::mutex> lk(mu_); }
+      cv_.notify_all();
     }
-    cv_.notify_all();
     std::exception_ptr mine;
     try {
       body(0);
     } catch (...) {
       mine = std::current_exception();
     }
-    std::unique_lock<std::mutex> lk(mu_);
-    done_cv_.wait(lk, [&] { return pending_ == 0; });
+    if (!spin_until([&] { return pending_.load(std::memory_order_acquire) == 0; })) {
+      std::unique_lock<std::mutex> lk(mu_);
+      waiting_.store(true);
+      done_cv_.wait(lk, [&] { return pending_.load() == 0; });
+      waiting_.store(false);
+    }
     body_ = nullptr;
     if (mine) std::rethrow_exception(mine);
     if (error_) std::rethrow_exception(error_);
@@ -61,24 +110,29 @@ class Pool {
  private:
   void loop(int id, uint64_t seen) {
     for (;;) {
-      const std::function<void(int)>* body;
-      {
+      auto fresh = [&] { return stop_.load(std::memory_order_relaxed) || gen_.load(std::memory_order_acquire) != seen; };
+      if (!spin_until(fresh)) {
         std::unique_lock<std::mutex> lk(mu_);
-        cv_.wait(lk, [&] { return stop_ || gen_ != seen; });
-        if (stop_) return;
-        seen = gen_;
-        body = body_;
+        sleepers_.fetch_add(1);
+        cv_.wait(lk, [&] { return stop_.load() || gen_.load() != seen; });
+        sleepers_.fetch_sub(1);
       }
+      if (stop_.load()) return;
+      seen = gen_.load(std::memory_order_acquire);
+      const std::function<void(int)>* body = body_;
       std::exception_ptr err;
       try {
         (*body)(id);
       } catch (...) {
         err = std::current_exception();
       }
-      {
+      if (err) {
         std::lock_guard<std::mutex> lk(mu_);
-        if (err && !error_) error_ = err;
-        if (--pending_ == 0) done_cv_.notify_all();
+        if (!error_) error_ = err;
+      }
+      if (pending_.fetch_sub(1) == 1 && waiting_.load()) {
+        { std::lock_guard<std::mutex> lk(mu_); }
+        done_cv_.notify_all();
       }
     }
   }
@@ -86,7 +140,7 @@ class Pool {
   void stop_all() {
     {
       std::lock_guard<std::mutex> lk(mu_);
-      stop_ = true;
+      stop_.store(true);
     }
     cv_.notify_all();
     for (auto& t : workers_) t.join();
@@ -96,11 +150,11 @@ class Pool {
   std::vector<std::thread> workers_;
   std::mutex mu_;
   std::condition_variable cv_, done_cv_;
-  const std::function<void(int)>* body_ = nullptr;
-  int pending_ = 0;
-  uint64_t gen_ = 0;
-  bool stop_ = false;
-  std::exception_ptr error_;
+  const std::function<void(int)>* body_ = nullptr;  // published by gen_
+  std::atomic<int> pending_{0}, sleepers_{0};
+  std::atomic<bool> waiting_{false}, stop_{false};
+  std::atomic<uint64_t> gen_{0};
+  std::exception_ptr error_;  // written under mu_, read after pending_ reaches 0
 };
 
 int default_threads() {
@@ -122,6 +176,9 @@ void set_threads(int n) {
   if (n <= 0) n = default_threads();
   pool().resize(std::min(n, 256));
 }
+
+int spin_us() { return int(spin_ns() / 1000); }
+void set_spin_us(int us) { spin_setting().store(int64_t(std::clamp(us, 0, kMaxSpinUs)) * 1000); }
 
 void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t, int)>& fn) {
   if (n <= 0) return;

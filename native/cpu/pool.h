@@ -11,6 +11,11 @@ namespace vffn::cpu {
 int threads();
 void set_threads(int n);  // n <= 0: hardware concurrency
 
+// microseconds a pool thread polls for the next op after finishing one, before it sleeps
+constexpr int kDefaultSpinUs = 200, kMaxSpinUs = 100000;
+int spin_us();
+void set_spin_us(int us);
+
 // fn(begin, end, worker) over [0, n) in chunks of at least `grain`.
 void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t, int)>& fn);
 

@@ -320,6 +320,19 @@ Napi::Value Threads(const Napi::CallbackInfo& info) {
   });
 }
 
+// the pool reads it atomically at each op, so it is set from the JS thread directly
+Napi::Value SpinWait(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    if (info.Length() > 0 && !info[0].IsUndefined()) {
+      int64_t us = int_arg(info[0], "microseconds");
+      if (us < 0 || us > cpu::kMaxSpinUs)
+        fail("ERR_ARGUMENT", "microseconds: expected 0.." + std::to_string(cpu::kMaxSpinUs) + ", got " + std::to_string(us));
+      cpu::set_spin_us(int(us));
+    }
+    return Napi::Number::New(info.Env(), cpu::spin_us());
+  });
+}
+
 Napi::Value Philox(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
     uint32_t c[4];
@@ -374,6 +387,7 @@ void Register(Napi::Env env, Napi::Object exports) {
   exports.Set("deferAlloc", Napi::Function::New(env, DeferAlloc));
   exports.Set("cudaInfo", Napi::Function::New(env, CudaInfo));
   exports.Set("threads", Napi::Function::New(env, Threads));
+  exports.Set("spinWait", Napi::Function::New(env, SpinWait));
   exports.Set("philox", Napi::Function::New(env, Philox));
   exports.Set("kernelInfo", Napi::Function::New(env, KernelInfo));
 }
