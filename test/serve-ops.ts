@@ -4,7 +4,8 @@
 // documented rule on fixed logits: ties, top-k and top-p boundaries, u at the edges).
 import t from 'tap'
 import { mulberry32 } from '../lib/random'
-import { tensor, randn, attention, rope, kvWrite, pagedAttention, ropeRows, sample, Tensor } from '../lib/index'
+import { spawnSync } from 'node:child_process'
+import { tensor, randn, attention, rope, kvWrite, pagedAttention, ropeRows, sample, Tensor, _native } from '../lib/index'
 
 const ints = (a: number[]) => tensor(Int32Array.from(a), [a.length], { dtype: 'int32' })
 const maxDiff = (a: ArrayLike<number>, b: ArrayLike<number>) => {
@@ -79,6 +80,36 @@ for (const Sq of [1, 3]) {
       const ref = refAttention(qv.subarray(b * Sq * D, (b + 1) * Sq * D), K, V, Sq, H, hd, lens[b])
       // float32 dot products and an online softmax over <= 16 keys: ~1e-6 relative
       t.ok(maxDiff(ov.subarray(b * Sq * D, (b + 1) * Sq * D), ref) < 2e-5, `sequence ${b} (${lens[b]} keys)`)
+    }
+  })
+}
+
+// long rows cross the kernel's 64-key blocks (63, 64, 65, 200, 333 keys) and the head sizes are
+// not all multiples of its 8 lanes; each sequence alone gives the same bits as inside the batch
+for (const hd of [12, 32]) {
+  t.test(`pagedAttention over long ragged rows equals a float64 reference (head size ${hd})`, async (t) => {
+    const H = 2, D = H * hd, BS = 16, lens = [1, 63, 64, 65, 200, 333], B = lens.length
+    const MB = Math.ceil(Math.max(...lens) / BS), NB = B * MB
+    const r = mulberry32(hd)
+    const free = Array.from({ length: NB }, (_, i) => i).sort(() => r() - 0.5)
+    const table = lens.map(() => Array.from({ length: MB }, () => free.pop()!))
+    // scores spread over several units, so the running maximum moves between blocks
+    const kp = randn([NB, BS, D], { seed: 41, std: 2 }), vp = randn([NB, BS, D], { seed: 42 })
+    const q = randn([B, 1, D], { seed: 43 })
+    const tt = tensor(Int32Array.from(table.flat()), [B, MB], { dtype: 'int32' })
+    const out = pagedAttention(q, kp, vp, tt, ints(lens), H)
+    const [ov, qv, kv, vv] = await Promise.all([out.data(), q.data(), kp.data(), vp.data()])
+    const row = (pool: Float32Array, b: number, j: number) => {
+      const at = (table[b][Math.floor(j / BS)] * BS + (j % BS)) * D
+      return Array.from(pool.subarray(at, at + D))
+    }
+    for (let b = 0; b < B; b++) {
+      const K = Array.from({ length: lens[b] }, (_, j) => row(kv, b, j))
+      const V = Array.from({ length: lens[b] }, (_, j) => row(vv, b, j))
+      const ref = refAttention(qv.subarray(b * D, (b + 1) * D), K, V, 1, H, hd, lens[b])
+      t.ok(maxDiff(ov.subarray(b * D, (b + 1) * D), ref) < 2e-5, `sequence ${b} (${lens[b]} keys)`)
+      const alone = pagedAttention(q.rows(b, b + 1), kp, vp, tensor(Int32Array.from(table[b]), [1, MB], { dtype: 'int32' }), ints([lens[b]]), H)
+      t.same([...(await alone.data())], [...ov.subarray(b * D, (b + 1) * D)], `sequence ${b} alone: the same bits`)
     }
   })
 }
@@ -198,3 +229,22 @@ t.test('sample rejects bad parameters on the device, row by row', async (t) => {
     await t.rejects(ids.data(), { code: 'ERR_ARGUMENT', message: /params: row 1 needs/ }, what)
   }
 })
+
+// the portable kernels (attention's row kernel among them) on the same checks, in a child
+if (!process.env.VFFN_SERVE_TEST_CHILD) {
+  t.test('the portable kernels (VFFN_GEMM_KERNEL=portable) pass the same checks', async (t) => {
+    const r = spawnSync(process.execPath, [...process.execArgv, __filename], {
+      env: { ...process.env, VFFN_GEMM_KERNEL: 'portable', VFFN_SERVE_TEST_CHILD: '1' },
+      encoding: 'utf8',
+      timeout: 300000,
+    })
+    if (r.status !== 0) t.comment(`${r.stdout.slice(-3000)}\n${r.stderr.slice(-2000)}`)
+    t.equal(r.status, 0, 'child exits 0')
+    t.match(r.stdout, /ok \d+ - kernel portable/, 'the child ran the portable kernels')
+    t.match(r.stdout, /ok \d+ - pagedAttention over long ragged rows/, 'the child ran the long-row check')
+  })
+} else {
+  t.test('kernel portable', async (t) => {
+    t.equal(_native.kernelInfo().gemm, 'portable')
+  })
+}

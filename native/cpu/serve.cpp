@@ -3,6 +3,7 @@
 // of Sq queries; V vocabulary ids.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <numeric>
@@ -10,6 +11,8 @@
 #include <vector>
 
 #include "../core/error.h"
+#define ATTN_ROW_NS portable
+#include "attention_row.h"
 #include "lm.h"
 #include "pool.h"
 
@@ -32,6 +35,8 @@ void kv_write(const KvWriteArgs& a) {
   }
 }
 
+void attn_row_portable(const AttnRow& r) { portable::attn_row(r); }
+
 void paged_attention(const PagedAttentionArgs& a) {
   const int64_t B = a.q.shape[0], Sq = a.q.shape[1], H = a.heads, hd = a.q.shape[2] / H;
   const int64_t NB = a.k_pool.shape[0], BS = a.k_pool.shape[1], MB = a.block_table.shape[1];
@@ -47,36 +52,29 @@ void paged_attention(const PagedAttentionArgs& a) {
         fail("ERR_ARGUMENT", "blockTable: block " + std::to_string(table[b * lt + j]) + " of sequence " + std::to_string(b) +
                                  " is outside the pool [0, " + std::to_string(NB) + ")");
   }
-  const float scale = a.scale;
-  // one task per (sequence, head, query): each walks its keys once with an online softmax
-  parallel_for(B * H * Sq, 4, [&](int64_t r0, int64_t r1, int) {
-    std::vector<float> acc(static_cast<size_t>(hd));
+  static const AttnRowFn row = [] {
+    const AttnRowFn fast = attn_row_avx2();
+    const char* env = std::getenv("VFFN_GEMM_KERNEL");  // "portable" selects every portable kernel
+    return fast && !(env && std::string(env) == "portable") ? fast : attn_row_portable;
+  }();
+  // one task per (sequence, query, group of heads), each walking its keys once (attention_row.h).
+  // groups are as wide as leaves every thread two tasks; a head's result does not depend on it
+  const int64_t rows = B * Sq, want = 2 * int64_t(threads());
+  const int64_t G = std::max<int64_t>(1, std::min(H, H * rows / want));
+  const int64_t groups = (H + G - 1) / G;
+  parallel_for(rows * groups, 1, [&](int64_t r0, int64_t r1, int) {
     for (int64_t r = r0; r < r1; r++) {
-      const int64_t b = r / (H * Sq), h = (r / Sq) % H, s = r % Sq;
-      const int64_t pos = lens[b] - Sq + s;
-      const float* q = a.q.ptr<float>() + b * a.q.stride[0] + s * a.q.stride[1] + h * hd;
-      std::fill(acc.begin(), acc.end(), 0.f);
-      float m = -std::numeric_limits<float>::infinity(), l = 0.f;
-      for (int64_t j = 0; j <= pos; j++) {
-        const int64_t blk = table[b * lt + j / BS], row = j % BS;
-        const float* k = a.k_pool.ptr<float>() + blk * a.k_pool.stride[0] + row * a.k_pool.stride[1] + h * hd;
-        const float* v = a.v_pool.ptr<float>() + blk * a.v_pool.stride[0] + row * a.v_pool.stride[1] + h * hd;
-        float dot = 0.f;
-        for (int64_t c = 0; c < hd; c++) dot += q[c] * k[c];
-        dot *= scale;
-        if (dot > m) {
-          const float alpha = std::exp(m - dot);  // exp(-inf) = 0 for the first key
-          for (int64_t c = 0; c < hd; c++) acc[size_t(c)] *= alpha;
-          l *= alpha;
-          m = dot;
-        }
-        const float p = std::exp(dot - m);
-        l += p;
-        for (int64_t c = 0; c < hd; c++) acc[size_t(c)] += p * v[c];
-      }
-      float* o = a.out.ptr<float>() + b * a.out.stride[0] + s * a.out.stride[1] + h * hd;
-      const float inv = 1.f / l;
-      for (int64_t c = 0; c < hd; c++) o[c] = acc[size_t(c)] * inv;
+      const int64_t b = r / (Sq * groups), s = (r / groups) % Sq, h0 = (r % groups) * G;
+      AttnRow ar;
+      ar.q = a.q.ptr<float>() + b * a.q.stride[0] + s * a.q.stride[1] + h0 * hd;
+      ar.k = a.k_pool.ptr<float>() + h0 * hd;
+      ar.v = a.v_pool.ptr<float>() + h0 * hd;
+      ar.ks0 = a.k_pool.stride[0], ar.ks1 = a.k_pool.stride[1], ar.vs0 = a.v_pool.stride[0], ar.vs1 = a.v_pool.stride[1];
+      ar.table = table + b * lt;
+      ar.bs = BS, ar.heads = std::min(G, H - h0), ar.hd = hd, ar.keys = lens[b] - Sq + s + 1;
+      ar.scale = a.scale;
+      ar.out = a.out.ptr<float>() + b * a.out.stride[0] + s * a.out.stride[1] + h0 * hd;
+      row(ar);
     }
   });
 }
