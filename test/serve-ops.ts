@@ -207,6 +207,33 @@ t.test('sample follows the documented rule on fixed logits (ties, top-k, top-p, 
   t.equal(iv[cases.findIndex((c) => c[0] === tied && c[1] === 0)], 1)
 })
 
+// a vocabulary large enough for the one-pass top-k selection and the 8-lane exponential sum,
+// with many exact ties (a quarter of the logits share 12 values) around the top-k boundary
+t.test('sample follows the rule at V = 1003 with ties at the top-k boundary', async (t) => {
+  const r = mulberry32(57)
+  const V = 1003
+  const rows = [0, 1].map(() => Array.from({ length: V }, () => Math.fround(r() < 0.25 ? Math.floor(r() * 12) / 4 : r() * 6 - 3)))
+  const cases: [number[], number, number, number, number][] = []
+  for (const row of rows)
+    for (const temp of [0, 0.7, 1.3])
+      for (const topK of [0, 1, 40, V - 1, V])
+        for (const topP of [1, 0.9, 0.3])
+          for (const u of [0, 0.5, 0.999]) cases.push([row, temp, topK, topP, u])
+  const logits = tensor(Float32Array.from(cases.flatMap((c) => c[0])), [cases.length, V])
+  const params = tensor(Float32Array.from(cases.flatMap((c) => [c[1], c[2], c[3], c[4]])), [cases.length, 4])
+  const { ids, logprobs } = sample(logits, params)
+  const [iv, lv, pv] = await Promise.all([ids.data(), logprobs.data(), params.data()])
+  let badId = 0, badLp = 0
+  cases.forEach(([row], i) => {
+    if (iv[i] !== refSample(row, pv[i * 4], pv[i * 4 + 1], pv[i * 4 + 2], pv[i * 4 + 3])) badId++
+    const mx = Math.max(...row)
+    const lse = mx + Math.log(row.reduce((s, x) => s + Math.exp(x - mx), 0))
+    if (Math.abs(lv[i] - (row[iv[i]] - lse)) > 1e-6) badLp++
+  })
+  t.equal(badId, 0, `${cases.length} rows: every id as the rule says`)
+  t.equal(badLp, 0, 'every log-probability within 1e-6 of float64')
+})
+
 t.test('sample draws by the weights: frequencies over many u follow the kept softmax', async (t) => {
   const row = [0.5, 2, -1, 1.5, 1.5, 0].map(Math.fround)
   const N = 3000

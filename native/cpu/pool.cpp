@@ -76,6 +76,18 @@ class Pool {
     for (int i = 1; i < n; i++) workers_.emplace_back([this, i, gen] { loop(i, gen); });
   }
 
+  // sleeping workers start polling again (for one spin window) without work: for a caller that
+  // knows a burst of ops is coming, so the first op does not wait for a wake-up
+  // (any thread: it touches only the atomics, the mutex and the condition variable)
+  void wake() {
+    if (spin_ns() == 0 || sleepers_.load() == 0) return;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      wake_++;
+    }
+    cv_.notify_all();
+  }
+
   // run body(worker) on every worker and the caller; returns when all are done.
   void run(const std::function<void(int)>& body) {
     if (workers_.empty()) {
@@ -114,8 +126,10 @@ class Pool {
       if (!spin_until(fresh)) {
         std::unique_lock<std::mutex> lk(mu_);
         sleepers_.fetch_add(1);
-        cv_.wait(lk, [&] { return stop_.load() || gen_.load() != seen; });
+        const uint64_t woken = wake_;
+        cv_.wait(lk, [&] { return stop_.load() || gen_.load() != seen || wake_ != woken; });
         sleepers_.fetch_sub(1);
+        if (!stop_.load() && gen_.load() == seen) continue;  // woken ahead of work: poll again
       }
       if (stop_.load()) return;
       seen = gen_.load(std::memory_order_acquire);
@@ -154,6 +168,7 @@ class Pool {
   std::atomic<int> pending_{0}, sleepers_{0};
   std::atomic<bool> waiting_{false}, stop_{false};
   std::atomic<uint64_t> gen_{0};
+  uint64_t wake_ = 0;  // under mu_
   std::exception_ptr error_;  // written under mu_, read after pending_ reaches 0
 };
 
@@ -176,6 +191,8 @@ void set_threads(int n) {
   if (n <= 0) n = default_threads();
   pool().resize(std::min(n, 256));
 }
+
+void wake_threads() { pool().wake(); }
 
 int spin_us() { return int(spin_ns() / 1000); }
 void set_spin_us(int us) { spin_setting().store(int64_t(std::clamp(us, 0, kMaxSpinUs)) * 1000); }

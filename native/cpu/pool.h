@@ -15,6 +15,8 @@ void set_threads(int n);  // n <= 0: hardware concurrency
 constexpr int kDefaultSpinUs = 200, kMaxSpinUs = 100000;
 int spin_us();
 void set_spin_us(int us);
+// sleeping pool threads start polling now, ahead of a burst of ops (a replayed step)
+void wake_threads();
 
 // fn(begin, end, worker) over [0, n) in chunks of at least `grain`.
 void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t, int)>& fn);

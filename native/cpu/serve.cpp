@@ -12,7 +12,7 @@
 
 #include "../core/error.h"
 #define ATTN_ROW_NS portable
-#include "attention_row.h"
+#include "serve_kernels.h"
 #include "lm.h"
 #include "pool.h"
 
@@ -36,6 +36,15 @@ void kv_write(const KvWriteArgs& a) {
 }
 
 void attn_row_portable(const AttnRow& r) { portable::attn_row(r); }
+double exp_sum_portable(const float* x, int64_t n, float mx) { return portable::exp_sum(x, n, mx); }
+
+namespace {
+// "portable" in VFFN_GEMM_KERNEL selects every portable kernel
+bool want_portable() {
+  const char* env = std::getenv("VFFN_GEMM_KERNEL");
+  return env && std::string(env) == "portable";
+}
+}  // namespace
 
 void paged_attention(const PagedAttentionArgs& a) {
   const int64_t B = a.q.shape[0], Sq = a.q.shape[1], H = a.heads, hd = a.q.shape[2] / H;
@@ -54,10 +63,9 @@ void paged_attention(const PagedAttentionArgs& a) {
   }
   static const AttnRowFn row = [] {
     const AttnRowFn fast = attn_row_avx2();
-    const char* env = std::getenv("VFFN_GEMM_KERNEL");  // "portable" selects every portable kernel
-    return fast && !(env && std::string(env) == "portable") ? fast : attn_row_portable;
+    return fast && !want_portable() ? fast : attn_row_portable;
   }();
-  // one task per (sequence, query, group of heads), each walking its keys once (attention_row.h).
+  // one task per (sequence, query, group of heads), each walking its keys once (serve_kernels.h).
   // groups are as wide as leaves every thread two tasks; a head's result does not depend on it
   const int64_t rows = B * Sq, want = 2 * int64_t(threads());
   const int64_t G = std::max<int64_t>(1, std::min(H, H * rows / want));
@@ -91,12 +99,23 @@ int32_t sample_row(const float* x, int64_t V, double temp, int64_t top_k, double
   const double inv_t = 1.0 / temp;
   auto z = [&](int32_t j) { return double(x[j]) * inv_t; };
   auto before = [&](int32_t i, int32_t j) { return z(i) > z(j) || (z(i) == z(j) && i < j); };  // descending z, then id
-  ids.resize(size_t(V));
-  std::iota(ids.begin(), ids.end(), 0);
   size_t kept = size_t(V);
   if (top_k > 0 && top_k < V) {
-    std::nth_element(ids.begin(), ids.begin() + top_k - 1, ids.end(), before);
+    // the top_k first ids in that order, in one pass: a heap whose top is the last one kept.
+    // ids come in increasing order, so one that ties the top's z comes after it and is skipped
+    ids.resize(size_t(top_k));
+    std::iota(ids.begin(), ids.end(), 0);
+    std::make_heap(ids.begin(), ids.end(), before);
+    for (int64_t j = top_k; j < V; j++) {
+      if (!(z(int32_t(j)) > z(ids.front()))) continue;
+      std::pop_heap(ids.begin(), ids.end(), before);
+      ids.back() = int32_t(j);
+      std::push_heap(ids.begin(), ids.end(), before);
+    }
     kept = size_t(top_k);
+  } else {
+    ids.resize(size_t(V));
+    std::iota(ids.begin(), ids.end(), 0);
   }
   double mx = -std::numeric_limits<double>::infinity();
   for (size_t i = 0; i < kept; i++) mx = std::max(mx, z(ids[i]));
@@ -136,17 +155,24 @@ void sample(const SampleArgs& a) {
       fail("ERR_ARGUMENT", "params: row " + std::to_string(b) +
                                " needs temperature >= 0, an integer top_k >= 0, top_p in (0, 1] and u in [0, 1)");
   }
+  static const ExpSumFn exp_sum = [] {
+    const ExpSumFn fast = exp_sum_avx2();
+    return fast && !want_portable() ? fast : exp_sum_portable;
+  }();
   parallel_for(B, 1, [&](int64_t b0, int64_t b1, int) {
     std::vector<int32_t> ids;
     for (int64_t b = b0; b < b1; b++) {
       const float* x = a.logits.ptr<float>() + b * a.logits.stride[0];
       const float* p = a.params.ptr<float>() + b * a.params.stride[0];
       const int32_t id = sample_row(x, V, p[0], int64_t(p[1]), p[2], p[3], ids);
-      double mx = -std::numeric_limits<double>::infinity(), sum = 0.0;
-      for (int64_t j = 0; j < V; j++) mx = std::max(mx, double(x[j]));
-      for (int64_t j = 0; j < V; j++) sum += std::exp(double(x[j]) - mx);
+      // log p(id) under the untempered softmax: x[id] - max - log(sum of e^(x - max))
+      float mx = -std::numeric_limits<float>::infinity();
+      bool nan = false;
+      for (int64_t j = 0; j < V; j++) mx = std::max(mx, x[j]), nan = nan || std::isnan(x[j]);
+      const double sum = exp_sum(x, V, mx);
       a.ids.ptr<int32_t>()[b * a.ids.stride[0]] = id;
-      a.logprobs.ptr<float>()[b * a.logprobs.stride[0]] = float(double(x[id]) - mx - std::log(sum));
+      a.logprobs.ptr<float>()[b * a.logprobs.stride[0]] =
+          nan ? std::numeric_limits<float>::quiet_NaN() : float(double(x[id]) - double(mx) - std::log(sum));
     }
   });
 }

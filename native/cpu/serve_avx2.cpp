@@ -1,8 +1,8 @@
-// the paged-attention row kernel of attention_row.h written with AVX2 + FMA intrinsics (the
-// autovectorizer left its loops scalar): the same blocks, order of operations per lane and
+// the kernels of serve_kernels.h (a paged-attention row, the exponential sum) written with AVX2 +
+// FMA intrinsics (the autovectorizer left their loops scalar): the same blocks, order of operations per lane and
 // exponential polynomial, 8 lanes at a time. chosen at run time; this file is compiled with
 // -mavx2 -mfma.
-#include "attention_row.h"
+#include "serve_kernels.h"
 
 #if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -30,7 +30,7 @@ inline float dot(const float* q, const float* k, int64_t n) {
   return t;
 }
 
-// exp_nonpos of attention_row.h on 8 lanes (NaN stays NaN: max returns its second operand)
+// exp_nonpos of serve_kernels.h on 8 lanes (NaN stays NaN: max returns its second operand)
 inline __m256 exp8(__m256 x) {
   const __m256 lo = _mm256_set1_ps(-87.f);
   const __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
@@ -108,7 +108,28 @@ void row_avx2(const AttnRow& a) {
   }
 }
 
+double exp_sum_avx2_impl(const float* x, int64_t n, float mx) {
+  const __m256 mv = _mm256_set1_ps(mx);
+  __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();  // lanes 0-3 and 4-7
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + j), mv));
+    lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+    hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+  }
+  alignas(32) double s[8];
+  _mm256_store_pd(s, lo);
+  _mm256_store_pd(s + 4, hi);
+  for (int i = 0; j < n; j++, i++) s[i] += double(exp1(x[j] - mx));
+  return ((s[0] + s[4]) + (s[2] + s[6])) + ((s[1] + s[5]) + (s[3] + s[7]));
+}
+
 }  // namespace
+
+ExpSumFn exp_sum_avx2() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? exp_sum_avx2_impl : nullptr;
+}
 
 AttnRowFn attn_row_avx2() {
   __builtin_cpu_init();
@@ -119,5 +140,6 @@ AttnRowFn attn_row_avx2() {
 #else
 namespace vffn::cpu {
 AttnRowFn attn_row_avx2() { return nullptr; }
+ExpSumFn exp_sum_avx2() { return nullptr; }
 }  // namespace vffn::cpu
 #endif

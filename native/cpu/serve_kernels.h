@@ -1,3 +1,5 @@
+// the serving kernels that have an AVX2 + FMA twin (serve_avx2.cpp), chosen at run time.
+//
 // one query row of paged attention, for a group of heads: its keys in blocks of kAttnKeyBlock,
 // each key row read once for all heads of the group (a pool row holds every head; walking it
 // head by head touched each page of the pool once per head). per head, a block's scores come
@@ -33,6 +35,13 @@ AttnRowFn attn_row_avx2();  // nullptr without AVX2 + FMA (build or machine)
 void attn_row_portable(const AttnRow& r);
 
 constexpr int64_t kAttnKeyBlock = 64;
+
+// sum over j < n of e^(x[j] - mx), for mx >= every x[j]: the log-probability's normalizer. each
+// term is exp_nonpos in float32; the terms are added in float64, lane j % 8 into its own sum,
+// the 8 sums added pairwise at the end.
+using ExpSumFn = double (*)(const float* x, int64_t n, float mx);
+ExpSumFn exp_sum_avx2();  // nullptr without AVX2 + FMA
+double exp_sum_portable(const float* x, int64_t n, float mx);
 
 }  // namespace vffn::cpu
 
@@ -73,6 +82,15 @@ inline float exp_nonpos(float x) {
   float two_n;
   std::memcpy(&two_n, &e, sizeof two_n);
   return under ? 0.f : p * two_n;
+}
+
+inline double exp_sum(const float* x, int64_t n, float mx) {
+  double s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8)
+    for (int i = 0; i < 8; i++) s[i] += double(exp_nonpos(x[j + i] - mx));
+  for (int i = 0; j < n; j++, i++) s[i] += double(exp_nonpos(x[j] - mx));
+  return ((s[0] + s[4]) + (s[2] + s[6])) + ((s[1] + s[5]) + (s[3] + s[7]));
 }
 
 inline void attn_row(const AttnRow& a) {
