@@ -11,6 +11,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "../cpu/pool.h"
 #include "common.h"
 #include "storage.h"
 
@@ -152,6 +153,8 @@ Napi::Value GraphReplay(const Napi::CallbackInfo& info) {
     if (!dev) return info.Env().Undefined();
     std::string why;
     if (dev->stream.fatal(&why)) fail("ERR_DEVICE", dev->name() + " has failed and cannot replay a step: " + why);
+    // the step's ops follow one another closely: have the pool's threads polling when it starts
+    if (dev->type == kCPU) cpu::wake_threads();
     dev->stream.enqueue("graph", [rec, pre = std::move(pre)] {
       for (auto& p : pre) p->run();
       for (auto& s : rec->owned) s->set_failure(nullptr);
