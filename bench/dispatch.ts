@@ -1,11 +1,12 @@
-// JS-thread cost of queuing one op: a native entry call (2x2 gemm) against the same op replayed
-// from a recording of 100 of them (one graphReplay call per 100 ops). The CPU worker is kept busy
+// JS-thread cost of queuing one op: a native entry call (2x2 gemm), the public matmul into a
+// given output and allocating its output (then disposed), against the same op replayed from a
+// recording of 100 of them (one graphReplay call per 100 ops). The CPU worker is kept busy
 // by _debugSleep first, so the ops queue up and only the JS thread's side is timed.
-// Run: npx ts-node --transpile-only bench/dispatch.ts [direct|replay|both] [ops]
+// Run: npx ts-node --transpile-only bench/dispatch.ts [direct|matmul|matmul-alloc|replay|both] [ops]
 // Instruction counts, which do not depend on the machine's load: run one mode under
 // `valgrind --tool=callgrind --trace-children=yes node -r ts-node/register/transpile-only bench/dispatch.ts MODE N`
 // for N and for 0, and divide the difference of the totals by N.
-import { _native, tensor } from '../lib/index'
+import { _native, matmul, tensor } from '../lib/index'
 
 const PER_GRAPH = 100
 
@@ -21,21 +22,27 @@ function main(): void {
     direct: () => {
       for (let i = 0; i < n; i++) _native.gemm(c, a, b, false, false, 1, 0)
     },
+    matmul: () => {
+      for (let i = 0; i < n; i++) matmul(a, b, { out: c })
+    },
+    'matmul-alloc': () => {
+      for (let i = 0; i < n; i++) matmul(a, b).dispose()
+    },
     replay: () => {
       for (let i = 0; i < n / PER_GRAPH; i++) _native.graphReplay(g)
     },
   }
-  const modes = mode === 'both' ? ['direct', 'replay'] : [mode]
-  const times: Record<string, number[]> = { direct: [], replay: [] }
+  const modes = mode === 'both' ? ['direct', 'matmul', 'matmul-alloc', 'replay'] : [mode]
+  const times: Record<string, number[]> = Object.fromEntries(modes.map((m) => [m, []]))
   for (let rep = 0; rep < (mode === 'both' ? 5 : 1); rep++)
     for (const m of modes) {
-      _native._debugSleep(0, 0, 400)
+      _native._debugSleep(0, 0, 600)
       const t0 = performance.now()
       run[m]()
       times[m].push(((performance.now() - t0) * 1000) / Math.max(n, 1))
     }
   const med = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]
-  for (const m of modes) console.log(`${m.padEnd(7)} ${med(times[m]).toFixed(3)} µs of JS-thread time per queued op (median of ${times[m].length}, ${n} ops each)`)
+  for (const m of modes) console.log(`${m.padEnd(13)} ${med(times[m]).toFixed(3)} µs of JS-thread time per queued op (median of ${times[m].length}, ${n} ops each)`)
   void _native.sync(0, 0).then(() => {
     _native.graphRelease(g)
     for (const t of [a, b, c]) t.dispose()

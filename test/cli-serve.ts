@@ -15,21 +15,22 @@ t.test('JSON: tokens/s, ttft, itl and event-loop figures per model and concurren
   const chart = join(tmpdir(), `vffn-serve-${process.pid}.svg`)
   t.teardown(() => existsSync(chart) && unlinkSync(chart))
   const { out, io: x } = io()
-  const code = await main(['bench', 'serve', '--config', 'tiny', '--concurrency', '1,3', '--new-tokens', '5', '--prompt', '6', '--device', 'cpu', '--json', '--chart', chart], x)
+  const code = await main(['bench', 'serve', '--config', 'tiny', '--concurrency', '1,3', '--new-tokens', '5', '--prompt', '6', '--device', 'cpu', '--json', '--chart', chart, '--reps', '2'], x)
   t.equal(code, 0, out.stderr)
   const r = JSON.parse(out.stdout) as { cases: Record<string, number | string>[] }
   t.same(r.cases.map((c) => [c.ffn, c.concurrency, c.tokens]), [['versatile', 1, 5], ['versatile', 3, 15], ['dense', 1, 5], ['dense', 3, 15]], 'every request made all its tokens')
   for (const c of r.cases)
-    for (const k of ['tokensPerSecond', 'ttftMsP50', 'ttftMsP99', 'itlMsP50', 'itlMsP99', 'loopDelayMsP99'])
+    for (const k of ['tokensPerSecond', 'decodeTokensPerSecond', 'ttftMsP50', 'ttftMsP99', 'itlMsP50', 'itlMsP99', 'loopDelayMsP99'])
       t.ok(typeof c[k] === 'number' && Number.isFinite(c[k] as number) && (c[k] as number) > 0, `${c.ffn} x${c.concurrency}: ${k} = ${c[k]}`)
+  t.same(r.cases.map((c) => c.runs), [2, 2, 2, 2], 'each figure is the median of 2 runs')
   t.match(readFileSync(chart, 'utf8'), /^<svg[^]*versatile x3[^]*tok\/s/, 'the chart names each case')
 })
 
 t.test('the table and usage errors', async (t) => {
   const { out, io: x } = io()
   t.equal(await main(['bench', 'serve', '--config', 'tiny', '--concurrency', '1,2', '--new-tokens', '3', '--ffn', 'dense'], x), 0)
-  t.match(out.stdout, /dense: 2 concurrent give [\d.]+x the tokens\/s of one at a time/)
-  for (const bad of [['--concurrency', '0'], ['--ffn', 'wide'], ['--config', 'huge'], ['--nope']]) {
+  t.match(out.stdout, /dense: 2 concurrent give [\d.]+x the tokens\/s of one at a time \(decoding: [\d.]+x\)/)
+  for (const bad of [['--concurrency', '0'], ['--ffn', 'wide'], ['--config', 'huge'], ['--reps', '0'], ['--nope']]) {
     const b = io()
     t.equal(await main(['bench', 'serve', ...bad], b.io), 2, bad.join(' '))
     t.match(b.out.stderr, /bench serve: .*\n\(see versatile-ffn bench serve --help\)/)

@@ -23,13 +23,17 @@ export interface ServeBenchOptions {
   chart?: string
   /** how decode steps run: replayed recordings (the engine's default) and/or op by op */
   steps: ('recorded' | 'op-by-op')[]
+  /** runs of each case (interleaved); every figure is the median over them */
+  reps: number
 }
 
 export const SERVE_HELP = `Usage: versatile-ffn bench serve [options]
 
 Serves C concurrent requests (all arriving at once) through one GenerationEngine and reports, per
 model and C: tokens/s, time to first token, inter-token latency p50/p99, and the p99 lateness of
-a 5 ms interval timer and the event loop's p99 delay while the streams run.
+a 5 ms interval timer and the event loop's p99 delay while the streams run. "decode tok/s" counts
+only the stretch where every request is decoding (after the last first token, before the first
+request finishes): the steady state of C streams, without prefill.
 
 Options:
   --config tiny|small       model shapes (default small: V=4096 D=256 I=1024 4 layers 8 heads)
@@ -41,6 +45,7 @@ Options:
   --threads N               CPU threads per op
   --steps recorded,op-by-op decode steps replayed from a recording (default) and/or op by op;
                             with both, each case runs both ways back to back
+  --reps N                  runs of every case, interleaved; each figure is the median (default 3)
   --json                    print JSON instead of the table
   --chart FILE              also write an SVG chart of tokens/s
   -h, --help                this text
@@ -48,7 +53,7 @@ Options:
 
 /** Parses the arguments after `bench serve`; throws UsageError naming the flag. */
 export function parseServeArgs(argv: readonly string[]): { help: true } | { help: false; options: ServeBenchOptions } {
-  const o: ServeBenchOptions = { config: 'small', concurrency: [1, 8, 32], prompt: 32, newTokens: 64, ffn: ['versatile', 'dense'], json: false, steps: ['recorded'] }
+  const o: ServeBenchOptions = { config: 'small', concurrency: [1, 8, 32], prompt: 32, newTokens: 64, ffn: ['versatile', 'dense'], json: false, steps: ['recorded'], reps: 3 }
   const int = (f: string, v: string | undefined, min: number) => {
     if (v === undefined || !/^\d+$/.test(v) || Number(v) < min) throw new UsageError(`--${f}: expected an integer >= ${min}, got ${JSON.stringify(v)}`)
     return Number(v)
@@ -74,6 +79,7 @@ export function parseServeArgs(argv: readonly string[]): { help: true } | { help
       o.steps = l as ServeBenchOptions['steps']
     } else if (a === '--device') o.device = v
     else if (a === '--threads') o.threads = int('threads', v, 1)
+    else if (a === '--reps') o.reps = int('reps', v, 1)
     else if (a === '--chart') {
       if (!v) throw new UsageError('--chart: expected a file name')
       o.chart = v
@@ -96,6 +102,8 @@ export interface ServeCase {
   tokens: number
   seconds: number
   tokensPerSecond: number
+  /** tokens/s while every request decodes: from the last first token to the first finish */
+  decodeTokensPerSecond: number
   ttftMsP50: number
   ttftMsP99: number
   itlMsP50: number
@@ -105,6 +113,8 @@ export interface ServeCase {
   /** p99 of perf_hooks' event-loop delay histogram */
   loopDelayMsP99: number
   steps: number
+  /** runs behind the medians */
+  runs: number
 }
 
 async function serveCase(model: TransformerLM, ffn: string, C: number, o: ServeBenchOptions, stepMode: ServeCase['stepMode']): Promise<ServeCase> {
@@ -122,7 +132,9 @@ async function serveCase(model: TransformerLM, ffn: string, C: number, o: ServeB
   h.enable()
   const t0 = performance.now()
   let tokens = 0
+  const times: number[][] = []
   await Promise.all(Array.from({ length: C }, async (_, i) => {
+    const mine: number[] = (times[i] = [])
     const P = Math.ceil(o.prompt / 2) + (i % Math.ceil(o.prompt / 2 + 1))
     const prompt = Array.from({ length: Math.min(P, o.prompt) }, (_, j) => (i * 131 + j * 17) % V)
     const r = engine.generate(prompt, { maxNewTokens: o.newTokens, temperature: i % 2 ? 0.8 : 0, topK: 40, seed: i })
@@ -135,17 +147,33 @@ async function serveCase(model: TransformerLM, ffn: string, C: number, o: ServeB
       first = false
       prev = now
       tokens++
+      mine.push(now)
     }
   }))
+  // the steady state: every request has its first token and none has finished
+  const lastFirst = Math.max(...times.map((x) => x[0] ?? Infinity)), firstDone = Math.min(...times.map((x) => x[x.length - 1] ?? -Infinity))
+  const inside = times.reduce((n, x) => n + x.filter((t) => t > lastFirst && t <= firstDone).length, 0)
+  const decodeTokensPerSecond = firstDone > lastFirst ? inside / ((firstDone - lastFirst) / 1000) : NaN
   const seconds = (performance.now() - t0) / 1000
   h.disable()
   clearInterval(timer)
   const steps = engine.stats().steps
   await engine.close()
   return {
-    ffn, stepMode, concurrency: C, tokens, seconds, tokensPerSecond: tokens / seconds, ttftMsP50: q(ttft, 0.5), ttftMsP99: q(ttft, 0.99),
-    itlMsP50: q(itl, 0.5), itlMsP99: q(itl, 0.99), timerLateMsP99: Math.max(0, q(gaps, 0.99)), loopDelayMsP99: h.percentile(99) / 1e6, steps,
+    ffn, stepMode, concurrency: C, tokens, seconds, tokensPerSecond: tokens / seconds, decodeTokensPerSecond, ttftMsP50: q(ttft, 0.5), ttftMsP99: q(ttft, 0.99),
+    itlMsP50: q(itl, 0.5), itlMsP99: q(itl, 0.99), timerLateMsP99: Math.max(0, q(gaps, 0.99)), loopDelayMsP99: h.percentile(99) / 1e6, steps, runs: 1,
   }
+}
+
+// each numeric figure of the runs of one case: its median
+function medianCase(runs: ServeCase[]): ServeCase {
+  const out = { ...runs[0], runs: runs.length } as unknown as Record<string, unknown>
+  for (const [k, v] of Object.entries(runs[0]))
+    if (typeof v === 'number' && k !== 'concurrency' && k !== 'runs') {
+      const xs = runs.map((r) => (r as unknown as Record<string, number>)[k]).filter((x) => !Number.isNaN(x))
+      out[k] = xs.length ? [...xs].sort((a, b) => a - b)[(xs.length - 1) >> 1] : NaN
+    }
+  return out as unknown as ServeCase
 }
 
 function chart(cases: ServeCase[], title: string): string {
@@ -194,7 +222,15 @@ export async function runServeBench(o: ServeBenchOptions, io: { stdout: { write(
     const model = new TransformerLM({ ...TransformerLM.config(o.config), ffn, seed: 1, device: dev })
     weightBytes = [...model.parameters().values()].reduce((s, p) => s + p.size * (p.dtype === 'bfloat16' ? 2 : 4), 0)
     for (const m of o.steps) await serveCase(model, ffn, 1, { ...o, newTokens: 4 }, m)
-    for (const C of o.concurrency) for (const m of o.steps) cases.push(await serveCase(model, ffn, C, o, m))
+    // the runs of the cases interleaved, so a change in the machine's load spreads over all of them
+    const runs = new Map<string, ServeCase[]>()
+    for (let rep = 0; rep < o.reps; rep++)
+      for (const C of o.concurrency)
+        for (const m of o.steps) {
+          const key = `${C} ${m}`
+          runs.set(key, [...(runs.get(key) ?? []), await serveCase(model, ffn, C, o, m)])
+        }
+    for (const r of runs.values()) cases.push(medianCase(r))
     model.dispose()
   }
   const bandwidth = await streamBandwidth(dev)
@@ -207,13 +243,14 @@ export async function runServeBench(o: ServeBenchOptions, io: { stdout: { write(
     return
   }
   const f = (x: number) => (x >= 100 ? x.toFixed(0) : x >= 10 ? x.toFixed(1) : x.toFixed(2))
-  const lines = [head, '', 'model      steps     conc  tokens   tok/s  ttft p50  ttft p99  itl p50  itl p99  timer late p99  loop delay p99  steps',
-    ...cases.map((c) => `${c.ffn.padEnd(10)} ${c.stepMode.padEnd(9)} ${String(c.concurrency).padStart(4)} ${String(c.tokens).padStart(7)} ${f(c.tokensPerSecond).padStart(7)} ${f(c.ttftMsP50).padStart(9)} ${f(c.ttftMsP99).padStart(9)} ${f(c.itlMsP50).padStart(8)} ${f(c.itlMsP99).padStart(8)} ${f(c.timerLateMsP99).padStart(15)} ${f(c.loopDelayMsP99).padStart(15)} ${String(c.steps).padStart(6)}`)]
+  const lines = [head, `medians of ${o.reps} interleaved runs per case`, '', 'model      steps     conc  tokens   tok/s  decode tok/s  ttft p50  ttft p99  itl p50  itl p99  timer late p99  loop delay p99  steps',
+    ...cases.map((c) => `${c.ffn.padEnd(10)} ${c.stepMode.padEnd(9)} ${String(c.concurrency).padStart(4)} ${String(c.tokens).padStart(7)} ${f(c.tokensPerSecond).padStart(7)} ${(Number.isNaN(c.decodeTokensPerSecond) ? '-' : f(c.decodeTokensPerSecond)).padStart(13)} ${f(c.ttftMsP50).padStart(9)} ${f(c.ttftMsP99).padStart(9)} ${f(c.itlMsP50).padStart(8)} ${f(c.itlMsP99).padStart(8)} ${f(c.timerLateMsP99).padStart(15)} ${f(c.loopDelayMsP99).padStart(15)} ${String(c.steps).padStart(6)}`)]
   for (const ffn of o.ffn)
     for (const m of o.steps) {
       const mine = cases.filter((c) => c.ffn === ffn && c.stepMode === m)
       const one = mine.find((c) => c.concurrency === 1), most = mine[mine.length - 1]
-      if (one && most && most !== one) lines.push(`${ffn}${o.steps.length > 1 ? ` (${m})` : ''}: ${most.concurrency} concurrent give ${(most.tokensPerSecond / one.tokensPerSecond).toFixed(2)}x the tokens/s of one at a time`)
+      if (one && most && most !== one)
+        lines.push(`${ffn}${o.steps.length > 1 ? ` (${m})` : ''}: ${most.concurrency} concurrent give ${(most.tokensPerSecond / one.tokensPerSecond).toFixed(2)}x the tokens/s of one at a time (decoding: ${(most.decodeTokensPerSecond / one.decodeTokensPerSecond).toFixed(2)}x)`)
     }
   if (o.steps.length > 1)
     for (const c of cases.filter((x) => x.stepMode === 'recorded')) {
@@ -222,6 +259,6 @@ export async function runServeBench(o: ServeBenchOptions, io: { stdout: { write(
     }
   lines.push(`weights ${(weightBytes / 2 ** 20).toFixed(1)} MiB; memory bandwidth ${(bandwidth / 1e9).toFixed(1)} GB/s (read by a batch-1 product with a ${STREAM_MIB} MiB matrix); streaming the weights once takes ${f(streamMs)} ms`)
   for (const d of decode) lines.push(`${d.ffn}${o.steps.length > 1 ? ` (${d.stepMode})` : ''}: batch-1 decoding ${f(d.msPerToken)} ms per token (itl p50) = ${d.overStream.toFixed(2)}x the time to stream the weights`)
-  lines.push('times in ms; ttft from submission (all requests arrive at once); itl = gap between a request\'s tokens; timer late = how much later than 5 ms a 5 ms interval fired')
+  lines.push('times in ms; ttft from submission (all requests arrive at once); itl = gap between a request\'s tokens; timer late = how much later than 5 ms a 5 ms interval fired; decode tok/s = while every request decodes')
   io.stdout.write(lines.join('\n') + '\n')
 }
