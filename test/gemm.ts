@@ -2,7 +2,7 @@
 // alpha/beta, NaN-poisoned outputs, bit-identical results at every thread count, the portable kernel.
 import t, { Test } from 'tap'
 import { spawnSync } from 'node:child_process'
-import { tensor, matmul, setNumThreads, getNumThreads, Tensor, _native } from '../lib/index'
+import { tensor, matmul, randn, setNumThreads, getNumThreads, Tensor, _native } from '../lib/index'
 
 const PORTABLE_CHILD = process.env.VFFN_GEMM_TEST_CHILD === '1'
 
@@ -142,6 +142,27 @@ if (!PORTABLE_CHILD) {
 t.test('primes, ragged tails and all four transposes', async (t) => {
   await runAll(t, 'shapes', shapeCases())
   await runAll(t, 'ragged', [...RAGGED, ...RAGGED.map((c) => ({ ...c, ta: true, tb: true }))])
+})
+
+// a row's bits depend only on its own A row, never on how many rows come with it: every M from
+// 9 (past the small-M path) to 40 (each residue of the 6-row micro-tile, so bottom edges of 1..5
+// rows), with N ending in a partial 16-column tile and beta != 0, against the same rows at M = 48
+t.test('packed path: a row gives the same bits whatever M (bottom edges of 1..5 rows)', async (t) => {
+  const K = 70, N = 53
+  const a = randn([48, K], { seed: 91 }), b = randn([N, K], { seed: 92 })
+  const c0 = await randn([48, N], { seed: 93 }).data()
+  const out = (M: number) => tensor(c0.slice(0, M * N), [M, N])  // a fresh copy: the product overwrites it
+  const full = await matmul(a, b, { transposeB: true, out: out(48), alpha: 0.75, beta: 0.5 }).data()
+  const bad: number[] = []
+  for (let M = 9; M <= 40; M++) {
+    const got = await matmul(a.rows(0, M), b, { transposeB: true, out: out(M), alpha: 0.75, beta: 0.5 }).data()
+    for (let i = 0; i < M * N; i++)
+      if (!Object.is(got[i], full[i])) {
+        bad.push(M)
+        break
+      }
+  }
+  t.same(bad, [], 'every M from 9 to 40 matches M = 48 bit for bit')
 })
 
 t.test('strided views, .T views and bfloat16 operands', async (t) => {

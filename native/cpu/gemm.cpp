@@ -196,6 +196,10 @@ void gemm_block(const GemmKernel& kr, int64_t m0, int64_t m1, int64_t n0, int64_
               kr.micro(kb, ap, bp, c, ldc, alpha, bb);
               continue;
             }
+            if (nv == nr && kr.micro_rows) {  // a bottom edge: only its rows, straight into C
+              kr.micro_rows(int(mv), kb, ap, bp, c, ldc, alpha, bb);
+              continue;
+            }
             // edge tile: the same kernel (same arithmetic) on a full tile in scratch
             if (bb != 0.f)
               for (int64_t i = 0; i < mv; i++) std::memcpy(tile + i * nr, c + i * ldc, size_t(nv) * sizeof(float));

@@ -48,7 +48,43 @@ void micro_6x16(int64_t kc, const float* a, const float* b, float* c, int64_t ld
   put(c, c50), put(c + 8, c51);
 }
 
-const GemmKernel kAvx2{"avx2-fma", kMR, kNR, 144, 256, 4096, micro_6x16, pack_a<kMR>, pack_b<kNR>};
+// the first R rows of a 6x16 tile (a bottom edge: M not a multiple of 6), each element by the
+// same chain of FMAs and the same epilogue as micro_6x16, so its bits do not depend on M
+template <int R>
+void micro_rows_t(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, float alpha, float beta) {
+  __m256 acc[R][2];
+  for (int i = 0; i < R; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+#pragma GCC unroll 4
+  for (int64_t p = 0; p < kc; p++) {
+    const __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
+    for (int i = 0; i < R; i++) {
+      const __m256 x = _mm256_broadcast_ss(a + i);
+      acc[i][0] = _mm256_fmadd_ps(x, b0, acc[i][0]), acc[i][1] = _mm256_fmadd_ps(x, b1, acc[i][1]);
+    }
+    a += kMR;
+    b += kNR;
+  }
+  const __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
+  for (int i = 0; i < R; i++, c += ldc)
+    for (int h = 0; h < 2; h++) {
+      __m256 r = _mm256_mul_ps(va, acc[i][h]);
+      if (beta != 0.f) r = _mm256_fmadd_ps(vb, _mm256_loadu_ps(c + 8 * h), r);
+      _mm256_storeu_ps(c + 8 * h, r);
+    }
+}
+
+void micro_rows(int rows, int64_t kc, const float* a, const float* b, float* c, int64_t ldc, float alpha, float beta) {
+  switch (rows) {
+    case 1: return micro_rows_t<1>(kc, a, b, c, ldc, alpha, beta);
+    case 2: return micro_rows_t<2>(kc, a, b, c, ldc, alpha, beta);
+    case 3: return micro_rows_t<3>(kc, a, b, c, ldc, alpha, beta);
+    case 4: return micro_rows_t<4>(kc, a, b, c, ldc, alpha, beta);
+    case 5: return micro_rows_t<5>(kc, a, b, c, ldc, alpha, beta);
+    default: return micro_6x16(kc, a, b, c, ldc, alpha, beta);
+  }
+}
+
+const GemmKernel kAvx2{"avx2-fma", kMR, kNR, 144, 256, 4096, micro_6x16, pack_a<kMR>, pack_b<kNR>, micro_rows};
 
 }  // namespace
 

@@ -22,6 +22,9 @@ struct GemmKernel {
   void (*pack_a)(const Mat& A, int64_t i0, int64_t m, int64_t p0, int64_t k, float* dst);
   // pack op(B)[p0 : p0 + k, j0 : j0 + n] into micro-panels of nr columns (n padded up to nr)
   void (*pack_b)(const Mat& B, int64_t p0, int64_t k, int64_t j0, int64_t n, float* dst);
+  // optional: the first `rows` (< mr) rows of a full-width tile, each element with micro's exact
+  // arithmetic (a bottom edge computed without the padded rows); nullptr: edges use a scratch tile
+  void (*micro_rows)(int rows, int64_t kc, const float* a, const float* b, float* c, int64_t ldc, float alpha, float beta) = nullptr;
 };
 
 // scalar packing for any dtype / transpose / gather into panels of mr rows or nr columns
