@@ -1,7 +1,8 @@
 // the kernels of serve_kernels.h (a paged-attention row, the exponential sum) written with AVX2 +
-// FMA intrinsics (the autovectorizer left their loops scalar): the same blocks, order of operations per lane and
-// exponential polynomial, 8 lanes at a time. chosen at run time; this file is compiled with
-// -mavx2 -mfma.
+// FMA intrinsics (the autovectorizer left their loops scalar): the same key blocks and exponential
+// polynomial; a block's maximum and weight sum 8 lanes at a time, and each output column's sum
+// over the block's keys kept in a register (through memory it was one store-to-load chain per
+// key). chosen at run time; this file is compiled with -mavx2 -mfma.
 #include "serve_kernels.h"
 
 #if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__)
@@ -51,10 +52,25 @@ inline __m256 exp8(__m256 x) {
 
 inline float exp1(float x) { return _mm256_cvtss_f32(exp8(_mm256_set1_ps(x))); }
 
+// the block's largest score and, after exponentiation, the sum of its weights: 8 lanes, then
+// the lanes pairwise (hsum), then the tail in order
+inline float block_max(const float* s, int64_t n) {
+  __m256 m = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  int64_t t = 0;
+  for (; t + 8 <= n; t += 8) m = _mm256_max_ps(_mm256_loadu_ps(s + t), m);
+  __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+  h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_max_ss(h, _mm_movehdup_ps(h));
+  float r = _mm_cvtss_f32(h);
+  for (; t < n; t++) r = std::max(r, s[t]);
+  return r;
+}
+
 void row_avx2(const AttnRow& a) {
   const int64_t hd = a.hd, G = a.heads;
   alignas(32) float sstack[8 * kAttnKeyBlock];
   float ostack[2048], mstack[8], lstack[8];
+  const float* vrow[kAttnKeyBlock];
   std::vector<float> heap;
   float *sc = sstack, *o = ostack, *m = mstack, *l = lstack;
   if (G > 8 || G * hd > 2048) {
@@ -64,41 +80,59 @@ void row_avx2(const AttnRow& a) {
   std::fill(o, o + G * hd, 0.f);
   std::fill(m, m + G, -std::numeric_limits<float>::infinity());
   std::fill(l, l + G, 0.f);
-  const int64_t hd8 = hd / 8 * 8;
   for (int64_t j0 = 0; j0 < a.keys; j0 += kAttnKeyBlock) {
     const int64_t n = std::min(kAttnKeyBlock, a.keys - j0), n8 = n / 8 * 8;
+    // the block's key rows in order, every head of the group from each (one contiguous run)
     for (int64_t t = 0; t < n; t++) {
       const int64_t j = j0 + t;
       const float* k = a.k + a.table[j / a.bs] * a.ks0 + (j % a.bs) * a.ks1;
+      vrow[t] = a.v + a.table[j / a.bs] * a.vs0 + (j % a.bs) * a.vs1;
       for (int64_t h = 0; h < G; h++) sc[h * kAttnKeyBlock + t] = dot(a.q + h * hd, k + h * hd, hd) * a.scale;
     }
     for (int64_t h = 0; h < G; h++) {
       float* s = sc + h * kAttnKeyBlock;
-      float bm = -std::numeric_limits<float>::infinity();
-      for (int64_t t = 0; t < n; t++) bm = std::max(bm, s[t]);
+      float* oh = o + h * hd;
+      const float bm = block_max(s, n);
       if (bm > m[h]) {
         const float alpha = m[h] == -std::numeric_limits<float>::infinity() ? 0.f : exp1(m[h] - bm);
-        for (int64_t c = 0; c < hd; c++) o[h * hd + c] *= alpha;
+        for (int64_t c = 0; c < hd; c++) oh[c] *= alpha;
         l[h] *= alpha;
         m[h] = bm;
       }
       const __m256 mv = _mm256_set1_ps(m[h]);
+      __m256 lv = _mm256_setzero_ps();
       int64_t t = 0;
-      for (; t < n8; t += 8) _mm256_storeu_ps(s + t, exp8(_mm256_sub_ps(_mm256_loadu_ps(s + t), mv)));
-      for (; t < n; t++) s[t] = exp1(s[t] - m[h]);
-      for (t = 0; t < n; t++) l[h] += s[t];
-    }
-    for (int64_t t = 0; t < n; t++) {
-      const int64_t j = j0 + t;
-      const float* v = a.v + a.table[j / a.bs] * a.vs0 + (j % a.bs) * a.vs1;
-      for (int64_t h = 0; h < G; h++) {
-        const float p = sc[h * kAttnKeyBlock + t];
-        const __m256 pv = _mm256_set1_ps(p);
-        float* oh = o + h * hd;
-        const float* vh = v + h * hd;
-        int64_t c = 0;
-        for (; c < hd8; c += 8) _mm256_storeu_ps(oh + c, _mm256_fmadd_ps(pv, _mm256_loadu_ps(vh + c), _mm256_loadu_ps(oh + c)));
-        for (; c < hd; c++) oh[c] = std::fma(p, vh[c], oh[c]);
+      for (; t < n8; t += 8) {
+        const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + t), mv));
+        _mm256_storeu_ps(s + t, e);
+        lv = _mm256_add_ps(lv, e);
+      }
+      float lb = hsum(lv);
+      for (; t < n; t++) lb += (s[t] = exp1(s[t] - m[h]));
+      l[h] += lb;
+      // the weighted values: 32 columns of the output at a time held in registers over the keys
+      int64_t c = 0;
+      for (; c + 32 <= hd; c += 32) {
+        __m256 o0 = _mm256_loadu_ps(oh + c), o1 = _mm256_loadu_ps(oh + c + 8), o2 = _mm256_loadu_ps(oh + c + 16), o3 = _mm256_loadu_ps(oh + c + 24);
+        for (int64_t u = 0; u < n; u++) {
+          const __m256 p = _mm256_set1_ps(s[u]);
+          const float* v = vrow[u] + h * hd + c;
+          o0 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v), o0);
+          o1 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 8), o1);
+          o2 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 16), o2);
+          o3 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 24), o3);
+        }
+        _mm256_storeu_ps(oh + c, o0), _mm256_storeu_ps(oh + c + 8, o1), _mm256_storeu_ps(oh + c + 16, o2), _mm256_storeu_ps(oh + c + 24, o3);
+      }
+      for (; c + 8 <= hd; c += 8) {
+        __m256 o0 = _mm256_loadu_ps(oh + c);
+        for (int64_t u = 0; u < n; u++) o0 = _mm256_fmadd_ps(_mm256_set1_ps(s[u]), _mm256_loadu_ps(vrow[u] + h * hd + c), o0);
+        _mm256_storeu_ps(oh + c, o0);
+      }
+      for (; c < hd; c++) {
+        float x = oh[c];
+        for (int64_t u = 0; u < n; u++) x = std::fma(s[u], vrow[u][h * hd + c], x);
+        oh[c] = x;
       }
     }
   }
