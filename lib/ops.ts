@@ -37,12 +37,6 @@ export interface MatmulOptions {
   out?: Tensor
 }
 
-// a 2-D operand whose columns are contiguous (a transposed view) is read as its transpose
-function operand(t: Tensor, trans: boolean): [Tensor, boolean, boolean] {
-  if (t.shape[1] > 1 && t.strides[1] !== 1 && t.strides[0] === 1) return [t.T, !trans, true]
-  return [t, trans, false]
-}
-
 /**
  * `alpha * op(a) @ op(b) + beta * out`, float32 accumulation. a, b: 2-D float32 or bfloat16
  * tensors (row or column slices are free views). Returns `out` or a new float32 tensor.
@@ -57,37 +51,46 @@ const MATMUL_OPTIONS = {
  * bfloat16 on one device (views and transposed views are read without copies). Returns `out`, or a
  * new float32 tensor. A non-zero beta needs `out`.
  */
-export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor<FloatDType> {
-  checkTensor('a', a, { ndim: 2, dtypes: ['float32', 'bfloat16'] })
-  checkTensor('b', b, { ndim: 2, dtypes: ['float32', 'bfloat16'] })
+export function matmul(a: Tensor, b: Tensor, opts?: MatmulOptions): Tensor<FloatDType> {
+  checkTensor('a', a, MATMUL_OPERAND)
+  checkTensor('b', b, MATMUL_OPERAND)
   const o = checkOptions('opts', opts, MATMUL_OPTIONS)
-  checkSameDevice(a, { b, out: o.out })
+  const out = o.out
+  if (b.device !== a.device) fail('ERR_DEVICE', `b: expected a tensor on ${a.device}, got one on ${b.device}`)
+  if (out && out.device !== a.device) fail('ERR_DEVICE', `out: expected a tensor on ${a.device}, got one on ${out.device}`)
   const ta = o.transposeA ?? false
   const tb = o.transposeB ?? false
   const alpha = o.alpha ?? 1
   const beta = o.beta ?? 0
-  const [M, K] = ta ? [a.shape[1], a.shape[0]] : [a.shape[0], a.shape[1]]
-  const [Kb, N] = tb ? [b.shape[1], b.shape[0]] : [b.shape[0], b.shape[1]]
+  const M = ta ? a.shape[1] : a.shape[0], K = ta ? a.shape[0] : a.shape[1]
+  const Kb = tb ? b.shape[1] : b.shape[0], N = tb ? b.shape[0] : b.shape[1]
   if (K !== Kb)
     fail('ERR_SHAPE', `b: inner dimensions differ: op(a) is [${M}, ${K}] but op(b) is [${Kb}, ${N}]`)
-  const out = o.out
   if (out !== undefined) {
     if (out.shape[0] !== M || out.shape[1] !== N) fail('ERR_SHAPE', `out: expected shape [${M}, ${N}], got ${show(out.shape)}`)
     if (out.shape[1] > 1 && out.strides[1] !== 1) fail('ERR_ARGUMENT', 'out: rows must be contiguous (last stride 1)')
   } else if (beta !== 0) fail('ERR_ARGUMENT', 'beta: a non-zero beta needs an `out` tensor to scale')
-  const [A, tA, ownA] = operand(a, ta)
-  const [B, tB, ownB] = operand(b, tb)
-  for (const [name, t] of [['a', A], ['b', B]] as const)
-    if (t.shape[1] > 1 && t.strides[1] !== 1) fail('ERR_ARGUMENT', `${name}: neither rows nor columns are contiguous; call contiguous() first`)
+  // a 2-D operand whose columns are contiguous (a transposed view) is read as its transpose
+  const ownA = columnMajor(a), ownB = columnMajor(b)
+  const A = ownA ? a.T : a, B = ownB ? b.T : b
+  if (A.shape[1] > 1 && A.strides[1] !== 1) fail('ERR_ARGUMENT', 'a: neither rows nor columns are contiguous; call contiguous() first')
+  if (B.shape[1] > 1 && B.strides[1] !== 1) fail('ERR_ARGUMENT', 'b: neither rows nor columns are contiguous; call contiguous() first')
   const c = out ?? empty([M, N], { device: a.device })
+  if (!ownA && !ownB) {
+    native.gemm(c, A, B, ta, tb, alpha, beta)
+    return c as Tensor<FloatDType>
+  }
   try {
-    native.gemm(c, A, B, tA, tB, alpha, beta)
+    native.gemm(c, A, B, ownA ? !ta : ta, ownB ? !tb : tb, alpha, beta)
   } finally {
     if (ownA) A.dispose()
     if (ownB) B.dispose()
   }
   return c as Tensor<FloatDType>
 }
+
+const MATMUL_OPERAND = { ndim: 2, dtypes: ['float32', 'bfloat16'] } as const
+const columnMajor = (t: Tensor) => t.shape[1] > 1 && t.strides[1] !== 1 && t.strides[0] === 1
 
 /**
  * @internal `t.reshape(shape)` for a temporary whose only use is the reshaped result: drops `t`'s

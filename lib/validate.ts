@@ -125,28 +125,43 @@ const isPlainObject = (v: unknown): v is Record<string, unknown> =>
  */
 export function object<S extends Schema>(schema: S, required: readonly (keyof S & string)[] = [], open = false): Check<Parsed<S>> {
   const keys = Object.keys(schema)
+  // "name.key" for each key, made once per name (options are checked on every op call)
+  const paths = new Map<string, string[]>()
   return custom('an options object', (name, v) => {
     if (!isPlainObject(v)) fail('ERR_ARGUMENT', `${name}: expected ${open ? 'an object' : 'an options object'}, got ${show(v)}`)
-    if (!open) for (const k of Object.keys(v))
-      if (!Object.prototype.hasOwnProperty.call(schema, k))
+    if (!open) for (const k in v)
+      if (Object.prototype.hasOwnProperty.call(v, k) && !Object.prototype.hasOwnProperty.call(schema, k))
         fail('ERR_ARGUMENT', `${name}.${k}: unknown option ${show(k)}; did you mean '${nearest(k, keys)}'? (known: ${keys.join(', ')})`)
+    let path = paths.get(name)
+    if (!path) {
+      path = keys.map((k) => `${name}.${k}`)
+      if (paths.size < 64) paths.set(name, path)
+    }
     const out: Record<string, unknown> = {}
-    for (const k of keys) {
-      const x = v[k]
+    for (let i = 0; i < keys.length; i++) {
+      const k = keys[i], x = v[k]
       if (x === undefined) {
-        if (required.includes(k)) fail('ERR_ARGUMENT', `${name}.${k}: required, expected ${schema[k].expected}`)
+        if (required.includes(k)) fail('ERR_ARGUMENT', `${path[i]}: required, expected ${schema[k].expected}`)
         continue
       }
-      out[k] = schema[k](`${name}.${k}`, x)
+      out[k] = schema[k](path[i], x)
     }
     return out as Parsed<S>
   })
 }
 
+// each schema's object check, made once (per list of required keys)
+const compiled = new WeakMap<object, Map<string, Check<unknown>>>()
+
 /** Checks an options argument: omitted (`undefined`) means every default; null is rejected. */
 export function checkOptions<S extends Schema>(name: string, value: unknown, schema: S | Check<Parsed<S>>, required: readonly (keyof S & string)[] = []): Parsed<S> {
-  if (value === undefined) return object(schema as S, required)(name, {})
-  return (typeof schema === 'function' ? schema : object(schema as S, required))(name, value) as Parsed<S>
+  if (typeof schema === 'function' && value !== undefined) return schema(name, value)
+  let byRequired = compiled.get(schema)
+  if (!byRequired) compiled.set(schema, (byRequired = new Map()))
+  const key = required.join(',')
+  let c = byRequired.get(key)
+  if (!c) byRequired.set(key, (c = object(schema as S, required) as Check<unknown>))
+  return c(name, value === undefined ? {} : value) as Parsed<S>
 }
 
 /** Checks one positional argument; returns it typed. */
