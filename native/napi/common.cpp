@@ -85,11 +85,16 @@ TensorArg tensor_arg(const Napi::Value& v, const char* name) {
     return t;
   }
   Napi::Object o = v.As<Napi::Object>();
-  t.offset = int_arg(o.Get("offset"), name);
-  int64_t dt = int_arg(o.Get("_dt"), name);
+  read_view(t, o.Get("_dt"), o.Get("offset"), o.Get("shape"), o.Get("strides"), name);
+  return t;
+}
+
+void read_view(TensorArg& t, const Napi::Value& dtype, const Napi::Value& offset, const Napi::Value& shape,
+               const Napi::Value& strides, const char* name) {
+  t.offset = int_arg(offset, name);
+  int64_t dt = int_arg(dtype, name);
   if (dt != F32 && dt != BF16 && dt != I32) fail("ERR_ARGUMENT", std::string(name) + ": malformed Tensor (dtype)");
   t.meta.dtype = int32_t(dt);
-  Napi::Value shape = o.Get("shape"), strides = o.Get("strides");
   if (!shape.IsArray() || !strides.IsArray()) fail("ERR_ARGUMENT", std::string(name) + ": malformed Tensor");
   Napi::Array sa = shape.As<Napi::Array>(), st = strides.As<Napi::Array>();
   if (sa.Length() > size_t(kMaxDims) || st.Length() != sa.Length())
@@ -113,7 +118,6 @@ TensorArg tensor_arg(const Napi::Value& v, const char* name) {
   if (t.offset < 0) fail("ERR_ARGUMENT", std::string(name) + ": view reaches outside its storage");
   if (!empty && checked_mul(checked_add(checked_add(t.offset, hi, name), 1, name), es, name) > int64_t(t.storage->bytes))
     fail("ERR_ARGUMENT", std::string(name) + ": view reaches outside its storage");
-  return t;
 }
 
 // ---- Io: what an op reads and writes ----

@@ -34,6 +34,10 @@ struct TensorArg {
 // reads a lib/ Tensor object (fields _h, _dt, offset, shape, strides). `name` is the argument's
 // name for errors. throws ERR_DISPOSED / ERR_ARGUMENT.
 TensorArg tensor_arg(const Napi::Value& v, const char* name);
+// a view's dtype code, offset, shape and strides as JS values, checked against t.storage (every
+// check tensor_arg makes of a Tensor object): fills t.meta and t.offset
+void read_view(TensorArg& t, const Napi::Value& dtype, const Napi::Value& offset, const Napi::Value& shape,
+               const Napi::Value& strides, const char* name);
 Device* device_arg(const Napi::Value& type, const Napi::Value& index);
 
 Napi::Error js_error(Napi::Env env, const std::string& code, const std::string& message);

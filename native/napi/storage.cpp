@@ -146,13 +146,11 @@ Napi::Value StorageWrap::SetView(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
     if (viewed) fail("ERR_ARGUMENT", "tensor: this handle already has a view");
     if (!storage) fail("ERR_DISPOSED", "tensor has been disposed");
-    Napi::Object o = Napi::Object::New(info.Env());
-    o.Set("_h", info.This());
-    o.Set("_dt", info[0]);
-    o.Set("offset", info[1]);
-    o.Set("shape", info[2]);
-    o.Set("strides", info[3]);
-    TensorArg t = tensor_arg(o, "tensor");  // every check of the slow path, once
+    TensorArg t;
+    t.storage = storage;
+    t.device = storage->device;
+    t.name = "tensor";
+    read_view(t, info[0], info[1], info[2], info[3], "tensor");  // every check of the slow path, once
     meta = t.meta;
     offset = t.offset;
     viewed = true;
