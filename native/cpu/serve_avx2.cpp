@@ -68,18 +68,9 @@ inline float block_max(const float* s, int64_t n) {
 
 void row_avx2(const AttnRow& a) {
   const int64_t hd = a.hd, G = a.heads;
-  alignas(32) float sstack[8 * kAttnKeyBlock];
-  float ostack[2048], mstack[8], lstack[8];
+  AttnScratch w(G, hd);
+  float *sc = w.sc, *o = w.o, *m = w.m, *l = w.l;
   const float* vrow[kAttnKeyBlock];
-  std::vector<float> heap;
-  float *sc = sstack, *o = ostack, *m = mstack, *l = lstack;
-  if (G > 8 || G * hd > 2048) {
-    heap.resize(size_t(G * kAttnKeyBlock + G * hd + 2 * G));
-    sc = heap.data(), o = sc + G * kAttnKeyBlock, m = o + G * hd, l = m + G;
-  }
-  std::fill(o, o + G * hd, 0.f);
-  std::fill(m, m + G, -std::numeric_limits<float>::infinity());
-  std::fill(l, l + G, 0.f);
   for (int64_t j0 = 0; j0 < a.keys; j0 += kAttnKeyBlock) {
     const int64_t n = std::min(kAttnKeyBlock, a.keys - j0), n8 = n / 8 * 8;
     // the block's key rows in order, every head of the group from each (one contiguous run)

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 #include "lm.h"
 
@@ -36,6 +37,25 @@ void attn_row_portable(const AttnRow& r);
 
 constexpr int64_t kAttnKeyBlock = 64;
 
+// a row kernel's working space for G heads of hd columns: a key block's scores per head, the
+// running output sums, maxima and weight sums; on the stack up to 8 heads and 2,048 columns.
+// starts as an empty softmax: sums 0, maxima -inf.
+struct AttnScratch {
+  alignas(32) float sstack[8 * kAttnKeyBlock];
+  float ostack[2048], mstack[8], lstack[8];
+  std::vector<float> heap;
+  float *sc = sstack, *o = ostack, *m = mstack, *l = lstack;
+  AttnScratch(int64_t G, int64_t hd) {
+    if (G > 8 || G * hd > 2048) {
+      heap.resize(size_t(G * kAttnKeyBlock + G * hd + 2 * G));
+      sc = heap.data(), o = sc + G * kAttnKeyBlock, m = o + G * hd, l = m + G;
+    }
+    std::fill(o, o + G * hd, 0.f);
+    std::fill(m, m + G, -std::numeric_limits<float>::infinity());
+    std::fill(l, l + G, 0.f);
+  }
+};
+
 // sum over j < n of e^(x[j] - mx), for mx >= every x[j]: the log-probability's normalizer. each
 // term is exp_nonpos in float32; the terms are added in float64, lane j % 8 into its own sum,
 // the 8 sums added pairwise at the end.
@@ -47,7 +67,6 @@ double exp_sum_portable(const float* x, int64_t n, float mx);
 
 // the implementation, in the namespace the including file names
 #ifdef ATTN_ROW_NS
-#include <vector>
 
 namespace vffn::cpu {
 namespace ATTN_ROW_NS {
@@ -95,16 +114,8 @@ inline double exp_sum(const float* x, int64_t n, float mx) {
 
 inline void attn_row(const AttnRow& a) {
   const int64_t hd = a.hd, G = a.heads;
-  float sstack[8 * kAttnKeyBlock], ostack[2048], mstack[8], lstack[8];
-  std::vector<float> heap;
-  float *sc = sstack, *o = ostack, *m = mstack, *l = lstack;
-  if (G > 8 || G * hd > 2048) {
-    heap.resize(size_t(G * kAttnKeyBlock + G * hd + 2 * G));
-    sc = heap.data(), o = sc + G * kAttnKeyBlock, m = o + G * hd, l = m + G;
-  }
-  std::fill(o, o + G * hd, 0.f);
-  std::fill(m, m + G, -std::numeric_limits<float>::infinity());
-  std::fill(l, l + G, 0.f);
+  AttnScratch w(G, hd);
+  float *sc = w.sc, *o = w.o, *m = w.m, *l = w.l;
   for (int64_t j0 = 0; j0 < a.keys; j0 += kAttnKeyBlock) {
     const int64_t n = std::min(kAttnKeyBlock, a.keys - j0);
     // the block's key rows in order, every head of the group from each (one contiguous run)
