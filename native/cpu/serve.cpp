@@ -3,7 +3,6 @@
 // of Sq queries; V vocabulary ids.
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <numeric>
@@ -13,6 +12,7 @@
 #include "../core/error.h"
 #define ATTN_ROW_NS portable
 #include "serve_kernels.h"
+#include "gemm.h"
 #include "lm.h"
 #include "pool.h"
 
@@ -39,11 +39,8 @@ void attn_row_portable(const AttnRow& r) { portable::attn_row(r); }
 double exp_sum_portable(const float* x, int64_t n, float mx) { return portable::exp_sum(x, n, mx); }
 
 namespace {
-// "portable" in VFFN_GEMM_KERNEL selects every portable kernel
-bool want_portable() {
-  const char* env = std::getenv("VFFN_GEMM_KERNEL");
-  return env && std::string(env) == "portable";
-}
+// the serving kernels follow the GEMM's choice (VFFN_GEMM_KERNEL=portable, or no AVX2 + FMA)
+bool want_portable() { return std::string(gemm_kernel_name()) == "portable"; }
 }  // namespace
 
 void paged_attention(const PagedAttentionArgs& a) {
@@ -166,13 +163,12 @@ void sample(const SampleArgs& a) {
       const float* p = a.params.ptr<float>() + b * a.params.stride[0];
       const int32_t id = sample_row(x, V, p[0], int64_t(p[1]), p[2], p[3], ids);
       // log p(id) under the untempered softmax: x[id] - max - log(sum of e^(x - max))
+      // (a NaN logit is skipped by the max and makes the sum NaN)
       float mx = -std::numeric_limits<float>::infinity();
-      bool nan = false;
-      for (int64_t j = 0; j < V; j++) mx = std::max(mx, x[j]), nan = nan || std::isnan(x[j]);
+      for (int64_t j = 0; j < V; j++) mx = std::max(mx, x[j]);
       const double sum = exp_sum(x, V, mx);
       a.ids.ptr<int32_t>()[b * a.ids.stride[0]] = id;
-      a.logprobs.ptr<float>()[b * a.logprobs.stride[0]] =
-          nan ? std::numeric_limits<float>::quiet_NaN() : float(double(x[id]) - double(mx) - std::log(sum));
+      a.logprobs.ptr<float>()[b * a.logprobs.stride[0]] = float(double(x[id]) - double(mx) - std::log(sum));
     }
   });
 }
