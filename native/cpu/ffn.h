@@ -74,6 +74,20 @@ namespace vffn::cpu {
 // VersatileFFN's width path (versatile_width.cpp). P (token, slot) assignments grouped by expert:
 // position p holds assignment assign[p] = t*K+k, experts own positions [start[e], start[e+1]),
 // rows[p] is the row of n (the shared norm) that position p reads.
+// the router shared by VersatileFFN and MoEFFN. route_topk, tokens [t0, t1): top-K of each row
+// of r [T, N] (ties to the lower index), the softmax over the chosen K into weights, and with
+// router_p the softmax over all N (the balance loss's P). count_experts: each expert's
+// assignments into counts [N], and the balance loss α·N·Σ_e f_e·P_e (0 without router_p or α).
+// router_backward: d(router logits) [T, N] from the gradient of each chosen weight, dw [T, K],
+// plus the balance loss's through P.
+void route_topk(int64_t t0, int64_t t1, int64_t N, int64_t K, const float* r, int32_t* experts, float* weights,
+                float* router_p);
+float count_experts(int64_t T, int64_t N, int64_t K, const int32_t* experts, int32_t* counts, const float* router_p,
+                    float balance_weight);
+std::vector<float> router_backward(int64_t T, int64_t N, int64_t K, const int32_t* experts, const float* weights,
+                                   const float* dw, const int32_t* counts, const float* router_p, float balance_weight,
+                                   float aux_grad);
+
 struct WidthPlan {
   int64_t N, K, D, I, E;
   std::vector<int32_t> assign, start, rows;

@@ -34,45 +34,10 @@ void moe_forward(const MoeForwardArgs& a) {
   float* weights = a.weights.ptr<float>();
 
   // top-K (ties to the lower index), softmax over the chosen K; all N for the balance loss
-  parallel_for(T, 64, [&](int64_t b, int64_t e, int) {
-    std::vector<uint8_t> taken(static_cast<size_t>(N));
-    for (int64_t t = b; t < e; t++) {
-      const float* rt = &r[size_t(t * N)];
-      std::fill(taken.begin(), taken.end(), 0);
-      double sum = 0;
-      for (int64_t k = 0; k < K; k++) {
-        int64_t best = -1;
-        for (int64_t j = 0; j < N; j++)
-          if (!taken[size_t(j)] && (best < 0 || rt[j] > rt[best])) best = j;
-        taken[size_t(best)] = 1;
-        experts[t * K + k] = int32_t(best);
-        sum += std::exp(double(rt[best]) - rt[experts[t * K]]);
-      }
-      for (int64_t k = 0; k < K; k++)
-        weights[t * K + k] = float(std::exp(double(rt[experts[t * K + k]]) - rt[experts[t * K]]) / sum);
-      if (train) {
-        float* pr = sv.router_p.ptr<float>() + t * N;
-        double s = 0;
-        for (int64_t j = 0; j < N; j++) s += std::exp(double(rt[j]) - rt[experts[t * K]]);
-        for (int64_t j = 0; j < N; j++) pr[j] = float(std::exp(double(rt[j]) - rt[experts[t * K]]) / s);
-      }
-    }
-  });
-  int32_t* counts = a.expert_counts.ptr<int32_t>();
-  std::fill(counts, counts + N, 0);
-  for (int64_t i = 0; i < T * K; i++) counts[experts[i]]++;
-  if (train) {
-    // balance loss α·N·Σ_e f_e·P_e, summed over tokens in order (deterministic)
-    double aux = 0;
-    if (a.balance_weight != 0.f) {
-      std::vector<double> P(size_t(N), 0.0);
-      for (int64_t t = 0; t < T; t++)
-        for (int64_t j = 0; j < N; j++) P[size_t(j)] += sv.router_p.ptr<float>()[t * N + j];
-      for (int64_t j = 0; j < N; j++) aux += double(counts[j]) / double(T * K) * P[size_t(j)] / double(T);
-      aux *= double(a.balance_weight) * double(N);
-    }
-    a.aux.ptr<float>()[0] = float(aux);
-  }
+  float* router_p = train ? sv.router_p.ptr<float>() : nullptr;
+  parallel_for(T, 64, [&](int64_t b, int64_t e, int) { route_topk(b, e, N, K, r.data(), experts, weights, router_p); });
+  const float aux = count_experts(T, N, K, experts, a.expert_counts.ptr<int32_t>(), router_p, a.balance_weight);
+  if (train) a.aux.ptr<float>()[0] = aux;
 
   // the norm once per token, then every (token, slot) pair through its expert as one grouped GEMM
   std::vector<float> n(size_t(T * D)), rbuf;
@@ -141,26 +106,8 @@ void moe_backward(const MoeBackwardArgs& a) {
                  dw.data());
 
   // router: softmax over the chosen K, plus the balance loss through P_e only
-  std::vector<float> dr(size_t(T * N), 0.f);
-  const int32_t* ex = a.experts.ptr<int32_t>();
-  const int32_t* counts = a.expert_counts.ptr<int32_t>();
-  std::vector<double> dP(static_cast<size_t>(N));
-  for (int64_t e = 0; e < N; e++)
-    dP[size_t(e)] = double(a.aux_grad) * a.balance_weight * double(N) * counts[e] / double(T * K);
-  parallel_for(T, 64, [&](int64_t b, int64_t e, int) {
-    for (int64_t t = b; t < e; t++) {
-      double s = 0;
-      for (int64_t k = 0; k < K; k++) s += double(weights[t * K + k]) * dw[size_t(t * K + k)];
-      for (int64_t k = 0; k < K; k++)
-        dr[size_t(t * N + ex[t * K + k])] = float(weights[t * K + k] * (dw[size_t(t * K + k)] - s));
-      if (a.balance_weight != 0.f) {
-        const float* pr = sv.router_p.ptr<float>() + t * N;
-        double pd = 0;
-        for (int64_t j = 0; j < N; j++) pd += pr[j] * dP[size_t(j)];
-        for (int64_t j = 0; j < N; j++) dr[size_t(t * N + j)] += float(pr[j] * (dP[size_t(j)] - pd) / double(T));
-      }
-    }
-  });
+  std::vector<float> dr = router_backward(T, N, K, a.experts.ptr<int32_t>(), weights, dw.data(), a.expert_counts.ptr<int32_t>(),
+                                          sv.router_p.ptr<float>(), a.balance_weight, a.aux_grad);
 
   // dx = dy (the residual) + the norm's backward + the router's
   float* dx = a.dx.ptr<float>();

@@ -3,6 +3,7 @@
 // through Mat::rows; expert e's weights are slices of ff_proj / ff_out at expert_offset(e), never
 // copied. P positions, D width, I intermediate, E expert width.
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "../core/experts.h"
@@ -13,6 +14,71 @@ namespace vffn::cpu {
 
 namespace {
 constexpr int64_t kBlock = 128;  // rows per task: big enough that packing an expert's weights pays
+}
+
+void route_topk(int64_t t0, int64_t t1, int64_t N, int64_t K, const float* r, int32_t* experts, float* weights,
+                float* router_p) {
+  std::vector<uint8_t> taken(static_cast<size_t>(N));
+  for (int64_t t = t0; t < t1; t++) {
+    const float* rt = r + t * N;
+    std::fill(taken.begin(), taken.end(), 0);
+    double sum = 0;
+    for (int64_t k = 0; k < K; k++) {
+      int64_t best = -1;
+      for (int64_t j = 0; j < N; j++)
+        if (!taken[size_t(j)] && (best < 0 || rt[j] > rt[best])) best = j;
+      taken[size_t(best)] = 1;
+      experts[t * K + k] = int32_t(best);
+      sum += std::exp(double(rt[best]) - rt[experts[t * K]]);
+    }
+    for (int64_t k = 0; k < K; k++)
+      weights[t * K + k] = float(std::exp(double(rt[experts[t * K + k]]) - rt[experts[t * K]]) / sum);
+    if (router_p) {
+      float* pr = router_p + t * N;
+      double s = 0;
+      for (int64_t j = 0; j < N; j++) s += std::exp(double(rt[j]) - rt[experts[t * K]]);
+      for (int64_t j = 0; j < N; j++) pr[j] = float(std::exp(double(rt[j]) - rt[experts[t * K]]) / s);
+    }
+  }
+}
+
+float count_experts(int64_t T, int64_t N, int64_t K, const int32_t* experts, int32_t* counts, const float* router_p,
+                    float balance_weight) {
+  std::fill(counts, counts + N, 0);
+  for (int64_t i = 0; i < T * K; i++) counts[experts[i]]++;
+  // balance loss α·N·Σ_e f_e·P_e, summed over tokens in order (deterministic)
+  double aux = 0;
+  if (router_p && balance_weight != 0.f) {
+    std::vector<double> P(size_t(N), 0.0);
+    for (int64_t t = 0; t < T; t++)
+      for (int64_t j = 0; j < N; j++) P[size_t(j)] += router_p[t * N + j];
+    for (int64_t j = 0; j < N; j++) aux += double(counts[j]) / double(T * K) * P[size_t(j)] / double(T);
+    aux *= double(balance_weight) * double(N);
+  }
+  return float(aux);
+}
+
+std::vector<float> router_backward(int64_t T, int64_t N, int64_t K, const int32_t* experts, const float* weights,
+                                   const float* dw, const int32_t* counts, const float* router_p, float balance_weight,
+                                   float aux_grad) {
+  std::vector<float> dr(size_t(T * N), 0.f);
+  std::vector<double> dP(static_cast<size_t>(N));
+  for (int64_t e = 0; e < N; e++) dP[size_t(e)] = double(aux_grad) * balance_weight * double(N) * counts[e] / double(T * K);
+  parallel_for(T, 64, [&](int64_t b, int64_t e, int) {
+    for (int64_t t = b; t < e; t++) {
+      double s = 0;
+      for (int64_t k = 0; k < K; k++) s += double(weights[t * K + k]) * dw[t * K + k];
+      for (int64_t k = 0; k < K; k++)
+        dr[size_t(t * N + experts[t * K + k])] = float(weights[t * K + k] * (dw[t * K + k] - s));
+      if (balance_weight != 0.f) {
+        const float* pr = router_p + t * N;
+        double pd = 0;
+        for (int64_t j = 0; j < N; j++) pd += pr[j] * dP[size_t(j)];
+        for (int64_t j = 0; j < N; j++) dr[size_t(t * N + j)] += float(pr[j] * (dP[size_t(j)] - pd) / double(T));
+      }
+    }
+  });
+  return dr;
 }
 
 WidthPlan width_plan(int64_t T, int64_t N, int64_t K, int64_t D, int64_t I, int64_t E, const int32_t* experts,
