@@ -8,10 +8,6 @@ namespace vffn::napi {
 
 namespace {
 
-struct Dims {
-  int64_t T, D, I, N, K, E;
-};
-
 struct Saved {
   TensorArg rstd, assign, expert_start, width_h, width_o, router_p;
   void add(Io& io, bool written) const {
@@ -25,7 +21,7 @@ struct Saved {
   }
 };
 
-Saved read_saved(const Napi::Object& s, const Dims& d, Device* dev) {
+Saved read_saved(const Napi::Object& s, const WidthArgs& d, Device* dev) {
   // recompute 'ffn': no widthH (CPU only)
   const bool keep_wh = has(s, "widthH");
   if (!keep_wh && dev->type != kCPU) fail("ERR_UNSUPPORTED", "recompute 'ffn' is implemented on cpu only");
@@ -40,30 +36,11 @@ Saved read_saved(const Napi::Object& s, const Dims& d, Device* dev) {
   return v;
 }
 
-struct Weights {
-  TensorArg x, norm_w, proj_w, out_w, router_w;
-  void add(Io& io) const {
-    for (const TensorArg* t : {&x, &norm_w, &proj_w, &out_w, &router_w}) io.in(*t);
-  }
-};
-
-Weights read_weights(const Napi::Object& o, Dims& d) {
-  Weights w{field(o, "x"), field(o, "normW"), field(o, "projW"), field(o, "outW"), field(o, "routerW")};
-  d.N = int_arg(o.Get("experts"), "experts");
-  d.K = int_arg(o.Get("topK"), "topK");
-  d.E = int_arg(o.Get("expertHidden"), "expertHidden");
-  d.T = w.x.meta.shape[0];
-  d.D = w.x.meta.ndim == 2 ? w.x.meta.shape[1] : -1;
-  d.I = w.out_w.meta.ndim == 2 ? w.out_w.meta.shape[1] : -1;
+WidthArgs read_weights(const Napi::Object& o) {
+  WidthArgs w = read_width_args(o);
   // N separate experts: they tile the intermediate dimension exactly
-  if (d.T < 1 || d.N < 1 || d.K < 1 || d.K > d.N || d.E < 1 || d.E * d.N != d.I)
-    fail("ERR_ARGUMENT", "moe: sizes out of range");
-  Device* dev = w.x.device;
-  check_arg(w.x, "x", {d.T, d.D}, kF32, dev);
-  check_arg(w.norm_w, "ff_norm.weight", {d.D}, kFloat, dev);
-  check_arg(w.proj_w, "ff_proj.weight", {2 * d.I, d.D}, kFloat, dev);
-  check_arg(w.out_w, "ff_out.weight", {d.D, d.I}, kFloat, dev);
-  check_arg(w.router_w, "expert_gate.weight", {d.N, d.D}, kFloat, dev);
+  if (w.T < 1 || w.N < 1 || w.K < 1 || w.K > w.N || w.E < 1 || w.E * w.N != w.I) fail("ERR_ARGUMENT", "moe: sizes out of range");
+  check_width_args(w);
   return w;
 }
 
@@ -71,21 +48,18 @@ Napi::Value MoeForward(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
     if (!info[0].IsObject()) fail("ERR_ARGUMENT", "moeForward: expected an argument object");
     Napi::Object o = info[0].As<Napi::Object>();
-    Dims d{};
-    Weights w = read_weights(o, d);
-    Device* dev = w.x.device;
+    const WidthArgs w = read_weights(o);
+    Device* dev = w.dev();
     TensorArg y = field(o, "y"), experts = field(o, "expertsOut"), weights = field(o, "weights"),
               counts = field(o, "expertCounts"), aux = field(o, "aux");
-    check_arg(y, "y", {d.T, d.D}, kF32, dev);
-    check_arg(experts, "expertsOut", {d.T, d.K}, kI32, dev);
-    check_arg(weights, "weights", {d.T, d.K}, kF32, dev);
-    check_arg(counts, "expertCounts", {d.N}, kI32, dev);
+    check_arg(y, "y", {w.T, w.D}, kF32, dev);
+    check_routing(experts, weights, counts, w);
     check_arg(aux, "aux", {1}, kF32, dev);
     bool train = bool_arg(o.Get("train"), "train");
     Saved sv{};
     if (train) {
       if (!has(o, "saved")) fail("ERR_ARGUMENT", "saved: training needs the saved tensors");
-      sv = read_saved(o.Get("saved").As<Napi::Object>(), d, dev);
+      sv = read_saved(o.Get("saved").As<Napi::Object>(), w, dev);
     }
     float eps = float(num_arg(o.Get("eps"), "eps")), alpha = float(num_arg(o.Get("balanceWeight"), "balanceWeight"));
     Io io;
@@ -95,7 +69,7 @@ Napi::Value MoeForward(const Napi::CallbackInfo& info) {
     enqueue(dev, "moe_forward", io, [=] {
       MoeForwardArgs a{y.view(),      experts.view(),  weights.view(), counts.view(),  aux.view(),
                        w.x.view(),    w.norm_w.view(), w.proj_w.view(), w.out_w.view(), w.router_w.view(),
-                       train ? sv.view() : MoeSaved{}, d.N, d.K, d.E, eps, alpha, train ? 1 : 0};
+                       train ? sv.view() : MoeSaved{}, w.N, w.K, w.E, eps, alpha, train ? 1 : 0};
       if (dev->type == kCPU) return cpu::moe_forward(a);
       cuda_call(dev, "moe_forward", &a);
     });
@@ -107,23 +81,15 @@ Napi::Value MoeBackward(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
     if (!info[0].IsObject()) fail("ERR_ARGUMENT", "moeBackward: expected an argument object");
     Napi::Object o = info[0].As<Napi::Object>();
-    Dims d{};
-    Weights w = read_weights(o, d);
-    Device* dev = w.x.device;
+    const WidthArgs w = read_weights(o);
+    Device* dev = w.dev();
     TensorArg dx = field(o, "dx"), dnw = field(o, "dNormW"), dpw = field(o, "dProjW"), dow = field(o, "dOutW"),
               drw = field(o, "dRouterW"), dy = field(o, "dy");
-    check_arg(dx, "dx", {d.T, d.D}, kF32, dev);
-    check_arg(dy, "dy", {d.T, d.D}, kF32, dev);
-    check_arg(dnw, "d ff_norm.weight", {d.D}, kF32, dev);
-    check_arg(dpw, "d ff_proj.weight", {2 * d.I, d.D}, kF32, dev);
-    check_arg(dow, "d ff_out.weight", {d.D, d.I}, kF32, dev);
-    check_arg(drw, "d expert_gate.weight", {d.N, d.D}, kF32, dev);
+    check_width_grads(dx, dy, dnw, dpw, dow, drw, w);
     TensorArg experts = field(o, "expertsOut"), weights = field(o, "weights"), counts = field(o, "expertCounts");
-    check_arg(experts, "expertsOut", {d.T, d.K}, kI32, dev);
-    check_arg(weights, "weights", {d.T, d.K}, kF32, dev);
-    check_arg(counts, "expertCounts", {d.N}, kI32, dev);
+    check_routing(experts, weights, counts, w);
     if (!has(o, "saved")) fail("ERR_ARGUMENT", "saved: backward needs the saved tensors");
-    Saved sv = read_saved(o.Get("saved").As<Napi::Object>(), d, dev);
+    Saved sv = read_saved(o.Get("saved").As<Napi::Object>(), w, dev);
     float eps = float(num_arg(o.Get("eps"), "eps")), alpha = float(num_arg(o.Get("balanceWeight"), "balanceWeight")),
           aux_grad = float(num_arg(o.Get("auxGrad"), "auxGrad"));
     Io io;
@@ -135,7 +101,7 @@ Napi::Value MoeBackward(const Napi::CallbackInfo& info) {
       MoeBackwardArgs a{dx.view(),       dnw.view(),       dpw.view(),       dow.view(),   drw.view(),
                         dy.view(),       w.x.view(),       w.norm_w.view(),  w.proj_w.view(), w.out_w.view(),
                         w.router_w.view(), experts.view(), weights.view(),   counts.view(), sv.view(),
-                        d.N,             d.K,              d.E,              eps,          alpha,
+                        w.N,             w.K,              w.E,              eps,          alpha,
                         aux_grad};
       if (dev->type == kCPU) return cpu::moe_backward(a);
       cuda_call(dev, "moe_backward", &a);

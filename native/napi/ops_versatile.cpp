@@ -8,8 +8,14 @@ namespace vffn::napi {
 
 namespace {
 
-struct Dims {
-  int64_t T, D, I, N, K, L, E;
+// the width path's arguments, and the loop head with L, the most loops
+struct Args : WidthArgs {
+  TensorArg depth_w;
+  int64_t L;
+  void add(Io& io) const {
+    WidthArgs::add(io);
+    io.in(depth_w);
+  }
 };
 
 struct Saved {
@@ -30,7 +36,7 @@ struct Saved {
   }
 };
 
-Saved read_saved(const Napi::Object& s, const Dims& d, Device* dev) {
+Saved read_saved(const Napi::Object& s, const Args& d, Device* dev) {
   // recompute 'ffn': no h or widthH (the backward computes them again; CPU only)
   const bool keep_h = has(s, "h"), keep_wh = has(s, "widthH");
   if (keep_h != keep_wh) fail("ERR_ARGUMENT", "saved: h and widthH are given together or not at all");
@@ -54,31 +60,15 @@ Saved read_saved(const Napi::Object& s, const Dims& d, Device* dev) {
   return v;
 }
 
-struct Weights {
-  TensorArg x, norm_w, proj_w, out_w, router_w, depth_w;
-  void add(Io& io) const {
-    for (const TensorArg* t : {&x, &norm_w, &proj_w, &out_w, &router_w, &depth_w}) io.in(*t);
-  }
-};
-
-Weights read_weights(const Napi::Object& o, Dims& d) {
-  Weights w{field(o, "x"), field(o, "normW"), field(o, "projW"), field(o, "outW"), field(o, "routerW"), field(o, "depthW")};
-  d.N = int_arg(o.Get("experts"), "experts");
-  d.K = int_arg(o.Get("topK"), "topK");
-  d.L = int_arg(o.Get("maxDepth"), "maxDepth");
-  d.E = int_arg(o.Get("expertHidden"), "expertHidden");
-  d.T = w.x.meta.shape[0];
-  d.D = w.x.meta.ndim == 2 ? w.x.meta.shape[1] : -1;
-  d.I = w.out_w.meta.ndim == 2 ? w.out_w.meta.shape[1] : -1;
-  if (d.T < 1 || d.N < 1 || d.K < 1 || d.K > d.N || d.L < 1 || d.E < 1 || d.E * d.N > d.I)
+Args read_weights(const Napi::Object& o) {
+  Args w;
+  static_cast<WidthArgs&>(w) = read_width_args(o);
+  w.depth_w = field(o, "depthW");
+  w.L = int_arg(o.Get("maxDepth"), "maxDepth");
+  if (w.T < 1 || w.N < 1 || w.K < 1 || w.K > w.N || w.L < 1 || w.E < 1 || w.E * w.N > w.I)
     fail("ERR_ARGUMENT", "versatile: sizes out of range");
-  Device* dev = w.x.device;
-  check_arg(w.x, "x", {d.T, d.D}, kF32, dev);
-  check_arg(w.norm_w, "ff_norm.weight", {d.D}, kFloat, dev);
-  check_arg(w.proj_w, "ff_proj.weight", {2 * d.I, d.D}, kFloat, dev);
-  check_arg(w.out_w, "ff_out.weight", {d.D, d.I}, kFloat, dev);
-  check_arg(w.router_w, "expert_gate.weight", {d.N, d.D}, kFloat, dev);
-  check_arg(w.depth_w, "depth_predictor.weight", {d.L, d.D}, kFloat, dev);
+  check_width_args(w);
+  check_arg(w.depth_w, "depth_predictor.weight", {w.L, w.D}, kFloat, w.dev());
   return w;
 }
 
@@ -86,23 +76,20 @@ Napi::Value VersatileForward(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
     if (!info[0].IsObject()) fail("ERR_ARGUMENT", "versatileForward: expected an argument object");
     Napi::Object o = info[0].As<Napi::Object>();
-    Dims d{};
-    Weights w = read_weights(o, d);
-    Device* dev = w.x.device;
+    const Args w = read_weights(o);
+    Device* dev = w.dev();
     TensorArg y = field(o, "y"), loops = field(o, "loops"), lambda = field(o, "lambda"), experts = field(o, "expertsOut"),
               weights = field(o, "weights"), counts = field(o, "expertCounts"), aux = field(o, "aux");
-    check_arg(y, "y", {d.T, d.D}, kF32, dev);
-    check_arg(loops, "loops", {d.T}, kI32, dev);
-    check_arg(lambda, "lambda", {d.T}, kF32, dev);
-    check_arg(experts, "expertsOut", {d.T, d.K}, kI32, dev);
-    check_arg(weights, "weights", {d.T, d.K}, kF32, dev);
-    check_arg(counts, "expertCounts", {d.N}, kI32, dev);
+    check_arg(y, "y", {w.T, w.D}, kF32, dev);
+    check_arg(loops, "loops", {w.T}, kI32, dev);
+    check_arg(lambda, "lambda", {w.T}, kF32, dev);
+    check_routing(experts, weights, counts, w);
     check_arg(aux, "aux", {1}, kF32, dev);
     bool train = bool_arg(o.Get("train"), "train");
     Saved sv{};
     if (train) {
       if (!has(o, "saved")) fail("ERR_ARGUMENT", "saved: training needs the saved tensors");
-      sv = read_saved(o.Get("saved").As<Napi::Object>(), d, dev);
+      sv = read_saved(o.Get("saved").As<Napi::Object>(), w, dev);
     }
     bool noise = bool_arg(o.Get("noise"), "noise");
     uint64_t seed = uint64_t(uint32_t(int_arg(o.Get("seedLo"), "seedLo"))) |
@@ -117,7 +104,7 @@ Napi::Value VersatileForward(const Napi::CallbackInfo& info) {
       VersatileForwardArgs a{y.view(),        loops.view(),    lambda.view(),   experts.view(),   weights.view(),
                              counts.view(),   aux.view(),      w.x.view(),      w.norm_w.view(),  w.proj_w.view(),
                              w.out_w.view(),  w.router_w.view(), w.depth_w.view(), train ? sv.view() : VersatileSaved{},
-                             d.N, d.K, d.L, d.E, eps, tau, alpha, train ? 1 : 0, noise ? 1 : 0, seed};
+                             w.N, w.K, w.L, w.E, eps, tau, alpha, train ? 1 : 0, noise ? 1 : 0, seed};
       if (dev->type == kCPU) return cpu::versatile_forward(a);
       cuda_call(dev, "versatile_forward", &a);
     });
@@ -129,27 +116,19 @@ Napi::Value VersatileBackward(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
     if (!info[0].IsObject()) fail("ERR_ARGUMENT", "versatileBackward: expected an argument object");
     Napi::Object o = info[0].As<Napi::Object>();
-    Dims d{};
-    Weights w = read_weights(o, d);
-    Device* dev = w.x.device;
+    const Args w = read_weights(o);
+    Device* dev = w.dev();
     TensorArg dx = field(o, "dx"), dnw = field(o, "dNormW"), dpw = field(o, "dProjW"), dow = field(o, "dOutW"),
               drw = field(o, "dRouterW"), ddw = field(o, "dDepthW"), dy = field(o, "dy");
-    check_arg(dx, "dx", {d.T, d.D}, kF32, dev);
-    check_arg(dy, "dy", {d.T, d.D}, kF32, dev);
-    check_arg(dnw, "d ff_norm.weight", {d.D}, kF32, dev);
-    check_arg(dpw, "d ff_proj.weight", {2 * d.I, d.D}, kF32, dev);
-    check_arg(dow, "d ff_out.weight", {d.D, d.I}, kF32, dev);
-    check_arg(drw, "d expert_gate.weight", {d.N, d.D}, kF32, dev);
-    check_arg(ddw, "d depth_predictor.weight", {d.L, d.D}, kF32, dev);
+    check_width_grads(dx, dy, dnw, dpw, dow, drw, w);
+    check_arg(ddw, "d depth_predictor.weight", {w.L, w.D}, kF32, dev);
     TensorArg loops = field(o, "loops"), lambda = field(o, "lambda"), experts = field(o, "expertsOut"),
               weights = field(o, "weights"), counts = field(o, "expertCounts");
-    check_arg(loops, "loops", {d.T}, kI32, dev);
-    check_arg(lambda, "lambda", {d.T}, kF32, dev);
-    check_arg(experts, "expertsOut", {d.T, d.K}, kI32, dev);
-    check_arg(weights, "weights", {d.T, d.K}, kF32, dev);
-    check_arg(counts, "expertCounts", {d.N}, kI32, dev);
+    check_arg(loops, "loops", {w.T}, kI32, dev);
+    check_arg(lambda, "lambda", {w.T}, kF32, dev);
+    check_routing(experts, weights, counts, w);
     if (!has(o, "saved")) fail("ERR_ARGUMENT", "saved: backward needs the saved tensors");
-    Saved sv = read_saved(o.Get("saved").As<Napi::Object>(), d, dev);
+    Saved sv = read_saved(o.Get("saved").As<Napi::Object>(), w, dev);
     float eps = float(num_arg(o.Get("eps"), "eps")), tau = float(num_arg(o.Get("tau"), "tau")),
           alpha = float(num_arg(o.Get("balanceWeight"), "balanceWeight")),
           aux_grad = float(num_arg(o.Get("auxGrad"), "auxGrad"));
@@ -162,8 +141,8 @@ Napi::Value VersatileBackward(const Napi::CallbackInfo& info) {
       VersatileBackwardArgs a{dx.view(),       dnw.view(),      dpw.view(),        dow.view(),       drw.view(),
                               ddw.view(),      dy.view(),       w.x.view(),        w.norm_w.view(),  w.proj_w.view(),
                               w.out_w.view(),  w.router_w.view(), w.depth_w.view(), loops.view(),     lambda.view(),
-                              experts.view(),  weights.view(),  counts.view(),     sv.view(),        d.N,
-                              d.K,             d.L,             d.E,               eps,              tau,
+                              experts.view(),  weights.view(),  counts.view(),     sv.view(),        w.N,
+                              w.K,             w.L,             w.E,               eps,              tau,
                               alpha,           aux_grad};
       if (dev->type == kCPU) return cpu::versatile_backward(a);
       cuda_call(dev, "versatile_backward", &a);
