@@ -70,6 +70,24 @@ export function checkRecord<S extends { owner: unknown }>(tr: unknown, owner: un
   return s
 }
 
+/**
+ * @internal a backward's dy, already read by the module's `input` (dyc), checked against the
+ * record: the forward's shape, and for the routed modules that the record's stats are alive.
+ * Returns dyc; on a failure disposes it first.
+ */
+export function checkBackwardDy(dyc: Tensor, dy: Tensor, shape: readonly number[], stats?: object): Tensor {
+  if (dy.shape.join() !== shape.join()) {
+    dyc.dispose()
+    fail('ERR_SHAPE', `dy: expected shape ${show(shape)}, got ${show(dy.shape)}`)
+  }
+  for (const [k, v] of Object.entries(stats ?? {}))
+    if (v instanceof Tensor && v.disposed) {
+      dyc.dispose()
+      fail('ERR_DISPOSED', `tr.stats.${k}: backward needs the record's stats; they have been disposed`)
+    }
+  return dyc
+}
+
 /** The forward options both FFN modules take (the dense FFN ignores all but `train`). */
 export const FFN_FORWARD_OPTIONS = { train: optional(bool), step: optional(int(0)), noise: optional(oneOf(['gumbel', 'none'] as const)), seed: optional(seed64), tau: optional(number({ exclusiveMin: 0 })) }
 /** @internal the recompute option of both FFN modules */
@@ -145,11 +163,7 @@ export class DenseFFN extends Module {
   backward(tr: DenseFFNRecord, dy: Tensor, opts: BackwardOptions = {}): Tensor {
     const retain = checkOptions('opts', opts, { retain: optional(bool) }).retain ?? false
     const s = checkRecord<NonNullable<DenseFFNRecord['_saved']>>(tr, this)
-    const dyc = this.input('dy', dy, this.dModel)
-    if (dy.shape.join() !== s.shape.join()) {
-      dyc.dispose()
-      fail('ERR_SHAPE', `dy: expected shape ${show(s.shape)}, got ${show(dy.shape)}`)
-    }
+    const dyc = checkBackwardDy(this.input('dy', dy, this.dModel), dy, s.shape)
     const p = this.weights
     const g = this.grads
     const dx = alloc([...s.x.shape], { device: this.device })

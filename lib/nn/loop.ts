@@ -1,9 +1,9 @@
 // The paper's k-loop baseline (docs/SPEC.md): the dense FFN F applied k times with the same weights,
 // x⁽ʲ⁾ = F(x⁽ʲ⁻¹⁾), y = x⁽ᵏ⁾: VersatileFFN's depth path with every token taking all k loops.
 import { native } from '../binding'
-import { fail, show } from '../errors'
+import { fail } from '../errors'
 import { Tensor } from '../tensor'
-import { BackwardOptions, FFNForwardOptions, FFN_FORWARD_OPTIONS, FFN_RECOMPUTE, NORM_EPS, alloc, checkRecord, defaultHidden } from './ffn'
+import { BackwardOptions, FFNForwardOptions, FFN_FORWARD_OPTIONS, FFN_RECOMPUTE, NORM_EPS, alloc, checkBackwardDy, checkRecord, defaultHidden } from './ffn'
 import { MODULE_OPTIONS, Module, ModuleOptions } from './module'
 import { bool, checkOptions, int, optional } from '../validate'
 
@@ -118,11 +118,7 @@ export class LoopFFN extends Module {
   backward(tr: LoopFFNRecord, dy: Tensor, opts: BackwardOptions = {}): Tensor {
     const retain = checkOptions('opts', opts, { retain: optional(bool) }).retain ?? false
     const s = checkRecord<NonNullable<LoopFFNRecord['_saved']>>(tr, this)
-    const dyc = this.input('dy', dy, this.dModel)
-    if (dy.shape.join() !== s.shape.join()) {
-      dyc.dispose()
-      fail('ERR_SHAPE', `dy: expected shape ${show(s.shape)}, got ${show(dy.shape)}`)
-    }
+    const dyc = checkBackwardDy(this.input('dy', dy, this.dModel), dy, s.shape)
     const p = this.weights
     const g = this.grads
     let d = dyc

@@ -1,10 +1,10 @@
 // The paper's mixture-of-experts baseline (docs/SPEC.md): N separate SwiGLU experts, top-K routed by
 // VersatileFFN's router with its balance loss, run by the width path's fused grouped GEMM over
 // stacked expert weights (expert e owns intermediate columns [e·E, (e+1)·E)).
-import { fail, show } from '../errors'
+import { fail } from '../errors'
 import { Tensor } from '../tensor'
 import { native } from '../binding'
-import { BackwardOptions, FFNForwardOptions, FFN_FORWARD_OPTIONS, FFN_RECOMPUTE, NORM_EPS, alloc as empty, checkRecord, defaultHidden } from './ffn'
+import { BackwardOptions, FFNForwardOptions, FFN_FORWARD_OPTIONS, FFN_RECOMPUTE, NORM_EPS, alloc as empty, checkBackwardDy, checkRecord, defaultHidden } from './ffn'
 import { MODULE_OPTIONS, Module, ModuleOptions } from './module'
 import { arg, bool, checkOptions, int, number, optional } from '../validate'
 
@@ -205,16 +205,7 @@ export class MoEFFN extends Module {
   backward(tr: MoERecord, dy: Tensor, opts: MoEBackwardOptions = {}): Tensor {
     const o = checkOptions('opts', opts, { retain: optional(bool), auxGrad: optional(number()) })
     const s = checkRecord<Saved>(tr, this)
-    const dyc = this.input('dy', dy, this.dModel)
-    if (dy.shape.join() !== s.shape.join()) {
-      dyc.dispose()
-      fail('ERR_SHAPE', `dy: expected shape ${show(s.shape)}, got ${show(dy.shape)}`)
-    }
-    for (const [k, v] of Object.entries(tr.stats))
-      if (v instanceof Tensor && v.disposed) {
-        dyc.dispose()
-        fail('ERR_DISPOSED', `tr.stats.${k}: backward needs the record's stats; they have been disposed`)
-      }
+    const dyc = checkBackwardDy(this.input('dy', dy, this.dModel), dy, s.shape, tr.stats)
     const g = this.grads
     const dx = empty([...s.x.shape], { device: this.device })
     const st = tr.stats

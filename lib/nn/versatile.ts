@@ -1,9 +1,9 @@
 // VersatileFFN (docs/SPEC.md): a width path over N virtual experts (slices of the shared FFN, top-K routed)
 // and a depth path that reuses the whole FFN up to L times, mixed per token by λ = (L − loops)/L.
-import { fail, show } from '../errors'
+import { fail } from '../errors'
 import { Tensor, seedWords } from '../tensor'
 import { native } from '../binding'
-import { BackwardOptions, FFNForwardOptions, FFN_FORWARD_OPTIONS, FFN_RECOMPUTE, NORM_EPS, alloc as empty, checkRecord, defaultHidden } from './ffn'
+import { BackwardOptions, FFNForwardOptions, FFN_FORWARD_OPTIONS, FFN_RECOMPUTE, NORM_EPS, alloc as empty, checkBackwardDy, checkRecord, defaultHidden } from './ffn'
 import { MODULE_OPTIONS, Module, ModuleOptions } from './module'
 import { arg, bool, checkOptions, int, number, optional } from '../validate'
 
@@ -243,16 +243,7 @@ export class VersatileFFN extends Module {
     const o = checkOptions('opts', opts, { retain: optional(bool), auxGrad: optional(number()) })
     const s = checkRecord<Saved>(tr, this)
     const auxGrad = o.auxGrad ?? 1
-    const dyc = this.input('dy', dy, this.dModel)
-    if (dy.shape.join() !== s.shape.join()) {
-      dyc.dispose()
-      fail('ERR_SHAPE', `dy: expected shape ${show(s.shape)}, got ${show(dy.shape)}`)
-    }
-    for (const [k, v] of Object.entries(tr.stats))
-      if (v instanceof Tensor && v.disposed) {
-        dyc.dispose()
-        fail('ERR_DISPOSED', `tr.stats.${k}: backward needs the record's stats; they have been disposed`)
-      }
+    const dyc = checkBackwardDy(this.input('dy', dy, this.dModel), dy, s.shape, tr.stats)
     const g = this.grads
     const dx = empty([...s.x.shape], { device: this.device })
     const st = tr.stats
