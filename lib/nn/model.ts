@@ -17,7 +17,7 @@ import { PRECISION, Precision, computeCopyOf, disposeComputeCopy, makeComputeCop
 import { checkPrecision } from './module'
 import type { VersatileStats } from './versatile'
 import type { MoEStats } from './moe'
-import { arg, arrayOf, bool, checkOptions, custom, device as deviceCheck, dtype as dtypeCheck, int, number, object, oneOf, optional, string, stringRecord, INT32 } from '../validate'
+import { arg, bool, checkOptions, device as deviceCheck, dtype as dtypeCheck, int, number, object, oneOf, optional, string, stringRecord, INT32 } from '../validate'
 
 /** The model's shape and options (see TransformerLM.config for the named shapes). */
 export interface TransformerLMOptions {
