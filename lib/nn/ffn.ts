@@ -3,7 +3,7 @@
 import { native } from '../binding'
 import { fail, show } from '../errors'
 import { DType, Tensor, TensorOptions, empty, full } from '../tensor'
-import { MODULE_OPTIONS, Module, ModuleOptions } from './module'
+import { MODULE_OPTIONS, Module, ModuleOptions, ParamSpec } from './module'
 import { bool, checkOptions, int, oneOf, optional, seed64, number } from '../validate'
 
 export const NORM_EPS = 1e-6
@@ -88,6 +88,15 @@ export function checkBackwardDy(dyc: Tensor, dy: Tensor, shape: readonly number[
   return dyc
 }
 
+/** @internal the shared SwiGLU FFN's parameters at width D and intermediate I (every FFN module has them) */
+export function ffnParams(D: number, I: number): ParamSpec[] {
+  return [
+    { name: 'ff_norm.weight', shape: [D], init: 'ones' },
+    { name: 'ff_proj.weight', shape: [2 * I, D], init: 'normal', bf16: true },
+    { name: 'ff_out.weight', shape: [D, I], init: 'normal', bf16: true },
+  ]
+}
+
 /** The forward options both FFN modules take (the dense FFN ignores all but `train`). */
 export const FFN_FORWARD_OPTIONS = { train: optional(bool), step: optional(int(0)), noise: optional(oneOf(['gumbel', 'none'] as const)), seed: optional(seed64), tau: optional(number({ exclusiveMin: 0 })) }
 /** @internal the recompute option of both FFN modules */
@@ -109,14 +118,7 @@ export class DenseFFN extends Module {
     const o = checkOptions('opts', opts, DENSE_OPTIONS, ['dModel'])
     const D = o.dModel!
     const I = o.hidden ?? defaultHidden(D)
-    super(
-      [
-        { name: 'ff_norm.weight', shape: [D], init: 'ones' },
-        { name: 'ff_proj.weight', shape: [2 * I, D], init: 'normal', bf16: true },
-        { name: 'ff_out.weight', shape: [D, I], init: 'normal', bf16: true },
-      ],
-      opts,
-    )
+    super(ffnParams(D, I), opts)
     this.dModel = D
     this.hidden = I
     this.recompute = o.recompute ?? 'none'

@@ -3,7 +3,7 @@
 import { native } from '../binding'
 import { fail } from '../errors'
 import { Tensor } from '../tensor'
-import { BackwardOptions, FFNForwardOptions, FFN_FORWARD_OPTIONS, FFN_RECOMPUTE, NORM_EPS, alloc, checkBackwardDy, checkRecord, defaultHidden } from './ffn'
+import { BackwardOptions, FFNForwardOptions, FFN_FORWARD_OPTIONS, FFN_RECOMPUTE, NORM_EPS, alloc, checkBackwardDy, checkRecord, defaultHidden, ffnParams } from './ffn'
 import { MODULE_OPTIONS, Module, ModuleOptions } from './module'
 import { bool, checkOptions, int, optional } from '../validate'
 
@@ -57,14 +57,7 @@ export class LoopFFN extends Module {
     const o = checkOptions('opts', opts, LOOP_OPTIONS, ['dModel'])
     const D = o.dModel!
     const I = o.hidden ?? defaultHidden(D)
-    super(
-      [
-        { name: 'ff_norm.weight', shape: [D], init: 'ones' },
-        { name: 'ff_proj.weight', shape: [2 * I, D], init: 'normal', bf16: true },
-        { name: 'ff_out.weight', shape: [D, I], init: 'normal', bf16: true },
-      ],
-      opts,
-    )
+    super(ffnParams(D, I), opts)
     this.dModel = D
     this.hidden = I
     this.loops = o.loops ?? 4

@@ -4,7 +4,7 @@
 import { fail } from '../errors'
 import { Tensor } from '../tensor'
 import { native } from '../binding'
-import { BackwardOptions, FFNForwardOptions, FFN_FORWARD_OPTIONS, FFN_RECOMPUTE, NORM_EPS, alloc as empty, checkBackwardDy, checkRecord, defaultHidden } from './ffn'
+import { BackwardOptions, FFNForwardOptions, FFN_FORWARD_OPTIONS, FFN_RECOMPUTE, NORM_EPS, alloc as empty, checkBackwardDy, checkRecord, defaultHidden, ffnParams } from './ffn'
 import { MODULE_OPTIONS, Module, ModuleOptions } from './module'
 import { arg, bool, checkOptions, int, number, optional } from '../validate'
 
@@ -112,9 +112,7 @@ export class MoEFFN extends Module {
     const E = checkMoESizes(defaultHidden(D), N, K, o.expertHidden)
     super(
       [
-        { name: 'ff_norm.weight', shape: [D], init: 'ones' },
-        { name: 'ff_proj.weight', shape: [2 * N * E, D], init: 'normal', bf16: true },
-        { name: 'ff_out.weight', shape: [D, N * E], init: 'normal', bf16: true },
+        ...ffnParams(D, N * E),
         { name: 'expert_gate.weight', shape: [N, D], init: 'normal' },
       ],
       opts,

@@ -3,7 +3,7 @@
 import { fail } from '../errors'
 import { Tensor, seedWords } from '../tensor'
 import { native } from '../binding'
-import { BackwardOptions, FFNForwardOptions, FFN_FORWARD_OPTIONS, FFN_RECOMPUTE, NORM_EPS, alloc as empty, checkBackwardDy, checkRecord, defaultHidden } from './ffn'
+import { BackwardOptions, FFNForwardOptions, FFN_FORWARD_OPTIONS, FFN_RECOMPUTE, NORM_EPS, alloc as empty, checkBackwardDy, checkRecord, defaultHidden, ffnParams } from './ffn'
 import { MODULE_OPTIONS, Module, ModuleOptions } from './module'
 import { arg, bool, checkOptions, int, number, optional } from '../validate'
 
@@ -146,9 +146,7 @@ export class VersatileFFN extends Module {
     const alpha = o.balanceLossWeight ?? 1e-5
     super(
       [
-        { name: 'ff_norm.weight', shape: [D], init: 'ones' },
-        { name: 'ff_proj.weight', shape: [2 * I, D], init: 'normal', bf16: true },
-        { name: 'ff_out.weight', shape: [D, I], init: 'normal', bf16: true },
+        ...ffnParams(D, I),
         { name: 'expert_gate.weight', shape: [N, D], init: 'normal' },
         { name: 'depth_predictor.weight', shape: [L, D], init: 'normal' },
       ],
