@@ -4,22 +4,13 @@
 import t, { Test } from 'tap'
 import { LoopFFN, MoEFFN, Tensor, cuda, tensor } from '../lib/index'
 import { freshData } from './helpers/fresh'
+import { relErr } from './helpers/data'
 
 const SKIP = cuda.available() ? false : `no GPU here, CUDA ops cannot run: ${cuda.reason()}`
 const data = freshData(7000)
 const fresh = (n: number, scale = 1) => data.fresh(n, scale)
 
 // ‖got − want‖ / ‖want‖ in float64; NaN anywhere (an unwritten output) is Infinity
-function relErr(got: Float32Array, want: Float32Array): number {
-  if (got.length !== want.length) return Infinity
-  let num = 0, den = 0
-  for (let i = 0; i < got.length; i++) {
-    if (!Number.isFinite(got[i])) return Infinity
-    num += (got[i] - want[i]) ** 2
-    den += want[i] ** 2
-  }
-  return Math.sqrt(num / Math.max(den, 1e-30))
-}
 
 async function close(t: Test, got: Tensor, want: Tensor, tol: number, what: string) {
   const e = relErr(await got.floatData(), await want.floatData())

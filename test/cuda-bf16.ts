@@ -5,21 +5,13 @@ import t, { Test } from 'tap'
 import { AdamW, Tensor, TransformerLM, VersatileFFN, adamwStep, cuda, tensor, trainStep, zeros } from '../lib/index'
 import { computeCopyOf } from '../lib/nn/precision'
 import { freshData } from './helpers/fresh'
+import { relErr } from './helpers/data'
 
 const SKIP = cuda.available() ? false : `no GPU here, CUDA ops cannot run: ${cuda.reason()}`
 const data = freshData(9100) // fresh data on every run; data.seed is printed on failure
 const fresh = data.fresh
 const ints = (n: number, max: number) => Int32Array.from(fresh(n), (v) => Math.floor((v + 1) / 2 * max) % max)
 
-function relErr(g: ArrayLike<number>, w: ArrayLike<number>): number {
-  let num = 0, den = 0
-  for (let i = 0; i < w.length; i++) {
-    if (!Number.isFinite(g[i])) return Infinity
-    num += (g[i] - w[i]) ** 2
-    den += w[i] ** 2
-  }
-  return Math.sqrt(num / Math.max(den, 1e-30))
-}
 async function close(t: Test, got: Tensor, want: Tensor, tol: number, what: string) {
   const e = relErr(await got.floatData(), await want.floatData())
   t.ok(e <= tol, `${what}: relative error ${e.toExponential(2)} <= ${tol} (seed ${data.seed})`)

@@ -4,6 +4,7 @@
 import t, { Test } from 'tap'
 import { cuda, device, empty, randn, tensor, matmul, Tensor, DenseFFN, VersatileFFN } from '../lib/index'
 import { rmsnorm, rmsnormBackward } from '../lib/nn/block'
+import { relErr } from './helpers/data'
 
 const SKIP = cuda.available() ? false : `no GPU here, CUDA ops cannot run: ${cuda.reason()}`
 let seedCounter = 1000 + Math.floor(Math.random() * 1e6) // fresh data on every run; printed on failure
@@ -24,16 +25,6 @@ function values(n: number, seed: number, scale = 1): Float32Array {
 const fresh = (n: number, scale = 1) => values(n, seedCounter++, scale)
 
 // ‖got − want‖ / ‖want‖ in float64; NaN anywhere (an unwritten poisoned output) is Infinity
-function relErr(got: Float32Array, want: Float32Array): number {
-  if (got.length !== want.length) return Infinity
-  let num = 0, den = 0
-  for (let i = 0; i < got.length; i++) {
-    if (!Number.isFinite(got[i])) return Infinity
-    num += (got[i] - want[i]) ** 2
-    den += want[i] ** 2
-  }
-  return Math.sqrt(num / Math.max(den, 1e-30))
-}
 
 async function close(t: Test, got: Tensor, want: Tensor, tol: number, what: string) {
   const e = relErr(await got.floatData(), await want.floatData())

@@ -4,16 +4,8 @@ import t from 'tap'
 import { Tensor, tensor, randn } from '../lib/index'
 import { TransformerLM, TransformerLMOptions } from '../lib/nn/model'
 import { AdamW, cosineLR, gumbelTemperature, trainStep } from '../lib/optim/adamw'
+import { ids, tok, rng } from './helpers/data'
 
-function rng(seed: number) {
-  let s = seed >>> 0
-  return () => ((s = (s * 1664525 + 1013904223) >>> 0) / 2 ** 32)
-}
-const ids = (n: number, V: number, seed: number) => {
-  const r = rng(seed)
-  return Int32Array.from({ length: n }, () => Math.floor(r() * V))
-}
-const tok = (a: Int32Array, shape: number[]) => tensor(a, shape, { dtype: 'int32' })
 
 const base: TransformerLMOptions = { vocabSize: 23, dModel: 16, nLayers: 2, nHeads: 2, hidden: 32, maxSeqLen: 12, seed: 3 }
 

@@ -2,17 +2,10 @@
 // VersatileFFN, with and without ignored targets), its atomicity, and bad input.
 import t from 'tap'
 import { AdamW, Tensor, TransformerLM, TransformerLMOptions, device, randn, tensor, trainStep } from '../lib/index'
+import { ids } from './helpers/data'
 
 const tiny: TransformerLMOptions = { vocabSize: 19, dModel: 16, nLayers: 2, nHeads: 2, hidden: 32, maxSeqLen: 8, experts: 4, topK: 2, maxDepth: 3, seed: 5 }
 const B = 4, S = 6
-function rng(seed: number) {
-  let s = seed >>> 0
-  return () => ((s = (s * 1664525 + 1013904223) >>> 0) / 2 ** 32)
-}
-const ids = (n: number, V: number, seed: number) => {
-  const r = rng(seed)
-  return Int32Array.from({ length: n }, () => Math.floor(r() * V))
-}
 const tok = (a: Int32Array) => tensor(a, [B, S], { dtype: 'int32' })
 // ignored targets spread unevenly: sequence 0 keeps 1 of 6, sequence 3 keeps all, so micro-batches count differently
 function withIgnored(a: Int32Array): Int32Array {
