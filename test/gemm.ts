@@ -347,11 +347,14 @@ t.test('small M: row gather on A', async (t) => {
   t.same(bad, [], 'gathered rows match the float64 reference')
 })
 
-// the pool splits N only (in 192-column units), so a chunk's edge must not change any element
+// the pool splits N only (units of 8 rows of B^T at M = 1, 24 at more, 64 columns of plain B),
+// once op(B) is past 16384 elements, so a chunk's edge must not change any element; the last
+// shapes are just past that size, with odd N, where the chunks' edges fall inside register blocks
 t.test('small M: same bits with 1, 2 and 3 threads', async (t) => {
   const before = getNumThreads()
   const shapes: [number, number, number, boolean, DT][] = [[1, 2000, 700, true, 'float32'], [4, 1500, 500, false, 'float32'],
-    [8, 1001, 300, true, 'bfloat16'], [3, 777, 1031, false, 'bfloat16'], [7, 650, 900, true, 'float32']]
+    [8, 1001, 300, true, 'bfloat16'], [3, 777, 1031, false, 'bfloat16'], [7, 650, 900, true, 'float32'],
+    [1, 257, 64, true, 'float32'], [2, 101, 200, true, 'float32'], [5, 131, 130, false, 'float32'], [1, 70, 300, false, 'bfloat16']]
   try {
     for (const [M, N, K, tb, db] of shapes) {
       const a = tensor(values(M * K, M + 7), [M, K])
