@@ -350,7 +350,7 @@ const ROWS: Row[] = [
     fn: 'GenerationEngine', make: () => { const m = lm(); return { call: (mm, o) => new GenerationEngine(mm, o), args: [m, { maxBatch: 2 }] } },
     params: [
       { name: 'model', bad: [...objectBad, ['a VersatileFFN', new VersatileFFN(ffnOpts)]] },
-      opts({ maxBatch: int(1, 65536), maxTokens: int(1, 2 ** 31 - 1), blockSize: int(1, 4096), prefillChunk: int(1, 1 << 20), recordSteps: bool }),
+      opts({ maxBatch: int(1, 65536), maxTokens: int(1, 2 ** 31 - 1), blockSize: int(1, 4096), prefillChunk: int(1, 1 << 20), recordSteps: bool, overlapSteps: bool }),
     ],
   },
   {
@@ -490,7 +490,7 @@ const NO_ARGUMENTS = new Set([
   'TokenDataset.readInto', 'TokenDataset.live', 'TokenDataset.fileAt', 'TokenLoader.windowAt',
   // private helpers (TypeScript keeps them on the prototype)
   'VersatileFFN.args', 'MoEFFN.args', 'TransformerLM.addOwn', 'TransformerLM.grad', 'TransformerLM.checkBackward', 'TransformerLM.loadTensors', 'TransformerLM.needFloat32', 'TransformerLM.checkTokens', 'CausalSelfAttention.project', 'TransformerBlock.run',
-  'GenerationEngine.abort', 'GenerationEngine.kick', 'GenerationEngine.release', 'GenerationEngine.admit', 'GenerationEngine.loop', 'GenerationEngine.step', 'GenerationEngine.graph', 'GenerationEngine.tryGraph', 'GenerationEngine.dropGraphs', 'GenerationRequest.notify',
+  'GenerationEngine.abort', 'GenerationEngine.kick', 'GenerationEngine.release', 'GenerationEngine.admit', 'GenerationEngine.loop', 'GenerationEngine.step', 'GenerationEngine.graph', 'GenerationEngine.tryGraph', 'GenerationEngine.dropGraphs', 'GenerationEngine.params', 'GenerationEngine.canFollow', 'GenerationEngine.finishDecode', 'GenerationEngine.failStep', 'GenerationEngine.deliver', 'GenerationRequest.notify',
 ])
 
 t.test('every exported function, class and method has a row', async (t) => {

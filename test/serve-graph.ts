@@ -170,11 +170,11 @@ const MIXED: [number[], RequestOptions][] = [
   [prompt(2, 6), { maxNewTokens: 11, temperature: 1, topK: 3, topP: 0.9, seed: 2 }],
 ]
 
-async function serve(m: TransformerLM, recordSteps: boolean) {
-  const e = new GenerationEngine(m, { maxBatch: 4, maxTokens: 256, prefillChunk: 4, recordSteps })
+async function serve(m: TransformerLM, recordSteps: boolean, overlapSteps = true, mixed = MIXED) {
+  const e = new GenerationEngine(m, { maxBatch: 4, maxTokens: 256, prefillChunk: 4, recordSteps, overlapSteps })
   // half at once, the rest joining at later steps
-  const reqs = MIXED.slice(0, 3).map(([p, o]) => e.generate(p, o))
-  for (const [p, o] of MIXED.slice(3)) {
+  const reqs = mixed.slice(0, 3).map(([p, o]) => e.generate(p, o))
+  for (const [p, o] of mixed.slice(3)) {
     await new Promise((r) => setTimeout(r, 3))
     reqs.push(e.generate(p, o))
   }
@@ -199,6 +199,89 @@ for (const ffn of ['versatile', 'dense'] as const)
     await settle()
     t.equal(live(), before, 'memory back to baseline')
   })
+
+// a step queued before the one ahead of it is read back (overlapSteps): stop tokens are seen one
+// step late, so the request has had one token too many computed, which must be dropped
+t.test('overlapped steps: the same ids and logprobs; a stop token one step late drops the extra token', async (t) => {
+  const m = new TransformerLM({ ...cfg, ffn: 'dense' })
+  t.teardown(() => m.dispose())
+  const base = await serve(m, false)
+  // stop tokens met mid-stream: a request's 5th and another's 7th token, cut where they first occur
+  const stops = new Map([[0, base.ids[0][4]], [3, base.ids[3][6]]])
+  const mixed = MIXED.map(([p, o], i): [number[], RequestOptions] => [p, stops.has(i) ? { ...o, stopTokens: [stops.get(i)!] } : o])
+  const keep = (i: number) => (stops.has(i) ? base.ids[i].indexOf(stops.get(i)!) + 1 : base.ids[i].length)
+  const want = { ids: base.ids.map((xs, i) => xs.slice(0, keep(i))), logprobs: base.logprobs.map((xs, i) => xs.slice(0, keep(i))) }
+  t.ok(want.ids[0].length < base.ids[0].length && want.ids[3].length < base.ids[3].length, 'both stop before maxNewTokens')
+  await settle()
+  const before = live()
+  const on = await serve(m, true, true, mixed), off = await serve(m, true, false, mixed), op = await serve(m, false, true, mixed)
+  t.ok(on.stats.overlappedSteps > on.stats.replayedSteps / 3, `${on.stats.overlappedSteps} of ${on.stats.replayedSteps} replayed steps overlapped`)
+  t.equal(off.stats.overlappedSteps, 0, 'overlapSteps: false overlaps none')
+  t.equal(op.stats.overlappedSteps, 0, 'op by op overlaps none')
+  for (const r of [on, off, op]) {
+    t.same(r.ids, want.ids, 'the ids of the run without stop tokens, cut at each stop token')
+    t.same(r.logprobs, want.logprobs, 'and the same logprobs, exactly')
+  }
+  await settle()
+  t.equal(live(), before, 'memory back to baseline')
+})
+
+t.test('overlapped steps: an abort mid-stream stops the request and frees its cache; the others are unaffected', async (t) => {
+  const m = new TransformerLM({ ...cfg, ffn: 'dense' })
+  t.teardown(() => m.dispose())
+  const solo = new GenerationEngine(m, { maxBatch: 1, recordSteps: false })
+  const want = Array.from(await solo.generate(prompt(2, 4), { maxNewTokens: 30, temperature: 0.9, seed: 6 }).result)
+  await solo.close()
+  await settle()
+  const before = live()
+  const e = new GenerationEngine(m, { maxBatch: 2, maxTokens: 256 })
+  const ac = new AbortController()
+  const leaving = e.generate(prompt(3, 2), { maxNewTokens: 40, signal: ac.signal })
+  const staying = e.generate(prompt(2, 4), { maxNewTokens: 30, temperature: 0.9, seed: 6 })
+  let got = 0
+  await t.rejects(async () => {
+    for await (const _ of leaving) if (++got === 6) ac.abort()
+  }, { code: 'ERR_ABORTED' }, 'its stream ends with the abort')
+  t.equal(await code(leaving.result), 'ERR_ABORTED', 'the aborted request rejects')
+  t.ok(leaving.tokens.length >= 6 && leaving.tokens.length < 40, `it stopped after ${leaving.tokens.length} tokens`)
+  t.same(Array.from(await staying.result), want, 'the other request gets what it gets alone')
+  const st = e.stats()
+  t.ok(st.overlappedSteps > 0, `${st.overlappedSteps} steps overlapped`)
+  t.equal(st.usedBlocks, 0, 'every block back in the pool')
+  await e.close()
+  await settle()
+  t.equal(live(), before, 'memory back to baseline')
+})
+
+t.test('a failure inside an overlapped step fails its requests, with the step queued after it; the next requests are served as before', async (t) => {
+  const m = new TransformerLM({ ...cfg, ffn: 'dense' })
+  t.teardown(() => m.dispose())
+  const solo = new GenerationEngine(m, { maxBatch: 1, recordSteps: false })
+  const want = Array.from(await solo.generate(prompt(2, 9), { maxNewTokens: 8, temperature: 0.8, seed: 4 }).result)
+  await solo.close()
+  await settle()
+  const before = live()
+  const e = new GenerationEngine(m, { maxBatch: 2, maxTokens: 256 })
+  // the third overlapped step writes a slot outside the pool for its second row
+  const proto = DecodeGraph.prototype as unknown as { run: (rows: { blocks: readonly number[] }[], params: unknown, bs: unknown, follow?: boolean) => Promise<unknown> }
+  const run = proto.run
+  let follows = 0
+  proto.run = function (this: unknown, rows, params, bs, follow) {
+    if (follow && ++follows === 3) rows = rows.map((r, i) => (i === 1 ? { ...r, blocks: [10_000] } : r))
+    return run.call(this, rows, params, bs, follow)
+  }
+  t.teardown(() => {
+    proto.run = run
+  })
+  const hit = [e.generate(prompt(1, 7), { maxNewTokens: 20 }), e.generate(prompt(1, 8), { maxNewTokens: 20, temperature: 1, seed: 1 })]
+  for (const r of hit) t.equal(await code(r.result), 'ERR_ARGUMENT kv_write', 'a request of the failed step fails with the op\'s error')
+  t.ok(follows >= 4, `a step was queued after the failing one (${follows} overlapped steps queued)`)
+  t.same(Array.from(await e.generate(prompt(2, 9), { maxNewTokens: 8, temperature: 0.8, seed: 4 }).result), want, 'a later request gets what it gets alone')
+  t.equal(e.stats().usedBlocks, 0, 'every block back in the pool')
+  await e.close()
+  await settle()
+  t.equal(live(), before, 'memory back to baseline')
+})
 
 t.test('a failure inside a replayed step fails that step\'s requests; the next requests are served as before', async (t) => {
   const m = new TransformerLM({ ...cfg, ffn: 'versatile' })

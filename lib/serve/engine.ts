@@ -27,6 +27,14 @@ export interface EngineOptions {
    * call per step; false runs every step op by op. The results are the same bit for bit. Default true.
    */
   recordSteps?: boolean
+  /**
+   * on the CPU, queue the next decode step before this one's ids are read back, when nothing can
+   * change the batch in between (no request reaches maxNewTokens, none waits for room, none was
+   * aborted). A request that emits a stop token has then had one more token computed, which is
+   * dropped; an abort takes effect one step later. The results are the same. Needs recordSteps.
+   * Default true.
+   */
+  overlapSteps?: boolean
 }
 
 /** Options of one request. */
@@ -65,6 +73,8 @@ export interface EngineStats {
   replayedSteps: number
   /** recorded steps held (one per batch size seen lately, at most 8; none while the engine is idle) */
   recordedSteps: number
+  /** of the replayed steps, those queued before the step ahead of them was read back (overlapSteps) */
+  overlappedSteps: number
 }
 
 /** @internal u as the float32 params carry it: rounding may not reach 1 (sample needs u < 1) */
@@ -73,7 +83,7 @@ export function uniform32(u: number): number {
   return f < 1 ? f : 1 - 2 ** -24
 }
 
-const ENGINE_OPTIONS = { maxBatch: optional(int(1, 65536)), maxTokens: optional(int(1, 2 ** 31 - 1)), blockSize: optional(int(1, 4096)), prefillChunk: optional(int(1, 1 << 20)), recordSteps: optional(bool) }
+const ENGINE_OPTIONS = { maxBatch: optional(int(1, 65536)), maxTokens: optional(int(1, 2 ** 31 - 1)), blockSize: optional(int(1, 4096)), prefillChunk: optional(int(1, 1 << 20)), recordSteps: optional(bool), overlapSteps: optional(bool) }
 const SIGNAL = check<AbortSignal>('an AbortSignal', (v) => typeof AbortSignal !== 'undefined' && v instanceof AbortSignal)
 const REQUEST_OPTIONS = {
   maxNewTokens: optional(int(0)), temperature: optional(number({ min: 0 })), topK: optional(int(0)),
@@ -107,10 +117,14 @@ export class GenerationEngine {
   readonly blockSize: number
   readonly prefillChunk: number
   readonly recordSteps: boolean
+  readonly overlapSteps: boolean
   private readonly pool: KVPool
   /** recorded decode steps by batch size, least recently used first */
   private readonly graphs = new Map<number, DecodeGraph>()
   private replayed = 0
+  private overlapped = 0
+  /** a decode step queued before the one ahead of it was read back: the next step to finish */
+  private ahead?: Launched
   /** set when a decode step turned out not to be recordable */
   private unrecordable = false
   private readonly waiting: GenerationRequest[] = []
@@ -130,6 +144,7 @@ export class GenerationEngine {
     this.maxTokens = o.maxTokens ?? Math.min(this.maxBatch * model.config.maxSeqLen, 16384)
     this.prefillChunk = o.prefillChunk ?? 64
     this.recordSteps = o.recordSteps ?? true
+    this.overlapSteps = o.overlapSteps ?? true
     this.pool = new KVPool(model.blocks.length, model.config.dModel, this.maxTokens, this.blockSize, model.device)
   }
 
@@ -184,7 +199,7 @@ export class GenerationEngine {
     return {
       running: this.running.length, waiting: this.waiting.length, blockSize: this.blockSize,
       usedBlocks: this.pool.numBlocks - this.pool.freeBlocks, freeBlocks: this.pool.freeBlocks, poolBytes: this.pool.bytes, steps: this.steps,
-      replayedSteps: this.replayed, recordedSteps: this.graphs.size,
+      replayedSteps: this.replayed, recordedSteps: this.graphs.size, overlappedSteps: this.overlapped,
     }
   }
 
@@ -260,6 +275,8 @@ export class GenerationEngine {
     this.pool.release(req._blocks)
     req._blocks = []
     this.running.splice(this.running.indexOf(req), 1)
+    // idle now (nothing runs, waits or is in flight): the recordings go before anyone hears of it
+    if (this.running.length === 0 && this.waiting.length === 0 && !this.ahead) this.dropGraphs()
     req._finish(err)
   }
 
@@ -281,7 +298,7 @@ export class GenerationEngine {
       for (;;) {
         for (const r of [...this.running]) if (r._stop) this.release(r, r._stop)
         this.admit()
-        if (this.running.length === 0) break
+        if (this.running.length === 0 && !this.ahead) break
         await this.step()
       }
     } finally {
@@ -293,6 +310,11 @@ export class GenerationEngine {
   }
 
   private async step(): Promise<void> {
+    if (this.ahead) {
+      const next = this.ahead
+      this.ahead = undefined
+      return this.finishDecode(next)
+    }
     const rows: StepRow[] = []
     const owners: GenerationRequest[] = []
     for (const r of this.running)
@@ -309,50 +331,98 @@ export class GenerationEngine {
       owners.push(r)
       budget -= n
     }
-    const sampled = owners.filter((_, i) => rows[i].sample)
+    const params = this.params(owners.filter((_, i) => rows[i].sample))
+    let ids: Int32Array | undefined, logprobs: Float32Array | undefined
+    this.steps++
+    try {
+      const g = this.recordSteps && rows.length > 0 && rows.every((r) => r.tokens.length === 1 && r.sample) ? this.tryGraph(rows.length) : undefined
+      if (g) return await this.finishDecode({ g, rows, owners, done: g.run(rows, params, this.blockSize) })
+      const logits = runStep(this.model, this.pool, rows)
+      if (logits) {
+        try {
+          ;({ ids, logprobs } = await sampleRows(logits, params))
+        } finally {
+          logits.dispose()
+        }
+      }
+    } catch (e) {
+      return this.failStep(e)
+    }
+    this.deliver(rows, owners, ids, logprobs)
+  }
+
+  // each sampled row's [temperature, topK, topP, u], drawing each request's next uniform
+  private params(sampled: readonly GenerationRequest[]): Float32Array {
     const params = new Float32Array(4 * sampled.length)
     sampled.forEach((r, i) => {
       const p = r._plan!
       params.set([p.temperature, p.topK, p.topP, uniform32(p.rand())], 4 * i)
     })
-    let ids: Int32Array | undefined, logprobs: Float32Array | undefined
-    this.steps++
-    try {
-      const g = this.recordSteps && rows.length > 0 && rows.every((r) => r.tokens.length === 1 && r.sample) ? this.tryGraph(rows.length) : undefined
-      if (g) {
-        const B = rows.length
-        try {
-          ;({ ids, logprobs } = await g.run(rows, params, this.blockSize))
-        } catch (e) {
-          // a recording that failed once is made again from scratch
-          this.graphs.get(B)?.dispose()
-          this.graphs.delete(B)
-          throw e
-        }
-        this.replayed++
-      } else {
-        const logits = runStep(this.model, this.pool, rows)
-        if (logits) {
-          try {
-            ;({ ids, logprobs } = await sampleRows(logits, params))
-          } finally {
-            logits.dispose()
-          }
-        }
-      }
-    } catch (e) {
-      // a failed write marks the whole pool: fail every admitted request, make the pool whole again
-      const err = e instanceof VffnError ? e : new VffnError('ERR_INTERNAL', String(e))
-      for (const r of [...this.running]) this.release(r, err)
-      for (const l of this.pool.layers) {
-        l.k.fill_(0)
-        l.v.fill_(0)
-      }
-      return
+    return params
+  }
+
+  // whether the step after `cur` has its rows known before cur's ids are: the same requests, each
+  // one position on, none of them finishing by count at cur, none aborted, nobody to admit
+  private canFollow(cur: Launched): boolean {
+    if (!this.overlapSteps || !cur.g.canFollow || this.running.length !== cur.owners.length) return false
+    if (this.waiting.length > 0 && this.running.length < this.maxBatch) return false
+    return cur.owners.every((r, i) => this.running[i] === r && !r._stop && r._phase !== 'done' && r.tokens.length + 2 <= r._plan!.maxNewTokens)
+  }
+
+  // a replayed decode step in flight: queue the following one when it can follow, then hand out
+  // this one's tokens. A following step's rows are within their reserved blocks (a request gets
+  // blocks for its prompt and maxNewTokens - 1 fed-back tokens); one whose request has ended by
+  // then writes only into blocks it held, and any new owner of those writes after it in order.
+  private async finishDecode(cur: Launched): Promise<void> {
+    const B = cur.rows.length
+    if (this.canFollow(cur)) {
+      const rows = cur.rows.map((r) => ({ tokens: FED_BACK, start: r.start + 1, blocks: r.blocks, sample: true }))
+      const params = this.params(cur.owners)
+      this.steps++
+      const done = cur.g.run(rows, params, this.blockSize, true)
+      // handled when its turn comes (or dropped after a failure); not an unhandled rejection meanwhile
+      done.catch(() => undefined)
+      this.ahead = { g: cur.g, rows, owners: cur.owners, done, follows: true }
     }
+    let res: { ids: Int32Array; logprobs: Float32Array }
+    try {
+      res = await cur.done
+    } catch (e) {
+      // the step queued after it read its ids: let it end before anything is made again
+      const next = this.ahead
+      this.ahead = undefined
+      if (next) await next.done.catch(() => undefined)
+      // a recording that failed once is made again from scratch
+      if (this.graphs.get(B) === cur.g) {
+        cur.g.dispose()
+        this.graphs.delete(B)
+      }
+      return this.failStep(e)
+    }
+    this.replayed++
+    if (cur.follows) this.overlapped++
+    this.deliver(cur.rows, cur.owners, res.ids, res.logprobs)
+  }
+
+  // a failed write marks the whole pool: fail every admitted request, make the pool whole again
+  private failStep(e: unknown): void {
+    const err = e instanceof VffnError ? e : new VffnError('ERR_INTERNAL', String(e))
+    for (const r of [...this.running]) this.release(r, err)
+    for (const l of this.pool.layers) {
+      l.k.fill_(0)
+      l.v.fill_(0)
+    }
+  }
+
+  // a step's tokens to their requests; requests that ended meanwhile (a step queued ahead) get none
+  private deliver(rows: readonly StepRow[], owners: readonly GenerationRequest[], ids?: Int32Array, logprobs?: Float32Array): void {
     let s = 0
     rows.forEach((row, i) => {
       const r = owners[i]
+      if (r._phase === 'done') {
+        if (row.sample) s++
+        return
+      }
       r._pos += row.tokens.length
       if (!row.sample) return
       const id = ids![s], lp = logprobs![s++]
@@ -364,3 +434,16 @@ export class GenerationEngine {
     })
   }
 }
+
+/** a decode step queued on the device, with what its tokens belong to */
+interface Launched {
+  g: DecodeGraph
+  rows: StepRow[]
+  owners: GenerationRequest[]
+  done: Promise<{ ids: Int32Array; logprobs: Float32Array }>
+  /** queued before the step ahead of it was read back */
+  follows?: boolean
+}
+
+// a following step's input ids are on the device already
+const FED_BACK = Int32Array.of(0)

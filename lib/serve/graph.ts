@@ -4,8 +4,12 @@
 // ops are recorded over them (native/napi/graph.cpp). A replay runs exactly the recorded ops with
 // their own error plans, so its results are those of the op-by-op step, bit for bit.
 // Per step: one replay (which first writes the indices and sampling params), read ids, read logprobs.
+// On the CPU the recording ends by copying the sampled ids into its own token input, so the next
+// step can be queued before this one's ids are read (`run(..., follow = true)`): its tokens are
+// already in place, and only the positions and parameters are written.
 import type { NativeGraph } from '../../binding'
 import { native } from '../binding'
+import { fail } from '../errors'
 import type { TransformerLM } from '../nn/model'
 import { SampleResult, sample } from '../serve_ops'
 import { Tensor, empty } from '../tensor'
@@ -24,6 +28,8 @@ export class DecodeGraph {
   /** [ids B | slots B | starts B | lens B | picks B | table B * width] */
   private readonly host: Int32Array
   private readonly ints: Tensor<'int32'>
+  /** ints without the ids: what a following step writes */
+  private readonly rest: Tensor<'int32'>
   private readonly views: Tensor[]
   /** [B, 4] sampling parameters (CPU: sampling is part of the recording) */
   private readonly params?: Tensor
@@ -45,7 +51,8 @@ export class DecodeGraph {
     const table = flat.reshape([B, W])
     flat.dispose()
     const inp: StepInputs = { tok: part(0), slots: part(1), groups: [{ starts: part(2), lens: part(3), table }], picks: part(4) }
-    this.views = [inp.tok, inp.slots, inp.groups[0].starts, inp.groups[0].lens, table, inp.picks!]
+    this.rest = this.ints.rows(B)
+    this.views = [inp.tok, inp.slots, inp.groups[0].starts, inp.groups[0].lens, table, inp.picks!, this.rest]
     try {
       if (device.type === 'cpu') this.params = empty([B, 4], { device })
       const gs = [{ at: 0, B, S: 1 }]
@@ -60,6 +67,8 @@ export class DecodeGraph {
         } finally {
           logits.dispose()
         }
+        // the next step's input ids, should it be queued before these are read
+        inp.tok.copy_(this.out.ids)
       })
     } catch (e) {
       this.dispose()
@@ -80,13 +89,23 @@ export class DecodeGraph {
     return native.graphInfo(this.g!)
   }
 
-  /** one decode step of these rows (each row one token, sampled); params [B * 4] as sampleRows takes */
-  async run(rows: readonly StepRow[], params: Float32Array, blockSize: number): Promise<{ ids: Int32Array; logprobs: Float32Array }> {
+  /** whether a step can follow the last one on the device (run with follow = true) */
+  get canFollow(): boolean {
+    return this.out !== undefined
+  }
+
+  /**
+   * One decode step of these rows (each row one token, sampled); params [B * 4] as sampleRows
+   * takes. Queues the step and its reads before it returns (a bad state rejects). follow: the rows' tokens are the ids
+   * the last replay of this recording sampled, row for row (they are not read from `rows`).
+   */
+  async run(rows: readonly StepRow[], params: Float32Array, blockSize: number, follow = false): Promise<{ ids: Int32Array; logprobs: Float32Array }> {
     const { B, width: W, host } = this
+    if (follow && !this.out) fail('ERR_INTERNAL', 'DecodeGraph: only a step sampled inside the recording can be followed')
     host.fill(0, 5 * B)
     for (let b = 0; b < B; b++) {
       const r = rows[b]
-      host[b] = r.tokens[0]
+      host[b] = follow ? 0 : r.tokens[0]
       host[B + b] = slotOf(r.blocks, r.start, blockSize)
       host[2 * B + b] = r.start
       host[3 * B + b] = r.start + 1
@@ -97,9 +116,11 @@ export class DecodeGraph {
       native.graphReplay(this.g!, [this.ints], [host])
       return sampleRows(this.logits!, params)
     }
-    native.graphReplay(this.g!, [this.ints, this.params!], [host, params])
-    const [ids, logprobs] = await Promise.all([this.out.ids.intData(), this.out.logprobs.floatData()])
-    return { ids, logprobs }
+    if (follow) native.graphReplay(this.g!, [this.rest, this.params!], [host.subarray(B), params])
+    else native.graphReplay(this.g!, [this.ints, this.params!], [host, params])
+    // queued now, so a step queued after this call cannot overwrite them first
+    const reads = Promise.all([this.out.ids.intData(), this.out.logprobs.floatData()])
+    return reads.then(([ids, logprobs]) => ({ ids, logprobs }))
   }
 
   dispose(): void {
