@@ -85,10 +85,12 @@ for (const Sq of [1, 3]) {
 }
 
 // long rows cross the kernel's 64-key blocks (63, 64, 65, 200, 333 keys) and the head sizes are
-// not all multiples of its 8 lanes; each sequence alone gives the same bits as inside the batch
-for (const hd of [12, 32]) {
-  t.test(`pagedAttention over long ragged rows equals a float64 reference (head size ${hd})`, async (t) => {
-    const H = 2, D = H * hd, BS = 16, lens = [1, 63, 64, 65, 200, 333], B = lens.length
+// not all multiples of its 8 lanes; each sequence alone gives the same bits as inside the batch.
+// the AVX2 kernel sums values for two heads of 32 or one of 64k in 8 registers, else head by
+// head; alone a row's heads are split into other groups (of 1 here), so the paths meet
+for (const [H, hd] of [[2, 12], [2, 32], [3, 32], [1, 64], [2, 128]]) {
+  t.test(`pagedAttention over long ragged rows equals a float64 reference (${H} heads of ${hd})`, async (t) => {
+    const D = H * hd, BS = 16, lens = [1, 63, 64, 65, 200, 333], B = lens.length
     const MB = Math.ceil(Math.max(...lens) / BS), NB = B * MB
     const r = mulberry32(hd)
     const free = Array.from({ length: NB }, (_, i) => i).sort(() => r() - 0.5)

@@ -66,20 +66,97 @@ inline float block_max(const float* s, int64_t n) {
   return r;
 }
 
+// dot(q, k[t], hd) for 8 keys at once, hd a multiple of 8: each key's 8-lane sum is the same
+// chain of FMAs, and the 8 sums are reduced as hsum() reduces one ((0+4)+(2+6)) + ((1+5)+(3+7)),
+// lane-parallel: the halves, then the pairs two apart, then adjacent pairs; lane t is key t
+inline __m256 dot8(const float* q, const float* const* k, int64_t hd) {
+  __m256 acc[8];
+  for (int t = 0; t < 8; t++) acc[t] = _mm256_setzero_ps();
+  for (int64_t c = 0; c < hd; c += 8) {
+    const __m256 qv = _mm256_loadu_ps(q + c);
+    for (int t = 0; t < 8; t++) acc[t] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k[t] + c), acc[t]);
+  }
+  __m256 x[4];  // x[i]: lanes 0-3 the halves of key 2i added, lanes 4-7 of key 2i + 1
+  for (int i = 0; i < 4; i++)
+    x[i] = _mm256_add_ps(_mm256_permute2f128_ps(acc[2 * i], acc[2 * i + 1], 0x20), _mm256_permute2f128_ps(acc[2 * i], acc[2 * i + 1], 0x31));
+  const __m256 y0 = _mm256_add_ps(_mm256_shuffle_ps(x[0], x[1], 0x44), _mm256_shuffle_ps(x[0], x[1], 0xEE));
+  const __m256 y1 = _mm256_add_ps(_mm256_shuffle_ps(x[2], x[3], 0x44), _mm256_shuffle_ps(x[2], x[3], 0xEE));
+  // keys 0 2 4 6 | 1 3 5 7, put in order
+  return _mm256_permutevar8x32_ps(_mm256_hadd_ps(y0, y1), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+// the weighted values of heads whose outputs span 64 columns together (HPC heads of 64 / HPC
+// columns: hd = 64 / HPC), 8 registers held over the block's keys: each output column is still
+// its own chain of FMAs over the keys in order
+template <int HPC>
+inline void values64(float* o, const float* sc, const float* const* vrow, int64_t col, int64_t n) {
+  constexpr int VPH = 8 / HPC;  // registers per head
+  __m256 acc[8];
+  for (int i = 0; i < 8; i++) acc[i] = _mm256_loadu_ps(o + col + 8 * i);
+  for (int64_t u = 0; u < n; u++) {
+    const float* v = vrow[u] + col;
+    for (int h = 0; h < HPC; h++) {
+      const __m256 p = _mm256_set1_ps(sc[h * kAttnKeyBlock + u]);
+      for (int i = h * VPH; i < (h + 1) * VPH; i++) acc[i] = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 8 * i), acc[i]);
+    }
+  }
+  for (int i = 0; i < 8; i++) _mm256_storeu_ps(o + col + 8 * i, acc[i]);
+}
+
+// one head's weighted values, 32 columns at a time in registers (any hd)
+inline void values_head(float* oh, const float* s, const float* const* vrow, int64_t off, int64_t hd, int64_t n) {
+  int64_t c = 0;
+  for (; c + 32 <= hd; c += 32) {
+    __m256 o0 = _mm256_loadu_ps(oh + c), o1 = _mm256_loadu_ps(oh + c + 8), o2 = _mm256_loadu_ps(oh + c + 16), o3 = _mm256_loadu_ps(oh + c + 24);
+    for (int64_t u = 0; u < n; u++) {
+      const __m256 p = _mm256_set1_ps(s[u]);
+      const float* v = vrow[u] + off + c;
+      o0 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v), o0);
+      o1 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 8), o1);
+      o2 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 16), o2);
+      o3 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 24), o3);
+    }
+    _mm256_storeu_ps(oh + c, o0), _mm256_storeu_ps(oh + c + 8, o1), _mm256_storeu_ps(oh + c + 16, o2), _mm256_storeu_ps(oh + c + 24, o3);
+  }
+  for (; c + 8 <= hd; c += 8) {
+    __m256 o0 = _mm256_loadu_ps(oh + c);
+    for (int64_t u = 0; u < n; u++) o0 = _mm256_fmadd_ps(_mm256_set1_ps(s[u]), _mm256_loadu_ps(vrow[u] + off + c), o0);
+    _mm256_storeu_ps(oh + c, o0);
+  }
+  for (; c < hd; c++) {
+    float x = oh[c];
+    for (int64_t u = 0; u < n; u++) x = std::fma(s[u], vrow[u][off + c], x);
+    oh[c] = x;
+  }
+}
+
 void row_avx2(const AttnRow& a) {
   const int64_t hd = a.hd, G = a.heads;
   AttnScratch w(G, hd);
   float *sc = w.sc, *o = w.o, *m = w.m, *l = w.l;
   const float* vrow[kAttnKeyBlock];
+  const float* krow[kAttnKeyBlock];
+  const __m256 scale = _mm256_set1_ps(a.scale);
   for (int64_t j0 = 0; j0 < a.keys; j0 += kAttnKeyBlock) {
     const int64_t n = std::min(kAttnKeyBlock, a.keys - j0), n8 = n / 8 * 8;
-    // the block's key rows in order, every head of the group from each (one contiguous run)
     for (int64_t t = 0; t < n; t++) {
-      const int64_t j = j0 + t;
-      const float* k = a.k + a.table[j / a.bs] * a.ks0 + (j % a.bs) * a.ks1;
-      vrow[t] = a.v + a.table[j / a.bs] * a.vs0 + (j % a.bs) * a.vs1;
-      for (int64_t h = 0; h < G; h++) sc[h * kAttnKeyBlock + t] = dot(a.q + h * hd, k + h * hd, hd) * a.scale;
+      const int64_t j = j0 + t, blk = a.table[j / a.bs];
+      krow[t] = a.k + blk * a.ks0 + (j % a.bs) * a.ks1;
+      vrow[t] = a.v + blk * a.vs0 + (j % a.bs) * a.vs1;
     }
+    // the block's scores: 8 keys at a time per head while their rows are in L1 (every head of the
+    // group from each key row, one contiguous run), the rest one by one
+    int64_t t = 0;
+    if (hd % 8 == 0)
+      for (; t < n8; t += 8)
+        for (int64_t h = 0; h < G; h++) {
+          const float* k8[8];
+          for (int i = 0; i < 8; i++) k8[i] = krow[t + i] + h * hd;
+          _mm256_storeu_ps(sc + h * kAttnKeyBlock + t, _mm256_mul_ps(dot8(a.q + h * hd, k8, hd), scale));
+        }
+    for (; t < n; t++)
+      for (int64_t h = 0; h < G; h++) sc[h * kAttnKeyBlock + t] = dot(a.q + h * hd, krow[t] + h * hd, hd) * a.scale;
+    // per head: the new maximum, the rescaled running output, the block's weights
     for (int64_t h = 0; h < G; h++) {
       float* s = sc + h * kAttnKeyBlock;
       float* oh = o + h * hd;
@@ -92,39 +169,28 @@ void row_avx2(const AttnRow& a) {
       }
       const __m256 mv = _mm256_set1_ps(m[h]);
       __m256 lv = _mm256_setzero_ps();
-      int64_t t = 0;
-      for (; t < n8; t += 8) {
-        const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + t), mv));
-        _mm256_storeu_ps(s + t, e);
+      int64_t u = 0;
+      for (; u < n8; u += 8) {
+        const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + u), mv));
+        _mm256_storeu_ps(s + u, e);
         lv = _mm256_add_ps(lv, e);
       }
       float lb = hsum(lv);
-      for (; t < n; t++) lb += (s[t] = exp1(s[t] - m[h]));
+      for (; u < n; u++) lb += (s[u] = exp1(s[u] - m[h]));
       l[h] += lb;
-      // the weighted values: 32 columns of the output at a time held in registers over the keys
-      int64_t c = 0;
-      for (; c + 32 <= hd; c += 32) {
-        __m256 o0 = _mm256_loadu_ps(oh + c), o1 = _mm256_loadu_ps(oh + c + 8), o2 = _mm256_loadu_ps(oh + c + 16), o3 = _mm256_loadu_ps(oh + c + 24);
-        for (int64_t u = 0; u < n; u++) {
-          const __m256 p = _mm256_set1_ps(s[u]);
-          const float* v = vrow[u] + h * hd + c;
-          o0 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v), o0);
-          o1 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 8), o1);
-          o2 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 16), o2);
-          o3 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 24), o3);
-        }
-        _mm256_storeu_ps(oh + c, o0), _mm256_storeu_ps(oh + c + 8, o1), _mm256_storeu_ps(oh + c + 16, o2), _mm256_storeu_ps(oh + c + 24, o3);
+    }
+    // the weighted values: 64 output columns (one head of 64, two of 32) in 8 registers where the
+    // head size allows, else head by head
+    if (hd % 64 == 0 || (hd == 32 && G % 2 == 0)) {
+      for (int64_t col = 0; col < G * hd; col += 64) {
+        const float* s = sc + (col / hd) * kAttnKeyBlock;
+        if (hd == 32)
+          values64<2>(o, s, vrow, col, n);
+        else
+          values64<1>(o, s, vrow, col, n);
       }
-      for (; c + 8 <= hd; c += 8) {
-        __m256 o0 = _mm256_loadu_ps(oh + c);
-        for (int64_t u = 0; u < n; u++) o0 = _mm256_fmadd_ps(_mm256_set1_ps(s[u]), _mm256_loadu_ps(vrow[u] + h * hd + c), o0);
-        _mm256_storeu_ps(oh + c, o0);
-      }
-      for (; c < hd; c++) {
-        float x = oh[c];
-        for (int64_t u = 0; u < n; u++) x = std::fma(s[u], vrow[u][h * hd + c], x);
-        oh[c] = x;
-      }
+    } else {
+      for (int64_t h = 0; h < G; h++) values_head(o + h * hd, sc + h * kAttnKeyBlock, vrow, h * hd, hd, n);
     }
   }
   for (int64_t h = 0; h < G; h++) {
