@@ -236,6 +236,42 @@ t.test('sample follows the rule at V = 1003 with ties at the top-k boundary', as
   t.equal(badLp, 0, 'every log-probability within 1e-6 of float64')
 })
 
+// greedy ids and log-probabilities of rows with NaN and infinite logits, against the plain scan
+// (best = 0; take j when x[j] > x[best]) and the formula with the max over the logits that are
+// not NaN; 45 ids reach the 32-wide, the 8-wide and the scalar parts of the row's maximum
+t.test('sample: greedy ids and log-probabilities of rows with NaN and infinite logits', async (t) => {
+  const r = mulberry32(61)
+  const V = 45
+  const base = () => Array.from({ length: V }, () => Math.fround(r() * 6 - 3))
+  const rows: number[][] = []
+  const put = (row: number[], at: Record<number, number>) => {
+    for (const [j, x] of Object.entries(at)) row[Number(j)] = x
+    return row
+  }
+  rows.push(put(base(), { 0: NaN }))  // a NaN at id 0 is never beaten
+  rows.push(put(base(), { 3: NaN, 20: 9 }))  // NaN before the max
+  rows.push(put(base(), { 20: 9, 33: NaN }))  // NaN after it
+  rows.push(put(base(), { 41: NaN, 44: 9 }))  // in the scalar tail
+  rows.push(Array.from({ length: V }, () => -Infinity))
+  rows.push(put(base(), { 7: Infinity, 30: Infinity }))
+  rows.push(put(base(), { 5: 9, 38: 9 }))  // a tie for the max far apart
+  rows.push(put(Array.from({ length: V }, () => NaN), { 40: 1 }))
+  const logits = tensor(Float32Array.from(rows.flat()), [rows.length, V])
+  // greedy, no top-k, top-p 1, u 0
+  const params = tensor(Float32Array.from(rows.flatMap(() => [0, 0, 1, 0])), [rows.length, 4])
+  const { ids, logprobs } = sample(logits, params)
+  const [iv, lv] = await Promise.all([ids.data(), logprobs.data()])
+  rows.forEach((row, i) => {
+    let best = 0
+    for (let j = 1; j < V; j++) if (row[j] > row[best]) best = j
+    t.equal(iv[i], best, `row ${i}: the scan's id`)
+    const mx = row.reduce((m, x) => (x > m ? x : m), -Infinity)
+    const lp = Math.fround(row[best] - mx - Math.log(row.reduce((s, x) => s + Math.exp(x - mx), 0)))
+    if (Number.isNaN(lp)) t.ok(Number.isNaN(lv[i]), `row ${i}: log-probability NaN`)
+    else t.ok(Math.abs(lv[i] - lp) <= 1e-6, `row ${i}: log-probability ${lv[i]} (float64 ${lp})`)
+  })
+})
+
 t.test('sample draws by the weights: frequencies over many u follow the kept softmax', async (t) => {
   const row = [0.5, 2, -1, 1.5, 1.5, 0].map(Math.fround)
   const N = 3000

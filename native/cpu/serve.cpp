@@ -37,6 +37,7 @@ void kv_write(const KvWriteArgs& a) {
 
 void attn_row_portable(const AttnRow& r) { portable::attn_row(r); }
 double exp_sum_portable(const float* x, int64_t n, float mx) { return portable::exp_sum(x, n, mx); }
+float row_max_portable(const float* x, int64_t n) { return portable::row_max(x, n); }
 
 namespace {
 // the serving kernels follow the GEMM's choice (VFFN_GEMM_KERNEL=portable, or no AVX2 + FMA)
@@ -85,18 +86,24 @@ void paged_attention(const PagedAttentionArgs& a) {
 }
 
 namespace {
-// the id of one row by SampleArgs' rule
-int32_t sample_row(const float* x, int64_t V, double temp, int64_t top_k, double top_p, double u, std::vector<int32_t>& ids) {
+// the id of one row by SampleArgs' rule; xmax is the row's largest logit that is not NaN. each
+// kept id's weight e^(z - max z) is computed once (w, by id) and read by every sum over the ids,
+// which keep their orders, so the sums are those of computing it at each use.
+int32_t sample_row(const float* x, int64_t V, float xmax, double temp, int64_t top_k, double top_p, double u,
+                   std::vector<int32_t>& ids, std::vector<double>& w) {
   if (temp == 0.0) {
-    int64_t best = 0;
-    for (int64_t j = 1; j < V; j++)
-      if (x[j] > x[best]) best = j;
-    return int32_t(best);
+    // the first id of the largest logit, as a scan keeping x[j] > x[best] finds it: a NaN at id 0
+    // is never beaten, and NaNs after it are never taken
+    if (std::isnan(x[0])) return 0;
+    for (int64_t j = 0; j < V; j++)
+      if (x[j] == xmax) return int32_t(j);
+    return 0;
   }
   const double inv_t = 1.0 / temp;
   auto z = [&](int32_t j) { return double(x[j]) * inv_t; };
   auto before = [&](int32_t i, int32_t j) { return z(i) > z(j) || (z(i) == z(j) && i < j); };  // descending z, then id
   size_t kept = size_t(V);
+  double mx = -std::numeric_limits<double>::infinity();
   if (top_k > 0 && top_k < V) {
     // the top_k first ids in that order, in one pass: a heap whose top is the last one kept.
     // ids come in increasing order, so one that ties the top's z comes after it and is skipped
@@ -110,32 +117,36 @@ int32_t sample_row(const float* x, int64_t V, double temp, int64_t top_k, double
       std::push_heap(ids.begin(), ids.end(), before);
     }
     kept = size_t(top_k);
+    for (size_t i = 0; i < kept; i++) mx = std::max(mx, z(ids[i]));
   } else {
     ids.resize(size_t(V));
     std::iota(ids.begin(), ids.end(), 0);
+    // x -> x / t is increasing, so the largest z is that of the largest logit (NaNs skipped alike)
+    mx = double(xmax) * inv_t;
   }
-  double mx = -std::numeric_limits<double>::infinity();
-  for (size_t i = 0; i < kept; i++) mx = std::max(mx, z(ids[i]));
+  w.resize(size_t(V));
+  for (size_t i = 0; i < kept; i++) w[size_t(ids[i])] = std::exp(z(ids[i]) - mx);
   if (top_p < 1.0) {
     std::sort(ids.begin(), ids.begin() + std::ptrdiff_t(kept), before);
     double total = 0.0;
-    for (size_t i = 0; i < kept; i++) total += std::exp(z(ids[i]) - mx);
+    for (size_t i = 0; i < kept; i++) total += w[size_t(ids[i])];
     double run = 0.0;
     size_t n = 0;
     while (n < kept) {
-      run += std::exp(z(ids[n]) - mx);
+      run += w[size_t(ids[n])];
       n++;
       if (run >= top_p * total) break;
     }
     kept = n;
   }
-  std::sort(ids.begin(), ids.begin() + std::ptrdiff_t(kept));
+  // ascending ids (already so when neither top-k nor top-p reordered them)
+  if (kept < size_t(V) || top_p < 1.0) std::sort(ids.begin(), ids.begin() + std::ptrdiff_t(kept));
   double total = 0.0;
-  for (size_t i = 0; i < kept; i++) total += std::exp(z(ids[i]) - mx);
+  for (size_t i = 0; i < kept; i++) total += w[size_t(ids[i])];
   const double r = u * total;
   double run = 0.0;
   for (size_t i = 0; i < kept; i++) {
-    run += std::exp(z(ids[i]) - mx);
+    run += w[size_t(ids[i])];
     if (run > r) return ids[i];
   }
   return ids[kept - 1];
@@ -156,16 +167,20 @@ void sample(const SampleArgs& a) {
     const ExpSumFn fast = exp_sum_avx2();
     return fast && !want_portable() ? fast : exp_sum_portable;
   }();
+  static const RowMaxFn row_max = [] {
+    const RowMaxFn fast = row_max_avx2();
+    return fast && !want_portable() ? fast : row_max_portable;
+  }();
   parallel_for(B, 1, [&](int64_t b0, int64_t b1, int) {
     std::vector<int32_t> ids;
+    std::vector<double> w;
     for (int64_t b = b0; b < b1; b++) {
       const float* x = a.logits.ptr<float>() + b * a.logits.stride[0];
       const float* p = a.params.ptr<float>() + b * a.params.stride[0];
-      const int32_t id = sample_row(x, V, p[0], int64_t(p[1]), p[2], p[3], ids);
+      // (a NaN logit is skipped by the max and makes the log-probability's sum NaN)
+      const float mx = row_max(x, V);
+      const int32_t id = sample_row(x, V, mx, p[0], int64_t(p[1]), p[2], p[3], ids, w);
       // log p(id) under the untempered softmax: x[id] - max - log(sum of e^(x - max))
-      // (a NaN logit is skipped by the max and makes the sum NaN)
-      float mx = -std::numeric_limits<float>::infinity();
-      for (int64_t j = 0; j < V; j++) mx = std::max(mx, x[j]);
       const double sum = exp_sum(x, V, mx);
       a.ids.ptr<int32_t>()[b * a.ids.stride[0]] = id;
       a.logprobs.ptr<float>()[b * a.logprobs.stride[0]] = float(double(x[id]) - double(mx) - std::log(sum));

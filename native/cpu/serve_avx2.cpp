@@ -215,7 +215,33 @@ double exp_sum_avx2_impl(const float* x, int64_t n, float mx) {
   return ((s[0] + s[4]) + (s[2] + s[6])) + ((s[1] + s[5]) + (s[3] + s[7]));
 }
 
+// 4 running maxima of 8 lanes (max_ps returns its second operand, the running maximum, when
+// the new value is NaN), then the lanes, then the tail
+float row_max_avx2_impl(const float* x, int64_t n) {
+  const float ninf = -std::numeric_limits<float>::infinity();
+  __m256 m0 = _mm256_set1_ps(ninf), m1 = m0, m2 = m0, m3 = m0;
+  int64_t j = 0;
+  for (; j + 32 <= n; j += 32) {
+    m0 = _mm256_max_ps(_mm256_loadu_ps(x + j), m0);
+    m1 = _mm256_max_ps(_mm256_loadu_ps(x + j + 8), m1);
+    m2 = _mm256_max_ps(_mm256_loadu_ps(x + j + 16), m2);
+    m3 = _mm256_max_ps(_mm256_loadu_ps(x + j + 24), m3);
+  }
+  for (; j + 8 <= n; j += 8) m0 = _mm256_max_ps(_mm256_loadu_ps(x + j), m0);
+  alignas(32) float l[8];
+  _mm256_store_ps(l, _mm256_max_ps(_mm256_max_ps(m0, m1), _mm256_max_ps(m2, m3)));
+  float mx = ninf;
+  for (int i = 0; i < 8; i++) mx = std::max(mx, l[i]);
+  for (; j < n; j++) mx = std::max(mx, x[j]);
+  return mx;
+}
+
 }  // namespace
+
+RowMaxFn row_max_avx2() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? row_max_avx2_impl : nullptr;
+}
 
 ExpSumFn exp_sum_avx2() {
   __builtin_cpu_init();
@@ -232,5 +258,6 @@ AttnRowFn attn_row_avx2() {
 namespace vffn::cpu {
 AttnRowFn attn_row_avx2() { return nullptr; }
 ExpSumFn exp_sum_avx2() { return nullptr; }
+RowMaxFn row_max_avx2() { return nullptr; }
 }  // namespace vffn::cpu
 #endif

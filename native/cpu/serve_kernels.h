@@ -63,6 +63,12 @@ using ExpSumFn = double (*)(const float* x, int64_t n, float mx);
 ExpSumFn exp_sum_avx2();  // nullptr without AVX2 + FMA
 double exp_sum_portable(const float* x, int64_t n, float mx);
 
+// the largest of x[0..n) that is not NaN (-inf when none is): the value a running
+// mx = std::max(mx, x[j]) from -inf gives, NaNs skipped. exact, so any order gives it.
+using RowMaxFn = float (*)(const float* x, int64_t n);
+RowMaxFn row_max_avx2();  // nullptr without AVX2 + FMA
+float row_max_portable(const float* x, int64_t n);
+
 }  // namespace vffn::cpu
 
 // the implementation, in the namespace the including file names
@@ -101,6 +107,12 @@ inline float exp_nonpos(float x) {
   float two_n;
   std::memcpy(&two_n, &e, sizeof two_n);
   return under ? 0.f : p * two_n;
+}
+
+inline float row_max(const float* x, int64_t n) {
+  float mx = -std::numeric_limits<float>::infinity();
+  for (int64_t j = 0; j < n; j++) mx = std::max(mx, x[j]);
+  return mx;
 }
 
 inline double exp_sum(const float* x, int64_t n, float mx) {
