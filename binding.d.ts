@@ -98,7 +98,7 @@ export interface Binding {
   /** Writes data[i] into inputs[i] (contiguous, on the recording's device), then runs the recorded ops: one stream task. */
   graphReplay(g: NativeGraph, inputs?: NativeTensor[], data?: (Float32Array | Int32Array)[]): void
   graphRelease(g: NativeGraph): void
-  graphInfo(g: NativeGraph): { ops: number; owned: number }
+  graphInfo(g: NativeGraph): { ops: number; owned: number; packedBytes: number }
 
   /** Resolves (in stream order) with null when the tensor's values are valid, else with the failure it carries. */
   failed(t: NativeTensor): Promise<null | { op: string; code: string; message: string }>

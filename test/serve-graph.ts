@@ -8,6 +8,8 @@ import { GenerationEngine, RequestOptions, TransformerLM, VffnError, _native, de
 import { mulberry32 } from '../lib/random'
 import { DecodeGraph } from '../lib/serve/graph'
 import { KVPool } from '../lib/serve/pool'
+import { sampleRows } from '../lib/serve/kernels'
+import { StepRow, runStep } from '../lib/serve/step'
 import type { Tensor } from '../lib/tensor'
 
 const live = () => device('cpu').memory().live
@@ -317,6 +319,52 @@ t.test('a failure inside a replayed step fails that step\'s requests; the next r
   await e.close()
   await settle()
   t.equal(live(), before, 'memory back to baseline')
+})
+
+// more than 8 rows: the GEMMs take their packed path, and a replay packs each weight once and
+// reads the packed copy from then on (packing is a copy, so the same bits); a weight written in
+// place since is packed again
+t.test('a replayed step of 12 rows (packed weights) equals the op-by-op step, also after a weight changes in place', async (t) => {
+  const m = new TransformerLM({ ...cfg, ffn: 'dense' })
+  t.teardown(() => m.dispose())
+  await settle()
+  const before = live()
+  const B = 12, BS = 16
+  const pool = new KVPool(m.blocks.length, m.config.dModel, B * BS, BS, m.device)
+  const g = new DecodeGraph(m, pool, B)
+  const rows: StepRow[] = Array.from({ length: B }, (_, b) => ({ tokens: Int32Array.of((b * 29 + 3) % 256), start: 0, blocks: [b], sample: true }))
+  const params = Float32Array.from({ length: 4 * B }, (_, i) => [0.9, 0, 1, ((i >> 2) * 0.37) % 1][i % 4])
+  const opByOp = async () => {
+    const logits = runStep(m, pool, rows)!
+    try {
+      return await sampleRows(logits, params)
+    } finally {
+      logits.dispose()
+    }
+  }
+  const want0 = await opByOp(), got0 = await g.run(rows, params, BS)
+  t.same(got0, want0, 'replayed (packed weights) = op by op, ids and logprobs')
+  const packed = g.info().packedBytes
+  // the packed copies of att_proj, attn_out, ff_proj, ff_out per block and the head (float32)
+  const gemmWeights = [...m.parameters()].filter(([k]) => /att_proj|attn_out|ff_proj|ff_out/.test(k)).reduce((n, [, w]) => n + w.size * 4, 0)
+  t.ok(packed >= gemmWeights && packed <= gemmWeights * 1.1, `${packed} bytes packed for ${gemmWeights} bytes of GEMM weights`)
+  const got1 = await g.run(rows, params, BS)
+  t.same(got1, want0, 'a second replay reads the packed copy: the same')
+  t.equal(g.info().packedBytes, packed, 'and packs nothing more')
+  // write two weights in place (copy_ into the same storage)
+  for (const k of ['transformer.blocks.0.ff_proj.weight', 'transformer.ff_out.weight']) {
+    const w = m.parameters().get(k)!
+    const scaled = tensor(Float32Array.from(await w.data(), (x, i) => x * (1 + 0.5 * Math.sin(i))), w.shape)
+    w.copy_(scaled)
+    scaled.dispose()
+  }
+  const want2 = await opByOp(), got2 = await g.run(rows, params, BS)
+  t.notSame(want2.logprobs, want0.logprobs, 'the change moves the log-probabilities')
+  t.same(got2, want2, 'the replay after the change = op by op with the new weights')
+  g.dispose()
+  pool.dispose()
+  await settle()
+  t.equal(live(), before, 'memory back to baseline (the packed copies go with the recording)')
 })
 
 t.test('a recording follows the model: swapped parameters need a new one, a disposed one fails the step', async (t) => {

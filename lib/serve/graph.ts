@@ -85,7 +85,7 @@ export class DecodeGraph {
   }
 
   /** ops and storages of the recording */
-  info(): { ops: number; owned: number } {
+  info(): { ops: number; owned: number; packedBytes: number } {
     return native.graphInfo(this.g!)
   }
 

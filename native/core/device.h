@@ -46,8 +46,14 @@ struct Storage {
   // allocator the first time the device's worker touches it (stream order makes that safe
   // without locks). a deferred CPU storage allocates under its lock; ERR_OOM when it cannot.
   void* data();
+  // the memory if it has been taken, else null (never allocates)
+  void* data_if_taken() const { return ptr_.load(); }
   Device* device;
   size_t bytes;
+  // counts the ops that have written it (each op plan bumps it after running, failed or not), so
+  // a copy derived from the contents (a recorded step's packed weights) can tell it is stale.
+  // written and read on the device's worker.
+  std::atomic<uint64_t> version{0};
 
   // errors belong to tensors: set by the op that failed (or that read a failed input), cleared by
   // an op that overwrites the whole storage. read and written on workers, in stream order.

@@ -163,13 +163,13 @@ void pack_a_all(const GemmKernel& kr, int64_t M, int64_t K, const Mat& A, float*
 // C[m0:m1, n0:n1] on the calling thread. m0 and n0 are multiples of mr and nr (or the matrix
 // start), so every C element falls in the same micro-tile whatever the split.
 void gemm_block(const GemmKernel& kr, int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t K, float alpha,
-                const Mat& A, const Mat& B, float beta, float* C, int64_t ldc, PackedA packed = {}) {
+                const Mat& A, const Mat& B, float beta, float* C, int64_t ldc, PackedA packed = {}, PackedB pre = {}) {
   const int mr = kr.mr, nr = kr.nr;
   const int64_t mc = std::min<int64_t>(kr.mc, (m1 - m0 + mr - 1) / mr * mr);
   const int64_t nc = std::min<int64_t>(kr.nc, (n1 - n0 + nr - 1) / nr * nr);
   const int64_t kc = std::min<int64_t>(kr.kc, K);
   float* pa = packed.data ? nullptr : scratch(0, mc * kc);
-  float* pb = scratch(1, kc * nc);
+  float* pb = pre.data ? nullptr : scratch(1, kc * nc);
   alignas(64) float tile[32 * 32];
   for (int64_t jc = n0; jc < n1; jc += nc) {
     const int64_t nb = std::min(nc, n1 - jc);
@@ -178,16 +178,17 @@ void gemm_block(const GemmKernel& kr, int64_t m0, int64_t m1, int64_t n0, int64_
       const float bb = pc == 0 ? beta : 1.f;  // later K blocks accumulate onto the first
       // B^T micro-panels are packed just before their first use (a transpose of nr stored rows
       // that then stays in L1); plain B is packed whole, streaming each stored row once
-      const bool lazy = B.trans;
-      if (!lazy) kr.pack_b(B, pc, kb, jc, nb, pb);
+      // (or read from a copy packed whole before, pre)
+      const bool lazy = B.trans && !pre.data;
+      if (!B.trans) kr.pack_b(B, pc, kb, jc, nb, pb);
       for (int64_t ic = m0; ic < m1; ic += mc) {
         const int64_t mb = std::min(mc, m1 - ic);
         const float* ap0 = packed.data ? packed.data + pc * packed.mpad + ic * kb : pa;
         if (!packed.data) kr.pack_a(A, ic, mb, pc, kb, pa);
         for (int64_t jr = 0; jr < nb; jr += nr) {
-          float* bp = pb + jr * kb;
+          const float* bp = pre.data ? pre.data + pc * pre.npad + (jc + jr) * kb : pb + jr * kb;
           const int64_t nv = std::min<int64_t>(nr, nb - jr);
-          if (lazy && ic == m0) kr.pack_b(B, pc, kb, jc + jr, nv, bp);
+          if (lazy && ic == m0) kr.pack_b(B, pc, kb, jc + jr, nv, pb + jr * kb);
           for (int64_t ir = 0; ir < mb; ir += mr) {
             const float* ap = ap0 + ir * kb;
             const int64_t mv = std::min<int64_t>(mr, mb - ir);
@@ -263,7 +264,29 @@ void gemm_small(int64_t M, int64_t N, int64_t K, float alpha, const Mat& A, cons
   });
 }
 
+thread_local PackedBSource packed_b_source = nullptr;
+
 }  // namespace
+
+void set_packed_b_source(PackedBSource f) { packed_b_source = f; }
+
+int64_t packed_b_floats(int64_t N, int64_t K) {
+  const GemmKernel& kr = kernel();
+  return (N + kr.nr - 1) / kr.nr * kr.nr * K;
+}
+
+// every K block of all of op(B)'s panels, in parallel over the blocks and groups of panels
+void pack_b_all(int64_t N, int64_t K, const Mat& B, float* dst) {
+  const GemmKernel& kr = kernel();
+  const int64_t kc = std::min<int64_t>(kr.kc, K), nk = (K + kc - 1) / kc, npad = (N + kr.nr - 1) / kr.nr * kr.nr;
+  const int64_t unit = 16 * int64_t(kr.nr), nj = (N + unit - 1) / unit;
+  parallel_for(nk * nj, 1, [&](int64_t b, int64_t e, int) {
+    for (int64_t t = b; t < e; t++) {
+      const int64_t pc = t / nj * kc, j0 = t % nj * unit, kb = std::min(kc, K - pc);
+      kr.pack_b(B, pc, kb, j0, std::min(unit, N - j0), dst + pc * npad + j0 * kb);
+    }
+  });
+}
 
 void gemm(int64_t M, int64_t N, int64_t K, float alpha, const Mat& A, const Mat& B, float beta, float* C,
           int64_t ldc, bool parallel) {
@@ -272,9 +295,10 @@ void gemm(int64_t M, int64_t N, int64_t K, float alpha, const Mat& A, const Mat&
   // B^T with a row gather is outside the contract (rows only on a plain operand); leave it packed
   if (M <= kGemmSmallM && !(B.trans && B.rows)) return gemm_small(M, N, K, alpha, A, B, beta, C, ldc, parallel);
   const GemmKernel& kr = kernel();
+  const PackedB pre = parallel && B.trans && packed_b_source ? packed_b_source(B, N, K) : PackedB{};
   const int P = parallel ? threads() : 1;
   // below ~1 MFLOP waking the pool costs more than it saves
-  if (P <= 1 || double(M) * double(N) * double(K) < 5e5) return gemm_block(kr, 0, M, 0, N, K, alpha, A, B, beta, C, ldc);
+  if (P <= 1 || double(M) * double(N) * double(K) < 5e5) return gemm_block(kr, 0, M, 0, N, K, alpha, A, B, beta, C, ldc, {}, pre);
   // split C into a grid of gm x gn tile-aligned tasks, taken dynamically by the threads. the
   // estimate per grid: rounds of tasks (+ a quarter task for a thread that starts late or is
   // preempted) times one task's work: its multiply-adds plus its packing (a packed element of B
@@ -293,7 +317,7 @@ void gemm(int64_t M, int64_t N, int64_t K, float alpha, const Mat& A, const Mat&
       const double mt = double((tm + m - 1) / m * kr.mr), nt = double((tn + n - 1) / n * kr.nr);
       const bool shared = can_share && n > 1;
       const double pack_a = shared ? kPackA * mt / double(n) : kPackA * mt * std::ceil(nt / double(kr.nc));
-      const double pack_b = kPackB * nt + row_start * std::ceil(nt / double(kr.nc));
+      const double pack_b = pre.data ? 0.0 : kPackB * nt + row_start * std::ceil(nt / double(kr.nc));
       const double work = mt * nt * double(K) + double(K) * (pack_b + pack_a);
       const double est = (double((m * n + P - 1) / P) + 0.25) * work;
       if (best < 0 || est < best) best = est, gm = m, gn = n;
@@ -309,7 +333,7 @@ void gemm(int64_t M, int64_t N, int64_t K, float alpha, const Mat& A, const Mat&
     const int64_t bi = t / gn, bj = t % gn;
     const int64_t m0 = std::min(M, tm * bi / gm * kr.mr), m1 = std::min(M, tm * (bi + 1) / gm * kr.mr);
     const int64_t n0 = std::min(N, tn * bj / gn * kr.nr), n1 = std::min(N, tn * (bj + 1) / gn * kr.nr);
-    if (m0 < m1 && n0 < n1) gemm_block(kr, m0, m1, n0, n1, K, alpha, A, B, beta, C, ldc, packed);
+    if (m0 < m1 && n0 < n1) gemm_block(kr, m0, m1, n0, n1, K, alpha, A, B, beta, C, ldc, packed, pre);
   });
 }
 

@@ -22,6 +22,23 @@ struct Mat {
 void gemm(int64_t M, int64_t N, int64_t K, float alpha, const Mat& A, const Mat& B, float beta, float* C,
           int64_t ldc, bool parallel = true);
 
+// op(B) packed whole for the packed path (M > 8): the panels gemm would pack on every call, made
+// once. K block pc of the panel at column j (a multiple of the kernel's nr) is at pc * npad + j * kb
+// (kb the block's depth); npad is N rounded up to nr. The same values as packing per call, so the
+// results are the same bits.
+struct PackedB {
+  const float* data = nullptr;
+  int64_t npad = 0;
+};
+// floats pack_b_all writes for an op(B) of [K, N]
+int64_t packed_b_floats(int64_t N, int64_t K);
+void pack_b_all(int64_t N, int64_t K, const Mat& B, float* dst);
+// where gemm finds packed copies of its op(B) (stored transposed, no row gather) on this thread:
+// set by a recorded step's replay for its ops (graph.cpp); null (the default) packs per call.
+// only top-level calls (parallel = true) ask.
+using PackedBSource = PackedB (*)(const Mat& B, int64_t N, int64_t K);
+void set_packed_b_source(PackedBSource f);
+
 // which micro-kernel gemm uses on this machine ("avx2-fma" or "portable"; the environment
 // variable VFFN_GEMM_KERNEL=portable, read once, forces the portable one).
 const char* gemm_kernel_name();

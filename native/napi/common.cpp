@@ -233,6 +233,7 @@ void Planned::run() {
   for (size_t i = 0; i < writes.size(); i++) {
     if (f) writes[i]->set_failure(f);
     else if (clears[i]) writes[i]->set_failure(nullptr);
+    writes[i]->version.fetch_add(1, std::memory_order_relaxed);
   }
 }
 

@@ -5,12 +5,15 @@
 // plan (errors belong to tensors exactly as when queued one by one). the ops hold their storages,
 // so nothing a recorded op touches can be freed under it; a replay refuses (ERR_DISPOSED) when a
 // tensor it reads from outside was disposed in JS since.
+#include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <memory>
 #include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
+#include "../cpu/gemm.h"
 #include "../cpu/pool.h"
 #include "common.h"
 #include "storage.h"
@@ -19,13 +22,95 @@ namespace vffn::napi {
 
 namespace {
 
+// a weight a recorded CPU step multiplies by with more than 8 rows, packed whole for the GEMM's
+// packed path (cpu::pack_b_all) the first time a replay needs it and again when the weight's
+// storage has been written since (its version moved). shared by every recording that uses it,
+// freed with the last; its memory is a tensor's (device memory() counts it).
+struct PackedWeight {
+  StoragePtr weight;
+  int64_t offset, N, K, ld;  // where op(B) starts in the storage (bytes), its shape and stride
+  int32_t dtype;
+  uint64_t version;
+  StoragePtr buf;
+  int64_t npad;
+};
+
 // what the worker runs: the ops, and the storages made while recording (a replay recomputes
 // them, so it clears their failures first: a replay never inherits the last one's errors)
 struct Recording {
   Device* dev = nullptr;
   std::vector<std::shared_ptr<Planned>> ops;
   std::vector<StoragePtr> owned;
+  std::vector<std::shared_ptr<PackedWeight>> packed;  // on the worker only
+  std::atomic<int64_t> packed_bytes{0};  // of those, for graphInfo
 };
+
+// the replay running on this worker and its op now, for the GEMM's packed-weight lookups
+thread_local Recording* t_replay = nullptr;
+thread_local const Planned* t_op = nullptr;
+// every packed weight alive, to share one between recordings (the CPU worker's only)
+std::vector<std::weak_ptr<PackedWeight>>& all_packed() {
+  static auto* v = new std::vector<std::weak_ptr<PackedWeight>>();
+  return *v;
+}
+
+// cpu::PackedBSource for the ops of a replay: op(B) must lie in a storage the op reads and does
+// not write (a weight, not an activation of this step)
+cpu::PackedB replay_packed_b(const cpu::Mat& B, int64_t N, int64_t K) {
+  Recording* rec = t_replay;
+  const Planned* op = t_op;
+  if (!rec || !op) return {};
+  const char* d = static_cast<const char*>(B.data);
+  for (const StoragePtr& s : op->reads) {
+    const char* base = static_cast<const char*>(s->data_if_taken());
+    if (!base || d < base || d >= base + s->bytes) continue;
+    for (const StoragePtr& w : op->writes)
+      if (w == s) return {};
+    const int64_t off = d - base;
+    auto same = [&](const PackedWeight& p) { return p.weight == s && p.offset == off && p.N == N && p.K == K && p.ld == B.ld && p.dtype == B.dtype; };
+    std::shared_ptr<PackedWeight> hit;
+    for (auto& p : rec->packed)
+      if (same(*p)) hit = p;
+    if (!hit) {
+      auto& all = all_packed();
+      all.erase(std::remove_if(all.begin(), all.end(), [](const std::weak_ptr<PackedWeight>& w) { return w.expired(); }), all.end());
+      for (auto& w : all)
+        if (auto p = w.lock(); p && same(*p)) hit = p;
+      if (!hit) {
+        const int64_t floats = cpu::packed_b_floats(N, K);
+        hit = std::make_shared<PackedWeight>(PackedWeight{s, off, N, K, B.ld, B.dtype, 0, std::make_shared<Storage>(s->device, size_t(floats) * sizeof(float)), floats / K});
+        hit->version = s->version.load() + 1;  // not packed yet
+        all.push_back(hit);
+      }
+      rec->packed.push_back(hit);
+      rec->packed_bytes += int64_t(hit->buf->bytes);
+    }
+    if (hit->version != s->version.load()) {
+      cpu::pack_b_all(N, K, B, static_cast<float*>(hit->buf->data()));
+      hit->version = s->version.load();
+    }
+    return {static_cast<const float*>(hit->buf->data()), hit->npad};
+  }
+  return {};
+}
+
+// runs a replay's ops with replay_packed_b as the GEMM's source of packed weights
+void run_ops(Recording* rec) {
+  const bool cpu_dev = rec->dev && rec->dev->type == kCPU;
+  if (cpu_dev) t_replay = rec, cpu::set_packed_b_source(replay_packed_b);
+  struct Reset {
+    bool on;
+    ~Reset() {
+      if (!on) return;
+      t_replay = nullptr, t_op = nullptr;
+      cpu::set_packed_b_source(nullptr);
+    }
+  } reset{cpu_dev};
+  for (auto& p : rec->ops) {
+    t_op = p.get();
+    p->run();
+  }
+}
 
 }  // namespace
 
@@ -158,7 +243,7 @@ Napi::Value GraphReplay(const Napi::CallbackInfo& info) {
     dev->stream.enqueue("graph", [rec, pre = std::move(pre)] {
       for (auto& p : pre) p->run();
       for (auto& s : rec->owned) s->set_failure(nullptr);
-      for (auto& p : rec->ops) p->run();
+      run_ops(rec.get());
     });
     return info.Env().Undefined();
   });
@@ -183,6 +268,8 @@ Napi::Value GraphInfo(const Napi::CallbackInfo& info) {
     Napi::Object o = Napi::Object::New(info.Env());
     o.Set("ops", Napi::Number::New(info.Env(), double(r->rec->ops.size())));
     o.Set("owned", Napi::Number::New(info.Env(), double(r->rec->owned.size())));
+    // bytes of packed weights the replays so far have used (shared ones counted by each recording)
+    o.Set("packedBytes", Napi::Number::New(info.Env(), double(r->rec->packed_bytes.load())));
     return o;
   });
 }
