@@ -220,6 +220,27 @@ t.test('chunked prefill: a long prompt delays a running stream by one chunk per 
   await e.close()
 })
 
+t.test('prompts that arrive while nothing decodes are prefilled up to idlePrefillChunk per step', async (t) => {
+  const m = own(t, new TransformerLM({ ...cfg, ffn: 'dense' }))
+  const prompts = [prompt(20, 3), prompt(17, 4), prompt(23, 5)]
+  const opts = [{ maxNewTokens: 3 }, { maxNewTokens: 3, temperature: 0.9, seed: 7 }, { maxNewTokens: 3 }]
+  const solo = await Promise.all(prompts.map((p, i) => alone(m, p, opts[i])))
+  // default: all 60 prompt tokens in one step, then 2 decode steps. 8: 8 tokens a step (8 steps,
+  // the last sampling the third prompt's first token), then 2. 30: the first step takes 30 (the
+  // first prompt and 10 of the second); from then on someone decodes and steps take 8: the second
+  // prompt ends in step 2, the third (1 + 8 + 8 + 6 tokens) in step 5, and its last 2 tokens
+  // take steps 6 and 7
+  for (const [idle, steps] of [[undefined, 3], [8, Math.ceil(60 / 8) + 2], [30, 7]] as const) {
+    const e = new GenerationEngine(m, { maxBatch: 4, maxTokens: 256, prefillChunk: 8, idlePrefillChunk: idle })
+    t.equal(e.idlePrefillChunk, idle ?? 2048, 'the setting (default max(prefillChunk, 2048))')
+    const got = await Promise.all(prompts.map((p, i) => e.generate(p, opts[i]).result))
+    t.same(got.map((g) => Array.from(g)), solo, `idlePrefillChunk ${idle}: every request as alone`)
+    // 60 prompt tokens before anyone decodes, then 2 decode steps
+    t.equal(e.stats().steps, steps, `${steps} steps`)
+    await e.close()
+  }
+})
+
 t.test('bad requests fail alone with a code; the engine and other requests go on', async (t) => {
   const m = own(t, new TransformerLM({ ...cfg, ffn: 'versatile' }))
   const e = new GenerationEngine(m, { maxBatch: 4, maxTokens: 128 })

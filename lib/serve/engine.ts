@@ -23,6 +23,12 @@ export interface EngineOptions {
   /** most prompt tokens prefilled per step (summed over requests): bounds how long a new prompt delays running streams. Default 64. */
   prefillChunk?: number
   /**
+   * most prompt tokens prefilled per step while no admitted request is decoding (no stream to
+   * delay: a burst of new requests, an idle engine). Larger steps use the CPU better. Default
+   * max(prefillChunk, 2048).
+   */
+  idlePrefillChunk?: number
+  /**
    * record a decode step (every row one token) once per batch size and replay it with one native
    * call per step; false runs every step op by op. The results are the same bit for bit. Default true.
    */
@@ -83,7 +89,7 @@ export function uniform32(u: number): number {
   return f < 1 ? f : 1 - 2 ** -24
 }
 
-const ENGINE_OPTIONS = { maxBatch: optional(int(1, 65536)), maxTokens: optional(int(1, 2 ** 31 - 1)), blockSize: optional(int(1, 4096)), prefillChunk: optional(int(1, 1 << 20)), recordSteps: optional(bool), overlapSteps: optional(bool) }
+const ENGINE_OPTIONS = { maxBatch: optional(int(1, 65536)), maxTokens: optional(int(1, 2 ** 31 - 1)), blockSize: optional(int(1, 4096)), prefillChunk: optional(int(1, 1 << 20)), idlePrefillChunk: optional(int(1, 1 << 20)), recordSteps: optional(bool), overlapSteps: optional(bool) }
 const SIGNAL = check<AbortSignal>('an AbortSignal', (v) => typeof AbortSignal !== 'undefined' && v instanceof AbortSignal)
 const REQUEST_OPTIONS = {
   maxNewTokens: optional(int(0)), temperature: optional(number({ min: 0 })), topK: optional(int(0)),
@@ -116,6 +122,7 @@ export class GenerationEngine {
   readonly maxTokens: number
   readonly blockSize: number
   readonly prefillChunk: number
+  readonly idlePrefillChunk: number
   readonly recordSteps: boolean
   readonly overlapSteps: boolean
   private readonly pool: KVPool
@@ -143,6 +150,7 @@ export class GenerationEngine {
     // a full maxSeqLen for every slot would be gigabytes at the paper's sizes
     this.maxTokens = o.maxTokens ?? Math.min(this.maxBatch * model.config.maxSeqLen, 16384)
     this.prefillChunk = o.prefillChunk ?? 64
+    this.idlePrefillChunk = o.idlePrefillChunk ?? Math.max(this.prefillChunk, 2048)
     this.recordSteps = o.recordSteps ?? true
     this.overlapSteps = o.overlapSteps ?? true
     this.pool = new KVPool(model.blocks.length, model.config.dModel, this.maxTokens, this.blockSize, model.device)
@@ -322,7 +330,8 @@ export class GenerationEngine {
         rows.push({ tokens: Int32Array.of(r.tokens[r.tokens.length - 1]), start: r._pos, blocks: r._blocks, sample: true })
         owners.push(r)
       }
-    let budget = this.prefillChunk
+    // the chunk bounds how long prompts delay running streams; with none running, a step takes more
+    let budget = rows.length === 0 ? this.idlePrefillChunk : this.prefillChunk
     for (const r of this.running) {
       if (r._phase !== 'prefill' || budget === 0) continue
       const P = r._plan!.prompt.length
