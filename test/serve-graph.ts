@@ -134,6 +134,14 @@ t.test('a failure inside a replay marks what the failing op writes, passes on, a
 t.test('refused: replaying with a disposed input, a released recording, waits and copies while recording', async (t) => {
   const p = stepParts()
   const before = live()
+  // a good replay first: replays check the outside handles again only after some handle died,
+  // so this one must see the dispose below
+  _native.graphReplay(p.g)
+  await p.o().data()
+  const unrelated = tensor(rand(4, 9), [4])
+  unrelated.dispose()
+  _native.graphReplay(p.g)
+  t.equal(await code(p.o().data()), 'resolved', 'another tensor disposed: the replay runs')
   p.w.dispose()
   t.throws(() => _native.graphReplay(p.g), { code: 'ERR_DISPOSED' }, 'a tensor read from outside was disposed')
   t.equal(live(), before, 'the recording still holds the memory it reads (nothing freed under it)')

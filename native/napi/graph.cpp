@@ -122,6 +122,9 @@ struct Recorder {
   std::unordered_set<StorageWrap*> seen;
   std::unordered_map<Storage*, std::vector<Napi::ObjectReference>> outside;
   bool released = false;
+  // StorageWrap::released() when every outside handle was last found alive (a replay checks
+  // them again only after some handle was released or collected)
+  uint64_t checked = ~uint64_t(0);
 };
 
 namespace {
@@ -221,10 +224,13 @@ Napi::Value GraphReplay(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
     Recorder* r = graph_arg(info[0]);
     not_recording("graphReplay");
-    for (auto& [s, refs] : r->outside) {
-      bool any = false;
-      for (auto& ref : refs) any = any || handle_alive(ref);
-      need(any, "ERR_DISPOSED", "graph: a tensor the recorded step reads has been disposed; record the step again");
+    if (r->checked != StorageWrap::released()) {
+      for (auto& [s, refs] : r->outside) {
+        bool any = false;
+        for (auto& ref : refs) any = any || handle_alive(ref);
+        need(any, "ERR_DISPOSED", "graph: a tensor the recorded step reads has been disposed; record the step again");
+      }
+      r->checked = StorageWrap::released();
     }
     std::shared_ptr<Recording> rec = r->rec;
     Device* dev = rec->dev;

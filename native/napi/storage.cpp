@@ -169,8 +169,16 @@ StorageWrap::StorageWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Stor
 }
 
 Napi::Value StorageWrap::Release(const Napi::CallbackInfo& info) {
+  if (storage) released()++;
   storage.reset();
   return info.Env().Undefined();
+}
+
+StorageWrap::~StorageWrap() { released()++; }
+
+uint64_t& StorageWrap::released() {
+  thread_local uint64_t n = 0;
+  return n;
 }
 Napi::Value StorageWrap::Share(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {

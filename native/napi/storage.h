@@ -23,6 +23,10 @@ class StorageWrap : public Napi::ObjectWrap<StorageWrap> {
   View meta;
   // the handle of a lib/ Tensor object `o` (its `_h`), or null when `o` holds none
   static StorageWrap* of(const Napi::Value& o);
+  ~StorageWrap() override;
+  // counts the handles this thread has released or lost (dispose, garbage collection): while it
+  // stands still, no handle a recorded step checked has died since
+  static uint64_t& released();
 
  private:
   Napi::Value SetView(const Napi::CallbackInfo& info);
