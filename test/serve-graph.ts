@@ -3,7 +3,7 @@
 // op writes and are gone on the next good replay, disposed inputs and unreplayable work are
 // refused, and the engine's replayed decode step equals the op-by-op one bit for bit (greedy and
 // seeded sampling, ragged prompts, requests joining and leaving), with memory back to baseline.
-import t from 'tap'
+import t, { Test } from 'tap'
 import { GenerationEngine, RequestOptions, TransformerLM, VffnError, _native, device, kvWrite, matmul, pagedAttention, tensor } from '../lib/index'
 import { mulberry32 } from '../lib/random'
 import { DecodeGraph } from '../lib/serve/graph'
@@ -169,6 +169,28 @@ t.test('refused: replaying with a disposed input, a released recording, waits an
 
 const cfg = { ...TransformerLM.config('tiny'), nLayers: 2, maxSeqLen: 64, seed: 5 }
 const prompt = (n: number, s: number) => Array.from({ length: n }, (_, i) => (s * 37 + i * 11) % 256)
+// until the test ends, a DecodeGraph replay for which `when` holds gets its second row's block
+// table pointed outside the pool (its kv_write fails)
+type Rows = { blocks: readonly number[] }[]
+function breakReplay(t: Test, when: (rows: Rows, follow?: boolean) => boolean): void {
+  const proto = DecodeGraph.prototype as unknown as { run: (rows: Rows, params: unknown, bs: unknown, follow?: boolean) => Promise<unknown> }
+  const run = proto.run
+  proto.run = function (this: unknown, rows, params, bs, follow) {
+    if (when(rows, follow)) rows = rows.map((r, i) => (i === 1 ? { ...r, blocks: [10_000] } : r))
+    return run.call(this, rows, params, bs, follow)
+  }
+  t.teardown(() => {
+    proto.run = run
+  })
+}
+
+// a request's ids run alone, op by op, on an engine of its own
+async function alone(m: TransformerLM, p: number[], o: RequestOptions): Promise<number[]> {
+  const a = new GenerationEngine(m, { maxBatch: 1, recordSteps: false })
+  const r = Array.from(await a.generate(p, o).result)
+  await a.close()
+  return r
+}
 // ragged prompts, greedy and seeded sampling, and different lengths, so requests leave at
 // different steps and the batch size changes
 const MIXED: [number[], RequestOptions][] = [
@@ -239,9 +261,7 @@ t.test('overlapped steps: the same ids and logprobs; a stop token one step late 
 t.test('overlapped steps: an abort mid-stream stops the request and frees its cache; the others are unaffected', async (t) => {
   const m = new TransformerLM({ ...cfg, ffn: 'dense' })
   t.teardown(() => m.dispose())
-  const solo = new GenerationEngine(m, { maxBatch: 1, recordSteps: false })
-  const want = Array.from(await solo.generate(prompt(2, 4), { maxNewTokens: 30, temperature: 0.9, seed: 6 }).result)
-  await solo.close()
+  const want = await alone(m, prompt(2, 4), { maxNewTokens: 30, temperature: 0.9, seed: 6 })
   await settle()
   const before = live()
   const e = new GenerationEngine(m, { maxBatch: 2, maxTokens: 256 })
@@ -266,23 +286,13 @@ t.test('overlapped steps: an abort mid-stream stops the request and frees its ca
 t.test('a failure inside an overlapped step fails its requests, with the step queued after it; the next requests are served as before', async (t) => {
   const m = new TransformerLM({ ...cfg, ffn: 'dense' })
   t.teardown(() => m.dispose())
-  const solo = new GenerationEngine(m, { maxBatch: 1, recordSteps: false })
-  const want = Array.from(await solo.generate(prompt(2, 9), { maxNewTokens: 8, temperature: 0.8, seed: 4 }).result)
-  await solo.close()
+  const want = await alone(m, prompt(2, 9), { maxNewTokens: 8, temperature: 0.8, seed: 4 })
   await settle()
   const before = live()
   const e = new GenerationEngine(m, { maxBatch: 2, maxTokens: 256 })
   // the third overlapped step writes a slot outside the pool for its second row
-  const proto = DecodeGraph.prototype as unknown as { run: (rows: { blocks: readonly number[] }[], params: unknown, bs: unknown, follow?: boolean) => Promise<unknown> }
-  const run = proto.run
   let follows = 0
-  proto.run = function (this: unknown, rows, params, bs, follow) {
-    if (follow && ++follows === 3) rows = rows.map((r, i) => (i === 1 ? { ...r, blocks: [10_000] } : r))
-    return run.call(this, rows, params, bs, follow)
-  }
-  t.teardown(() => {
-    proto.run = run
-  })
+  breakReplay(t, (rows, follow) => follow === true && ++follows === 3)
   const hit = [e.generate(prompt(1, 7), { maxNewTokens: 20 }), e.generate(prompt(1, 8), { maxNewTokens: 20, temperature: 1, seed: 1 })]
   for (const r of hit) t.equal(await code(r.result), 'ERR_ARGUMENT kv_write', 'a request of the failed step fails with the op\'s error')
   t.ok(follows >= 4, `a step was queued after the failing one (${follows} overlapped steps queued)`)
@@ -296,27 +306,13 @@ t.test('a failure inside an overlapped step fails its requests, with the step qu
 t.test('a failure inside a replayed step fails that step\'s requests; the next requests are served as before', async (t) => {
   const m = new TransformerLM({ ...cfg, ffn: 'versatile' })
   t.teardown(() => m.dispose())
-  const alone = async (p: number[], o: RequestOptions) => {
-    const a = new GenerationEngine(m, { maxBatch: 1, recordSteps: false })
-    const r = Array.from(await a.generate(p, o).result)
-    await a.close()
-    return r
-  }
-  const want = await alone(prompt(2, 9), { maxNewTokens: 8, temperature: 0.8, seed: 4 })
+  const want = await alone(m, prompt(2, 9), { maxNewTokens: 8, temperature: 0.8, seed: 4 })
   await settle()
   const before = live()
   const e = new GenerationEngine(m, { maxBatch: 2, maxTokens: 256 })
   // the fourth replay of this engine writes a slot outside the pool for its second row
-  const proto = DecodeGraph.prototype as unknown as { run: (rows: { blocks: readonly number[] }[], ...a: unknown[]) => Promise<unknown> }
-  const run = proto.run
   let n = 0
-  proto.run = function (this: unknown, rows, ...a) {
-    if (++n === 4 && rows.length > 1) rows = rows.map((r, i) => (i === 1 ? { ...r, blocks: [10_000] } : r))
-    return run.call(this, rows, ...a)
-  }
-  t.teardown(() => {
-    proto.run = run
-  })
+  breakReplay(t, (rows) => ++n === 4 && rows.length > 1)
   const hit = [e.generate(prompt(1, 7), { maxNewTokens: 10 }), e.generate(prompt(1, 8), { maxNewTokens: 10, temperature: 1, seed: 1 })]
   const waiting = e.generate(prompt(2, 9), { maxNewTokens: 8, temperature: 0.8, seed: 4 })
   for (const r of hit) t.equal(await code(r.result), 'ERR_ARGUMENT kv_write', 'a request of the failed step fails with the op\'s error')
