@@ -7,6 +7,7 @@
 // tensor it reads from outside was disposed in JS since.
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <unordered_map>
@@ -54,6 +55,19 @@ std::vector<std::weak_ptr<PackedWeight>>& all_packed() {
   return *v;
 }
 
+// the most bytes of packed weights alive at once (VFFN_PACK_KIB, read once; default 64 MiB). the
+// gain is in reading cached weights without repacking them; a model far larger than the caches
+// (354M: 1.35 GB) is bound by memory either way, and packing it all would double its memory and
+// stall the first replay for seconds (page faults), so past the limit weights are packed per call
+int64_t pack_limit_bytes() {
+  static const int64_t n = [] {
+    const char* e = std::getenv("VFFN_PACK_KIB");
+    const long long kib = e && *e ? std::strtoll(e, nullptr, 10) : 64 * 1024;
+    return int64_t(std::max<long long>(kib, 0)) * 1024;
+  }();
+  return n;
+}
+
 // cpu::PackedBSource for the ops of a replay: op(B) must lie in a storage the op reads and does
 // not write (a weight, not an activation of this step)
 cpu::PackedB replay_packed_b(const cpu::Mat& B, int64_t N, int64_t K) {
@@ -78,6 +92,10 @@ cpu::PackedB replay_packed_b(const cpu::Mat& B, int64_t N, int64_t K) {
         if (auto p = w.lock(); p && same(*p)) hit = p;
       if (!hit) {
         const int64_t floats = cpu::packed_b_floats(N, K);
+        int64_t live = floats * int64_t(sizeof(float));
+        for (auto& w : all)
+          if (auto p = w.lock()) live += int64_t(p->buf->bytes);
+        if (live > pack_limit_bytes()) return {};
         hit = std::make_shared<PackedWeight>(PackedWeight{s, off, N, K, B.ld, B.dtype, 0, std::make_shared<Storage>(s->device, size_t(floats) * sizeof(float)), floats / K});
         hit->version = s->version.load() + 1;  // not packed yet
         all.push_back(hit);
