@@ -35,6 +35,9 @@ t.test('the table and usage errors', async (t) => {
     t.equal(await main(['bench', 'serve', ...bad], b.io), 2, bad.join(' '))
     t.match(b.out.stderr, /bench serve: .*\n\(see versatile-ffn bench serve --help\)/)
   }
+  const cfg = io()
+  t.equal(await main(['bench', 'serve', '--config', '354m'], cfg.io), 2, 'config names are exact')
+  t.match(cfg.out.stderr, /--config: expected tiny, small or 354M, got "354m"/)
   const both = io()
   t.equal(await main(['bench', 'serve', '--config', 'tiny', '--concurrency', '1', '--new-tokens', '3', '--ffn', 'dense', '--steps', 'recorded,op-by-op'], both.io), 0)
   t.match(both.out.stdout, /dense x1: recorded steps give [\d.]+x the tokens\/s of op by op/)

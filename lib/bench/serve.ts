@@ -12,7 +12,7 @@ import { empty } from '../tensor'
 import { UsageError } from './args'
 
 export interface ServeBenchOptions {
-  config: 'tiny' | 'small'
+  config: 'tiny' | 'small' | '354M'
   concurrency: number[]
   prompt: number
   newTokens: number
@@ -36,7 +36,9 @@ only the stretch where every request is decoding (after the last first token, be
 request finishes): the steady state of C streams, without prefill.
 
 Options:
-  --config tiny|small       model shapes (default small: V=4096 D=256 I=1024 4 layers 8 heads)
+  --config tiny|small|354M  model shapes (default small: V=4096 D=256 I=1024 4 layers 8 heads;
+                            354M: the paper's 1,353 MiB of float32 weights, minutes per run on a
+                            CPU: try --concurrency 1,32 --new-tokens 8 --ffn dense --reps 1)
   --concurrency A,B,...     concurrent requests (default 1,8,32)
   --prompt N                prompt tokens per request (default 32; ragged: N/2..N)
   --new-tokens N            new tokens per request (default 64)
@@ -64,7 +66,7 @@ export function parseServeArgs(argv: readonly string[]): { help: true } | { help
     if (a === '--json') { o.json = true; continue }
     const v = argv[++i]
     if (a === '--config') {
-      if (v !== 'tiny' && v !== 'small') throw new UsageError(`--config: expected tiny or small, got ${JSON.stringify(v)}`)
+      if (v !== 'tiny' && v !== 'small' && v !== '354M') throw new UsageError(`--config: expected tiny, small or 354M, got ${JSON.stringify(v)}`)
       o.config = v
     } else if (a === '--concurrency') o.concurrency = (v ?? '').split(',').map((x) => int('concurrency', x, 1))
     else if (a === '--prompt') o.prompt = int('prompt', v, 1)
