@@ -89,8 +89,7 @@ const GemmKernel kAvx2{"avx2-fma", kMR, kNR, 144, 256, 4096, micro_6x16, pack_a<
 }  // namespace
 
 const GemmKernel* gemm_kernel_avx2() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? &kAvx2 : nullptr;
+  return cpu_has_avx2_fma() ? &kAvx2 : nullptr;
 }
 
 }  // namespace vffn::cpu

@@ -34,6 +34,15 @@ void gemm_pack_b_generic(const Mat& B, int64_t p0, int64_t k, int64_t j0, int64_
 // nullptr when the build or the machine lacks the instruction set
 const GemmKernel* gemm_kernel_avx2();
 
+#if defined(__x86_64__)
+// whether this machine runs AVX2 and FMA: what every *_avx2() lookup checks before it hands out
+// a kernel compiled with -mavx2 -mfma
+inline bool cpu_has_avx2_fma() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+#endif
+
 // small-M path (decoding: a few rows against big weights), no packing. C[0:M, n0:n1] = alpha *
 // a * op(B)[:, n0:n1] + beta * C, with a[i] pointing at K contiguous floats (row i of op(A)) and
 // B read in place (f32 or bf16, trans or plain with an optional row gather). every C element is

@@ -211,8 +211,7 @@ void small_avx2(int64_t M, int64_t n0, int64_t n1, int64_t K, float alpha, const
 }  // namespace
 
 GemmSmallFn gemm_small_avx2() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? small_avx2 : nullptr;
+  return cpu_has_avx2_fma() ? small_avx2 : nullptr;
 }
 
 }  // namespace vffn::cpu

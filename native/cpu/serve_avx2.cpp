@@ -3,6 +3,7 @@
 // polynomial; a block's maximum and weight sum 8 lanes at a time, and each output column's sum
 // over the block's keys kept in a register (through memory it was one store-to-load chain per
 // key). chosen at run time; this file is compiled with -mavx2 -mfma.
+#include "gemm_kernels.h"
 #include "serve_kernels.h"
 
 #if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__)
@@ -239,18 +240,15 @@ float row_max_avx2_impl(const float* x, int64_t n) {
 }  // namespace
 
 RowMaxFn row_max_avx2() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? row_max_avx2_impl : nullptr;
+  return cpu_has_avx2_fma() ? row_max_avx2_impl : nullptr;
 }
 
 ExpSumFn exp_sum_avx2() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? exp_sum_avx2_impl : nullptr;
+  return cpu_has_avx2_fma() ? exp_sum_avx2_impl : nullptr;
 }
 
 AttnRowFn attn_row_avx2() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? row_avx2 : nullptr;
+  return cpu_has_avx2_fma() ? row_avx2 : nullptr;
 }
 
 }  // namespace vffn::cpu
