@@ -375,7 +375,8 @@ export class GenerationEngine {
   private canFollow(cur: Launched): boolean {
     if (!this.overlapSteps || !cur.g.canFollow || this.running.length !== cur.owners.length) return false
     if (this.waiting.length > 0 && this.running.length < this.maxBatch) return false
-    return cur.owners.every((r, i) => this.running[i] === r && !r._stop && r._phase !== 'done' && r.tokens.length + 2 <= r._plan!.maxNewTokens)
+    // (a request still running has not ended)
+    return cur.owners.every((r, i) => this.running[i] === r && !r._stop && r.tokens.length + 2 <= r._plan!.maxNewTokens)
   }
 
   // a replayed decode step in flight: queue the following one when it can follow, then hand out

@@ -96,8 +96,9 @@ export class DecodeGraph {
 
   /**
    * One decode step of these rows (each row one token, sampled); params [B * 4] as sampleRows
-   * takes. Queues the step and its reads before it returns (a bad state rejects). follow: the rows' tokens are the ids
-   * the last replay of this recording sampled, row for row (they are not read from `rows`).
+   * takes. Queues the step and its reads before it returns (a bad state rejects). follow: the
+   * rows' tokens are the ids the last replay of this recording sampled, row for row (the ids
+   * written from `rows` are then not sent).
    */
   async run(rows: readonly StepRow[], params: Float32Array, blockSize: number, follow = false): Promise<{ ids: Int32Array; logprobs: Float32Array }> {
     const { B, width: W, host } = this
@@ -105,7 +106,7 @@ export class DecodeGraph {
     host.fill(0, 5 * B)
     for (let b = 0; b < B; b++) {
       const r = rows[b]
-      host[b] = follow ? 0 : r.tokens[0]
+      host[b] = r.tokens[0]
       host[B + b] = slotOf(r.blocks, r.start, blockSize)
       host[2 * B + b] = r.start
       host[3 * B + b] = r.start + 1

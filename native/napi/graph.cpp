@@ -31,9 +31,10 @@ struct PackedWeight {
   StoragePtr weight;
   int64_t offset, N, K, ld;  // where op(B) starts in the storage (bytes), its shape and stride
   int32_t dtype;
-  uint64_t version;
   StoragePtr buf;
   int64_t npad;
+  uint64_t version = kNever;  // the weight's version buf was packed from
+  static constexpr uint64_t kNever = ~uint64_t(0);
 };
 
 // what the worker runs: the ops, and the storages made while recording (a replay recomputes
@@ -96,8 +97,7 @@ cpu::PackedB replay_packed_b(const cpu::Mat& B, int64_t N, int64_t K) {
         for (auto& w : all)
           if (auto p = w.lock()) live += int64_t(p->buf->bytes);
         if (live > pack_limit_bytes()) return {};
-        hit = std::make_shared<PackedWeight>(PackedWeight{s, off, N, K, B.ld, B.dtype, 0, std::make_shared<Storage>(s->device, size_t(floats) * sizeof(float)), floats / K});
-        hit->version = s->version.load() + 1;  // not packed yet
+        hit = std::make_shared<PackedWeight>(PackedWeight{s, off, N, K, B.ld, B.dtype, std::make_shared<Storage>(s->device, size_t(floats) * sizeof(float)), floats / K});
         all.push_back(hit);
       }
       rec->packed.push_back(hit);
