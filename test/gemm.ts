@@ -1,7 +1,7 @@
 // CPU GEMM through the public matmul: a float64 reference over many shapes, layouts and dtypes,
 // alpha/beta, NaN-poisoned outputs, bit-identical results at every thread count, the portable kernel.
 import t, { Test } from 'tap'
-import { spawnSync } from 'node:child_process'
+import { runSelf } from './helpers/child'
 import { tensor, matmul, randn, setNumThreads, getNumThreads, Tensor, _native } from '../lib/index'
 
 const PORTABLE_CHILD = process.env.VFFN_GEMM_TEST_CHILD === '1'
@@ -396,11 +396,7 @@ if (!PORTABLE_CHILD) {
   })
 
   t.test('the portable kernel (VFFN_GEMM_KERNEL=portable) passes the same checks', async (t) => {
-    const r = spawnSync(process.execPath, [...process.execArgv, __filename], {
-      env: { ...process.env, VFFN_GEMM_KERNEL: 'portable', VFFN_GEMM_TEST_CHILD: '1' },
-      encoding: 'utf8',
-      timeout: 300000,
-    })
+    const r = runSelf(__filename, { VFFN_GEMM_KERNEL: 'portable', VFFN_GEMM_TEST_CHILD: '1' })
     if (r.status !== 0) t.comment(`${r.stdout.slice(-3000)}\n${r.stderr.slice(-2000)}`)
     t.equal(r.status, 0, 'child exits 0')
     t.match(r.stdout, /ok \d+ - kernel portable/, 'the child ran the portable kernel')

@@ -4,7 +4,7 @@
 // documented rule on fixed logits: ties, top-k and top-p boundaries, u at the edges).
 import t from 'tap'
 import { mulberry32 } from '../lib/random'
-import { spawnSync } from 'node:child_process'
+import { runSelf } from './helpers/child'
 import { tensor, randn, attention, rope, kvWrite, pagedAttention, ropeRows, sample, Tensor, _native } from '../lib/index'
 
 const ints = (a: number[]) => tensor(Int32Array.from(a), [a.length], { dtype: 'int32' })
@@ -298,11 +298,7 @@ t.test('sample rejects bad parameters on the device, row by row', async (t) => {
 // the portable kernels (attention's row kernel among them) on the same checks, in a child
 if (!process.env.VFFN_SERVE_TEST_CHILD) {
   t.test('the portable kernels (VFFN_GEMM_KERNEL=portable) pass the same checks', async (t) => {
-    const r = spawnSync(process.execPath, [...process.execArgv, __filename], {
-      env: { ...process.env, VFFN_GEMM_KERNEL: 'portable', VFFN_SERVE_TEST_CHILD: '1' },
-      encoding: 'utf8',
-      timeout: 300000,
-    })
+    const r = runSelf(__filename, { VFFN_GEMM_KERNEL: 'portable', VFFN_SERVE_TEST_CHILD: '1' })
     if (r.status !== 0) t.comment(`${r.stdout.slice(-3000)}\n${r.stderr.slice(-2000)}`)
     t.equal(r.status, 0, 'child exits 0')
     t.match(r.stdout, /ok \d+ - kernel portable/, 'the child ran the portable kernels')

@@ -2,7 +2,7 @@
 // than 8 rows packs its weights only while the packed copies stay within it, and packs the rest
 // per call; the results are the same bits whatever the limit. Each limit runs in a child process.
 import t from 'tap'
-import { spawnSync } from 'node:child_process'
+import { runSelf } from './helpers/child'
 import { TransformerLM } from '../lib/index'
 import { DecodeGraph } from '../lib/serve/graph'
 import { KVPool } from '../lib/serve/pool'
@@ -26,10 +26,7 @@ async function child(): Promise<void> {
 }
 
 function run(kib: string | undefined): { packed: number; weights: number; ids: number[]; logprobs: number[] } {
-  const env: NodeJS.ProcessEnv = { ...process.env, VFFN_PACK_TEST_CHILD: '1' }
-  if (kib === undefined) delete env.VFFN_PACK_KIB
-  else env.VFFN_PACK_KIB = kib
-  const r = spawnSync(process.execPath, [...process.execArgv, __filename], { env, encoding: 'utf8', timeout: 120000 })
+  const r = runSelf(__filename, { VFFN_PACK_TEST_CHILD: '1', VFFN_PACK_KIB: kib }, 120000)
   const line = /RESULT (.*)/.exec(r.stdout)
   if (r.status !== 0 || !line) throw new Error(`child (VFFN_PACK_KIB=${kib}) failed: ${r.stdout.slice(-2000)}\n${r.stderr.slice(-2000)}`)
   return JSON.parse(line[1])
