@@ -1,27 +1,13 @@
 // Types of the raw native module (build/Release/versatile_ffn.node or prebuilds/). The public
 // API in lib/ wraps every call with validation; nothing here validates beyond memory safety.
 
-/** A reference-counted block of device memory; each handle holds one reference. */
-export declare class Storage {
-  private constructor()
-  /** Drops this handle's reference; memory is freed when no handle or queued op holds it. */
-  release(): void
-  /** A new handle on the same memory. */
-  share(): Storage
-  /** Fixes this handle's view (dtype code, offset, shape, strides), checked against the memory once; ops then read it from the handle. */
-  setView(dtype: number, offset: number, shape: readonly number[], strides: readonly number[]): void
-  readonly bytes: number
-  readonly alive: boolean
-}
-
-/** What a native op reads from a lib/ Tensor. */
-export interface NativeTensor {
-  _h: Storage
-  _dt: number
-  offset: number
-  shape: readonly number[]
-  strides: readonly number[]
-}
+/**
+ * What a native op reads from a tensor argument: a handle id (a lib/ Tensor's `_id`: one slot of
+ * this thread's handle table, holding a reference to the memory and the view, see
+ * native/napi/storage.h), or an object carrying one. A raw handle (alloc()) has no view: an object
+ * around it gives its dtype code, offset, shape and strides, checked on every use.
+ */
+export type NativeTensor = number | { _id: number; _dt?: number; offset?: number; shape?: readonly number[]; strides?: readonly number[] }
 
 /** A recorded step (native/napi/graph.cpp): ops with their plans, run again by graphReplay. */
 export interface NativeGraph {
@@ -29,8 +15,18 @@ export interface NativeGraph {
 }
 
 export interface Binding {
-  Storage: typeof Storage
-  alloc(deviceType: number, deviceIndex: number, bytes: number): Storage
+  /** Native errors are made as instances of `cls` (constructed with code and message) from now on. */
+  setErrorClass(cls: new (...args: never[]) => Error): void
+  /** A raw handle on new memory, without a view. */
+  alloc(deviceType: number, deviceIndex: number, bytes: number): number
+  /** A handle on new memory with a contiguous view of `shape` (dtype code 0 float32, 1 bfloat16, 2 int32). */
+  empty(deviceType: number, deviceIndex: number, dtype: number, shape: readonly number[]): number
+  /** A new handle on t's memory with the given view, checked against the memory once. */
+  view(t: NativeTensor, dtype: number, offset: number, shape: readonly number[], strides: readonly number[]): number
+  /** Drops a handle's reference (false when it named no live handle); memory is freed when no handle or queued op holds it. */
+  release(id: number): boolean
+  /** The number of live handles of this thread. */
+  liveHandles(): number
   write(t: NativeTensor, data: Float32Array | Int32Array | Uint16Array): void
   read(t: NativeTensor, raw?: boolean): Promise<Float32Array | Int32Array | Uint16Array>
   sync(deviceType: number, deviceIndex: number): Promise<void>

@@ -1,7 +1,9 @@
-// JS-thread cost of queuing one op: a native entry call (2x2 gemm), the public matmul into a
-// given output and allocating its output (then disposed), against the same op replayed from a
-// recording of 100 of them (one graphReplay call per 100 ops). The CPU worker is kept busy
-// by _debugSleep first, so the ops queue up and only the JS thread's side is timed.
+// JS-thread cost of queuing one op: a native entry call (2x2 gemm, tensors passed as handle ids as
+// lib/ passes them), the public matmul into a given output and allocating its output (then
+// disposed), against the same op replayed from a recording of 100 of them (one graphReplay call
+// per 100 ops). The CPU worker is kept busy by _debugSleep first, so the ops queue up and only the
+// JS thread's side is timed; the queue drains between repetitions (its memory is then reused, as
+// in a running program, instead of growing by every op of every repetition).
 // Run: npx ts-node --transpile-only bench/dispatch.ts [direct|matmul|matmul-alloc|replay|both] [ops]
 // Instruction counts, which do not depend on the machine's load: run one mode under
 // `valgrind --tool=callgrind --trace-children=yes node -r ts-node/register/transpile-only bench/dispatch.ts MODE N`
@@ -10,17 +12,17 @@ import { _native, matmul, tensor } from '../lib/index'
 
 const PER_GRAPH = 100
 
-function main(): void {
+async function main(): Promise<void> {
   const mode = process.argv[2] ?? 'both'
   const n = Number(process.argv[3] ?? 20000)
   const a = tensor(new Float32Array([1, 2, 3, 4]), [2, 2]), b = tensor(new Float32Array([5, 6, 7, 8]), [2, 2])
   const c = tensor(new Float32Array(4), [2, 2])
   const g = _native.graphRecord(() => {
-    for (let i = 0; i < PER_GRAPH; i++) _native.gemm(c, a, b, false, false, 1, 0)
+    for (let i = 0; i < PER_GRAPH; i++) _native.gemm(c._id, a._id, b._id, false, false, 1, 0)
   })
   const run: Record<string, () => void> = {
     direct: () => {
-      for (let i = 0; i < n; i++) _native.gemm(c, a, b, false, false, 1, 0)
+      for (let i = 0; i < n; i++) _native.gemm(c._id, a._id, b._id, false, false, 1, 0)
     },
     matmul: () => {
       for (let i = 0; i < n; i++) matmul(a, b, { out: c })
@@ -40,12 +42,11 @@ function main(): void {
       const t0 = performance.now()
       run[m]()
       times[m].push(((performance.now() - t0) * 1000) / Math.max(n, 1))
+      await _native.sync(0, 0)
     }
   const med = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]
   for (const m of modes) console.log(`${m.padEnd(13)} ${med(times[m]).toFixed(3)} µs of JS-thread time per queued op (median of ${times[m].length}, ${n} ops each)`)
-  void _native.sync(0, 0).then(() => {
-    _native.graphRelease(g)
-    for (const t of [a, b, c]) t.dispose()
-  })
+  _native.graphRelease(g)
+  for (const t of [a, b, c]) t.dispose()
 }
-main()
+void main()

@@ -31,33 +31,12 @@ export function loadFailure(message: string): VffnError {
   )
 }
 
-/** The raw native module. Every native error becomes a VffnError with the same code. */
+/**
+ * The raw native module. Native code makes its errors as VffnError (setErrorClass), so its
+ * functions are called directly, without a JS wrapper on every op.
+ */
 export const native: Binding = (() => {
   const b = load()
-  const wrapped: Record<string, unknown> = {}
-  for (const [k, v] of Object.entries(b)) {
-    if (typeof v !== 'function' || k === 'Storage') {
-      wrapped[k] = v
-      continue
-    }
-    const fn = v as (...a: unknown[]) => unknown
-    wrapped[k] = (...args: unknown[]) => {
-      try {
-        const r = fn(...args)
-        if (r instanceof Promise) return r.catch((e: unknown) => Promise.reject(rewrap(e)))
-        return r
-      } catch (e) {
-        throw rewrap(e)
-      }
-    }
-  }
-  return wrapped as unknown as Binding
+  b.setErrorClass(VffnError)
+  return b
 })()
-
-function rewrap(e: unknown): unknown {
-  if (e instanceof Error && typeof (e as { code?: unknown }).code === 'string' && !(e instanceof VffnError)) {
-    const w = new VffnError((e as unknown as { code: string }).code as VffnError["code"], e.message)
-    return w
-  }
-  return e
-}

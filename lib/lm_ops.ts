@@ -23,7 +23,7 @@ export function embedding(weight: Tensor, tokens: Tensor, out?: Tensor): Tensor 
   const o = out ?? empty([tokens.shape[0], weight.shape[1]], { device: weight.device })
   const t = tokens.contiguous()
   try {
-    native.embeddingForward(o, weight, t)
+    native.embeddingForward(o._id, weight._id, t._id)
   } finally {
     t.dispose()
   }
@@ -38,7 +38,7 @@ export function embeddingBackward(dweight: Tensor, dout: Tensor, tokens: Tensor)
   checkSameDevice(dweight, { dout, tokens })
   const t = tokens.contiguous()
   try {
-    native.embeddingBackward(dweight, dout, t)
+    native.embeddingBackward(dweight._id, dout._id, t._id)
   } finally {
     t.dispose()
   }
@@ -55,8 +55,8 @@ export function rope(x: Tensor, heads: number, posOffset = 0, opts: { theta?: nu
   const theta = o.theta ?? 10000
   if (x.shape[2] % (2 * heads) !== 0)
     fail('ERR_SHAPE', `x: the last dimension ${x.shape[2]} must split into ${heads} heads of even size`)
-  if (o.inverse) native.ropeBackward(x, heads, posOffset, theta)
-  else native.ropeForward(x, heads, posOffset, theta)
+  if (o.inverse) native.ropeBackward(x._id, heads, posOffset, theta)
+  else native.ropeForward(x._id, heads, posOffset, theta)
 }
 
 /** The output of attention and what its backward needs. */
@@ -102,7 +102,7 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, heads: number, opts: 
   if (o.out) checkSameDevice(q, { out: o.out })
   const out = o.out ?? empty([B, Sq, C], { device: q.device })
   const lse = empty([B, heads, Sq], { device: q.device })
-  native.attentionForward(out, lse, q, k, v, heads, qOffset, scale)
+  native.attentionForward(out._id, lse._id, q._id, k._id, v._id, heads, qOffset, scale)
   return { out, lse }
 }
 
@@ -126,7 +126,7 @@ export function attentionBackward(
     if (t.shape.join() !== ref.shape.join()) fail('ERR_SHAPE', `${n}: expected ${show(ref.shape)}, got ${show(t.shape)}`)
   }
   checkTensor('lse', lse, { ndim: 3, dtypes: F32 })
-  native.attentionBackward(grads.dq, grads.dk, grads.dv, dout, q, k, v, out, lse, heads, qOffset, scale)
+  native.attentionBackward(grads.dq._id, grads.dk._id, grads.dv._id, dout._id, q._id, k._id, v._id, out._id, lse._id, heads, qOffset, scale)
 }
 
 /** The mean loss [1] and each row's log-sum-exp [T] (saved for backward). */
@@ -153,7 +153,7 @@ export function crossEntropy(logits: Tensor, targets: Tensor, ignoreIndex = -100
   const lse = empty([logits.shape[0]], { device: logits.device })
   const t = targets.contiguous()
   try {
-    native.crossEntropyForward(loss, lse, logits, t, ignoreIndex)
+    native.crossEntropyForward(loss._id, lse._id, logits._id, t._id, ignoreIndex)
   } finally {
     t.dispose()
   }
@@ -174,7 +174,7 @@ export function crossEntropyBackward(logits: Tensor, targets: Tensor, lse: Tenso
   const d = out ?? empty(logits.shape, { device: logits.device })
   const t = targets.contiguous()
   try {
-    native.crossEntropyBackward(d, logits, lse, t, dloss, ignoreIndex)
+    native.crossEntropyBackward(d._id, logits._id, lse._id, t._id, dloss, ignoreIndex)
   } finally {
     t.dispose()
   }
@@ -189,7 +189,7 @@ export function gradNorm(grads: readonly Tensor[], maxNorm = 0): Tensor {
   arg('maxNorm', maxNorm, number())
   for (const [i, g] of grads.entries()) if (!g.isContiguous) fail('ERR_ARGUMENT', `grads[${i}]: expected a contiguous tensor`)
   const out = empty([2], { device: grads[0].device })
-  native.gradNorm(out, grads, maxNorm)
+  native.gradNorm(out._id, grads.map((g) => g._id), maxNorm)
   return out
 }
 
@@ -231,7 +231,7 @@ export function adamwStep(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, h: 
   }
   checkSameDevice(param, { grad, m, v, clip, copy })
   arg('h', h, ADAMW_HYPER)
-  native.adamwStep(param, m, v, grad, clip ?? null, h.lr, h.beta1, h.beta2, h.eps, h.weightDecay, h.step, copy ?? null)
+  native.adamwStep(param._id, m._id, v._id, grad._id, clip ? clip._id : null, h.lr, h.beta1, h.beta2, h.eps, h.weightDecay, h.step, copy ? copy._id : null)
 }
 
 /** y += alpha * x in place (both float32, contiguous, same element count). */
@@ -242,7 +242,7 @@ export function axpy(y: Tensor, x: Tensor, alpha = 1): void {
   arg('alpha', alpha, number())
   if (!y.isContiguous || !x.isContiguous) fail('ERR_ARGUMENT', 'axpy: y and x must be contiguous')
   if (y.size !== x.size) fail('ERR_SHAPE', `x: expected ${y.size} elements, got ${x.size}`)
-  native.axpy(y, x, alpha)
+  native.axpy(y._id, x._id, alpha)
 }
 
 /** Sets a tensor to zero in place. */

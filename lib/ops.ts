@@ -1,6 +1,6 @@
 import { native } from './binding'
 import { fail, show } from './errors'
-import { FloatDType, Tensor, empty } from './tensor'
+import { FloatDType, Tensor } from './tensor'
 import { Check, bool, checkOptions, custom, number, optional } from './validate'
 
 /** @internal checks a tensor argument: alive, a Tensor, optionally of given dtypes and ndim */
@@ -75,13 +75,13 @@ export function matmul(a: Tensor, b: Tensor, opts?: MatmulOptions): Tensor<Float
   const A = ownA ? a.T : a, B = ownB ? b.T : b
   if (A.shape[1] > 1 && A.strides[1] !== 1) fail('ERR_ARGUMENT', 'a: neither rows nor columns are contiguous; call contiguous() first')
   if (B.shape[1] > 1 && B.strides[1] !== 1) fail('ERR_ARGUMENT', 'b: neither rows nor columns are contiguous; call contiguous() first')
-  const c = out ?? empty([M, N], { device: a.device })
+  const c = out ?? Tensor._alloc([M, N], 'float32', a.device)
   if (!ownA && !ownB) {
-    native.gemm(c, A, B, ta, tb, alpha, beta)
+    native.gemm(c._id, A._id, B._id, ta, tb, alpha, beta)
     return c as Tensor<FloatDType>
   }
   try {
-    native.gemm(c, A, B, ownA ? !ta : ta, ownB ? !tb : tb, alpha, beta)
+    native.gemm(c._id, A._id, B._id, ownA ? !ta : ta, ownB ? !tb : tb, alpha, beta)
   } finally {
     if (ownA) A.dispose()
     if (ownB) B.dispose()

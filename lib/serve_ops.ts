@@ -35,7 +35,7 @@ export function kvWrite(kPool: Tensor, vPool: Tensor, k: Tensor, v: Tensor, slot
   checkSameDevice(kPool, { k, v, slots })
   const s = slots.contiguous()
   try {
-    native.kvWrite(kPool, vPool, k, v, s)
+    native.kvWrite(kPool._id, vPool._id, k._id, v._id, s._id)
   } finally {
     s.dispose()
   }
@@ -69,7 +69,7 @@ export function pagedAttention(q: Tensor, kPool: Tensor, vPool: Tensor, blockTab
   const bt = blockTable.contiguous()
   const ln = lens.contiguous()
   try {
-    native.pagedAttention(out, q, kPool, vPool, bt, ln, heads, scale)
+    native.pagedAttention(out._id, q._id, kPool._id, vPool._id, bt._id, ln._id, heads, scale)
   } catch (e) {
     out.dispose()
     throw e
@@ -93,7 +93,7 @@ export function ropeRows(x: Tensor, heads: number, starts: Tensor, opts: { theta
   checkSameDevice(x, { starts })
   const s = starts.contiguous()
   try {
-    native.ropeForward(x, heads, 0, o.theta ?? 10000, s)
+    native.ropeForward(x._id, heads, 0, o.theta ?? 10000, s._id)
   } finally {
     s.dispose()
   }
@@ -139,7 +139,7 @@ export function sample(logits: Tensor, params: Tensor): SampleResult {
   const ids = empty([B], { dtype: 'int32', device: logits.device })
   const logprobs = empty([B], { device: logits.device })
   try {
-    native.sample(ids, logprobs, logits, params)
+    native.sample(ids._id, logprobs._id, logits._id, params._id)
   } catch (e) {
     ids.dispose()
     logprobs.dispose()

@@ -1,5 +1,4 @@
 import { inspect } from 'node:util'
-import type { Storage } from '../binding'
 import { native } from './binding'
 import { Device, DeviceLike } from './device'
 import { fail, show } from './errors'
@@ -19,6 +18,8 @@ const DTYPES: Record<DType, { code: number; size: number }> = {
   bfloat16: { code: 1, size: 2 },
   int32: { code: 2, size: 4 },
 }
+// DTYPES[d].code without a keyed lookup (it runs for every new tensor)
+const dtypeCode = (d: DType): number => (d === 'float32' ? 0 : d === 'bfloat16' ? 1 : 2)
 const MAX_DIMS = 6
 /** Most elements one tensor may hold (2^50: its bytes stay exact doubles and within what the allocator takes). */
 export const MAX_ELEMENTS = 2 ** 50
@@ -63,6 +64,12 @@ function contiguousStrides(shape: readonly number[]): number[] {
 
 const numelOf = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1)
 
+// releases the native handle of a Tensor that was collected without dispose() (the handle's
+// memory then lives on until this runs, on a later turn of the event loop)
+const HANDLES = new FinalizationRegistry<number>((id) => {
+  native.release(id)
+})
+
 /**
  * An n-dimensional array on a device. Ops on tensors are queued on the device's stream and
  * return at once; `await t.data()` waits for the values. Views (rows, cols, slice, reshape, T)
@@ -74,8 +81,8 @@ const numelOf = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1)
  * any dtype.
  */
 export class Tensor<D extends DType = DType> {
-  /** @internal native storage handle */
-  _h: Storage
+  /** @internal native handle id (native/napi/storage.h): what ops pass to the addon */
+  readonly _id: number
   /** @internal native dtype code */
   readonly _dt: number
   /** Size of each dimension. */
@@ -88,27 +95,38 @@ export class Tensor<D extends DType = DType> {
   readonly dtype: D
   /** The device whose memory holds the values. */
   readonly device: Device
+  // false once dispose() released the handle (a private field: the object itself is frozen)
+  #live = true
 
-  /** @internal use tensor(), zeros(), randn() or empty() */
-  constructor(h: Storage, dtype: D, device: Device, shape: readonly number[], strides: readonly number[], offset: number) {
-    this._h = h
+  /**
+   * @internal use tensor(), zeros(), randn() or empty(). `id` names a native handle whose view
+   * (checked there once, when it was made) is exactly this dtype, offset, shape and strides; the
+   * Tensor owns it: dispose() or garbage collection releases it. shape and strides are frozen and
+   * kept, not copied: pass arrays nobody else changes (new ones, or another tensor's).
+   */
+  constructor(id: number, dtype: D, device: Device, shape: readonly number[], strides: readonly number[], offset: number) {
+    this._id = id
     this.dtype = dtype
-    this._dt = DTYPES[dtype].code
+    this._dt = dtypeCode(dtype)
     this.device = device
-    this.shape = Object.freeze([...shape])
-    this.strides = Object.freeze([...strides])
+    this.shape = Object.freeze(shape)
+    this.strides = Object.freeze(strides)
     this.offset = offset
-    // what native code reads (storage, dtype, shape, strides, offset) can't be changed afterwards:
-    // the handle checks the view against its storage once, here, and ops read it from the handle
-    h.setView(this._dt, offset, this.shape, this.strides)
+    HANDLES.register(this, id, this)
+    // what native code reads (dtype, shape, strides, offset) can't be changed afterwards
     Object.freeze(this)
   }
 
   /** @internal allocates an uninitialised contiguous tensor */
   static _alloc<E extends DType>(shape: readonly number[], dtype: E, device: Device): Tensor<E> {
-    const bytes = numelOf(shape) * DTYPES[dtype].size
-    const h = native.alloc(device.code, device.index, bytes)
-    return new Tensor<E>(h, dtype, device, shape, contiguousStrides(shape), 0)
+    const id = native.empty(device.code, device.index, dtypeCode(dtype), shape)
+    return new Tensor<E>(id, dtype, device, shape, contiguousStrides(shape), 0)
+  }
+
+  /** @internal a view of this tensor's memory: a new handle, checked once against the memory */
+  _view(shape: readonly number[], strides: readonly number[], offset: number): Tensor<D> {
+    const id = native.view(this._id, this._dt, offset, shape, strides)
+    return new Tensor(id, this.dtype, this.device, shape, strides, offset)
   }
 
   /** Number of dimensions. */
@@ -121,7 +139,7 @@ export class Tensor<D extends DType = DType> {
   }
   /** True once dispose() has dropped this tensor's memory. */
   get disposed(): boolean {
-    return !this._h.alive
+    return !this.#live
   }
   /** True when the elements lie in row-major order without gaps. */
   get isContiguous(): boolean {
@@ -135,7 +153,7 @@ export class Tensor<D extends DType = DType> {
 
   /** @internal throws ERR_DISPOSED naming the argument */
   _check(name = 'tensor'): this {
-    if (!this._h.alive) fail('ERR_DISPOSED', `${name}: tensor has been disposed`)
+    if (!this.#live) fail('ERR_DISPOSED', `${name}: tensor has been disposed`)
     return this
   }
 
@@ -145,25 +163,25 @@ export class Tensor<D extends DType = DType> {
    */
   data(): Promise<TensorValues<D>> {
     this._check()
-    return native.read(this) as Promise<TensorValues<D>>
+    return native.read(this._id) as Promise<TensorValues<D>>
   }
   /** Resolves with float values (float32, or bfloat16 widened); ERR_DTYPE for an int32 tensor. */
   async floatData(): Promise<Float32Array> {
     this._check()
     if (this.dtype === 'int32') fail('ERR_DTYPE', 'tensor: floatData() needs a float32 or bfloat16 tensor, got int32')
-    return native.read(this) as Promise<Float32Array>
+    return native.read(this._id) as Promise<Float32Array>
   }
   /** Resolves with int32 values; only for int32 tensors. */
   async intData(): Promise<Int32Array> {
     this._check()
     if (this.dtype !== 'int32') fail('ERR_DTYPE', `tensor: intData() needs an int32 tensor, got ${this.dtype}`)
-    return native.read(this) as Promise<Int32Array>
+    return native.read(this._id) as Promise<Int32Array>
   }
   /** Resolves with the raw bfloat16 bits (for checkpoints); only for bfloat16 tensors. */
   async rawData(): Promise<Uint16Array> {
     this._check()
     if (this.dtype !== 'bfloat16') fail('ERR_DTYPE', `tensor: rawData() needs a bfloat16 tensor, got ${this.dtype}`)
-    return native.read(this, true) as Promise<Uint16Array>
+    return native.read(this._id, true) as Promise<Uint16Array>
   }
 
   /** A new contiguous tensor with this one's values on `device`, converted to `dtype` if given. */
@@ -176,7 +194,7 @@ export class Tensor<D extends DType = DType> {
     if ((dtype === 'int32') !== (this.dtype === 'int32'))
       fail('ERR_DTYPE', `dtype: int32 converts only to int32, got ${this.dtype} -> ${dtype}`)
     const out = Tensor._alloc(this.shape, dtype, dev)
-    native.copy(out, this)
+    native.copy(out._id, this._id)
     return out
   }
   /** A new tensor converted to `dtype` on the same device (bfloat16 rounds to nearest even). */
@@ -191,7 +209,7 @@ export class Tensor<D extends DType = DType> {
   contiguous(): Tensor<D> {
     this._check()
     if (!this.isContiguous) return this.clone()
-    return new Tensor(this._h.share(), this.dtype, this.device, this.shape, this.strides, this.offset)
+    return this._view(this.shape, this.strides, this.offset)
   }
 
   /** A view of indices [start, end) along `dim`; no copy. */
@@ -204,7 +222,7 @@ export class Tensor<D extends DType = DType> {
       fail('ERR_ARGUMENT', `slice: expected 0 <= start <= end <= ${n} along dim ${dim}, got [${show(start)}, ${show(end)})`)
     const shape = [...this.shape]
     shape[dim] = end - start
-    return new Tensor(this._h.share(), this.dtype, this.device, shape, this.strides, this.offset + start * this.strides[dim])
+    return this._view(shape, this.strides, this.offset + start * this.strides[dim])
   }
   /** Rows [start, end) of the first dimension; no copy. */
   rows(start: number, end?: number): Tensor<D> {
@@ -228,9 +246,9 @@ export class Tensor<D extends DType = DType> {
     }
     checkShape('shape', s)
     if (numelOf(s) !== this.size) fail('ERR_SHAPE', `shape: cannot reshape ${show(this.shape)} (${this.size} elements) into ${show(shape)}`)
-    if (this.isContiguous) return new Tensor(this._h.share(), this.dtype, this.device, s, contiguousStrides(s), this.offset)
+    if (this.isContiguous) return this._view(s, contiguousStrides(s), this.offset)
     const src = this.clone()
-    const out = new Tensor(src._h.share(), this.dtype, this.device, s, contiguousStrides(s), src.offset)
+    const out = src._view(s, contiguousStrides(s), src.offset)
     src.dispose()
     return out
   }
@@ -238,14 +256,14 @@ export class Tensor<D extends DType = DType> {
   get T(): Tensor<D> {
     this._check()
     if (this.ndim !== 2) fail('ERR_SHAPE', `tensor: T needs a 2-D tensor, got ${this.ndim} dimensions`)
-    return new Tensor(this._h.share(), this.dtype, this.device, [this.shape[1], this.shape[0]], [this.strides[1], this.strides[0]], this.offset)
+    return this._view([this.shape[1], this.shape[0]], [this.strides[1], this.strides[0]], this.offset)
   }
 
   /** Fills in place with a value (queued). Returns this. */
   fill_(value: number): this {
     this._check()
     checkFillValue(value, this.dtype)
-    native.fill(this, value)
+    native.fill(this._id, value)
     return this
   }
   /** Copies `src` (same number of elements, any device or float dtype) into this tensor, in place. */
@@ -254,13 +272,16 @@ export class Tensor<D extends DType = DType> {
     arg('src', src, instance(Tensor))._check('src')
     if (src.size !== this.size) fail('ERR_SHAPE', `src: expected ${this.size} elements ${show(this.shape)}, got ${src.size} ${show(src.shape)}`)
     if ((src.dtype === 'int32') !== (this.dtype === 'int32')) fail('ERR_DTYPE', `src: cannot copy ${src.dtype} into ${this.dtype}`)
-    native.copy(this, src)
+    native.copy(this._id, src._id)
     return this
   }
 
   /** Drops this tensor's reference to its memory. Using it afterwards throws ERR_DISPOSED. */
   dispose(): void {
-    this._h.release()
+    if (!this.#live) return
+    this.#live = false
+    HANDLES.unregister(this)
+    native.release(this._id)
   }
 
   /**
@@ -349,11 +370,11 @@ export function tensor(data: Float32Array | Int32Array | Nested[], shape?: reado
   const hostDtype: DType = host instanceof Int32Array ? 'int32' : 'float32'
   if (hostDtype === dtype && dev.type === 'cpu') {
     const t = Tensor._alloc(s, dtype, dev)
-    native.write(t, host)
+    native.write(t._id, host)
     return t
   }
   const staged = Tensor._alloc(s, hostDtype, Device.get('cpu'))
-  native.write(staged, host)
+  native.write(staged._id, host)
   const t = staged.to(dev, dtype)
   staged.dispose()
   return t
@@ -430,7 +451,7 @@ export function randn(shape: readonly number[], opts: RandnOptions = {}): Tensor
     fail('ERR_ARGUMENT', `truncate: expected 0 (none) or >= ${MIN_TRUNCATE} standard deviations, got ${truncate}`)
   const dev = o.device ?? Device.get('cpu')
   const t = Tensor._alloc(s, 'float32', Device.get('cpu'))
-  native.randn(t, lo, hi, mean, std, truncate)
+  native.randn(t._id, lo, hi, mean, std, truncate)
   if (dtype === 'float32' && dev.type === 'cpu') return t
   const out = t.to(dev, dtype)
   t.dispose()

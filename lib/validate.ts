@@ -156,9 +156,11 @@ const compiled = new WeakMap<object, Map<string, Check<unknown>>>()
 /** Checks an options argument: omitted (`undefined`) means every default; null is rejected. */
 export function checkOptions<S extends Schema>(name: string, value: unknown, schema: S | Check<Parsed<S>>, required: readonly (keyof S & string)[] = []): Parsed<S> {
   if (typeof schema === 'function' && value !== undefined) return schema(name, value)
+  // omitted options with nothing required: every default, the common case of an op call
+  if (value === undefined && required.length === 0 && typeof schema !== 'function') return {} as Parsed<S>
   let byRequired = compiled.get(schema)
   if (!byRequired) compiled.set(schema, (byRequired = new Map()))
-  const key = required.join(',')
+  const key = required.length === 0 ? '' : required.join(',')
   let c = byRequired.get(key)
   if (!c) byRequired.set(key, (c = object(schema as S, required) as Check<unknown>))
   return c(name, value === undefined ? {} : value) as Parsed<S>

@@ -18,14 +18,14 @@ const EPS = 1e-6
 export function rmsnorm(x: Tensor, w: Tensor, keep: boolean): { out: Tensor; rstd?: Tensor } {
   const out = empty(x.shape, { device: x.device })
   const rstd = keep ? empty([x.shape[0]], { device: x.device }) : undefined
-  native.rmsnormForward(out, rstd ?? null, x, w, EPS)
+  native.rmsnormForward(out._id, rstd ? rstd._id : null, x._id, w._id, EPS)
   return { out, rstd }
 }
 
 /** dx of RMSNorm (written), dw accumulated. */
 export function rmsnormBackward(dout: Tensor, x: Tensor, w: Tensor, rstd: Tensor, dw: Tensor): Tensor {
   const dx = empty(x.shape, { device: x.device })
-  native.rmsnormBackward(dx, dw, dout, x, w, rstd)
+  native.rmsnormBackward(dx._id, dw._id, dout._id, x._id, w._id, rstd._id)
   return dx
 }
 

@@ -139,7 +139,7 @@ export class DenseFFN extends Module {
     const p = this.weights
     const y = alloc([T, this.dModel], { device: this.device })
     if (!train) {
-      native.ffnForward(y, xc, p['ff_norm.weight'], p['ff_proj.weight'], p['ff_out.weight'], null, null, NORM_EPS)
+      native.ffnForward(y._id, xc._id, p['ff_norm.weight']._id, p['ff_proj.weight']._id, p['ff_out.weight']._id, null, null, NORM_EPS)
       xc.dispose()
       return { y: this.output(y, x.shape), stats: {} }
     }
@@ -147,7 +147,7 @@ export class DenseFFN extends Module {
     // the SwiGLU pre-activations, the largest saved value, are kept in bfloat16 under bf16-mixed;
     // with recompute 'ffn' not at all (backward computes them again and rounds them the same way)
     const h = this.recompute === 'none' ? alloc([T, 2 * this.hidden], { device: this.device, dtype: this._savedDType }) : undefined
-    native.ffnForward(y, xc, p['ff_norm.weight'], p['ff_proj.weight'], p['ff_out.weight'], rstd, h ?? null, NORM_EPS)
+    native.ffnForward(y._id, xc._id, p['ff_norm.weight']._id, p['ff_proj.weight']._id, p['ff_out.weight']._id, rstd._id, h ? h._id : null, NORM_EPS)
     const rec: DenseFFNRecord = {
       y: this.output(y, x.shape),
       stats: {},
@@ -169,8 +169,9 @@ export class DenseFFN extends Module {
     const p = this.weights
     const g = this.grads
     const dx = alloc([...s.x.shape], { device: this.device })
-    native.ffnBackward(dx, g['ff_norm.weight'], g['ff_proj.weight'], g['ff_out.weight'], dyc, s.x,
-      p['ff_norm.weight'], p['ff_proj.weight'], p['ff_out.weight'], s.rstd, s.h ?? null, NORM_EPS, this._savedDType === 'bfloat16')
+    native.ffnBackward(dx._id, g['ff_norm.weight']._id, g['ff_proj.weight']._id, g['ff_out.weight']._id, dyc._id, s.x._id,
+      p['ff_norm.weight']._id, p['ff_proj.weight']._id, p['ff_out.weight']._id, s.rstd._id, s.h ? s.h._id : null, NORM_EPS,
+      this._savedDType === 'bfloat16')
     dyc.dispose()
     if (!retain) tr.dispose()
     return this.output(dx, s.shape)

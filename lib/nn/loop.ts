@@ -85,7 +85,7 @@ export class LoopFFN extends Module {
       const r = train ? alloc([T], dev) : null
       // bfloat16 under bf16-mixed, as DenseFFN keeps them; none with recompute 'ffn'
       const hj = train && this.recompute === 'none' ? alloc([T, 2 * this.hidden], { device: this.device, dtype: this._savedDType }) : null
-      native.ffnForward(y, cur, p['ff_norm.weight'], p['ff_proj.weight'], p['ff_out.weight'], r, hj, NORM_EPS)
+      native.ffnForward(y._id, cur._id, p['ff_norm.weight']._id, p['ff_proj.weight']._id, p['ff_out.weight']._id, r ? r._id : null, hj ? hj._id : null, NORM_EPS)
       if (train) {
         xs.push(cur)
         rstd.push(r!)
@@ -117,8 +117,9 @@ export class LoopFFN extends Module {
     let d = dyc
     for (let j = this.loops - 1; j >= 0; j--) {
       const dx = alloc([...d.shape], { device: this.device })
-      native.ffnBackward(dx, g['ff_norm.weight'], g['ff_proj.weight'], g['ff_out.weight'], d, s.xs[j],
-        p['ff_norm.weight'], p['ff_proj.weight'], p['ff_out.weight'], s.rstd[j], s.h[j] ?? null, NORM_EPS, this._savedDType === 'bfloat16')
+      native.ffnBackward(dx._id, g['ff_norm.weight']._id, g['ff_proj.weight']._id, g['ff_out.weight']._id, d._id, s.xs[j]._id,
+        p['ff_norm.weight']._id, p['ff_proj.weight']._id, p['ff_out.weight']._id, s.rstd[j]._id, s.h[j] ? s.h[j]._id : null, NORM_EPS,
+        this._savedDType === 'bfloat16')
       d.dispose()
       d = dx
     }

@@ -167,7 +167,7 @@ export class AdamW {
       adamwStep(s.param, s.grad, s.m, s.v, {
         lr, beta1: this.betas[0], beta2: this.betas[1], eps: this.eps, weightDecay: s.decay ? this.weightDecay : 0, step: this.step,
       }, norm, computeCopyOf(s.param))
-    const status: Promise<StepStatus> = native.failed(norm).then((f): StepStatus => {
+    const status: Promise<StepStatus> = native.failed(norm._id).then((f): StepStatus => {
       if (!f) return { ok: true }
       this.step-- // the update changed nothing: it does not count
       return { ok: false, error: new VffnError(f.code as ErrorCode, f.message) }

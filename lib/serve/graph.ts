@@ -114,11 +114,11 @@ export class DecodeGraph {
       host.set(r.blocks, 5 * B + b * W)
     }
     if (!this.out) {
-      native.graphReplay(this.g!, [this.ints], [host])
+      native.graphReplay(this.g!, [this.ints._id], [host])
       return sampleRows(this.logits!, params)
     }
-    if (follow) native.graphReplay(this.g!, [this.rest, this.params!], [host.subarray(B), params])
-    else native.graphReplay(this.g!, [this.ints, this.params!], [host, params])
+    if (follow) native.graphReplay(this.g!, [this.rest._id, this.params!._id], [host.subarray(B), params])
+    else native.graphReplay(this.g!, [this.ints._id, this.params!._id], [host, params])
     // queued now, so a step queued after this call cannot overwrite them first
     const reads = Promise.all([this.out.ids.intData(), this.out.logprobs.floatData()])
     return reads.then(([ids, logprobs]) => ({ ids, logprobs }))

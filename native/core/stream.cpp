@@ -20,7 +20,18 @@ uint64_t Stream::enqueue(const char* op, Task fn) {
   {
     std::lock_guard<std::mutex> lk(mu_);
     seq = next_seq_++;
-    queue_.push_back(Item{seq, op, std::move(fn)});
+    queue_.push_back(Item{seq, op, std::move(fn), nullptr});
+  }
+  cv_work_.notify_one();
+  return seq;
+}
+
+uint64_t Stream::enqueue(const char* op, std::shared_ptr<Runnable> job) {
+  uint64_t seq;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    seq = next_seq_++;
+    queue_.push_back(Item{seq, op, nullptr, std::move(job)});
   }
   cv_work_.notify_one();
   return seq;
@@ -55,7 +66,8 @@ void Stream::run() {
     }
     std::string escaped;
     try {
-      item.fn();
+      if (item.job) item.job->run();
+      else item.fn();
     } catch (const Error& e) {
       escaped = e.code + ": " + e.message;
     } catch (const std::exception& e) {
@@ -65,6 +77,7 @@ void Stream::run() {
     }
     if (!escaped.empty()) set_fatal(std::string("'") + item.op + "' failed outside any tensor: " + escaped);
     item.fn = nullptr;  // drop captured storage before signalling completion
+    item.job.reset();
     {
       std::lock_guard<std::mutex> lk(mu_);
       done_seq_ = item.seq;

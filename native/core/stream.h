@@ -8,11 +8,19 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
 
 namespace vffn {
+
+// work the stream runs through a pointer it shares (a planned op, napi/common.h): queuing one costs
+// no allocation beyond the object itself
+struct Runnable {
+  virtual ~Runnable() = default;
+  virtual void run() = 0;
+};
 
 class Stream {
  public:
@@ -25,6 +33,7 @@ class Stream {
   // enqueue work; returns its sequence number. `op` names it. a task should catch its own
   // errors; one that escapes marks the device failed for good (nothing else could report it).
   uint64_t enqueue(const char* op, Task fn);
+  uint64_t enqueue(const char* op, std::shared_ptr<Runnable> job);
   // block the caller until every task up to `seq` has run (never call from the JS thread).
   void wait(uint64_t seq);
   // device failed for good: every later call reports it.
@@ -37,6 +46,7 @@ class Stream {
     uint64_t seq;
     const char* op;
     Task fn;
+    std::shared_ptr<Runnable> job;
   };
   std::string name_;
   mutable std::mutex mu_;

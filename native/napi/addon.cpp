@@ -3,7 +3,6 @@
 #include "storage.h"
 
 static Napi::Object InitAddon(Napi::Env env, Napi::Object exports) {
-  vffn::napi::StorageWrap::Init(env, exports);
   for (vffn::napi::RegisterFn fn : vffn::napi::registry()) fn(env, exports);
   return exports;
 }

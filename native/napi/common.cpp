@@ -13,6 +13,15 @@ std::vector<RegisterFn>& registry() {
 Registrar::Registrar(RegisterFn fn) { registry().push_back(fn); }
 
 Napi::Error js_error(Napi::Env env, const std::string& code, const std::string& message) {
+  // a VffnError made here keeps a thin binding: no JS wrapper has to convert what native code throws
+  Napi::Function cls = error_class(env);
+  if (!cls.IsEmpty()) {
+    napi_value args[2] = {Napi::String::New(env, code), Napi::String::New(env, message)}, obj;
+    if (napi_new_instance(env, cls, 2, args, &obj) == napi_ok) return Napi::Error(env, obj);
+    // the constructor threw (the environment is going away): a plain error below
+    napi_value ignored;
+    napi_get_and_clear_last_exception(env, &ignored);
+  }
   Napi::Error e = Napi::Error::New(env, message);
   e.Set("code", Napi::String::New(env, code));
   return e;
@@ -71,19 +80,26 @@ Device* device_arg(const Napi::Value& type, const Napi::Value& index) {
 }
 
 TensorArg tensor_arg(const Napi::Value& v, const char* name) {
-  StorageWrap* sw = StorageWrap::of(v);
-  if (!sw) fail("ERR_ARGUMENT", std::string(name) + ": expected a Tensor");
-  if (!sw->storage) fail("ERR_DISPOSED", std::string(name) + ": tensor has been disposed");
+  napi_env env = v.Env();
+  double id;
+  if (!handle_id(env, v, &id)) fail("ERR_ARGUMENT", std::string(name) + ": expected a Tensor");
+  Handle* h = handles(env).find(id);
+  if (!h) {
+    if (Handles::well_formed(id)) fail("ERR_DISPOSED", std::string(name) + ": tensor has been disposed");
+    fail("ERR_ARGUMENT", std::string(name) + ": expected a Tensor");
+  }
   TensorArg t;
-  t.storage = sw->storage;
-  t.device = sw->storage->device;
+  t.storage = h->storage;
+  t.device = h->storage->device;
   t.name = name;
-  if (Recorder* r = recording()) record_arg(r, sw);
-  if (sw->viewed) {  // checked when the Tensor was made
-    t.meta = sw->meta;
-    t.offset = sw->offset;
+  if (Recorder* r = recording()) record_arg(r, id, h->storage.get());
+  if (h->viewed) {  // checked when the Tensor was made
+    t.meta = h->meta;
+    t.offset = h->offset;
     return t;
   }
+  // a raw handle (alloc()) inside a hand-built tensor object: its fields, checked now
+  if (!v.IsObject()) fail("ERR_ARGUMENT", std::string(name) + ": malformed Tensor (a handle without a view)");
   Napi::Object o = v.As<Napi::Object>();
   read_view(t, o.Get("_dt"), o.Get("offset"), o.Get("shape"), o.Get("strides"), name);
   return t;
@@ -175,35 +191,31 @@ void Io::check_aliasing() const {
     }
 }
 
-FailurePtr first_failure(const std::vector<StoragePtr>& reads) {
-  for (const StoragePtr& s : reads)
-    if (FailurePtr f = s->failure()) return f;
+FailurePtr first_failure(const StoragePtr* begin, const StoragePtr* end) {
+  for (const StoragePtr* s = begin; s != end; s++)
+    if (FailurePtr f = (*s)->failure()) return f;
   return nullptr;
 }
 
-std::shared_ptr<Planned> plan_of(Device* dev, const char* op, const Io& io, std::function<void()> fn) {
+void fill_plan(Planned& plan, Device* dev, const char* op, const Io& io) {
   io.check_aliasing();
-  auto plan = std::make_shared<Planned>();
-  plan->dev = dev;
-  plan->op = op;
-  plan->reads.reserve(io.reads.size());
-  for (auto& r : io.reads) plan->reads.push_back(r.storage);
-  plan->writes.reserve(io.writes.size());
+  plan.dev = dev;
+  plan.op = op;
+  for (auto& r : io.reads) plan.reads.push_back(r.storage);
   for (size_t i = 0; i < io.writes.size(); i++) {
-    plan->clears.push_back(io.write_is_out[i] && io.writes[i].whole);
-    plan->writes.push_back(io.writes[i].storage);
+    plan.clears.push_back(io.write_is_out[i] && io.writes[i].whole);
+    plan.writes.push_back(io.writes[i].storage);
   }
-  plan->gate = io.gate_;
-  plan->fn = std::move(fn);
-  return plan;
+  plan.gate = io.gate_;
 }
 
-void enqueue(Device* dev, const char* op, Io io, std::function<void()> fn) {
+void enqueue_plan(std::shared_ptr<Planned> plan) {
+  Device* dev = plan->dev;
   std::string why;
-  if (dev->stream.fatal(&why)) fail("ERR_DEVICE", dev->name() + " has failed and cannot run '" + op + "': " + why);
-  std::shared_ptr<Planned> plan = plan_of(dev, op, io, std::move(fn));
+  if (dev->stream.fatal(&why)) fail("ERR_DEVICE", dev->name() + " has failed and cannot run '" + plan->op + "': " + why);
   if (Recorder* r = recording()) return record_op(r, std::move(plan));
-  dev->stream.enqueue(op, [plan = std::move(plan)] { plan->run(); });
+  const char* op = plan->op;
+  dev->stream.enqueue(op, std::shared_ptr<Runnable>(std::move(plan)));
 }
 
 void Planned::run() {
@@ -212,7 +224,7 @@ void Planned::run() {
   if (!f) {
     std::string code, message;
     try {
-      fn();
+      call();
     } catch (const InputFailed& e) {
       f = e.failure;
     } catch (const Error& e) {

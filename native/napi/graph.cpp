@@ -132,16 +132,16 @@ void run_ops(Recording* rec) {
 
 }  // namespace
 
-// the JS thread's side: the recording, and weak references to the handles of every outside
-// tensor it reads (touched on the JS thread only, so it never travels with a replay)
+// the JS thread's side: the recording, and the handle ids of every outside tensor it reads
+// (touched on the JS thread only, so it never travels with a replay)
 struct Recorder {
   std::shared_ptr<Recording> rec = std::make_shared<Recording>();
   std::unordered_set<Storage*> owned;
-  std::unordered_set<StorageWrap*> seen;
-  std::unordered_map<Storage*, std::vector<Napi::ObjectReference>> outside;
+  std::unordered_set<double> seen;
+  std::unordered_map<Storage*, std::vector<double>> outside;
   bool released = false;
-  // StorageWrap::released() when every outside handle was last found alive (a replay checks
-  // them again only after some handle was released or collected)
+  // Handles::released() when every outside handle was last found alive (a replay checks them
+  // again only after some handle was released or collected)
   uint64_t checked = ~uint64_t(0);
 };
 
@@ -162,10 +162,9 @@ void record_alloc(Recorder* r, const StoragePtr& s) {
   r->rec->owned.push_back(s);
 }
 
-void record_arg(Recorder* r, StorageWrap* h) {
-  Storage* s = h->storage.get();
-  if (r->owned.count(s) || !r->seen.insert(h).second) return;
-  r->outside[s].push_back(Napi::Weak(h->Value()));
+void record_arg(Recorder* r, double id, Storage* s) {
+  if (r->owned.count(s) || !r->seen.insert(id).second) return;
+  r->outside[s].push_back(id);
 }
 
 void not_recording(const char* what) {
@@ -174,10 +173,11 @@ void not_recording(const char* what) {
 
 namespace {
 
-bool handle_alive(const Napi::ObjectReference& ref) {
-  Napi::Object o = ref.Value();
-  if (o.IsEmpty()) return false;
-  return StorageWrap::Unwrap(o)->storage != nullptr;
+// whether one of the ids still names a live handle
+bool any_alive(Handles& hs, const std::vector<double>& ids) {
+  for (double id : ids)
+    if (hs.find(id)) return true;
+  return false;
 }
 
 Recorder* graph_arg(const Napi::Value& v) {
@@ -202,11 +202,8 @@ Napi::Value GraphRecord(const Napi::CallbackInfo& info) {
     }
     t_recorder = nullptr;
     // an outside storage whose recorded handles are all gone is the recording's own now
-    for (auto it = r->outside.begin(); it != r->outside.end();) {
-      bool any = false;
-      for (auto& ref : it->second) any = any || handle_alive(ref);
-      it = any ? std::next(it) : r->outside.erase(it);
-    }
+    Handles& hs = handles(info.Env());
+    for (auto it = r->outside.begin(); it != r->outside.end();) it = any_alive(hs, it->second) ? std::next(it) : r->outside.erase(it);
     r->seen.clear();
     r->owned.clear();
     return Napi::External<Recorder>::New(info.Env(), r.release(), [](Napi::Env, Recorder* p) { delete p; });
@@ -242,13 +239,11 @@ Napi::Value GraphReplay(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
     Recorder* r = graph_arg(info[0]);
     not_recording("graphReplay");
-    if (r->checked != StorageWrap::released()) {
-      for (auto& [s, refs] : r->outside) {
-        bool any = false;
-        for (auto& ref : refs) any = any || handle_alive(ref);
-        need(any, "ERR_DISPOSED", "graph: a tensor the recorded step reads has been disposed; record the step again");
-      }
-      r->checked = StorageWrap::released();
+    if (r->checked != Handles::released()) {
+      Handles& hs = handles(info.Env());
+      for (auto& [s, ids] : r->outside)
+        need(any_alive(hs, ids), "ERR_DISPOSED", "graph: a tensor the recorded step reads has been disposed; record the step again");
+      r->checked = Handles::released();
     }
     std::shared_ptr<Recording> rec = r->rec;
     Device* dev = rec->dev;

@@ -33,20 +33,89 @@ Napi::Value DeferAlloc(const Napi::CallbackInfo& info) {
   });
 }
 
+StoragePtr new_storage(Device* dev, size_t bytes) {
+  StoragePtr s;
+  try {
+    s = std::make_shared<Storage>(dev, bytes, t_defer);
+  } catch (const std::bad_alloc&) {
+    fail("ERR_OOM", "out of memory: could not allocate " + std::to_string(bytes) + " bytes on " + dev->name());
+  }
+  if (Recorder* r = recording()) record_alloc(r, s);
+  return s;
+}
+
+// alloc(deviceType, deviceIndex, bytes) -> id: a raw handle without a view (tests build tensor
+// objects around one; see tensor_arg)
 Napi::Value Alloc(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
     Device* dev = device_arg(info[0], info[1]);
     double bytes = num_arg(info[2], "bytes");
     if (bytes < 0 || bytes > 9.0e15) fail("ERR_ARGUMENT", "bytes: out of range");
-    StoragePtr s;
-    try {
-      s = std::make_shared<Storage>(dev, size_t(bytes), t_defer);
-    } catch (const std::bad_alloc&) {
-      fail("ERR_OOM", "out of memory: could not allocate " + std::to_string(size_t(bytes)) + " bytes on " + dev->name());
-    }
-    if (Recorder* r = recording()) record_alloc(r, s);
-    return StorageWrap::New(info.Env(), std::move(s));
+    return Napi::Number::New(info.Env(), handles(info.Env()).add(new_storage(dev, size_t(bytes))));
   });
+}
+
+// empty(deviceType, deviceIndex, dtype, shape) -> id: new memory with a contiguous view, the
+// whole of a new Tensor's native side in one call
+Napi::Value Empty(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    Device* dev = device_arg(info[0], info[1]);
+    int64_t dt = int_arg(info[2], "dtype");
+    if (dt != F32 && dt != BF16 && dt != I32) fail("ERR_ARGUMENT", "dtype: unknown dtype code");
+    if (!info[3].IsArray()) fail("ERR_ARGUMENT", "shape: expected an array");
+    Napi::Array sa = info[3].As<Napi::Array>();
+    if (sa.Length() > size_t(kMaxDims)) fail("ERR_SHAPE", "shape: at most " + std::to_string(kMaxDims) + " dimensions are supported");
+    View meta;
+    meta.dtype = int32_t(dt);
+    meta.ndim = int32_t(sa.Length());
+    int64_t numel = 1;
+    for (uint32_t i = 0; i < sa.Length(); i++) {
+      meta.shape[i] = int_arg(sa.Get(i), "shape");
+      if (meta.shape[i] < 0) fail("ERR_ARGUMENT", "shape: sizes must be non-negative");
+    }
+    for (int i = meta.ndim - 1; i >= 0; i--) {
+      meta.stride[i] = numel;
+      numel = checked_mul(numel, meta.shape[i], "shape");
+    }
+    if (numel > (int64_t(1) << 50)) fail("ERR_SHAPE", "shape: more than 2^50 elements");
+    int64_t bytes = checked_mul(numel, dtype_size(meta.dtype), "shape");
+    Handles& hs = handles(info.Env());
+    double id = hs.add(new_storage(dev, size_t(bytes)));
+    Handle* h = hs.find(id);
+    h->meta = meta;
+    h->offset = 0;
+    h->viewed = true;
+    return Napi::Number::New(info.Env(), id);
+  });
+}
+
+// view(id, dtype, offset, shape, strides) -> id: a new handle on the same memory with the given
+// view, checked against the memory once (every check of a tensor argument's slow path)
+Napi::Value ViewOf(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    TensorArg t = tensor_arg(info[0], "tensor");
+    read_view(t, info[1], info[2], info[3], info[4], "tensor");
+    Handles& hs = handles(info.Env());
+    double id = hs.add(t.storage);
+    Handle* h = hs.find(id);
+    h->meta = t.meta;
+    h->offset = t.offset;
+    h->viewed = true;
+    return Napi::Number::New(info.Env(), id);
+  });
+}
+
+// release(id) -> whether it named a live handle; the memory lives on while another handle or a
+// queued op holds it
+Napi::Value Release(const Napi::CallbackInfo& info) {
+  double id;
+  bool ok = napi_get_value_double(info.Env(), info[0], &id) == napi_ok && handles(info.Env()).release(id);
+  return Napi::Boolean::New(info.Env(), ok);
+}
+
+// handles() -> the number of live handles of this thread (tests: nothing leaks)
+Napi::Value LiveHandles(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), double(handles(info.Env()).live()));
 }
 
 // write(tensor, typedArray): host data into a contiguous tensor, in stream order. the source is
@@ -377,6 +446,10 @@ void Register(Napi::Env env, Napi::Object exports) {
   exports.Set("_debugSleep", Napi::Function::New(env, DebugSleep));
   exports.Set("failed", Napi::Function::New(env, Failed));
   exports.Set("alloc", Napi::Function::New(env, Alloc));
+  exports.Set("empty", Napi::Function::New(env, Empty));
+  exports.Set("view", Napi::Function::New(env, ViewOf));
+  exports.Set("release", Napi::Function::New(env, Release));
+  exports.Set("liveHandles", Napi::Function::New(env, LiveHandles));
   exports.Set("write", Napi::Function::New(env, Write));
   exports.Set("read", Napi::Function::New(env, Read));
   exports.Set("sync", Napi::Function::New(env, Sync));

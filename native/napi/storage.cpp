@@ -34,21 +34,27 @@ struct PendingWait {
 
 // per-env state, touched on that env's JS thread only (but `link`, which workers share)
 struct EnvData {
-  Napi::FunctionReference storage_ctor;
-  // ["_h"]: the key interned once (looking a name up costs more than the op); an array because
+  Handles handles;
+  // ["_id"]: the key interned once (looking a name up costs more than the op); an array because
   // Node-API 8 keeps references to objects only
-  Napi::ObjectReference key_h;
+  Napi::ObjectReference key_id;
+  // lib/'s VffnError (setErrorClass): native errors are made as instances of it
+  Napi::FunctionReference error_class;
   std::shared_ptr<EnvLink> link;
   std::unordered_map<uint64_t, PendingWait> pending;
   uint64_t next_id = 1;
 };
 
-EnvData* env_data(Napi::Env env) {
-  EnvData* d = env.GetInstanceData<EnvData>();
-  if (!d) {
-    d = new EnvData();
-    env.SetInstanceData<EnvData>(d);
-  }
+EnvData* env_data(napi_env env) {
+  void* p = nullptr;
+  napi_get_instance_data(env, &p);
+  if (p) return static_cast<EnvData*>(p);
+  auto* d = new EnvData();
+  Napi::Env e(env);
+  e.SetInstanceData<EnvData>(d);
+  Napi::Array keys = Napi::Array::New(e, 1);
+  keys.Set(uint32_t(0), Napi::String::New(e, "_id"));
+  d->key_id = Napi::Persistent(keys.As<Napi::Object>());
   return d;
 }
 
@@ -107,91 +113,86 @@ EnvLink* link_of(Napi::Env env, EnvData* d) {
 }
 }  // namespace
 
-Napi::FunctionReference& StorageWrap::constructor(Napi::Env env) { return env_data(env)->storage_ctor; }
-
-void StorageWrap::Init(Napi::Env env, Napi::Object exports) {
-  Napi::Function f = DefineClass(env, "Storage",
-                                 {InstanceMethod("release", &StorageWrap::Release),
-                                  InstanceMethod("share", &StorageWrap::Share),
-                                  InstanceMethod("setView", &StorageWrap::SetView),
-                                  InstanceAccessor("bytes", &StorageWrap::Bytes, nullptr),
-                                  InstanceAccessor("alive", &StorageWrap::Alive, nullptr)});
-  constructor(env) = Napi::Persistent(f);
-  Napi::Array keys = Napi::Array::New(env, 1);
-  keys.Set(uint32_t(0), Napi::String::New(env, "_h"));
-  env_data(env)->key_h = Napi::Persistent(keys.As<Napi::Object>());
-  exports.Set("Storage", f);
-}
+// ---- the handle table ----
 
 namespace {
-// marks objects made by this addon's Storage class (cheaper than instanceof, and per process)
-const napi_type_tag kStorageTag = {0x7666666e5f737467ULL, 0x2d73746f72616765ULL};
+constexpr uint64_t kIndexMask = (uint64_t(1) << Handles::kIndexBits) - 1;
+constexpr uint32_t kGenLimit = uint32_t(1) << (53 - Handles::kIndexBits);  // ids stay exact doubles
 }  // namespace
 
-StorageWrap* StorageWrap::of(const Napi::Value& v) {
-  if (!v.IsObject()) return nullptr;
-  napi_env env = v.Env();
-  napi_value key, h;
-  if (napi_get_element(env, env_data(v.Env())->key_h.Value(), 0, &key) != napi_ok) return nullptr;
-  if (napi_get_property(env, v, key, &h) != napi_ok) return nullptr;
-  bool tagged = false;
-  napi_valuetype t;
-  if (napi_typeof(env, h, &t) != napi_ok || t != napi_object) return nullptr;
-  if (napi_check_object_type_tag(env, h, &kStorageTag, &tagged) != napi_ok || !tagged) return nullptr;
-  return Unwrap(Napi::Object(env, h));
+double Handles::add(StoragePtr s) {
+  uint32_t index;
+  if (!free_.empty()) {
+    index = free_.back();
+    free_.pop_back();
+  } else {
+    if (slots_.size() > kIndexMask) fail("ERR_OOM", "too many live tensors (2^26); dispose some");
+    index = uint32_t(slots_.size());
+    slots_.emplace_back();
+  }
+  Handle& h = slots_[index];
+  h.storage = std::move(s);
+  h.viewed = false;
+  return double((uint64_t(h.gen) << kIndexBits) | index);
 }
 
-// setView(dtype, offset, shape, strides): once, when a Tensor takes this handle
-Napi::Value StorageWrap::SetView(const Napi::CallbackInfo& info) {
-  return guard(info, [&]() -> Napi::Value {
-    if (viewed) fail("ERR_ARGUMENT", "tensor: this handle already has a view");
-    if (!storage) fail("ERR_DISPOSED", "tensor has been disposed");
-    TensorArg t;
-    t.storage = storage;
-    t.device = storage->device;
-    t.name = "tensor";
-    read_view(t, info[0], info[1], info[2], info[3], "tensor");  // every check of the slow path, once
-    meta = t.meta;
-    offset = t.offset;
-    viewed = true;
-    return info.Env().Undefined();
-  });
+bool Handles::well_formed(double id) {
+  if (!(id >= double(uint64_t(1) << kIndexBits) && id < 9007199254740992.0)) return false;
+  return double(uint64_t(id)) == id;
 }
 
-Napi::Object StorageWrap::New(Napi::Env env, StoragePtr s) {
-  Napi::Object o = constructor(env).New({});
-  Unwrap(o)->storage = std::move(s);
-  return o;
+Handle* Handles::find(double id) {
+  if (!well_formed(id)) return nullptr;
+  uint64_t u = uint64_t(id);
+  uint64_t index = u & kIndexMask;
+  if (index >= slots_.size()) return nullptr;
+  Handle& h = slots_[index];
+  return h.storage && h.gen == (u >> kIndexBits) ? &h : nullptr;
 }
 
-StorageWrap::StorageWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<StorageWrap>(info) {
-  napi_type_tag_object(info.Env(), info.This(), &kStorageTag);
+bool Handles::release(double id) {
+  Handle* h = find(id);
+  if (!h) return false;
+  released()++;
+  h->storage.reset();
+  h->viewed = false;
+  h->gen = h->gen + 1 < kGenLimit ? h->gen + 1 : 1;
+  free_.push_back(uint32_t(uint64_t(id) & kIndexMask));
+  return true;
 }
 
-Napi::Value StorageWrap::Release(const Napi::CallbackInfo& info) {
-  if (storage) released()++;
-  storage.reset();
-  return info.Env().Undefined();
-}
-
-StorageWrap::~StorageWrap() { released()++; }
-
-uint64_t& StorageWrap::released() {
+uint64_t& Handles::released() {
   thread_local uint64_t n = 0;
   return n;
 }
-Napi::Value StorageWrap::Share(const Napi::CallbackInfo& info) {
-  return guard(info, [&]() -> Napi::Value {
-    if (!storage) fail("ERR_DISPOSED", "tensor has been disposed");
-    return New(info.Env(), storage);
-  });
+
+Handles& handles(napi_env env) { return env_data(env)->handles; }
+
+bool handle_id(napi_env env, const Napi::Value& v, double* id) {
+  if (napi_get_value_double(env, v, id) == napi_ok) return true;
+  napi_valuetype t;
+  if (napi_typeof(env, v, &t) != napi_ok || t != napi_object) return false;
+  napi_value key, idv;
+  if (napi_get_element(env, env_data(env)->key_id.Value(), 0, &key) != napi_ok) return false;
+  if (napi_get_property(env, v, key, &idv) != napi_ok) return false;
+  return napi_get_value_double(env, idv, id) == napi_ok;
 }
-Napi::Value StorageWrap::Bytes(const Napi::CallbackInfo& info) {
-  return Napi::Number::New(info.Env(), storage ? double(storage->bytes) : 0);
+
+Napi::Function error_class(napi_env env) {
+  EnvData* d = env_data(env);
+  return d->error_class.IsEmpty() ? Napi::Function() : d->error_class.Value();
 }
-Napi::Value StorageWrap::Alive(const Napi::CallbackInfo& info) {
-  return Napi::Boolean::New(info.Env(), bool(storage));
+
+namespace {
+// setErrorClass(VffnError): the class native errors are made as, (code, message) -> error
+Napi::Value SetErrorClass(const Napi::CallbackInfo& info) {
+  if (!info[0].IsFunction()) throw Napi::TypeError::New(info.Env(), "setErrorClass: expected a class");
+  env_data(info.Env())->error_class = Napi::Persistent(info[0].As<Napi::Function>());
+  return info.Env().Undefined();
 }
+void Register(Napi::Env env, Napi::Object exports) { exports.Set("setErrorClass", Napi::Function::New(env, SetErrorClass)); }
+VFFN_REGISTER(Register);
+}  // namespace
 
 // ---- promises settled from worker threads ----
 

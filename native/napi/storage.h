@@ -1,5 +1,10 @@
-// the JS handle on a reference-counted storage. release() drops this handle's reference;
-// the memory lives on while another handle or a queued op still holds it.
+// the JS side's references to storages. a lib/ Tensor holds an id (a plain number) naming one
+// slot of its environment's table; the slot holds one reference to the storage and the tensor's
+// view, checked once when the slot was made. ops look the id up instead of unwrapping a JS object,
+// and a Tensor costs no native object: dispose() or a FinalizationRegistry releases its slot.
+// an id is (generation << kIndexBits | index): a released slot's next id differs from every
+// earlier one, so a stale id finds nothing. the table lives and dies with its environment (a
+// worker thread that ends drops every slot it still held).
 #pragma once
 #include <cstdlib>
 #include <memory>
@@ -8,33 +13,43 @@
 
 namespace vffn::napi {
 
-class StorageWrap : public Napi::ObjectWrap<StorageWrap> {
- public:
-  // the Storage class of this env (each worker thread that loads the addon has its own)
-  static Napi::FunctionReference& constructor(Napi::Env env);
-  static void Init(Napi::Env env, Napi::Object exports);
-  static Napi::Object New(Napi::Env env, StoragePtr s);
-  explicit StorageWrap(const Napi::CallbackInfo& info);
-  StoragePtr storage;
-  // the tensor's view, checked once against the storage when the Tensor is made (setView), so ops
-  // read it without touching the JS object's fields; immutable once set
-  bool viewed = false;
+struct Handle {
+  StoragePtr storage;   // null once released
+  bool viewed = false;  // offset and meta are set (raw handles of alloc() have no view)
   int64_t offset = 0;
   View meta;
-  // the handle of a lib/ Tensor object `o` (its `_h`), or null when `o` holds none
-  static StorageWrap* of(const Napi::Value& o);
-  ~StorageWrap() override;
-  // counts the handles this thread has released or lost (dispose, garbage collection): while it
-  // stands still, no handle a recorded step checked has died since
+  uint32_t gen = 1;
+};
+
+class Handles {
+ public:
+  static constexpr int kIndexBits = 26;
+  // a new slot holding s (a view is set by the caller); ERR_OOM when 2^26 slots are live
+  double add(StoragePtr s);
+  // the live slot `id` names, else null
+  Handle* find(double id);
+  // drops the slot's reference; false when id names no live slot
+  bool release(double id);
+  // whether id has the form of an id (so a failed find means "disposed", not "not a tensor")
+  static bool well_formed(double id);
+  // counts the slots this thread has released: while it stands still, no tensor a recorded step
+  // checked has been disposed or collected since
   static uint64_t& released();
+  size_t live() const { return slots_.size() - free_.size(); }
 
  private:
-  Napi::Value SetView(const Napi::CallbackInfo& info);
-  Napi::Value Release(const Napi::CallbackInfo& info);
-  Napi::Value Share(const Napi::CallbackInfo& info);
-  Napi::Value Bytes(const Napi::CallbackInfo& info);
-  Napi::Value Alive(const Napi::CallbackInfo& info);
+  std::vector<Handle> slots_;
+  std::vector<uint32_t> free_;
 };
+
+// lib/'s error class of this environment (setErrorClass), or an empty function before it is set
+Napi::Function error_class(napi_env env);
+
+// this environment's table (JS thread only)
+Handles& handles(napi_env env);
+
+// the id argument `v` stands for: a number, or a lib/ Tensor object (its _id); false when neither
+bool handle_id(napi_env env, const Napi::Value& v, double* id);
 
 // host memory a wait fills on a worker and hands to JS on the JS thread (as an external
 // ArrayBuffer): the worker never touches JS-owned memory, which may be gone with its thread.
