@@ -9,7 +9,7 @@ import { GenerationEngine, TransformerLM, _native, getNumThreads } from '../lib/
 const calls = new Map<string, { n: number; ms: number }>()
 const nat = _native as unknown as Record<string, unknown>
 for (const [k, v] of Object.entries(nat)) {
-  if (typeof v !== 'function' || k === 'Storage') continue
+  if (typeof v !== 'function') continue
   const fn = v as (...a: unknown[]) => unknown
   nat[k] = (...a: unknown[]) => {
     const t0 = performance.now()
