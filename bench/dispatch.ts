@@ -5,9 +5,7 @@
 // JS thread's side is timed; the queue drains between repetitions (its memory is then reused, as
 // in a running program, instead of growing by every op of every repetition).
 // Run: npx ts-node --transpile-only bench/dispatch.ts [direct|matmul|matmul-alloc|replay|both] [ops]
-// Instruction counts, which do not depend on the machine's load: run one mode under
-// `valgrind --tool=callgrind --trace-children=yes node -r ts-node/register/transpile-only bench/dispatch.ts MODE N`
-// for N and for 0, and divide the difference of the totals by N.
+// Instruction counts, which do not depend on the machine's load: node bench/dispatch-icount.js
 import { _native, matmul, tensor } from '../lib/index'
 
 const PER_GRAPH = 100
