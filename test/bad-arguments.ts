@@ -350,7 +350,7 @@ const ROWS: Row[] = [
     fn: 'GenerationEngine', make: () => { const m = lm(); return { call: (mm, o) => new GenerationEngine(mm, o), args: [m, { maxBatch: 2 }] } },
     params: [
       { name: 'model', bad: [...objectBad, ['a VersatileFFN', new VersatileFFN(ffnOpts)]] },
-      opts({ maxBatch: int(1, 65536), maxTokens: int(1, 2 ** 31 - 1), blockSize: int(1, 4096), prefillChunk: int(1, 1 << 20), idlePrefillChunk: int(1, 1 << 20), recordSteps: bool, overlapSteps: bool }),
+      opts({ maxBatch: int(1, 65536), maxTokens: int(1, 2 ** 31 - 1), blockSize: int(1, 4096), prefillChunk: int(1, 1 << 20), idlePrefillChunk: int(1, 1 << 20), recordSteps: bool, overlapSteps: bool, prefault: bool }),
     ],
   },
   {

@@ -241,6 +241,33 @@ t.test('prompts that arrive while nothing decodes are prefilled up to idlePrefil
   }
 })
 
+// resident memory of this process (Linux), in bytes
+async function rss(): Promise<number> {
+  const { readFile } = await import('fs/promises')
+  return Number(/VmRSS:\s+(\d+) kB/.exec(await readFile('/proc/self/status', 'utf8'))![1]) * 1024
+}
+
+t.test('prefault: the KV pool is touched at construction, and the results are the same', async (t) => {
+  const m = own(t, new TransformerLM({ ...cfg, ffn: 'dense' }))
+  // a pool of tensors well above malloc's largest mmap threshold (32 MiB), so each is fresh memory
+  const maxTokens = Math.ceil((48 << 20) / (cfg.dModel * 4))
+  const want = await alone(m, prompt(9, 2), { maxNewTokens: 5 })
+  const grew: Record<string, number> = {}
+  for (const prefault of [false, true]) {
+    await settle()
+    const before = await rss()
+    const e = new GenerationEngine(m, { maxBatch: 2, maxTokens, prefault })
+    t.equal(e.prefault, prefault, 'the setting')
+    await device('cpu').sync()
+    grew[String(prefault)] = (await rss()) - before
+    const bytes = e.stats().poolBytes
+    if (prefault) t.ok(grew.true >= 0.9 * bytes, `prefault: resident memory grew by ${grew.true} bytes for a pool of ${bytes}`)
+    else t.ok(grew.false < 0.25 * bytes, `default: resident memory grew by ${grew.false} bytes for a pool of ${bytes} (touched when used)`)
+    t.same(Array.from(await e.generate(prompt(9, 2), { maxNewTokens: 5 }).result), want, 'the same tokens as alone')
+    await e.close()
+  }
+})
+
 t.test('bad requests fail alone with a code; the engine and other requests go on', async (t) => {
   const m = own(t, new TransformerLM({ ...cfg, ffn: 'versatile' }))
   const e = new GenerationEngine(m, { maxBatch: 4, maxTokens: 128 })

@@ -33,7 +33,9 @@ Serves C concurrent requests (all arriving at once) through one GenerationEngine
 model and C: tokens/s, time to first token, inter-token latency p50/p99, and the p99 lateness of
 a 5 ms interval timer and the event loop's p99 delay while the streams run. "decode tok/s" counts
 only the stretch where every request is decoding (after the last first token, before the first
-request finishes): the steady state of C streams, without prefill.
+request finishes): the steady state of C streams, without prefill. Each case's engine zeroes its
+KV pool before the clock starts (EngineOptions.prefault), as a server that has run a while has
+touched its pool: the first use of fresh memory costs a page fault per 4 KiB.
 
 Options:
   --config tiny|small|354M  model shapes (default small: V=4096 D=256 I=1024 4 layers 8 heads;
@@ -120,7 +122,9 @@ export interface ServeCase {
 }
 
 async function serveCase(model: TransformerLM, ffn: string, C: number, o: ServeBenchOptions, stepMode: ServeCase['stepMode']): Promise<ServeCase> {
-  const engine = new GenerationEngine(model, { maxBatch: Math.max(C, 1), maxTokens: C * (o.prompt + o.newTokens) + 16 * C, recordSteps: stepMode === 'recorded' })
+  const engine = new GenerationEngine(model, { maxBatch: Math.max(C, 1), maxTokens: C * (o.prompt + o.newTokens) + 16 * C, recordSteps: stepMode === 'recorded', prefault: true })
+  // the pool zeroed before the clock starts: a server's pool has been touched once it has run a while
+  await model.device.sync()
   const V = model.config.vocabSize
   const ttft: number[] = [], itl: number[] = []
   const gaps: number[] = []
