@@ -13,12 +13,7 @@ export type FloatDType = 'float32' | 'bfloat16'
  * float dtypes, and the union when the dtype is not known statically.
  */
 export type TensorValues<D extends DType> = [D] extends ['int32'] ? Int32Array : [D] extends [FloatDType] ? Float32Array : Float32Array | Int32Array
-const DTYPES: Record<DType, { code: number; size: number }> = {
-  float32: { code: 0, size: 4 },
-  bfloat16: { code: 1, size: 2 },
-  int32: { code: 2, size: 4 },
-}
-// DTYPES[d].code without a keyed lookup (it runs for every new tensor)
+// the native dtype code (native/core/dtype.h); compares, not a keyed lookup: it runs for every new tensor
 const dtypeCode = (d: DType): number => (d === 'float32' ? 0 : d === 'bfloat16' ? 1 : 2)
 const MAX_DIMS = 6
 /** Most elements one tensor may hold (2^50: its bytes stay exact doubles and within what the allocator takes). */

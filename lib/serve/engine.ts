@@ -164,11 +164,7 @@ export class GenerationEngine {
     this.overlapSteps = o.overlapSteps ?? true
     this.prefault = o.prefault ?? false
     this.pool = new KVPool(model.blocks.length, model.config.dModel, this.maxTokens, this.blockSize, model.device)
-    if (this.prefault)
-      for (const l of this.pool.layers) {
-        l.k.fill_(0)
-        l.v.fill_(0)
-      }
+    if (this.prefault) this.pool.zero()
   }
 
   /**
@@ -433,10 +429,7 @@ export class GenerationEngine {
   private failStep(e: unknown): void {
     const err = e instanceof VffnError ? e : new VffnError('ERR_INTERNAL', String(e))
     for (const r of [...this.running]) this.release(r, err)
-    for (const l of this.pool.layers) {
-      l.k.fill_(0)
-      l.v.fill_(0)
-    }
+    this.pool.zero()
   }
 
   // a step's tokens to their requests; requests that ended meanwhile (a step queued ahead) get none

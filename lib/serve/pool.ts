@@ -55,6 +55,14 @@ export class KVPool {
     }
   }
 
+  /** zeroes every layer's keys and values (queued) */
+  zero(): void {
+    for (const l of this.layers) {
+      l.k.fill_(0)
+      l.v.fill_(0)
+    }
+  }
+
   /** bytes of every layer's keys and values */
   get bytes(): number {
     return this.layers.reduce((s, l) => s + 2 * l.k.size * 4, 0)

@@ -15,23 +15,16 @@ Stream::~Stream() {
   if (worker_.joinable()) worker_.join();
 }
 
-uint64_t Stream::enqueue(const char* op, Task fn) {
-  uint64_t seq;
-  {
-    std::lock_guard<std::mutex> lk(mu_);
-    seq = next_seq_++;
-    queue_.push_back(Item{seq, op, std::move(fn), nullptr});
-  }
-  cv_work_.notify_one();
-  return seq;
-}
+uint64_t Stream::enqueue(const char* op, Task fn) { return push(Item{0, op, std::move(fn), nullptr}); }
 
-uint64_t Stream::enqueue(const char* op, std::shared_ptr<Runnable> job) {
+uint64_t Stream::enqueue(const char* op, std::shared_ptr<Runnable> job) { return push(Item{0, op, nullptr, std::move(job)}); }
+
+uint64_t Stream::push(Item item) {
   uint64_t seq;
   {
     std::lock_guard<std::mutex> lk(mu_);
-    seq = next_seq_++;
-    queue_.push_back(Item{seq, op, nullptr, std::move(job)});
+    seq = item.seq = next_seq_++;
+    queue_.push_back(std::move(item));
   }
   cv_work_.notify_one();
   return seq;

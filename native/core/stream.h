@@ -48,6 +48,8 @@ class Stream {
     Task fn;
     std::shared_ptr<Runnable> job;
   };
+  // queues item under its sequence number (set here) and wakes the worker
+  uint64_t push(Item item);
   std::string name_;
   mutable std::mutex mu_;
   std::condition_variable cv_work_, cv_done_;

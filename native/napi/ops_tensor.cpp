@@ -79,13 +79,7 @@ Napi::Value Empty(const Napi::CallbackInfo& info) {
     }
     if (numel > (int64_t(1) << 50)) fail("ERR_SHAPE", "shape: more than 2^50 elements");
     int64_t bytes = checked_mul(numel, dtype_size(meta.dtype), "shape");
-    Handles& hs = handles(info.Env());
-    double id = hs.add(new_storage(dev, size_t(bytes)));
-    Handle* h = hs.find(id);
-    h->meta = meta;
-    h->offset = 0;
-    h->viewed = true;
-    return Napi::Number::New(info.Env(), id);
+    return Napi::Number::New(info.Env(), handles(info.Env()).add(new_storage(dev, size_t(bytes)), &meta));
   });
 }
 
@@ -95,13 +89,7 @@ Napi::Value ViewOf(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
     TensorArg t = tensor_arg(info[0], "tensor");
     read_view(t, info[1], info[2], info[3], info[4], "tensor");
-    Handles& hs = handles(info.Env());
-    double id = hs.add(t.storage);
-    Handle* h = hs.find(id);
-    h->meta = t.meta;
-    h->offset = t.offset;
-    h->viewed = true;
-    return Napi::Number::New(info.Env(), id);
+    return Napi::Number::New(info.Env(), handles(info.Env()).add(t.storage, &t.meta, t.offset));
   });
 }
 

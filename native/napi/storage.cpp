@@ -120,7 +120,7 @@ constexpr uint64_t kIndexMask = (uint64_t(1) << Handles::kIndexBits) - 1;
 constexpr uint32_t kGenLimit = uint32_t(1) << (53 - Handles::kIndexBits);  // ids stay exact doubles
 }  // namespace
 
-double Handles::add(StoragePtr s) {
+double Handles::add(StoragePtr s, const View* view, int64_t offset) {
   uint32_t index;
   if (!free_.empty()) {
     index = free_.back();
@@ -132,7 +132,8 @@ double Handles::add(StoragePtr s) {
   }
   Handle& h = slots_[index];
   h.storage = std::move(s);
-  h.viewed = false;
+  h.viewed = view != nullptr;
+  if (view) h.meta = *view, h.offset = offset;
   return double((uint64_t(h.gen) << kIndexBits) | index);
 }
 

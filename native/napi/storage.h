@@ -24,8 +24,9 @@ struct Handle {
 class Handles {
  public:
   static constexpr int kIndexBits = 26;
-  // a new slot holding s (a view is set by the caller); ERR_OOM when 2^26 slots are live
-  double add(StoragePtr s);
+  // a new slot holding s, with `view` (at `offset` elements) when given, else raw; ERR_OOM when
+  // 2^26 slots are live
+  double add(StoragePtr s, const View* view = nullptr, int64_t offset = 0);
   // the live slot `id` names, else null
   Handle* find(double id);
   // drops the slot's reference; false when id names no live slot
