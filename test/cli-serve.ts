@@ -17,7 +17,8 @@ t.test('JSON: tokens/s, ttft, itl and event-loop figures per model and concurren
   const { out, io: x } = io()
   const code = await main(['bench', 'serve', '--config', 'tiny', '--concurrency', '1,3', '--new-tokens', '5', '--prompt', '6', '--device', 'cpu', '--json', '--chart', chart, '--reps', '2'], x)
   t.equal(code, 0, out.stderr)
-  const r = JSON.parse(out.stdout) as { cases: Record<string, number | string>[] }
+  const r = JSON.parse(out.stdout) as { dtype: string; weightBytes: number; cases: Record<string, number | string>[] }
+  t.equal(r.dtype, 'float32', 'float32 weights by default')
   t.same(r.cases.map((c) => [c.ffn, c.concurrency, c.tokens]), [['versatile', 1, 5], ['versatile', 3, 15], ['dense', 1, 5], ['dense', 3, 15]], 'every request made all its tokens')
   for (const c of r.cases)
     for (const k of ['tokensPerSecond', 'decodeTokensPerSecond', 'ttftMsP50', 'ttftMsP99', 'itlMsP50', 'itlMsP99', 'loopDelayMsP99'])
@@ -35,6 +36,17 @@ t.test('the table and usage errors', async (t) => {
     t.equal(await main(['bench', 'serve', ...bad], b.io), 2, bad.join(' '))
     t.match(b.out.stderr, /bench serve: .*\n\(see versatile-ffn bench serve --help\)/)
   }
+  const bf = io()
+  t.equal(await main(['bench', 'serve', '--config', 'tiny', '--concurrency', '1', '--new-tokens', '3', '--ffn', 'dense', '--dtype', 'bfloat16', '--json', '--reps', '1'], bf.io), 0, bf.out.stderr)
+  const f32 = io()
+  t.equal(await main(['bench', 'serve', '--config', 'tiny', '--concurrency', '1', '--new-tokens', '3', '--ffn', 'dense', '--json', '--reps', '1'], f32.io), 0, f32.out.stderr)
+  const [rb, rf] = [JSON.parse(bf.out.stdout), JSON.parse(f32.out.stdout)] as { dtype: string; weightBytes: number; cases: { tokens: number }[] }[]
+  t.equal(rb.dtype, 'bfloat16')
+  t.equal(rb.weightBytes * 2, rf.weightBytes, '--dtype bfloat16: half the weight bytes')
+  t.equal(rb.cases[0].tokens, 3, 'and every token made')
+  const dt = io()
+  t.equal(await main(['bench', 'serve', '--dtype', 'float16'], dt.io), 2)
+  t.match(dt.out.stderr, /--dtype: expected float32 or bfloat16, got "float16"/)
   const cfg = io()
   t.equal(await main(['bench', 'serve', '--config', '354m'], cfg.io), 2, 'config names are exact')
   t.match(cfg.out.stderr, /--config: expected tiny, small or 354M, got "354m"/)

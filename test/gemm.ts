@@ -347,6 +347,27 @@ t.test('small M: row gather on A', async (t) => {
   t.same(bad, [], 'gathered rows match the float64 reference')
 })
 
+// a row's result on the small-M path does not depend on how many rows the product has: the
+// blocking differs with M (one stored row of B^T at a time up to M = 2 and K = 2048, groups of
+// 8 or 3 past that) but every element is summed in the order K alone fixes. K on both sides of
+// 2048 and of the 16-element bfloat16 steps; the engine relies on this (a request's tokens do not
+// depend on how many others decode beside it, up to 8)
+t.test('small M: a row gets the same bits at every M up to 8', async (t) => {
+  const bad: string[] = []
+  for (const [N, K] of [[37, 300], [70, 1031], [25, 2048], [19, 2049], [11, 2100], [40, 4096]] as [number, number][])
+    for (const db of ['float32', 'bfloat16'] as DT[])
+      for (const tb of [true, false]) {
+        const a8 = values(8 * K, K + N)
+        const b = tensor(values(K * N, N + 3), tb ? [N, K] : [K, N], { dtype: db })
+        const all = new Uint32Array((await matmul(tensor(a8, [8, K]), b, { transposeB: tb }).data()).buffer.slice(0))
+        for (let M = 1; M < 8; M++) {
+          const got = new Uint32Array((await matmul(tensor(a8.slice(0, M * K), [M, K]), b, { transposeB: tb }).data()).buffer.slice(0))
+          if (!got.every((x, i) => x === all[i])) bad.push(`[${M}x${K}]x[${K}x${N}] ${db}${tb ? ' B^T' : ''}`)
+        }
+      }
+  t.same(bad, [], 'every M from 1 to 7 gives the first M rows of M = 8 bit for bit')
+})
+
 // the pool splits N only (units of 8 rows of B^T at M = 1, 24 at more, 64 columns of plain B),
 // once op(B) is past 16384 elements, so a chunk's edge must not change any element; the last
 // shapes are just past that size, with odd N, where the chunks' edges fall inside register blocks

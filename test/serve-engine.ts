@@ -94,9 +94,10 @@ const MIXED: [number[], RequestOptions][] = [
   [prompt(2, 6), { maxNewTokens: 10 }],
 ]
 
-for (const ffn of ['versatile', 'dense'] as const) {
-  t.test(`${ffn}: alone equals the full-forward reference; batched (arriving at different steps) equals alone`, async (t) => {
-    const m = own(t, new TransformerLM({ ...cfg, ffn }))
+// bfloat16: an inference-only model, its products on the bfloat16 kernels (batches of 1 to 4 rows)
+for (const [ffn, dtype] of [['versatile', 'float32'], ['dense', 'float32'], ['versatile', 'bfloat16'], ['dense', 'bfloat16']] as const) {
+  t.test(`${ffn}${dtype === 'bfloat16' ? ' (bfloat16 weights)' : ''}: alone equals the full-forward reference; batched (arriving at different steps) equals alone`, async (t) => {
+    const m = own(t, new TransformerLM({ ...cfg, ffn, dtype }))
     const solo: number[][] = []
     for (const [p, o] of MIXED) solo.push(await alone(m, p, o))
     for (const [i, [p, o]] of MIXED.entries()) t.same(solo[i], await reference(m, p, o), `request ${i} alone = the reference (${o.temperature ? 'sampled' : 'greedy'}, prompt ${p.length})`)

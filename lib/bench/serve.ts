@@ -13,6 +13,8 @@ import { UsageError } from './args'
 
 export interface ServeBenchOptions {
   config: 'tiny' | 'small' | '354M'
+  /** the models' parameter dtype: float32 (default) or bfloat16 (inference-only weights, half the bytes) */
+  dtype: 'float32' | 'bfloat16'
   concurrency: number[]
   prompt: number
   newTokens: number
@@ -41,6 +43,8 @@ Options:
   --config tiny|small|354M  model shapes (default small: V=4096 D=256 I=1024 4 layers 8 heads;
                             354M: the paper's 1,353 MiB of float32 weights, minutes per run on a
                             CPU: try --concurrency 1,32 --new-tokens 8 --ffn dense --reps 1)
+  --dtype float32|bfloat16  the weights' dtype (default float32; bfloat16: an inference-only
+                            model, half the bytes to stream per step, activations float32)
   --concurrency A,B,...     concurrent requests (default 1,8,32)
   --prompt N                prompt tokens per request (default 32; ragged: N/2..N)
   --new-tokens N            new tokens per request (default 64)
@@ -57,7 +61,7 @@ Options:
 
 /** Parses the arguments after `bench serve`; throws UsageError naming the flag. */
 export function parseServeArgs(argv: readonly string[]): { help: true } | { help: false; options: ServeBenchOptions } {
-  const o: ServeBenchOptions = { config: 'small', concurrency: [1, 8, 32], prompt: 32, newTokens: 64, ffn: ['versatile', 'dense'], json: false, steps: ['recorded'], reps: 3 }
+  const o: ServeBenchOptions = { config: 'small', dtype: 'float32', concurrency: [1, 8, 32], prompt: 32, newTokens: 64, ffn: ['versatile', 'dense'], json: false, steps: ['recorded'], reps: 3 }
   const int = (f: string, v: string | undefined, min: number) => {
     if (v === undefined || !/^\d+$/.test(v) || Number(v) < min) throw new UsageError(`--${f}: expected an integer >= ${min}, got ${JSON.stringify(v)}`)
     return Number(v)
@@ -70,6 +74,9 @@ export function parseServeArgs(argv: readonly string[]): { help: true } | { help
     if (a === '--config') {
       if (v !== 'tiny' && v !== 'small' && v !== '354M') throw new UsageError(`--config: expected tiny, small or 354M, got ${JSON.stringify(v)}`)
       o.config = v
+    } else if (a === '--dtype') {
+      if (v !== 'float32' && v !== 'bfloat16') throw new UsageError(`--dtype: expected float32 or bfloat16, got ${JSON.stringify(v)}`)
+      o.dtype = v
     } else if (a === '--concurrency') o.concurrency = (v ?? '').split(',').map((x) => int('concurrency', x, 1))
     else if (a === '--prompt') o.prompt = int('prompt', v, 1)
     else if (a === '--new-tokens') o.newTokens = int('new-tokens', v, 1)
@@ -221,11 +228,11 @@ export async function runServeBench(o: ServeBenchOptions, io: { stdout: { write(
   if (o.device?.startsWith('cuda') && !cuda.available()) throw Object.assign(new Error(`--device ${o.device}: CUDA is not available on this machine (${cuda.reason()})`), { code: 'ERR_CUDA_UNAVAILABLE' })
   const dev = Device.get(o.device ?? (cuda.available() ? 'cuda' : 'cpu'))
   const cpu = os.cpus()[0]?.model.trim() ?? 'unknown CPU'
-  const head = `versatile-ffn bench serve on ${dev} (${dev.type === 'cpu' ? `${cpu}, ${getNumThreads()} threads` : 'cuda'}), config ${o.config}, prompts ${Math.ceil(o.prompt / 2)}..${o.prompt} tokens, ${o.newTokens} new tokens each, greedy and sampled alternating`
+  const head = `versatile-ffn bench serve on ${dev} (${dev.type === 'cpu' ? `${cpu}, ${getNumThreads()} threads` : 'cuda'}), config ${o.config}, ${o.dtype} weights, prompts ${Math.ceil(o.prompt / 2)}..${o.prompt} tokens, ${o.newTokens} new tokens each, greedy and sampled alternating`
   const cases: ServeCase[] = []
   let weightBytes = 0
   for (const ffn of o.ffn) {
-    const model = new TransformerLM({ ...TransformerLM.config(o.config), ffn, seed: 1, device: dev })
+    const model = new TransformerLM({ ...TransformerLM.config(o.config), ffn, seed: 1, device: dev, dtype: o.dtype })
     weightBytes = [...model.parameters().values()].reduce((s, p) => s + p.size * (p.dtype === 'bfloat16' ? 2 : 4), 0)
     for (const m of o.steps) await serveCase(model, ffn, 1, { ...o, newTokens: 4 }, m)
     // the runs of the cases interleaved, so a change in the machine's load spreads over all of them
@@ -245,7 +252,7 @@ export async function runServeBench(o: ServeBenchOptions, io: { stdout: { write(
   const decode = cases.filter((c) => c.concurrency === 1).map((c) => ({ ffn: c.ffn, stepMode: c.stepMode, msPerToken: c.itlMsP50, overStream: c.itlMsP50 / streamMs }))
   if (o.chart) fs.writeFileSync(o.chart, chart(cases, head))
   if (o.json) {
-    io.stdout.write(JSON.stringify({ device: String(dev), config: o.config, prompt: o.prompt, newTokens: o.newTokens, weightBytes, bandwidthBytesPerSecond: bandwidth, streamMs, decode, cases }, null, 2) + '\n')
+    io.stdout.write(JSON.stringify({ device: String(dev), config: o.config, dtype: o.dtype, prompt: o.prompt, newTokens: o.newTokens, weightBytes, bandwidthBytesPerSecond: bandwidth, streamMs, decode, cases }, null, 2) + '\n')
     return
   }
   const f = (x: number) => (x >= 100 ? x.toFixed(0) : x >= 10 ? x.toFixed(1) : x.toFixed(2))

@@ -46,8 +46,10 @@ inline bool cpu_has_avx2_fma() {
 // small-M path (decoding: a few rows against big weights), no packing. C[0:M, n0:n1] = alpha *
 // a * op(B)[:, n0:n1] + beta * C, with a[i] pointing at K contiguous floats (row i of op(A)) and
 // B read in place (f32 or bf16, trans or plain with an optional row gather). every C element is
-// summed in an order fixed by K alone (B^T: 8 lanes over k in blocks of 512, lanes added pairwise,
-// then the k tail; plain B: k in order in blocks of 64, the blocks added up), whatever n0, n1
+// summed in an order fixed by K alone (B^T: 8 lanes over k in blocks of 512 — float32 lane l
+// takes element l of every 8, bfloat16 lane l the pair 2l, 2l + 1 of every 16, the even and the
+// odd products in two sums added at the block's end — lanes added
+// pairwise, then the k tail; plain B: k in order in blocks of 64, the blocks added up), whatever n0, n1
 // and the element's position in a register block.
 constexpr int64_t kGemmSmallM = 8;  // M up to this takes the small-M path (measured, bench/README.md)
 using GemmSmallFn = void (*)(int64_t M, int64_t n0, int64_t n1, int64_t K, float alpha, const float* const* a,

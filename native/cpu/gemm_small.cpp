@@ -1,6 +1,6 @@
 // the portable small-M GEMM (VFFN_GEMM_KERNEL=portable, or machines without AVX2 + FMA): the same
-// loops as gemm_small_avx2.cpp in plain C++. B^T: 8 lanes over k, lanes added pairwise, then the
-// k tail; plain B: k-ordered sums per block of 64, added up. each element's arithmetic is fixed by K.
+// loops as gemm_small_avx2.cpp in plain C++. B^T: 8 lanes over k (bfloat16: over pairs of k),
+// lanes added pairwise, then the k tail; plain B: k-ordered sums per block of 64, added up. each element's arithmetic is fixed by K.
 #include <algorithm>
 
 #include "../core/dtype.h"
@@ -21,20 +21,29 @@ inline void store_c(float* c, float acc, float alpha, float beta) {
 template <typename T>
 void small_trans(int64_t M, int64_t n0, int64_t n1, int64_t K, float alpha, const float* const* a, const Mat& B,
                  float beta, float* C, int64_t ldc) {
-  const int64_t K8 = K / 8 * 8;
+  // float32: lane q sums element q of each 8; bfloat16: lane q the pair (2q, 2q + 1) of each 16
+  constexpr int64_t S = sizeof(T) == 2 ? 16 : 8;
+  const int64_t KS = K / S * S;
   for (int64_t j = n0; j < n1; j++) {
     const T* b = static_cast<const T*>(B.data) + j * B.ld;
     for (int64_t i = 0; i < M; i++) {
       const float* x = a[i];
       float l[8] = {};
-      for (int64_t k0 = 0; k0 < K8; k0 += 512) {  // blocks summed from zero, then added (short chains)
-        float part[8] = {};
-        for (int64_t p = k0; p < std::min(K8, k0 + 512); p += 8)
-          for (int q = 0; q < 8; q++) part[q] += x[p + q] * widen(b[p + q]);
-        for (int q = 0; q < 8; q++) l[q] += part[q];
+      for (int64_t k0 = 0; k0 < KS; k0 += 512) {  // blocks summed from zero, then added (short chains)
+        float part[8] = {}, odd[8] = {};  // bfloat16: the pairs' even and odd products, apart
+        for (int64_t p = k0; p < std::min(KS, k0 + 512); p += S)
+          for (int q = 0; q < 8; q++) {
+            if constexpr (S == 8) {
+              part[q] += x[p + q] * widen(b[p + q]);
+            } else {
+              part[q] += x[p + 2 * q] * widen(b[p + 2 * q]);
+              odd[q] += x[p + 2 * q + 1] * widen(b[p + 2 * q + 1]);
+            }
+          }
+        for (int q = 0; q < 8; q++) l[q] += S == 8 ? part[q] : part[q] + odd[q];
       }
       float v = ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
-      for (int64_t p = K8; p < K; p++) v += x[p] * widen(b[p]);
+      for (int64_t p = KS; p < K; p++) v += x[p] * widen(b[p]);
       store_c(C + i * ldc + j, v, alpha, beta);
     }
   }

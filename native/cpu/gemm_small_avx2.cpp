@@ -8,6 +8,7 @@
 #if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__)
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "gemm_pack_x86.h"
 
@@ -72,6 +73,8 @@ void dot_cols(int64_t M, int64_t K, const float* const* a, const T* const* b, in
     // NB rows of B in registers against MR rows of A: 3 x 4 uses all 16 registers (12
     // accumulators, 3 rows of B, 1 of A) and loads 7 vectors per 12 FMAs
     int64_t i = 0;
+    if constexpr (NB == 1)
+      for (; i + 8 <= M; i += 8) dot_rows<T, NB, 8>(k0, k1, a + i, b, i ? 0 : ahead, acc + i);
     if constexpr (NB <= 3) {
       for (; i + 4 <= M; i += 4) dot_rows<T, NB, 4>(k0, k1, a + i, b, i ? 0 : ahead, acc + i);
       if (M - i == 3) dot_rows<T, NB, 3>(k0, k1, a + i, b, i ? 0 : ahead, acc + i), i += 3;
@@ -87,6 +90,97 @@ void dot_cols(int64_t M, int64_t K, const float* const* a, const T* const* b, in
     }
 }
 
+// bfloat16 B^T: 16 weights a step, read as 8 32-bit lanes. lane l holds the pair (2l, 2l + 1) of
+// the step's weights: the even one widened by a shift, the odd one by masking off the low half,
+// so a step costs one load, a shift and an AND per row of B and no shuffles. op(A)'s rows are
+// split the same way once per call (`ae`: per 16 columns, the 8 even then the 8 odd ones). lane
+// l sums the even products of its k block in one chain and the odd ones in another (two chains:
+// one chain of two FMAs a step held a row to half the float32 rate), then adds the two to its
+// running total, in k order.
+constexpr int64_t kPairKB = 512;
+
+template <int NB, int MR>
+inline void pair_rows(int64_t k0, int64_t k1, const float* const* ae, const uint16_t* const* b, int64_t ahead,
+                      __m256 (*acc)[8]) {
+  const __m256i hi_mask = _mm256_set1_epi32(int32_t(0xFFFF0000u));
+  __m256 se[MR][NB], so[MR][NB];
+  for (int i = 0; i < MR; i++)
+    for (int r = 0; r < NB; r++) se[i][r] = so[i][r] = _mm256_setzero_ps();
+  for (int64_t p = k0; p < k1; p += 16) {
+    if (ahead && (p * 2) % 64 == 0)
+      for (int r = 0; r < NB; r++) _mm_prefetch(reinterpret_cast<const char*>(b[r] + ahead + p), _MM_HINT_T0);
+    for (int r = 0; r < NB; r++) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[r] + p));
+      const __m256 lo = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+      const __m256 hi = _mm256_castsi256_ps(_mm256_and_si256(v, hi_mask));
+      for (int i = 0; i < MR; i++) {
+        se[i][r] = _mm256_fmadd_ps(_mm256_loadu_ps(ae[i] + p), lo, se[i][r]);
+        so[i][r] = _mm256_fmadd_ps(_mm256_loadu_ps(ae[i] + p + 8), hi, so[i][r]);
+      }
+    }
+  }
+  for (int i = 0; i < MR; i++)
+    for (int r = 0; r < NB; r++) acc[i][r] = _mm256_add_ps(acc[i][r], _mm256_add_ps(se[i][r], so[i][r]));
+}
+
+// C[0:M, j:j+NB] for bfloat16 B^T; b[r] is stored row j + r, a[i] the row of op(A), ae[i] its
+// split. register blocks of NB rows of B by MR rows of A, 2 * NB * MR <= 12 accumulators
+template <int NB>
+void pair_cols(int64_t M, int64_t K, const float* const* a, const float* const* ae, const uint16_t* const* b,
+               int64_t ahead, float alpha, float beta, float* c, int64_t ldc) {
+  __m256 acc[kGemmSmallM][8];
+  for (int64_t i = 0; i < M; i++)
+    for (int r = 0; r < NB; r++) acc[i][r] = _mm256_setzero_ps();
+  const int64_t K16 = K / 16 * 16;
+  for (int64_t k0 = 0; k0 < K16; k0 += kPairKB) {
+    const int64_t k1 = std::min(K16, k0 + kPairKB);
+    int64_t i = 0;
+    if constexpr (NB == 1)
+      for (; i + 4 <= M; i += 4) pair_rows<NB, 4>(k0, k1, ae + i, b, i ? 0 : ahead, acc + i);
+    if constexpr (NB <= 3)
+      for (; i + 2 <= M; i += 2) pair_rows<NB, 2>(k0, k1, ae + i, b, i ? 0 : ahead, acc + i);
+    for (; i < M; i++) pair_rows<NB, 1>(k0, k1, ae + i, b, i ? 0 : ahead, acc + i);
+  }
+  for (int64_t i = 0; i < M; i++)
+    for (int r = 0; r < NB; r++) {
+      float v = hsum(acc[i][r]);
+      for (int64_t p = K16; p < K; p++) v = std::fma(a[i][p], bf16_to_f32(b[r][p]), v);
+      store_c(c + i * ldc + r, v, alpha, beta);
+    }
+}
+
+void small_trans_bf16(int64_t M, int64_t n0, int64_t n1, int64_t K, float alpha, const float* const* a,
+                      const Mat& B, float beta, float* C, int64_t ldc) {
+  const int64_t K16 = K / 16 * 16;
+  // each thread splits op(A) for its own columns: M * K floats, against N * K weights read
+  thread_local std::vector<float> split;
+  split.resize(size_t(M * std::max<int64_t>(K16, 1)));
+  const float* ae[kGemmSmallM];
+  for (int64_t i = 0; i < M; i++) {
+    float* o = split.data() + i * K16;
+    for (int64_t p = 0; p < K16; p += 16)
+      for (int l = 0; l < 8; l++) o[p + l] = a[i][p + 2 * l], o[p + 8 + l] = a[i][p + 2 * l + 1];
+    ae[i] = o;
+  }
+  const uint16_t* d = static_cast<const uint16_t*>(B.data);
+  const uint16_t* b[8];
+  auto rows_at = [&](int64_t j0, int nb) {
+    for (int r = 0; r < nb; r++) b[r] = d + (j0 + r) * B.ld;
+  };
+  // one stored row at a time (a single stream through memory, against up to 4 rows of A, the
+  // step's widening shared by them), except past K = 2048 at M = 1 and 2: 4 or 2 rows of B; the
+  // prefetch as small_trans's (measured, bench/gemv-dtype.ts)
+  const int64_t g = K <= 2048 ? B.ld : 0;
+  int64_t j = n0;
+  if (M == 1 && K > 2048)
+    for (; j + 4 <= n1; j += 4) rows_at(j, 4), pair_cols<4>(M, K, a, ae, b, 4 * g, alpha, beta, C + j, ldc);
+  if (M == 2 && K > 2048)
+    for (; j + 2 <= n1; j += 2) rows_at(j, 2), pair_cols<2>(M, K, a, ae, b, 2 * g, alpha, beta, C + j, ldc);
+  if (M >= 3)
+    for (; j + 3 <= n1; j += 3) rows_at(j, 3), pair_cols<3>(M, K, a, ae, b, 3 * g, alpha, beta, C + j, ldc);
+  for (; j < n1; j++) rows_at(j, 1), pair_cols<1>(M, K, a, ae, b, 0, alpha, beta, C + j, ldc);
+}
+
 template <typename T>
 void small_trans(int64_t M, int64_t n0, int64_t n1, int64_t K, float alpha, const float* const* a, const Mat& B,
                  float beta, float* C, int64_t ldc) {
@@ -98,10 +192,12 @@ void small_trans(int64_t M, int64_t n0, int64_t n1, int64_t K, float alpha, cons
   };
   // one row of A: 8 rows of B as memory operands against 8 accumulators; more rows of A: 3 rows
   // of B at a time, reused from registers
-  // short rows (up to 2 pages) are prefetched a group ahead; longer ones the hardware streams
-  // well by itself, and the prefetches only took load slots (measured: K = 1024 M = 4 1.6x
-  // faster with them, K = 4096 M = 1 1.4x slower)
-  const int64_t g = int64_t(sizeof(T)) * K <= 8192 ? B.ld : 0;
+  // short rows (up to 2,048 elements) are prefetched a group ahead; longer ones the hardware
+  // streams well by itself, and the prefetches only took load slots (measured: K = 1024 M = 4
+  // 1.6x faster with them, K = 4096 M = 1 1.4x slower, float32 and bfloat16 alike)
+  const int64_t g = K <= 2048 ? B.ld : 0;
+  if (M <= 2 && K <= 2048)
+    for (; j < n1; j++) rows_at(j, 1), dot_cols<T, 1>(M, K, a, b, 0, alpha, beta, C + j, ldc);
   if (M == 1)
     for (; j + 8 <= n1; j += 8) rows_at(j, 8), dot_cols<T, 8>(M, K, a, b, 8 * g, alpha, beta, C + j, ldc);
   for (; j + 3 <= n1; j += 3) rows_at(j, 3), dot_cols<T, 3>(M, K, a, b, 3 * g, alpha, beta, C + j, ldc);
@@ -202,7 +298,7 @@ void small_plain(int64_t M, int64_t n0, int64_t n1, int64_t K, float alpha, cons
 void small_avx2(int64_t M, int64_t n0, int64_t n1, int64_t K, float alpha, const float* const* a, const Mat& B,
                 float beta, float* C, int64_t ldc) {
   if (B.trans)
-    return B.dtype == BF16 ? small_trans<uint16_t>(M, n0, n1, K, alpha, a, B, beta, C, ldc)
+    return B.dtype == BF16 ? small_trans_bf16(M, n0, n1, K, alpha, a, B, beta, C, ldc)
                            : small_trans<float>(M, n0, n1, K, alpha, a, B, beta, C, ldc);
   B.dtype == BF16 ? small_plain<uint16_t>(M, n0, n1, K, alpha, a, B, beta, C, ldc)
                   : small_plain<float>(M, n0, n1, K, alpha, a, B, beta, C, ldc);
