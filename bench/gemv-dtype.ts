@@ -1,7 +1,8 @@
 // The batch-1 product y = x W^T with float32 and with bfloat16 weights, side by side, for the
-// shapes of a decode step at 354M; copies of W add up to about 512 MB, so W streams from memory as
-// in a step of a model that does not fit the caches. Prints µs per product, GB/s of W read per
-// dtype and the time ratio bf16 / f32 (bytes alone would give 0.5).
+// shapes of a decode step at 354M; copies of W add up to about 512 MB (TOTAL=bytes to change it:
+// 16e6 keeps them in this machine's last-level cache, as `small`'s 24 MiB nearly are), so W
+// streams from memory as in a step of a model that does not fit the caches. Prints µs per
+// product, GB/s of W read per dtype and the time ratio bf16 / f32 (bytes alone would give 0.5).
 // Run: npx ts-node --transpile-only bench/gemv-dtype.ts [M] [KxN,KxN,...]
 import { _native, matmul, tensor } from '../lib/index'
 
