@@ -38,8 +38,8 @@ inline void store_c(float* c, float acc, float alpha, float beta) {
 // chain of float32 additions is longer than 64 + K / 512 (as the packed path's KC blocks).
 constexpr int64_t kDotKB = 512;
 
-template <typename T, int NB, int MR>
-inline void dot_rows(int64_t k0, int64_t k1, const float* const* a, const T* const* b, int64_t ahead,
+template <int NB, int MR>
+inline void dot_rows(int64_t k0, int64_t k1, const float* const* a, const float* const* b, int64_t ahead,
                      __m256 (*acc)[8]) {
   __m256 s[MR][NB];
   for (int i = 0; i < MR; i++)
@@ -47,10 +47,10 @@ inline void dot_rows(int64_t k0, int64_t k1, const float* const* a, const T* con
   for (int64_t p = k0; p < k1; p += 8) {
     // each stored row is its own stream (often exactly one 4 KiB page, where the hardware
     // prefetcher starts over): fetch the same place in the next group's rows, `ahead` away
-    if (ahead && (p * int64_t(sizeof(T))) % 64 == 0)
+    if (ahead && (p * 4) % 64 == 0)
       for (int r = 0; r < NB; r++) _mm_prefetch(reinterpret_cast<const char*>(b[r] + ahead + p), _MM_HINT_T0);
     __m256 bv[NB];
-    for (int r = 0; r < NB; r++) bv[r] = load8(b[r] + p);
+    for (int r = 0; r < NB; r++) bv[r] = _mm256_loadu_ps(b[r] + p);
     for (int i = 0; i < MR; i++) {
       const __m256 av = _mm256_loadu_ps(a[i] + p);
       for (int r = 0; r < NB; r++) s[i][r] = _mm256_fmadd_ps(av, bv[r], s[i][r]);
@@ -61,8 +61,8 @@ inline void dot_rows(int64_t k0, int64_t k1, const float* const* a, const T* con
 }
 
 // C[0:M, j:j+NB] for B^T; b[r] is stored row j + r
-template <typename T, int NB>
-void dot_cols(int64_t M, int64_t K, const float* const* a, const T* const* b, int64_t ahead, float alpha, float beta,
+template <int NB>
+void dot_cols(int64_t M, int64_t K, const float* const* a, const float* const* b, int64_t ahead, float alpha, float beta,
               float* c, int64_t ldc) {
   __m256 acc[kGemmSmallM][8];
   for (int64_t i = 0; i < M; i++)
@@ -73,19 +73,17 @@ void dot_cols(int64_t M, int64_t K, const float* const* a, const T* const* b, in
     // NB rows of B in registers against MR rows of A: 3 x 4 uses all 16 registers (12
     // accumulators, 3 rows of B, 1 of A) and loads 7 vectors per 12 FMAs
     int64_t i = 0;
-    if constexpr (NB == 1)
-      for (; i + 8 <= M; i += 8) dot_rows<T, NB, 8>(k0, k1, a + i, b, i ? 0 : ahead, acc + i);
     if constexpr (NB <= 3) {
-      for (; i + 4 <= M; i += 4) dot_rows<T, NB, 4>(k0, k1, a + i, b, i ? 0 : ahead, acc + i);
-      if (M - i == 3) dot_rows<T, NB, 3>(k0, k1, a + i, b, i ? 0 : ahead, acc + i), i += 3;
-      if (M - i == 2) dot_rows<T, NB, 2>(k0, k1, a + i, b, i ? 0 : ahead, acc + i), i += 2;
+      for (; i + 4 <= M; i += 4) dot_rows<NB, 4>(k0, k1, a + i, b, i ? 0 : ahead, acc + i);
+      if (M - i == 3) dot_rows<NB, 3>(k0, k1, a + i, b, i ? 0 : ahead, acc + i), i += 3;
+      if (M - i == 2) dot_rows<NB, 2>(k0, k1, a + i, b, i ? 0 : ahead, acc + i), i += 2;
     }
-    for (; i < M; i++) dot_rows<T, NB, 1>(k0, k1, a + i, b, i ? 0 : ahead, acc + i);
+    for (; i < M; i++) dot_rows<NB, 1>(k0, k1, a + i, b, i ? 0 : ahead, acc + i);
   }
   for (int64_t i = 0; i < M; i++)
     for (int r = 0; r < NB; r++) {
       float v = hsum(acc[i][r]);
-      for (int64_t p = K8; p < K; p++) v = std::fma(a[i][p], widen(b[r][p]), v);
+      for (int64_t p = K8; p < K; p++) v = std::fma(a[i][p], b[r][p], v);
       store_c(c + i * ldc + r, v, alpha, beta);
     }
 }
@@ -168,24 +166,25 @@ void small_trans_bf16(int64_t M, int64_t n0, int64_t n1, int64_t K, float alpha,
     for (int r = 0; r < nb; r++) b[r] = d + (j0 + r) * B.ld;
   };
   // one stored row at a time (a single stream through memory, against up to 4 rows of A, the
-  // step's widening shared by them), except past K = 2048 at M = 1 and 2: 4 or 2 rows of B; the
-  // prefetch as small_trans's (measured, bench/gemv-dtype.ts)
-  const int64_t g = K <= 2048 ? B.ld : 0;
+  // step's widening shared by them), except past K = 2048 at M = 1 and 2: 4 or 2 rows of B,
+  // which the hardware streams without prefetches; at M >= 3, 3 rows of B, prefetched a group
+  // ahead up to K = 2048 as in small_trans_f32 (measured, bench/gemv-dtype.ts)
   int64_t j = n0;
   if (M == 1 && K > 2048)
-    for (; j + 4 <= n1; j += 4) rows_at(j, 4), pair_cols<4>(M, K, a, ae, b, 4 * g, alpha, beta, C + j, ldc);
+    for (; j + 4 <= n1; j += 4) rows_at(j, 4), pair_cols<4>(M, K, a, ae, b, 0, alpha, beta, C + j, ldc);
   if (M == 2 && K > 2048)
-    for (; j + 2 <= n1; j += 2) rows_at(j, 2), pair_cols<2>(M, K, a, ae, b, 2 * g, alpha, beta, C + j, ldc);
+    for (; j + 2 <= n1; j += 2) rows_at(j, 2), pair_cols<2>(M, K, a, ae, b, 0, alpha, beta, C + j, ldc);
   if (M >= 3)
-    for (; j + 3 <= n1; j += 3) rows_at(j, 3), pair_cols<3>(M, K, a, ae, b, 3 * g, alpha, beta, C + j, ldc);
+    for (; j + 3 <= n1; j += 3)
+      rows_at(j, 3), pair_cols<3>(M, K, a, ae, b, K <= 2048 ? 3 * B.ld : 0, alpha, beta, C + j, ldc);
   for (; j < n1; j++) rows_at(j, 1), pair_cols<1>(M, K, a, ae, b, 0, alpha, beta, C + j, ldc);
 }
 
-template <typename T>
-void small_trans(int64_t M, int64_t n0, int64_t n1, int64_t K, float alpha, const float* const* a, const Mat& B,
+// float32 B^T (bfloat16 has small_trans_bf16)
+void small_trans_f32(int64_t M, int64_t n0, int64_t n1, int64_t K, float alpha, const float* const* a, const Mat& B,
                  float beta, float* C, int64_t ldc) {
-  const T* d = static_cast<const T*>(B.data);
-  const T* b[8];
+  const float* d = static_cast<const float*>(B.data);
+  const float* b[8];
   int64_t j = n0;
   auto rows_at = [&](int64_t j0, int nb) {
     for (int r = 0; r < nb; r++) b[r] = d + (j0 + r) * B.ld;
@@ -194,14 +193,14 @@ void small_trans(int64_t M, int64_t n0, int64_t n1, int64_t K, float alpha, cons
   // of B at a time, reused from registers
   // short rows (up to 2,048 elements) are prefetched a group ahead; longer ones the hardware
   // streams well by itself, and the prefetches only took load slots (measured: K = 1024 M = 4
-  // 1.6x faster with them, K = 4096 M = 1 1.4x slower, float32 and bfloat16 alike)
+  // 1.6x faster with them, K = 4096 M = 1 1.4x slower)
   const int64_t g = K <= 2048 ? B.ld : 0;
   if (M <= 2 && K <= 2048)
-    for (; j < n1; j++) rows_at(j, 1), dot_cols<T, 1>(M, K, a, b, 0, alpha, beta, C + j, ldc);
+    for (; j < n1; j++) rows_at(j, 1), dot_cols<1>(M, K, a, b, 0, alpha, beta, C + j, ldc);
   if (M == 1)
-    for (; j + 8 <= n1; j += 8) rows_at(j, 8), dot_cols<T, 8>(M, K, a, b, 8 * g, alpha, beta, C + j, ldc);
-  for (; j + 3 <= n1; j += 3) rows_at(j, 3), dot_cols<T, 3>(M, K, a, b, 3 * g, alpha, beta, C + j, ldc);
-  for (; j < n1; j++) rows_at(j, 1), dot_cols<T, 1>(M, K, a, b, 0, alpha, beta, C + j, ldc);
+    for (; j + 8 <= n1; j += 8) rows_at(j, 8), dot_cols<8>(M, K, a, b, 8 * g, alpha, beta, C + j, ldc);
+  for (; j + 3 <= n1; j += 3) rows_at(j, 3), dot_cols<3>(M, K, a, b, 3 * g, alpha, beta, C + j, ldc);
+  for (; j < n1; j++) rows_at(j, 1), dot_cols<1>(M, K, a, b, 0, alpha, beta, C + j, ldc);
 }
 
 // k block of the plain-B kernel: 64 rows of a strip of up to 64 columns (16 KiB at most) stay
@@ -299,7 +298,7 @@ void small_avx2(int64_t M, int64_t n0, int64_t n1, int64_t K, float alpha, const
                 float beta, float* C, int64_t ldc) {
   if (B.trans)
     return B.dtype == BF16 ? small_trans_bf16(M, n0, n1, K, alpha, a, B, beta, C, ldc)
-                           : small_trans<float>(M, n0, n1, K, alpha, a, B, beta, C, ldc);
+                           : small_trans_f32(M, n0, n1, K, alpha, a, B, beta, C, ldc);
   B.dtype == BF16 ? small_plain<uint16_t>(M, n0, n1, K, alpha, a, B, beta, C, ldc)
                   : small_plain<float>(M, n0, n1, K, alpha, a, B, beta, C, ldc);
 }
