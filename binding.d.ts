@@ -40,7 +40,7 @@ export interface Binding {
   threads(n?: number): number
   spinWait(microseconds?: number): number
   philox(c0: number, c1: number, c2: number, c3: number, seedLo: number, seedHi: number): number[]
-  kernelInfo(): { gemm: string }
+  kernelInfo(): { gemm: string; gemmSmall: string }
   gemm(c: NativeTensor, a: NativeTensor, b: NativeTensor, transA: boolean, transB: boolean, alpha: number, beta: number): void
   /** Test hook: `c = alpha * a[rows] @ op(b) + beta * c` through the GEMM's row gather. */
   _gemmRows(c: NativeTensor, a: NativeTensor, rows: NativeTensor, b: NativeTensor, transB: boolean, alpha: number, beta: number): void

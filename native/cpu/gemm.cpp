@@ -224,15 +224,29 @@ void scale_c(int64_t M, int64_t N, float beta, float* C, int64_t ldc) {
   }
 }
 
+// the small-M kernel: the portable one with the portable packed kernel; AVX-512 where the machine
+// has it, unless VFFN_GEMM_KERNEL=avx2 asks for the AVX2 one (the same bits either way)
+struct SmallKernel {
+  const char* name;
+  GemmSmallFn fn;
+};
+const SmallKernel& small_kernel() {
+  static const SmallKernel k = []() -> SmallKernel {
+    if (std::string(kernel().name) == "portable") return {"portable", gemm_small_portable};
+    const char* env = std::getenv("VFFN_GEMM_KERNEL");
+    if (const GemmSmallFn f = env && std::string(env) == "avx2" ? nullptr : gemm_small_avx512()) return {"avx512", f};
+    if (const GemmSmallFn f = gemm_small_avx2()) return {"avx2", f};
+    return {"portable", gemm_small_portable};
+  }();
+  return k;
+}
+
 // the small-M path (decoding): op(B) is read in place, not packed. rows of op(A) as float
 // pointers; A is widened, transposed or gathered into a buffer only when it is not already
 // K-contiguous float32 (M * K floats, small). threads split N in 64-column units, never K.
 void gemm_small(int64_t M, int64_t N, int64_t K, float alpha, const Mat& A, const Mat& B, float beta, float* C,
                 int64_t ldc, bool parallel) {
-  static const GemmSmallFn fn = [] {
-    const GemmSmallFn fast = gemm_small_avx2();
-    return std::string(kernel().name) == "portable" || !fast ? gemm_small_portable : fast;
-  }();
+  static const GemmSmallFn fn = small_kernel().fn;
   const float* a[kGemmSmallM];
   if (A.dtype == F32 && !A.trans) {
     for (int64_t i = 0; i < M; i++)
@@ -340,5 +354,6 @@ void gemm(int64_t M, int64_t N, int64_t K, float alpha, const Mat& A, const Mat&
 }
 
 const char* gemm_kernel_name() { return kernel().name; }
+const char* gemm_small_kernel_name() { return small_kernel().name; }
 
 }  // namespace vffn::cpu

@@ -42,5 +42,7 @@ void set_packed_b_source(PackedBSource f);
 // which micro-kernel gemm uses on this machine ("avx2-fma" or "portable"; the environment
 // variable VFFN_GEMM_KERNEL=portable, read once, forces the portable one).
 const char* gemm_kernel_name();
+// the small-M (decoding) kernel: "avx512", "avx2" or "portable"
+const char* gemm_small_kernel_name();
 
 }  // namespace vffn::cpu

@@ -41,6 +41,12 @@ inline bool cpu_has_avx2_fma() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
+// and AVX-512 F, DQ, BW and VL: what the *_avx512() lookups check
+inline bool cpu_has_avx512() {
+  __builtin_cpu_init();
+  return cpu_has_avx2_fma() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+}
 #endif
 
 // small-M path (decoding: a few rows against big weights), no packing. C[0:M, n0:n1] = alpha *
@@ -57,5 +63,8 @@ using GemmSmallFn = void (*)(int64_t M, int64_t n0, int64_t n1, int64_t K, float
 void gemm_small_portable(int64_t M, int64_t n0, int64_t n1, int64_t K, float alpha, const float* const* a,
                          const Mat& B, float beta, float* C, int64_t ldc);
 GemmSmallFn gemm_small_avx2();  // nullptr when the build or the machine lacks AVX2 + FMA
+// B^T at M = 3..8 with AVX-512 registers, the same bits as gemm_small_avx2 (which it calls for
+// the rest); nullptr when the build or the machine lacks AVX-512 F/DQ/BW/VL or AVX2 + FMA
+GemmSmallFn gemm_small_avx512();
 
 }  // namespace vffn::cpu

@@ -6,6 +6,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "../core/dtype.h"
 #include "gemm_kernels.h"
@@ -17,6 +18,25 @@ inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
 inline __m256 load8(const uint16_t* p) {
   __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+// shared by the small-M kernels (gemm_small_*.cpp), so their results are the same bits.
+// the 8 lanes added in one fixed order: halves, then pairs, then the last two
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// the k block of the small-M B^T kernels: every C element sums each block of 512 from zero, then
+// adds it to its running total
+constexpr int64_t kSmallKB = 512;
+
+// the small-M store, with the packed kernel's epilogue: r = alpha * acc, then beta * c + r fused (C unread when beta == 0)
+inline void store_c(float* c, float acc, float alpha, float beta) {
+  const float r = alpha * acc;
+  *c = beta == 0.f ? r : std::fma(beta, *c, r);
 }
 
 // r[i] holds row i of an 8x8 block; afterwards r[i] holds column i

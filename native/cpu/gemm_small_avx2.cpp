@@ -19,24 +19,10 @@ namespace {
 inline float widen(float x) { return x; }
 inline float widen(uint16_t x) { return bf16_to_f32(x); }
 
-// the 8 lanes added in one fixed order: halves, then pairs, then the last two
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-// the packed kernel's epilogue: r = alpha * acc, then beta * c + r fused (C unread when beta == 0)
-inline void store_c(float* c, float acc, float alpha, float beta) {
-  const float r = alpha * acc;
-  *c = beta == 0.f ? r : std::fma(beta, *c, r);
-}
-
 // k block of the B^T kernel: NB stored rows x 512 floats stay in L1 while each chunk of A's rows
 // passes over them. each block sums from zero and is then added to the running total, so no
 // chain of float32 additions is longer than 64 + K / 512 (as the packed path's KC blocks).
-constexpr int64_t kDotKB = 512;
+constexpr int64_t kDotKB = kSmallKB;
 
 template <int NB, int MR>
 inline void dot_rows(int64_t k0, int64_t k1, const float* const* a, const float* const* b, int64_t ahead,
@@ -95,7 +81,7 @@ void dot_cols(int64_t M, int64_t K, const float* const* a, const float* const* b
 // l sums the even products of its k block in one chain and the odd ones in another (two chains:
 // one chain of two FMAs a step held a row to half the float32 rate), then adds the two to its
 // running total, in k order.
-constexpr int64_t kPairKB = 512;
+constexpr int64_t kPairKB = kSmallKB;
 
 template <int NB, int MR>
 inline void pair_rows(int64_t k0, int64_t k1, const float* const* ae, const uint16_t* const* b, int64_t ahead,

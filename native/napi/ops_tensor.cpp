@@ -405,6 +405,7 @@ Napi::Value Philox(const Napi::CallbackInfo& info) {
 Napi::Value KernelInfo(const Napi::CallbackInfo& info) {
   Napi::Object o = Napi::Object::New(info.Env());
   o.Set("gemm", cpu::gemm_kernel_name());
+  o.Set("gemmSmall", cpu::gemm_small_kernel_name());
   return o;
 }
 
