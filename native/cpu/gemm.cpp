@@ -105,10 +105,17 @@ void portable_pack_b(const Mat& B, int64_t p0, int64_t k, int64_t j0, int64_t n,
 
 const GemmKernel kPortable{"portable", kPMR, kPNR, 128, 256, 4096, portable_micro, portable_pack_a, portable_pack_b};
 
+// VFFN_GEMM_KERNEL, read once: "portable" (both paths), "avx2" (the small-M path off AVX-512)
+const std::string& kernel_request() {
+  static const std::string want = [] {
+    const char* env = std::getenv("VFFN_GEMM_KERNEL");
+    return std::string(env ? env : "");
+  }();
+  return want;
+}
+
 const GemmKernel& select_kernel() {
-  const char* env = std::getenv("VFFN_GEMM_KERNEL");
-  std::string want = env ? env : "";
-  if (want == "portable") return kPortable;
+  if (kernel_request() == "portable") return kPortable;
   // an 8x32 AVX-512 kernel measured no faster than this one on Zen 4 (512-bit FMAs issue at half
   // rate there), so AVX2 + FMA is the fast path
   const GemmKernel* k256 = gemm_kernel_avx2();
@@ -233,8 +240,7 @@ struct SmallKernel {
 const SmallKernel& small_kernel() {
   static const SmallKernel k = []() -> SmallKernel {
     if (std::string(kernel().name) == "portable") return {"portable", gemm_small_portable};
-    const char* env = std::getenv("VFFN_GEMM_KERNEL");
-    if (const GemmSmallFn f = env && std::string(env) == "avx2" ? nullptr : gemm_small_avx512()) return {"avx512", f};
+    if (const GemmSmallFn f = kernel_request() == "avx2" ? nullptr : gemm_small_avx512()) return {"avx512", f};
     if (const GemmSmallFn f = gemm_small_avx2()) return {"avx2", f};
     return {"portable", gemm_small_portable};
   }();
@@ -246,7 +252,7 @@ const SmallKernel& small_kernel() {
 // K-contiguous float32 (M * K floats, small). threads split N in 64-column units, never K.
 void gemm_small(int64_t M, int64_t N, int64_t K, float alpha, const Mat& A, const Mat& B, float beta, float* C,
                 int64_t ldc, bool parallel) {
-  static const GemmSmallFn fn = small_kernel().fn;
+  const GemmSmallFn fn = small_kernel().fn;
   const float* a[kGemmSmallM];
   if (A.dtype == F32 && !A.trans) {
     for (int64_t i = 0; i < M; i++)
